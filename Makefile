@@ -1,0 +1,47 @@
+# The project's command index. `make demo` and `make test` are the README's two quick-start commands.
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+export CHURN_HOME ?= $(CURDIR)/.churn_home
+
+.PHONY: install services demo test test-fast ui audit-ui lint bench clean
+
+$(BIN)/churn-platform: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+install: $(BIN)/churn-platform
+
+# System packages (PostgreSQL, JDBC driver, OpenBLAS, Chromium) and the test PostgreSQL server.
+services:
+	bash scripts/services.sh
+
+demo: install services
+	$(BIN)/churn-platform fetch-data
+	$(BIN)/churn-platform run
+
+test: install services
+	$(BIN)/python -m ruff check churn_platform churn_platform_tests benchmarks
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not cluster and not daemon and not browser"
+
+ui: install
+	$(BIN)/churn-platform serve
+
+audit-ui: install
+	$(BIN)/churn-platform serve --read-only
+
+lint: install
+	$(BIN)/python -m ruff check churn_platform churn_platform_tests benchmarks
+	$(BIN)/python -m ruff format --check churn_platform churn_platform_tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/accuracy.py
+	$(BIN)/python benchmarks/pipeline.py --rows 100000 --compare
+
+clean:
+	rm -rf $(CHURN_HOME)

@@ -1,0 +1,84 @@
+"""Cleaned layer: typed, de-duplicated customers, and every unusable row in quarantine."""
+
+
+import dagster as dg
+from dagster_pyspark import PySparkResource
+from pyspark.sql import DataFrame
+
+from churn_platform import checks, etl
+from churn_platform.resources import StateResource
+from churn_platform.schemas import cleaned_schema
+
+CLEANED_CHECKS = [
+    checks.SCHEMA,
+    checks.NON_EMPTY,
+    checks.UNIQUE_IDS,
+    checks.NULL_RATES,
+    checks.TARGET_BALANCE,
+    checks.QUARANTINE_RATIO,
+]
+
+
+@dg.multi_asset(
+    outs={
+        "cleaned_customers": dg.AssetOut(
+            kinds={"spark", "parquet"},
+            code_version="1",
+            description="Current customers, typed and trimmed; newest record per id wins.",
+        ),
+        "quarantined_customers": dg.AssetOut(
+            kinds={"spark", "parquet"},
+            code_version="1",
+            description="Rows that could not be used, each with a reason, source file and line.",
+        ),
+    },
+    ins={"raw_customers": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
+    check_specs=checks.blocking_specs("cleaned_customers", CLEANED_CHECKS),
+)
+def cleaned_customers(
+    context: dg.AssetExecutionContext,
+    pyspark: PySparkResource,
+    state: StateResource,
+    raw_customers: DataFrame,
+):
+    """Clean every ingested batch; the run fails if too many rows are quarantined."""
+    spec, settings = state.spec(), state.settings()
+    result = etl.clean_customers(raw_customers, spec)
+    counts = result.counts
+    ratio = counts["rows_quarantined"] / counts["rows_in"] if counts["rows_in"] else 0.0
+    yield dg.Output(
+        result.cleaned,
+        output_name="cleaned_customers",
+        metadata={
+            **counts,
+            "numeric_columns": dg.MetadataValue.json(result.numeric),
+            "categorical_columns": dg.MetadataValue.json(result.categorical),
+            "blank_numeric_values": dg.MetadataValue.json(result.blanks),
+            "blank_values_to_impute": sum(result.blanks.values()),
+        },
+    )
+    yield dg.Output(
+        result.quarantined,
+        output_name="quarantined_customers",
+        metadata={
+            "quarantine_total": counts["rows_quarantined"],
+            "quarantine_ratio": ratio,
+            "by_reason": dg.MetadataValue.json(result.by_reason),
+            **{f"quarantined_{reason}": n for reason, n in result.by_reason.items()},
+        },
+    )
+    yield checks.schema_result(
+        result.cleaned, cleaned_schema(spec, result.numeric, result.categorical), "cleaned_customers"
+    )
+    yield from checks.quality_results(result.cleaned, "cleaned_customers", spec.id_column)
+    yield dg.AssetCheckResult(
+        asset_key="cleaned_customers",
+        check_name=checks.QUARANTINE_RATIO,
+        passed=ratio <= settings.quarantine_max_ratio,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "quarantine_ratio": ratio,
+            "max_ratio": settings.quarantine_max_ratio,
+            "by_reason": dg.MetadataValue.json(result.by_reason),
+        },
+    )

@@ -1,0 +1,1275 @@
+"""Backups of the state root: one verified archive per day, restored component by component.
+
+Pure Python on purpose (no Dagster or Spark imports): the backup assets are thin wrappers over these
+functions, and the CLI calls them directly when Dagster itself is what needs restoring.
+
+Archive layout (`<target>/<YYYY-MM-DD>/`):
+    churn-backup-<date>.tar.gz[.enc]                 the archive; `.enc` when CHURN_BACKUP_KEY is set
+    churn-backup-<date>.tar.gz[.enc].manifest.json   copy of the manifest inside the archive
+    churn-backup-<date>.tar.gz[.enc].sha256          `sha256sum -c` lines: manifest, then archive
+Members mirror the state root (`mlflow/`, `dagster/`, `warehouse/`, `logs/`, `incidents/`,
+`changes/`), plus `config/` and a final `MANIFEST.json`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import errno
+import hashlib
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import sqlite3
+import struct
+import subprocess
+import tarfile
+import tempfile
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import boto3
+from botocore.exceptions import ClientError
+from cryptography.fernet import Fernet, InvalidToken
+
+from churn_platform.settings import PROJECT_ROOT, Settings, load_settings
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_VERIFICATION_FAILED = 3
+EXIT_UNSAFE_ARCHIVE = 4
+EXIT_NOT_FOUND = 5
+
+COMPONENT_DIRS: dict[str, tuple[str, ...]] = {
+    "mlflow": ("mlflow",),
+    "dagster": ("dagster",),
+    "data": ("warehouse",),
+    "config": ("config",),
+    "logs": ("logs", "incidents", "changes"),
+}
+ALL_COMPONENTS: tuple[str, ...] = tuple(COMPONENT_DIRS)
+KEY_ENV = "CHURN_BACKUP_KEY"
+S3_ENDPOINT_ENV = "CHURN_BACKUP_S3_ENDPOINT"
+MANIFEST_MEMBER = "MANIFEST.json"
+FORMAT = "churn-backup/1"
+ENCRYPTION = "fernet-chunked/1"
+POINTER = "CURRENT"
+
+_PARTITION = re.compile(r"\d{4}-\d{2}-\d{2}")
+_SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
+_MAGIC = b"CHURNENC1\n"
+_STREAM_ID = 16
+_CHUNK_HEADER = struct.Struct(">Q?")
+_CHUNK = 1 << 20
+_MAX_TOKEN = 2 * _CHUNK + 4096
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+class BackupError(Exception):
+    """A backup, verification or restore failed; `exit_code` is what the CLI exits with."""
+
+    exit_code = EXIT_FAILED
+
+
+class UsageError(BackupError):
+    """Bad arguments or configuration (partition, component, target, key)."""
+
+    exit_code = EXIT_USAGE
+
+
+class BackupNotFoundError(BackupError):
+    """No published backup (or component) where one was asked for."""
+
+    exit_code = EXIT_NOT_FOUND
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a backup, named so an operator can act on it."""
+
+    path: str
+    kind: str
+    expected: str = ""
+    actual: str = ""
+    detail: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.path}: {self.kind}"
+        if self.expected or self.actual:
+            text += f": expected {self.expected or '-'}, actual {self.actual or '-'}"
+        return f"{text} ({self.detail})" if self.detail else text
+
+
+class VerificationError(BackupError):
+    """The archive does not match its manifest and checksums; nothing was touched."""
+
+    exit_code = EXIT_VERIFICATION_FAILED
+
+    def __init__(self, archive: str, problems: list[Problem]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  {problem}" for problem in problems)
+        super().__init__(f"{archive} failed verification:\n{lines}")
+
+
+class DecryptionError(VerificationError):
+    """Wrong key or tampered ciphertext: authenticated encryption cannot tell the two apart."""
+
+
+class UnsafeArchiveError(BackupError):
+    """A member that could write outside the restore folder or was never backed up."""
+
+    exit_code = EXIT_UNSAFE_ARCHIVE
+    kind = "unsafe"
+
+    def __init__(self, archive: str, problem: Problem) -> None:
+        self.member = problem.path
+        super().__init__(f"{archive}: refusing unsafe member {problem}")
+
+
+class AbsolutePathError(UnsafeArchiveError):
+    kind = "absolute-path"
+
+
+class PathTraversalError(UnsafeArchiveError):
+    kind = "path-traversal"
+
+
+class SymlinkMemberError(UnsafeArchiveError):
+    kind = "symlink"
+
+
+class HardlinkMemberError(UnsafeArchiveError):
+    kind = "hardlink"
+
+
+class SpecialFileError(UnsafeArchiveError):
+    kind = "special-file"
+
+
+class UnlistedMemberError(UnsafeArchiveError):
+    kind = "unlisted"
+
+
+class DuplicateMemberError(UnsafeArchiveError):
+    kind = "duplicate"
+
+
+_UNSAFE: dict[str, type[UnsafeArchiveError]] = {
+    cls.kind: cls
+    for cls in (
+        AbsolutePathError,
+        PathTraversalError,
+        SymlinkMemberError,
+        HardlinkMemberError,
+        SpecialFileError,
+        UnlistedMemberError,
+        DuplicateMemberError,
+    )
+}
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    """What `create_backup` published; `archive` is a local path or an `s3://` URL."""
+
+    partition: str
+    archive: str
+    manifest: dict[str, Any]
+    files: int
+    bytes: int
+    archive_bytes: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Every problem found re-reading one backup; empty `problems` means it is restorable."""
+
+    archive: str
+    problems: list[Problem]
+    manifest: dict[str, Any] | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """The plan (always) and what was moved where (unless `dry_run`)."""
+
+    partition: str
+    archive: str
+    root: Path
+    components: tuple[str, ...]
+    dry_run: bool
+    plan: list[str]
+    files: int
+    bytes: int
+    seconds: float
+    restored: list[Path] = field(default_factory=list)
+    moved_aside: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """One archive member to be: a file read as is, a database snapshot, or literal bytes."""
+
+    arcname: str
+    component: str
+    kind: str
+    origin: str = ""
+    content: bytes = b""
+
+
+@dataclass(frozen=True)
+class _Files:
+    """An archive and its two sidecars, wherever they were fetched to."""
+
+    archive: Path
+    label: str
+
+    @property
+    def manifest(self) -> Path:
+        return self.archive.with_name(self.archive.name + ".manifest.json")
+
+    @property
+    def checksums(self) -> Path:
+        return self.archive.with_name(self.archive.name + ".sha256")
+
+
+class _HashingReader:
+    """Hashes exactly the bytes tarfile copies, so a file growing meanwhile cannot skew the hash."""
+
+    def __init__(self, raw: io.BufferedReader) -> None:
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.sha256.update(data)
+        return data
+
+
+def create_backup(
+    settings: Settings,
+    partition: str,
+    golden: dict[str, Any] | None = None,
+    components: Iterable[str] = ALL_COMPONENTS,
+    *,
+    project_root: Path = PROJECT_ROOT,
+) -> BackupResult:
+    """Write and publish the backup of one partition; re-running it replaces it atomically.
+
+    `golden` (champion name, version and golden-prediction hash) is computed by the caller, which
+    has Spark and MLflow at hand, and is stored as given so a restore can be checked against it.
+    The archive is built in a temporary folder under the target and renamed into place, so a
+    crash leaves either the previous backup or the new one, never half of one.
+    """
+    started = time.monotonic()
+    partition = _partition(partition)
+    wanted = _components(components)
+    fernet = _fernet()
+    target = _target(settings)
+    target.staging.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".tmp-{partition}-", dir=target.staging))
+    try:
+        out, scratch = work / "out", work / "scratch"
+        out.mkdir()
+        scratch.mkdir()
+        plain = (scratch if fernet else out) / f"churn-backup-{partition}.tar.gz"
+        not_included: list[str] = []
+        header = {
+            "format": FORMAT,
+            "partition": partition,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "components": list(wanted),
+            "tools": _tool_versions(),
+            "golden": golden,
+            "encryption": ENCRYPTION if fernet else None,
+            "home": str(settings.home),
+            "not_included": not_included,
+        }
+        sources = _sources(settings, wanted, project_root, not_included)
+        manifest, manifest_bytes = _write_archive(plain, sources, scratch, header)
+        archive = plain
+        if fernet:
+            archive = out / (plain.name + ".enc")
+            _encrypt_file(plain, archive, fernet)
+            plain.unlink()
+        files = _Files(archive, str(archive))
+        files.manifest.write_bytes(manifest_bytes)
+        files.checksums.write_text(
+            f"{hashlib.sha256(manifest_bytes).hexdigest()}  {files.manifest.name}\n"
+            f"{_sha256_file(archive)}  {archive.name}\n"
+        )
+        archive_bytes = archive.stat().st_size
+        for path in (archive, files.manifest, files.checksums, out):
+            _fsync(path)
+        published = target.publish(out, partition, archive.name)
+    finally:
+        shutil.rmtree(work)
+    return BackupResult(
+        partition=partition,
+        archive=published,
+        manifest=manifest,
+        files=len(manifest["files"]),
+        bytes=sum(entry["size"] for entry in manifest["files"]),
+        archive_bytes=archive_bytes,
+        seconds=time.monotonic() - started,
+    )
+
+
+def verify_backup(backup: str | Path, settings: Settings | None = None) -> VerifyResult:
+    """Re-read a backup (a partition date or an archive path) and report every mismatch.
+
+    Checks the manifest against its checksum, the archive against its checksum, then every
+    member's size and SHA-256 against the manifest, and refuses to trust any member that is
+    unsafe or unlisted. Raises only when there is nothing to verify (`BackupNotFoundError`) or
+    the archive is encrypted and no key is configured (`UsageError`).
+    """
+    settings = settings or load_settings()
+    with tempfile.TemporaryDirectory(prefix="churn-verify-") as tmp:
+        files, partition = _locate(backup, settings, Path(tmp))
+        result, _ = _verify_files(files, partition, Path(tmp))
+    return result
+
+
+def restore_backup(
+    settings_or_home: Settings | str | Path,
+    partition: str | Path,
+    component: str = "all",
+    target_dir: str | Path | None = None,
+    dry_run: bool = False,
+) -> RestoreResult:
+    """Restore one component (or all) of a backup into the state root or `target_dir`.
+
+    Everything is verified before anything is touched. Members are extracted into a temporary
+    folder inside the target, re-hashed there, and only then swapped in; an existing folder is
+    renamed to `<dir>.before-restore-<timestamp>`, never overwritten or deleted. `config` is
+    restored to `<target>/config/` for comparison: the version-controlled files under the
+    project root are never written.
+    """
+    started = time.monotonic()
+    settings = (
+        settings_or_home
+        if isinstance(settings_or_home, Settings)
+        else load_settings({**os.environ, "CHURN_HOME": str(settings_or_home)})
+    )
+    if component != "all" and component not in COMPONENT_DIRS:
+        raise UsageError(
+            f"unknown component {component!r}; use one of all, {', '.join(ALL_COMPONENTS)}"
+        )
+    root = Path(target_dir or settings.home).expanduser().resolve()
+    with tempfile.TemporaryDirectory(prefix="churn-restore-") as tmp:
+        files, wanted_partition = _locate(partition, settings, Path(tmp))
+        result, plain = _verify_files(files, wanted_partition, Path(tmp))
+        _raise_for(files.label, result.problems)
+        assert result.manifest is not None and plain is not None
+        manifest = result.manifest
+        wanted = ALL_COMPONENTS if component == "all" else (component,)
+        present = tuple(c for c in wanted if c in manifest["components"])
+        if not present:
+            raise BackupNotFoundError(f"{files.label} holds no {component} component")
+        entries = [e for e in manifest["files"] if e["component"] in present]
+        dirs = [d for c in present for d in COMPONENT_DIRS[c]]
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = {d: _aside(root / d, stamp) for d in dirs if os.path.lexists(root / d)}
+        plan = [f"verify {files.label}: {len(entries)} files, {_size(entries)} bytes: ok"]
+        plan += [f"move {root / d} -> {aside[d]}" for d in dirs if d in aside]
+        for d in dirs:
+            mine = [e for e in entries if e["path"].split("/", 1)[0] == d]
+            if mine:
+                plan.append(f"restore {root / d} ({len(mine)} files, {_size(mine)} bytes)")
+        notes = _restore_notes(manifest, entries, root)
+        restored: list[Path] = []
+        moved: list[Path] = []
+        if not dry_run:
+            restored, moved = _install(plain, files.label, entries, root, dirs, aside)
+    return RestoreResult(
+        partition=str(manifest["partition"]),
+        archive=files.label,
+        root=root,
+        components=present,
+        dry_run=dry_run,
+        plan=plan,
+        files=len(entries),
+        bytes=_size(entries),
+        seconds=time.monotonic() - started,
+        restored=restored,
+        moved_aside=moved,
+        notes=notes,
+    )
+
+
+def select_retained(
+    partitions: Iterable[date],
+    keep_daily: int,
+    keep_weekly: int,
+    keep_monthly: int,
+    newest_verified: date | None = None,
+) -> set[date]:
+    """Grandfather-father-son: which backups to keep.
+
+    The newest `keep_daily` backups, the newest backup of each of the newest `keep_weekly` ISO
+    weeks that have one, and of each of the newest `keep_monthly` calendar months that have one
+    (periods without a backup do not use up a slot). The newest verified backup is always kept,
+    so retention can never leave only unrestorable archives.
+    """
+    if min(keep_daily, keep_weekly, keep_monthly) < 0:
+        raise UsageError("retention counts must be >= 0")
+    newest_first = sorted(set(partitions), reverse=True)
+    keep = set(newest_first[:keep_daily])
+    keep |= _newest_per_period(newest_first, lambda d: d.isocalendar()[:2], keep_weekly)
+    keep |= _newest_per_period(newest_first, lambda d: (d.year, d.month), keep_monthly)
+    if newest_verified in newest_first:
+        keep.add(newest_verified)
+    return keep
+
+
+def apply_retention(settings: Settings, dry_run: bool = False) -> list[date]:
+    """Delete the backups `select_retained` does not keep; returns the (would-be) deleted dates.
+
+    Refuses to delete anything when no backup verifies: the old ones may then be all there is.
+    """
+    target = _target(settings)
+    partitions = target.partitions()
+    if not partitions:
+        return []
+    newest_verified = None
+    for day in sorted(partitions, reverse=True):
+        if verify_backup(day.isoformat(), settings).ok:
+            newest_verified = day
+            break
+    if newest_verified is None:
+        raise VerificationError(
+            target.describe(""), [Problem("*", "no-verified-backup", detail="retention skipped")]
+        )
+    keep = select_retained(
+        partitions,
+        settings.backup_keep_daily,
+        settings.backup_keep_weekly,
+        settings.backup_keep_monthly,
+        newest_verified,
+    )
+    doomed = sorted(set(partitions) - keep)
+    if not dry_run:
+        for day in doomed:
+            target.delete(day.isoformat())
+    return doomed
+
+
+def snapshot_sqlite(source: Path, dest: Path, timeout: float = 60.0) -> None:
+    """Copy a possibly live sqlite database consistently (online backup API, never `cp`).
+
+    The source is opened read-only so the snapshot can never checkpoint or change it; the copy
+    must pass `PRAGMA integrity_check` or the backup fails here rather than at restore time.
+    """
+    uri = f"{source.resolve().as_uri()}?mode=ro"
+    with (
+        closing(sqlite3.connect(uri, uri=True, timeout=timeout)) as src,
+        closing(sqlite3.connect(dest)) as dst,
+    ):
+        src.backup(dst)
+        rows = [row[0] for row in dst.execute("PRAGMA integrity_check")]
+    if rows != ["ok"]:
+        raise BackupError(f"snapshot of {source} failed integrity_check: {'; '.join(rows)}")
+
+
+def _newest_per_period(
+    newest_first: list[date], period: Callable[[date], Hashable], count: int
+) -> set[date]:
+    chosen: dict[Hashable, date] = {}
+    for day in newest_first:
+        key = period(day)
+        if key not in chosen:
+            if len(chosen) == count:
+                break
+            chosen[key] = day
+    return set(chosen.values())
+
+
+def _partition(value: str) -> str:
+    if not _PARTITION.fullmatch(value):
+        raise UsageError(f"partition {value!r} is not a YYYY-MM-DD date")
+    try:
+        return date.fromisoformat(value).isoformat()
+    except ValueError as exc:
+        raise UsageError(f"partition {value!r} is not a valid date") from exc
+
+
+def _components(components: Iterable[str]) -> tuple[str, ...]:
+    requested = set(components)
+    unknown = requested - set(ALL_COMPONENTS)
+    if unknown or not requested:
+        raise UsageError(f"components must be a non-empty subset of {ALL_COMPONENTS}")
+    return tuple(c for c in ALL_COMPONENTS if c in requested)
+
+
+def _size(entries: list[dict[str, Any]]) -> int:
+    return sum(int(entry["size"]) for entry in entries)
+
+
+def _tool_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("mlflow", "dagster", "pyspark"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return versions
+
+
+_URI_PASSWORD = re.compile(r"(?<=://)([^:/@\s]*):[^@/\s]*@")
+_QUERY_SECRET = re.compile(r"(?i)((?:password|secret|token|key)=)[^&\s]+")
+
+
+def _redact(text: str) -> str:
+    return _QUERY_SECRET.sub(r"\1***", _URI_PASSWORD.sub(r"\1:***@", text))
+
+
+def _settings_snapshot(settings: Settings) -> dict[str, Any]:
+    """Non-secret settings; secrets are exactly the fields `Settings` hides from its repr."""
+    snapshot: dict[str, Any] = {}
+    for spec in dataclasses.fields(settings):
+        if not spec.repr:
+            continue
+        value = getattr(settings, spec.name)
+        snapshot[spec.name] = _redact(str(value)) if isinstance(value, str | Path) else value
+    return snapshot
+
+
+def _sources(
+    settings: Settings, wanted: tuple[str, ...], project_root: Path, not_included: list[str]
+) -> Iterator[_Source]:
+    """Members in archive order; folders are listed just before they are read."""
+    producers: dict[str, Callable[[], Iterator[_Source]]] = {
+        "mlflow": lambda: _mlflow_sources(settings, not_included),
+        "dagster": lambda: _dagster_sources(settings, not_included),
+        "data": lambda: _data_sources(settings, not_included),
+        "config": lambda: _config_sources(settings, project_root, not_included),
+        "logs": lambda: _logs_sources(settings, not_included),
+    }
+    for component in wanted:
+        yield from producers[component]()
+
+
+def _mlflow_sources(settings: Settings, not_included: list[str]) -> Iterator[_Source]:
+    uri = settings.mlflow_tracking_uri
+    scheme = uri.split(":", 1)[0].split("+", 1)[0]
+    if scheme == "sqlite":
+        db = _sqlite_path(uri)
+        if db.is_file():
+            yield _Source("mlflow/mlflow.db", "mlflow", "sqlite", str(db))
+        else:
+            not_included.append(f"missing: {db}")
+    elif scheme in ("postgresql", "postgres"):
+        yield _Source("mlflow/mlflow.pgdump", "mlflow", "pg_dump", uri)
+    else:
+        raise UsageError(
+            f"cannot back up MLflow tracking URI {_redact(uri)!r}: only sqlite and postgresql "
+            "backends are supported; back up a tracking server's own database"
+        )
+    artifacts = _local_path(settings.mlflow_artifact_root or str(settings.mlflow_dir / "artifacts"))
+    if artifacts is None:
+        not_included.append(f"external: {_redact(settings.mlflow_artifact_root)}")
+    else:
+        yield from _tree("mlflow/artifacts", artifacts, "mlflow", not_included)
+
+
+def _sqlite_path(uri: str) -> Path:
+    """SQLAlchemy form: `sqlite:///relative.db`, `sqlite:////absolute.db`."""
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if not uri.startswith("sqlite:///") or not path or path == ":memory:":
+        raise UsageError(f"MLflow tracking URI {uri!r} does not name a sqlite file")
+    return Path(path)
+
+
+def _local_path(location: str) -> Path | None:
+    if location.startswith("file:"):
+        return Path(unquote(urlsplit(location).path))
+    return None if "://" in location else Path(location)
+
+
+def _dagster_sources(settings: Settings, not_included: list[str]) -> Iterator[_Source]:
+    root = settings.dagster_storage
+    if not root.is_dir():
+        not_included.append(f"missing: {root}")
+        return
+    for path in _walk(root):
+        if path.name.endswith(_SQLITE_SIDECARS):
+            continue
+        kind = "sqlite" if path.suffix == ".db" else "file"
+        yield _Source(f"dagster/{path.relative_to(root).as_posix()}", "dagster", kind, str(path))
+
+
+def _data_sources(settings: Settings, not_included: list[str]) -> Iterator[_Source]:
+    """Only the versions the `CURRENT` pointers name; older versions are rebuildable history."""
+    root = settings.warehouse
+    if not root.is_dir():
+        not_included.append(f"missing: {root}")
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(("v-", ".")))
+        if POINTER not in filenames:
+            continue
+        folder = Path(dirpath)
+        name = (folder / POINTER).read_text().strip()
+        if not name or "/" in name or name in (".", "..") or not (folder / name).is_dir():
+            raise BackupError(f"{folder / POINTER} names {name!r}, not a version folder beside it")
+        prefix = "/".join(("warehouse", *folder.relative_to(root).parts))
+        yield _Source(f"{prefix}/{POINTER}", "data", "bytes", content=f"{name}\n".encode())
+        yield from _tree(f"{prefix}/{name}", folder / name, "data", not_included)
+
+
+def _config_sources(
+    settings: Settings, project_root: Path, not_included: list[str]
+) -> Iterator[_Source]:
+    candidates = [
+        ("config/dagster.yaml", project_root / "dagster.yaml"),
+        ("config/workspace.yaml", project_root / "workspace.yaml"),
+        (f"config/spec/{settings.spec_path.name}", settings.spec_path),
+    ]
+    for arcname, path in candidates:
+        if path.is_file():
+            yield _Source(arcname, "config", "file", str(path))
+        else:
+            not_included.append(f"missing: {path}")
+    snapshot = json.dumps(_settings_snapshot(settings), indent=2, sort_keys=True) + "\n"
+    yield _Source("config/settings.json", "config", "bytes", content=snapshot.encode())
+
+
+def _logs_sources(settings: Settings, not_included: list[str]) -> Iterator[_Source]:
+    """The chain heads are read before the logs, so every head they name is in the copied logs."""
+    heads = settings.logs / "chain_heads.json"
+    if heads.is_file():
+        yield _Source("logs/chain_heads.json", "logs", "file", str(heads))
+    else:
+        not_included.append(f"missing: {heads}")
+    if settings.logs.is_dir():
+        for path in sorted(settings.logs.glob("*.jsonl")):
+            yield _Source(f"logs/{path.name}", "logs", "file", str(path))
+    for folder in (settings.incidents, settings.home / "changes"):
+        for source in _tree(folder.name, folder, "logs", not_included):
+            if source.arcname.endswith(".json"):
+                yield source
+
+
+def _tree(prefix: str, root: Path, component: str, not_included: list[str]) -> Iterator[_Source]:
+    if not root.is_dir():
+        not_included.append(f"missing: {root}")
+        return
+    for path in _walk(root):
+        yield _Source(f"{prefix}/{path.relative_to(root).as_posix()}", component, "file", str(path))
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Regular files below `root`, sorted; links and special files fail the backup loudly."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        folder = Path(dirpath)
+        for name in dirnames:
+            if (folder / name).is_symlink():
+                raise BackupError(
+                    f"{folder / name} is a symlink; the state root holds real folders"
+                )
+        for name in sorted(filenames):
+            path = folder / name
+            if path.is_symlink() or not path.is_file():
+                raise BackupError(f"{path} is not a regular file; refusing to archive it")
+            yield path
+
+
+def _write_archive(
+    path: Path, sources: Iterator[_Source], scratch: Path, header: dict[str, Any]
+) -> tuple[dict[str, Any], bytes]:
+    """Stream every source into the tar.gz, hashing as it goes, and close with the manifest."""
+    files: list[dict[str, Any]] = []
+    with tarfile.open(path, "w:gz", compresslevel=6) as tar:
+        for source in sources:
+            if source.kind == "bytes":
+                size, digest = _add_bytes(tar, source.arcname, source.content)
+            elif source.kind == "file":
+                size, digest = _add_file(tar, source.arcname, Path(source.origin))
+            else:
+                staged = scratch / "snapshot"
+                if source.kind == "sqlite":
+                    snapshot_sqlite(Path(source.origin), staged)
+                else:
+                    _pg_dump(source.origin, staged)
+                size, digest = _add_file(tar, source.arcname, staged)
+                staged.unlink()
+            entry = {"path": source.arcname, "size": size, "sha256": digest}
+            files.append({**entry, "component": source.component})
+        manifest = {**header, "files": files}
+        try:
+            manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
+        except TypeError as exc:
+            raise UsageError(f"golden must be JSON-serialisable: {exc}") from exc
+        _add_bytes(tar, MANIFEST_MEMBER, manifest_bytes)
+    return manifest, manifest_bytes
+
+
+def _tarinfo(arcname: str, size: int, mtime: float) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(arcname)
+    info.size = size
+    info.mtime = int(mtime)
+    info.mode = 0o644
+    return info
+
+
+def _add_file(tar: tarfile.TarFile, arcname: str, path: Path) -> tuple[int, str]:
+    with path.open("rb") as handle:
+        stat = os.fstat(handle.fileno())
+        reader = _HashingReader(handle)
+        tar.addfile(_tarinfo(arcname, stat.st_size, stat.st_mtime), reader)  # type: ignore[arg-type]
+    return stat.st_size, reader.sha256.hexdigest()
+
+
+def _add_bytes(tar: tarfile.TarFile, arcname: str, content: bytes) -> tuple[int, str]:
+    tar.addfile(_tarinfo(arcname, len(content), time.time()), io.BytesIO(content))
+    return len(content), hashlib.sha256(content).hexdigest()
+
+
+def _pg_dump(uri: str, dest: Path) -> None:
+    """`pg_dump --format=custom`; the password goes through PGPASSWORD, not the process list."""
+    if shutil.which("pg_dump") is None:
+        raise BackupError("pg_dump not found on PATH; install the PostgreSQL client")
+    parts = urlsplit(uri)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    netloc = f"{user}@{hostport}" if user else hostport
+    dsn = urlunsplit(("postgresql", netloc, parts.path, parts.query, ""))
+    env = dict(os.environ)
+    if parts.password:
+        env["PGPASSWORD"] = unquote(parts.password)
+    command = ["pg_dump", "--format=custom", "--no-owner", "--file", str(dest), "--dbname", dsn]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BackupError(f"pg_dump of {_redact(uri)} failed: {done.stderr.strip()}")
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _locate(backup: str | Path, settings: Settings, tmp: Path) -> tuple[_Files, str | None]:
+    """A partition date is looked up in the configured target; anything else is an archive path."""
+    if isinstance(backup, str) and _PARTITION.fullmatch(backup):
+        partition = _partition(backup)
+        return _target(settings).fetch(partition, tmp), partition
+    path = Path(backup).expanduser().resolve()
+    if not path.is_file():
+        raise BackupNotFoundError(f"no backup archive at {path}")
+    return _Files(path, str(path)), None
+
+
+def _verify_files(
+    files: _Files, partition: str | None, tmp: Path
+) -> tuple[VerifyResult, Path | None]:
+    """Verify sidecars, archive and members; returns the plaintext archive when it is readable."""
+    problems: list[Problem] = []
+    expected = _read_checksums(files, problems)
+    if not files.manifest.is_file():
+        problems.append(Problem(files.manifest.name, "missing"))
+        return VerifyResult(files.label, problems, None), None
+    manifest_bytes = files.manifest.read_bytes()
+    manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
+    _compare_sha(files.manifest.name, expected, manifest_sha, problems)
+    _compare_sha(files.archive.name, expected, _sha256_file(files.archive), problems)
+    manifest = _parse_manifest(manifest_bytes, files.manifest.name, problems)
+    if manifest is None:
+        return VerifyResult(files.label, problems, None), None
+    if partition is not None and manifest.get("partition") != partition:
+        problems.append(
+            Problem(
+                files.manifest.name, "partition-mismatch", partition, str(manifest["partition"])
+            )
+        )
+    plain = files.archive
+    if files.archive.name.endswith(".enc"):
+        fernet = _fernet()
+        if fernet is None:
+            raise UsageError(
+                f"{files.label} is encrypted; set {KEY_ENV} to the key it was made with"
+            )
+        plain = tmp / files.archive.name.removesuffix(".enc")
+        try:
+            _decrypt_file(files.archive, plain, fernet)
+        except DecryptionError as exc:
+            problems.extend(exc.problems)
+            return VerifyResult(files.label, problems, manifest), None
+    problems.extend(_check_members(plain, manifest, manifest_sha))
+    return VerifyResult(files.label, problems, manifest), plain
+
+
+def _read_checksums(files: _Files, problems: list[Problem]) -> dict[str, str]:
+    if not files.checksums.is_file():
+        problems.append(Problem(files.checksums.name, "missing"))
+        return {}
+    expected: dict[str, str] = {}
+    for line in files.checksums.read_text().splitlines():
+        match = re.fullmatch(r"([0-9a-f]{64})  (\S+)", line)
+        if match is None:
+            problems.append(Problem(files.checksums.name, "malformed", detail=line[:80]))
+        else:
+            expected[match.group(2)] = match.group(1)
+    return expected
+
+
+def _compare_sha(name: str, expected: dict[str, str], actual: str, problems: list[Problem]) -> None:
+    if name not in expected:
+        problems.append(Problem(name, "no-checksum", actual=actual))
+    elif expected[name] != actual:
+        problems.append(Problem(name, "sha256-mismatch", expected[name], actual))
+
+
+def _parse_manifest(data: bytes, name: str, problems: list[Problem]) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads(data)
+    except ValueError as exc:
+        problems.append(Problem(name, "unreadable", detail=str(exc)))
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        problems.append(Problem(name, "unknown-format", FORMAT, str(manifest.get("format"))))
+        return None
+    for entry in manifest.get("files", []):
+        valid = (
+            isinstance(entry, dict)
+            and isinstance(entry.get("path"), str)
+            and isinstance(entry.get("size"), int)
+            and re.fullmatch(r"[0-9a-f]{64}", str(entry.get("sha256"))) is not None
+            and entry.get("component") in COMPONENT_DIRS
+        )
+        if not valid:
+            problems.append(Problem(name, "malformed-entry", detail=str(entry)[:120]))
+            return None
+        unsafe = _vet_name(entry["path"])
+        if unsafe is not None:
+            problems.append(unsafe)
+        elif entry["path"].split("/", 1)[0] not in COMPONENT_DIRS[entry["component"]]:
+            problems.append(Problem(entry["path"], "component-mismatch", detail=entry["component"]))
+    return manifest
+
+
+def _vet_name(name: str) -> Problem | None:
+    if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
+        return Problem(name, AbsolutePathError.kind)
+    parts = name.split("/")
+    if ".." in parts:
+        return Problem(name, PathTraversalError.kind)
+    if "" in parts or "." in parts or "\\" in name:
+        return Problem(name, PathTraversalError.kind, detail="not a plain relative path")
+    return None
+
+
+def _vet(member: tarfile.TarInfo) -> Problem | None:
+    """Our own check, on top of tarfile's `data` filter (which has had bypasses)."""
+    problem = _vet_name(member.name)
+    if problem is not None:
+        return problem
+    if member.issym():
+        return Problem(member.name, SymlinkMemberError.kind, detail=f"-> {member.linkname}")
+    if member.islnk():
+        return Problem(member.name, HardlinkMemberError.kind, detail=f"-> {member.linkname}")
+    if not (member.isfile() or member.isdir()):
+        return Problem(member.name, SpecialFileError.kind, detail=f"tar type {member.type!r}")
+    return None
+
+
+def _check_members(plain: Path, manifest: dict[str, Any], manifest_sha: str) -> list[Problem]:
+    problems: list[Problem] = []
+    listed = {entry["path"]: entry for entry in manifest["files"]}
+    seen: set[str] = set()
+    try:
+        with tarfile.open(plain, "r:gz") as tar:
+            for member in tar:
+                problem = _vet(member)
+                if problem is None and member.name in seen:
+                    problem = Problem(member.name, DuplicateMemberError.kind)
+                unlisted = member.name not in listed and member.name != MANIFEST_MEMBER
+                if problem is None and member.isfile() and unlisted:
+                    problem = Problem(member.name, UnlistedMemberError.kind)
+                if problem is not None:
+                    problems.append(problem)
+                    continue
+                seen.add(member.name)
+                if member.isdir():
+                    continue
+                size, digest = _hash_member(tar, member)
+                if member.name == MANIFEST_MEMBER:
+                    if digest != manifest_sha:
+                        problems.append(
+                            Problem(member.name, "sha256-mismatch", manifest_sha, digest)
+                        )
+                    continue
+                entry = listed[member.name]
+                if size != entry["size"]:
+                    problems.append(
+                        Problem(member.name, "size-mismatch", str(entry["size"]), str(size))
+                    )
+                if digest != entry["sha256"]:
+                    problems.append(
+                        Problem(member.name, "sha256-mismatch", entry["sha256"], digest)
+                    )
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        problems.append(Problem(plain.name, "unreadable", detail=str(exc)))
+    for path in sorted(set(listed) - seen):
+        problems.append(Problem(path, "missing", listed[path]["sha256"], "absent"))
+    if MANIFEST_MEMBER not in seen:
+        problems.append(Problem(MANIFEST_MEMBER, "missing", manifest_sha, "absent"))
+    return problems
+
+
+def _hash_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> tuple[int, str]:
+    handle = tar.extractfile(member)
+    assert handle is not None
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := handle.read(_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _raise_for(label: str, problems: list[Problem]) -> None:
+    """Unsafe members outrank plain mismatches: they are refused by kind, with their own code."""
+    for problem in problems:
+        if problem.kind in _UNSAFE:
+            raise _UNSAFE[problem.kind](label, problem)
+    if any(problem.kind == "decrypt" for problem in problems):
+        raise DecryptionError(label, problems)
+    if problems:
+        raise VerificationError(label, problems)
+
+
+def _aside(path: Path, stamp: str) -> Path:
+    candidate = path.with_name(f"{path.name}.before-restore-{stamp}")
+    counter = 1
+    while os.path.lexists(candidate):
+        counter += 1
+        candidate = path.with_name(f"{path.name}.before-restore-{stamp}-{counter}")
+    return candidate
+
+
+def _install(
+    plain: Path,
+    label: str,
+    entries: list[dict[str, Any]],
+    root: Path,
+    dirs: list[str],
+    aside: dict[str, Path],
+) -> tuple[list[Path], list[Path]]:
+    """Extract into a temp folder inside `root`, re-hash there, then swap folders in by rename."""
+    created = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".restore-", dir=root))
+    try:
+        wanted = {entry["path"]: entry for entry in entries}
+        with tarfile.open(plain, "r:gz") as tar:
+            members = [m for m in tar.getmembers() if m.name in wanted]
+            _raise_for(label, [p for p in map(_vet, members) if p is not None])
+            tar.extractall(staging, members=members, filter="data")
+        _raise_for(label, _check_tree(staging, wanted))
+        moved = []
+        for d in dirs:
+            if d in aside:
+                os.rename(root / d, aside[d])
+                moved.append(aside[d])
+        restored = []
+        for d in dirs:
+            if (staging / d).is_dir():
+                os.rename(staging / d, root / d)
+                restored.append(root / d)
+        _fsync(root)
+    finally:
+        shutil.rmtree(staging)
+        if created and not any(root.iterdir()):
+            root.rmdir()
+    return restored, moved
+
+
+def _check_tree(staging: Path, wanted: dict[str, dict[str, Any]]) -> list[Problem]:
+    """The extracted files, re-hashed: this closes the gap between verifying and extracting."""
+    problems: list[Problem] = []
+    found: set[str] = set()
+    for dirpath, _, filenames in os.walk(staging):
+        for name in filenames:
+            path = Path(dirpath) / name
+            rel = path.relative_to(staging).as_posix()
+            found.add(rel)
+            entry = wanted.get(rel)
+            if entry is None or path.is_symlink():
+                problems.append(Problem(rel, UnlistedMemberError.kind, detail="after extraction"))
+            elif (digest := _sha256_file(path)) != entry["sha256"]:
+                problems.append(Problem(rel, "sha256-mismatch", entry["sha256"], digest))
+    for rel in sorted(set(wanted) - found):
+        problems.append(Problem(rel, "missing", wanted[rel]["sha256"], "absent"))
+    return problems
+
+
+def _restore_notes(
+    manifest: dict[str, Any], entries: list[dict[str, Any]], root: Path
+) -> list[str]:
+    paths = {entry["path"] for entry in entries}
+    notes = []
+    if "mlflow/mlflow.pgdump" in paths:
+        dump = root / "mlflow" / "mlflow.pgdump"
+        notes.append(
+            f"MLflow ran on PostgreSQL: load {dump} into a new database with "
+            f"`pg_restore --no-owner --dbname <new-db-uri> {dump}`, then point "
+            "MLFLOW_TRACKING_URI at it"
+        )
+    if any(p.startswith("mlflow/") for p in paths) and manifest.get("home") != str(root):
+        notes.append(
+            f"run artifact locations in the MLflow database still point below {manifest.get('home')}"
+        )
+    if any(p.startswith("config/") for p in paths):
+        notes.append(
+            f"config restored to {root / 'config'} for comparison; compare it with the project's "
+            "dagster.yaml, workspace.yaml and dataset spec (version-controlled, never overwritten)"
+        )
+    return notes
+
+
+def _fernet() -> Fernet | None:
+    key = os.environ.get(KEY_ENV)
+    if not key:
+        return None
+    try:
+        return Fernet(key)
+    except ValueError as exc:
+        raise UsageError(
+            f"{KEY_ENV} is not a Fernet key (Fernet.generate_key() makes one)"
+        ) from exc
+
+
+def _encrypt_file(source: Path, dest: Path, fernet: Fernet) -> None:
+    """Chunked Fernet: 1 MiB plaintext per token, so memory stays bounded for any archive size.
+
+    Each token carries a random per-archive stream id, its index and a final flag, so chunks
+    cannot be reordered, dropped, truncated or spliced in from another archive unnoticed.
+    """
+    stream = os.urandom(_STREAM_ID)
+    with source.open("rb") as fin, dest.open("wb") as fout:
+        fout.write(_MAGIC + stream)
+        index, chunk = 0, fin.read(_CHUNK)
+        while True:
+            following = fin.read(_CHUNK)
+            token = fernet.encrypt(stream + _CHUNK_HEADER.pack(index, not following) + chunk)
+            fout.write(struct.pack(">I", len(token)) + token)
+            if not following:
+                return
+            index, chunk = index + 1, following
+
+
+def _decrypt_file(source: Path, dest: Path, fernet: Fernet) -> None:
+    def fail(detail: str) -> DecryptionError:
+        return DecryptionError(str(source), [Problem(source.name, "decrypt", detail=detail)])
+
+    header = len(_MAGIC) + _STREAM_ID
+    with source.open("rb") as fin, dest.open("wb") as fout:
+        head = fin.read(header)
+        if len(head) != header or not head.startswith(_MAGIC):
+            raise fail("not an encrypted churn backup")
+        stream = head[len(_MAGIC) :]
+        index = 0
+        while True:
+            raw = fin.read(4)
+            if len(raw) != 4:
+                raise fail("truncated: the final chunk is missing")
+            (length,) = struct.unpack(">I", raw)
+            token = fin.read(length) if length <= _MAX_TOKEN else b""
+            if len(token) != length:
+                raise fail(f"chunk {index} is truncated or oversized")
+            try:
+                plain = fernet.decrypt(token)
+            except InvalidToken:
+                raise fail(f"chunk {index} does not decrypt: wrong key or tampered") from None
+            body = plain[_STREAM_ID + _CHUNK_HEADER.size :]
+            chunk_index, final = _CHUNK_HEADER.unpack_from(plain, _STREAM_ID)
+            if plain[:_STREAM_ID] != stream or chunk_index != index:
+                raise fail(f"chunk {index} is out of order or from another archive")
+            fout.write(body)
+            if final:
+                break
+            index += 1
+        if fin.read(1):
+            raise fail("data after the final chunk")
+
+
+class _LocalTarget:
+    """A folder of `<date>/` partition folders, each published by one atomic rename."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.staging = root
+
+    def describe(self, partition: str) -> str:
+        return str(self.root / partition)
+
+    def partitions(self) -> list[date]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            date.fromisoformat(p.name)
+            for p in self.root.iterdir()
+            if _PARTITION.fullmatch(p.name) and any(p.glob("*.sha256"))
+        )
+
+    def publish(self, built: Path, partition: str, archive_name: str) -> str:
+        """Rename `built` into place; an existing partition is exchanged with it atomically."""
+        final = self.root / partition
+        try:
+            os.rename(built, final)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            _exchange(built, final)
+        _fsync(self.root)
+        return str(final / archive_name)
+
+    def fetch(self, partition: str, tmp: Path) -> _Files:
+        folder = self.root / partition
+        checksums = sorted(folder.glob("*.sha256")) if folder.is_dir() else []
+        if len(checksums) != 1:
+            raise BackupNotFoundError(f"no published backup for {partition} in {self.root}")
+        archive = folder / checksums[0].name.removesuffix(".sha256")
+        if not archive.is_file():
+            raise BackupNotFoundError(f"{archive} is missing (its checksums file is there)")
+        return _Files(archive, str(archive))
+
+    def delete(self, partition: str) -> None:
+        """Rename away first, so a half-deleted partition is never visible as a backup."""
+        trash = self.root / f".trash-{partition}-{uuid.uuid4().hex}"
+        os.rename(self.root / partition, trash)
+        shutil.rmtree(trash)
+
+
+def _exchange(new: Path, current: Path) -> None:
+    """Swap two folders atomically with Linux `renameat2(RENAME_EXCHANGE)`.
+
+    Where the kernel or filesystem lacks it, fall back to two renames (a window of a few
+    microseconds in which the partition is absent, never half-written).
+    """
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is not None:
+        old, cur = os.fsencode(new), os.fsencode(current)
+        if renameat2(_AT_FDCWD, old, _AT_FDCWD, cur, _RENAME_EXCHANGE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise OSError(code, os.strerror(code), str(current))
+    parked = new.with_name(new.name + ".previous")
+    os.rename(current, parked)
+    os.rename(new, current)
+    os.rename(parked, new)
+
+
+class _S3Target:
+    """`s3://bucket/prefix/<date>/...`: built locally, uploaded with the checksums file last."""
+
+    def __init__(self, url: str, staging: Path) -> None:
+        parts = urlsplit(url)
+        if not parts.netloc:
+            raise UsageError(f"backup target {url!r} names no bucket")
+        self.bucket = parts.netloc
+        self.prefix = parts.path.strip("/")
+        self.staging = staging
+        self.client = boto3.client("s3", endpoint_url=os.environ.get(S3_ENDPOINT_ENV) or None)
+
+    def _key(self, *parts: str) -> str:
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+    def describe(self, partition: str, name: str = "") -> str:
+        return f"s3://{self.bucket}/{self._key(partition, name)}"
+
+    def _keys(self, partition: str) -> list[str]:
+        prefix = self._key(partition)
+        prefix = f"{prefix}/" if prefix else ""
+        keys: list[str] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        ):
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+        return keys
+
+    def partitions(self) -> list[date]:
+        found = set()
+        for key in self._keys(""):
+            parts = key.removeprefix(f"{self.prefix}/" if self.prefix else "").split("/")
+            if len(parts) == 2 and _PARTITION.fullmatch(parts[0]) and parts[1].endswith(".sha256"):
+                found.add(date.fromisoformat(parts[0]))
+        return sorted(found)
+
+    def publish(self, built: Path, partition: str, archive_name: str) -> str:
+        """Each PUT is atomic; the checksums object goes last and marks the backup complete."""
+        files = _Files(built / archive_name, archive_name)
+        new = {
+            self._key(partition, p.name) for p in (files.archive, files.manifest, files.checksums)
+        }
+        for path in (files.archive, files.manifest):
+            self.client.upload_file(str(path), self.bucket, self._key(partition, path.name))
+        stale = sorted(set(self._keys(partition)) - new, key=lambda k: not k.endswith(".sha256"))
+        for key in stale:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        checksums_key = self._key(partition, files.checksums.name)
+        self.client.upload_file(str(files.checksums), self.bucket, checksums_key)
+        return self.describe(partition, archive_name)
+
+    def fetch(self, partition: str, tmp: Path) -> _Files:
+        checksums = [k for k in self._keys(partition) if k.endswith(".sha256")]
+        if len(checksums) != 1:
+            raise BackupNotFoundError(f"no published backup for {partition} at {self.describe('')}")
+        name = checksums[0].rsplit("/", 1)[-1].removesuffix(".sha256")
+        files = _Files(tmp / name, self.describe(partition, name))
+        for path in (files.checksums, files.manifest, files.archive):
+            key = self._key(partition, path.name)
+            try:
+                self.client.download_file(self.bucket, key, str(path))
+            except ClientError as exc:
+                raise BackupNotFoundError(f"s3://{self.bucket}/{key}: {exc}") from exc
+        return files
+
+    def delete(self, partition: str) -> None:
+        """The checksums object goes first, so a half-deleted partition is no longer listed."""
+        for key in sorted(self._keys(partition), key=lambda k: not k.endswith(".sha256")):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+
+
+def _target(settings: Settings) -> _LocalTarget | _S3Target:
+    """`s3://bucket/prefix`, a folder path, or empty for `settings.backups`."""
+    spec = settings.backup_target
+    if spec.startswith("s3://"):
+        return _S3Target(spec, settings.backups)
+    location = _local_path(spec)
+    if location is None:
+        raise UsageError(f"backup target {spec!r}: use s3://bucket/prefix or a folder path")
+    return _LocalTarget(location.expanduser().resolve() if spec else settings.backups)

@@ -1,0 +1,228 @@
+"""`churn-platform`: thin commands over the Dagster definitions and the platform's modules.
+
+Runs go through a persistent Dagster instance under $CHURN_HOME, so everything started here
+shows up in the UI's run history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from churn_platform.settings import DEFAULT_SPEC, Settings, load_settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CommandError(RuntimeError):
+    """A failure the user can act on; main() prints it to stderr and exits non-zero."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    if getattr(args, "config", None):
+        os.environ["CHURN_CONFIG"] = str(Path(args.config).resolve())
+    return load_settings()
+
+
+def _progress(message: str, started: float) -> None:
+    print(f"[{time.monotonic() - started:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def _instance(settings: Settings) -> dg.DagsterInstance:
+    from churn_platform.resources import prepare_dagster_home
+
+    prepare_dagster_home(settings)
+    return dg.DagsterInstance.get()
+
+
+def _root_error(error: Any) -> str:
+    """The user's own exception message, beneath Dagster's wrapping errors."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    return (getattr(error, "message", None) or str(error)).strip()
+
+
+def cmd_fetch_data(args: argparse.Namespace) -> int:
+    from churn_platform.datasets import ensure_telco_csv
+
+    path = ensure_telco_csv(_settings(args).data_dir)
+    print(path)
+    return EXIT_OK
+
+
+def materialize_selection(
+    settings: Settings, selection: str | None, tags: dict[str, str] | None = None
+) -> dg.ExecuteInProcessResult:
+    """Materialize the selected assets in this process (one JVM) and record the run."""
+    from churn_platform.assets.ingestion import BASE_BATCH, ingest_batches
+    from churn_platform.definitions import build_definitions
+
+    instance = _instance(settings)
+    defs = build_definitions(settings)
+    graph = defs.resolve_asset_graph()
+    assets = list(defs.resolve_all_asset_specs())
+    asset_selection = dg.AssetSelection.from_coercible(selection) if selection else None
+    keys = (
+        asset_selection.resolve(graph)
+        if asset_selection is not None
+        else {spec.key for spec in assets}
+    )
+    partitioned = {k for k in keys if graph.get(k).partitions_def is not None}
+    partition_key = None
+    if partitioned:
+        if not instance.has_dynamic_partition(ingest_batches.name, BASE_BATCH):
+            instance.add_dynamic_partitions(ingest_batches.name, [BASE_BATCH])
+        partition_key = BASE_BATCH
+    return dg.materialize(
+        list(defs.assets or []),
+        instance=instance,
+        resources=defs.resources,
+        selection=asset_selection,
+        partition_key=partition_key,
+        raise_on_error=False,
+        tags={"churn/trigger": "cli", "churn/actor": _actor(), **(tags or {})},
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+    )
+
+
+def _actor() -> str:
+    import getpass
+
+    try:
+        return f"user:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "user:unknown"
+
+
+def run_summary(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    """Numeric metadata per materialized asset, plus the quarantine and model summaries."""
+    summary: dict[str, Any] = {"run_id": result.run_id, "success": result.success, "assets": {}}
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        key = materialization.asset_key.to_user_string()
+        numeric = {
+            name: value.value
+            for name, value in materialization.metadata.items()
+            if isinstance(value.value, (int, float)) and not isinstance(value.value, bool)
+        }
+        summary["assets"][key] = numeric
+        if key == "quarantined_customers":
+            by_reason = materialization.metadata.get("by_reason")
+            summary["quarantine"] = {
+                "total": numeric.get("quarantine_total", 0),
+                "by_reason": by_reason.value if by_reason is not None else {},
+            }
+        for extra in ("champion", "leaderboard"):
+            if extra in materialization.metadata:
+                summary[extra] = materialization.metadata[extra].value
+    return summary
+
+
+def _failure_message(result: dg.ExecuteInProcessResult) -> str:
+    messages = []
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            messages.append(f"{event.step_key}: {_root_error(event.step_failure_data.error)}")
+        elif event.event_type_value == "ASSET_CHECK_EVALUATION":
+            evaluation = event.event_specific_data
+            if not evaluation.passed:
+                key = evaluation.asset_key.to_user_string()
+                messages.append(f"check {evaluation.check_name} on {key} failed")
+    return "; ".join(messages) or "the run failed"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    started = time.monotonic()
+    if settings.spec_path == DEFAULT_SPEC.resolve():
+        from churn_platform.datasets import ensure_telco_csv
+
+        ensure_telco_csv(settings.data_dir)
+    _progress(f"materializing {args.select or 'all assets'} (state root {settings.home})", started)
+    result = materialize_selection(settings, args.select)
+    summary = run_summary(result)
+    for key, numeric in summary["assets"].items():
+        rows = numeric.get("row_count")
+        _progress(f"{key}: materialized" + (f", {rows} rows" if rows is not None else ""), started)
+    summary["wall_time_s"] = round(time.monotonic() - started, 2)
+    if "champion" in summary:
+        champion = summary["champion"]
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in champion.get("metrics", {}).items())
+        print(f"champion: {champion.get('name')} v{champion.get('version')} ({metrics})")
+    if args.json:
+        print(json.dumps(summary, default=str))
+    if not result.success:
+        raise CommandError(_failure_message(result))
+    return EXIT_OK
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pyspark.sql import SparkSession
+
+    from churn_platform.resources import spark_conf
+    from churn_platform.synthetic import generate_customers, write_customers
+
+    settings = _settings(args)
+    builder = SparkSession.builder
+    for key, value in spark_conf(settings).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    df = generate_customers(
+        spark, args.rows, seed=args.seed, drift=args.drift, id_start=args.id_start
+    )
+    print(write_customers(df, Path(args.output), fmt=args.format))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="churn-platform", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str):
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("--config", help="dataset spec YAML (default: CHURN_CONFIG or Telco)")
+        command.set_defaults(handler=handler)
+        return command
+
+    add("fetch-data", cmd_fetch_data, "download and verify the default IBM Telco dataset")
+
+    run = add("run", cmd_run, "materialize assets (all by default) in the persistent instance")
+    run.add_argument("--select", help="asset selection, e.g. 'customer_features' or '*churn_scores'")
+    run.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+
+    generate = add("generate", cmd_generate, "write a synthetic Telco-shaped customer file")
+    generate.add_argument("--rows", type=int, required=True)
+    generate.add_argument("--output", required=True)
+    generate.add_argument("--seed", type=int, default=42)
+    generate.add_argument("--drift", type=float, default=0.0)
+    generate.add_argument("--id-start", type=int, default=0)
+    generate.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1203 @@
+"""ITIL operations records: a hash-chained JSON-lines event log, incidents and change records.
+
+Everything lives under the state root (`$CHURN_HOME`), readable by the service group only:
+
+    logs/                       0750
+      ops-YYYY-MM-DD.jsonl      0640  one JSON event per line, one file per UTC day, append-only
+      chain_heads.json          0640  last seq + hash per file (detects truncation; backed up)
+      .ops.lock                 0640  flock held around "read chain head, append"
+    incidents/INC-YYYYMMDD-NNNN.json   one incident per file, replaced atomically
+    changes/CHG-YYYYMMDD-NNNN.json     one change record per file
+    changes/config_state.json          hashes of the last recorded spec and settings
+    secrets/pseudonym.key       0600  HMAC key generated once when CHURN_PSEUDONYM_KEY is unset;
+                                      back it up with the state or pseudonyms stop matching
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import functools
+import hashlib
+import hmac
+import json
+import logging
+import math
+import numbers
+import os
+import pwd
+import re
+import secrets
+import stat
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from logging.handlers import SysLogHandler
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pythonjsonlogger.json import JsonEncoder, JsonFormatter
+
+from churn_platform.settings import Settings
+
+SCHEMA_VERSION = 1
+GENESIS_HASH = "0" * 64
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+LOCK_NAME = ".ops.lock"
+HEADS_NAME = "chain_heads.json"
+LOG_FILE_RE = re.compile(r"^ops-(\d{4}-\d{2}-\d{2})\.jsonl$")
+PRIORITY_MATRIX_ENV = "CHURN_PRIORITY_MATRIX"
+CHANGE_TYPES = ("standard", "normal", "emergency")
+CONFIG_CI = "platform_config"
+
+RECORD_FIELDS = (
+    "schema_version", "ts", "seq", "level", "itil_event_type", "event_code", "message",
+    "component", "configuration_item", "dagster_run_id", "asset_key", "partition",
+    "mlflow_run_id", "model_version", "actor", "outcome", "metrics", "error_type",
+    "error_message", "prev_hash", "hash",
+)  # fmt: skip
+
+DEFAULT_PRIORITY_MATRIX: dict[str, dict[str, str]] = {
+    "high": {"high": "P1", "medium": "P2", "low": "P3"},
+    "medium": {"high": "P2", "medium": "P3", "low": "P4"},
+    "low": {"high": "P3", "medium": "P4", "low": "P5"},
+}
+
+_EVENT_CODE_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")
+_UNSAFE_CHARS_RE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_QUOTED_LITERAL_RE = re.compile(r"(?<!\w)'[^'\n]*'(?!\w)")
+_URL_CREDENTIALS_RE = re.compile(r"//[^/@\s]+@")
+_SECRET_NAME_RE = re.compile(r"key|password|secret|token", re.IGNORECASE)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def sanitize(text: object, max_length: int = 2000) -> str:
+    """Escape control, line-separator and bidi characters and cap the length.
+
+    Why: a newline, ANSI escape or U+2028 in a message (often from an exception raised on bad
+    input) could fake extra records or rewrite what an operator's terminal shows.
+    """
+    escaped = _UNSAFE_CHARS_RE.sub(_escape_char, str(text))
+    if len(escaped) > max_length:
+        return f"{escaped[:max_length]}...[{len(escaped) - max_length} more chars]"
+    return escaped
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED_ESCAPES.get(char) or (f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}")
+
+
+def describe_error(error: BaseException) -> tuple[str, str]:
+    """The exception's type and a sanitized message with quoted literals redacted.
+
+    Why redact: engines quote the offending *value* (Spark's CAST_INVALID_INPUT, Python's KeyError
+    and ValueError), and that value is often a customer identifier. Full detail stays in Dagster.
+    """
+    kind = type(error)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    return name, sanitize(_QUOTED_LITERAL_RE.sub("'<redacted>'", str(error)), max_length=1000)
+
+
+def pseudonymize(value: object, key: str | bytes) -> str:
+    """Keyed HMAC-SHA256 of an identifier, as hex.
+
+    Why keyed: a plain hash of a short customer id can be reversed by hashing every possible id;
+    the HMAC is stable for correlating events but meaningless without the key.
+    """
+    if not key:
+        raise ValueError("pseudonym key is empty; set CHURN_PSEUDONYM_KEY or use pseudonym_key()")
+    key_bytes = key.encode("utf-8") if isinstance(key, str) else key
+    return hmac.new(key_bytes, str(value).encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def pseudonym_key(settings: Settings) -> str:
+    """CHURN_PSEUDONYM_KEY, else a random key generated once at `secrets/pseudonym.key` (0600).
+
+    Why a stored key: pseudonyms must match across processes and restarts. Concurrent first calls
+    agree because the key is published with `os.link`, which never overwrites.
+    """
+    if settings.pseudonym_key:
+        return settings.pseudonym_key
+    path = settings.home / "secrets" / "pseudonym.key"
+    if not path.exists():
+        _ensure_dir(path.parent, 0o700)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".pseudonym.key.")
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, secrets.token_hex(32).encode("ascii"))
+            os.fsync(fd)
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise PermissionError(f"{path} has mode {mode:o}; the pseudonym key must be 0600")
+    key = path.read_text(encoding="ascii").strip()
+    if not key:
+        raise ValueError(f"{path} is empty; delete it to generate a new key (pseudonyms change)")
+    return key
+
+
+def default_actor() -> str:
+    """The OS user running this process, from the effective uid (not spoofable env vars)."""
+    uid = os.geteuid()
+    try:
+        return f"user:{pwd.getpwuid(uid).pw_name}"
+    except KeyError:
+        return f"user:uid{uid}"
+
+
+def canonical_json(data: Any) -> str:
+    """Sorted, compact, ASCII JSON: the exact bytes the record hash is computed over."""
+    return json.dumps(
+        data,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+        allow_nan=False,
+        cls=JsonEncoder,
+    )
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    """SHA-256 over the canonical JSON of the record without its `hash` field."""
+    body = {key: value for key, value in record.items() if key != "hash"}
+    return hashlib.sha256(canonical_json(body).encode("ascii")).hexdigest()
+
+
+def _ensure_dir(path: Path, mode: int) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    if stat.S_IMODE(path.stat().st_mode) != mode:
+        os.chmod(path, mode)
+    return path
+
+
+def _fix_mode(fd: int, mode: int) -> os.stat_result:
+    info = os.fstat(fd)
+    if stat.S_IMODE(info.st_mode) != mode:
+        os.fchmod(fd, mode)
+    return info
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    """Replace `path` in one step, so readers and crashes never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), FILE_MODE)
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path, *, shared: bool = False) -> Iterator[None]:
+    """Hold an flock on `lock_path`; shared locks on a missing lock file lock nothing.
+
+    Why flock: it is per open file, so it serializes threads, processes and OpsLog instances
+    alike, and the kernel releases it if a holder dies.
+    """
+    if shared and not lock_path.exists():
+        yield
+        return
+    if shared:
+        fd = os.open(lock_path, os.O_RDONLY)
+    else:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        _fix_mode(fd, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """The last record appended to one log file, kept outside the file to detect truncation."""
+
+    seq: int
+    hash: str
+    ts: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def chain_heads_path(log_dir: Path) -> Path:
+    """Where the chain heads live, for the backup module to archive."""
+    return Path(log_dir) / HEADS_NAME
+
+
+def read_chain_heads(log_dir: Path) -> dict[str, ChainHead]:
+    """Chain head per log file name; raises ValueError if the heads file was damaged."""
+    path = chain_heads_path(log_dir)
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {
+            name: ChainHead(int(h["seq"]), str(h["hash"]), str(h["ts"])) for name, h in data.items()
+        }
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path} is not a valid chain-heads file: {exc}") from exc
+
+
+def _write_chain_heads(log_dir: Path, heads: Mapping[str, ChainHead]) -> None:
+    _write_json_atomic(chain_heads_path(log_dir), {n: h.to_dict() for n, h in heads.items()})
+
+
+def _last_record(path: Path) -> dict[str, Any] | None:
+    """The parsed last line of a log file, read from the end (files grow all day)."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return None
+    with handle:
+        end = handle.seek(0, os.SEEK_END)
+        block = 8192
+        while True:
+            start = max(0, end - block)
+            handle.seek(start)
+            body = handle.read(end - start).rstrip(b"\n")
+            if b"\n" in body or start == 0:
+                break
+            block *= 4
+    try:
+        record = json.loads(body.rsplit(b"\n", 1)[-1])
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _next_link(path: Path, head: ChainHead | None) -> tuple[int, str]:
+    """The seq and prev_hash for the next record of `path`.
+
+    The recorded head wins over the file, so a truncated or edited file stays visibly broken
+    instead of being silently re-chained. One exception: a valid record just past the head means
+    a crash hit between appending and updating the heads, and is adopted.
+    """
+    last = _last_record(path)
+    if head is None:
+        if (
+            last is not None
+            and isinstance(last.get("seq"), int)
+            and isinstance(last.get("hash"), str)
+        ):
+            return last["seq"] + 1, last["hash"]
+        return 1, GENESIS_HASH
+    if (
+        last is not None
+        and last.get("seq") == head.seq + 1
+        and last.get("prev_hash") == head.hash
+        and last.get("hash") == record_hash(last)
+    ):
+        return last["seq"] + 1, last["hash"]
+    return head.seq + 1, head.hash
+
+
+def _append_line(path: Path, line: str) -> None:
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    try:
+        size = _fix_mode(fd, FILE_MODE).st_size
+        data = line.encode("ascii") + b"\n"
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data  # never glue a record onto a torn last line
+        if os.write(fd, data) != len(data):
+            raise OSError(f"short write appending to {path}")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _OpsJsonFormatter(JsonFormatter):
+    """python-json-logger with a fixed field order; adds the record hash as the last field."""
+
+    def __init__(self) -> None:
+        fields = [
+            "levelname" if name == "level" else name
+            for name in RECORD_FIELDS
+            if name not in ("schema_version", "hash")  # added as default / computed last
+        ]
+        super().__init__(
+            fields,
+            rename_fields={"levelname": "level"},
+            defaults={"schema_version": SCHEMA_VERSION},
+            json_serializer=functools.partial(json.dumps, separators=(",", ":"), allow_nan=False),
+        )
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        for key, value in log_data.items():
+            if isinstance(value, str):
+                log_data[key] = sanitize(value)
+        log_data["hash"] = record_hash(log_data)
+        return log_data
+
+
+class _ChainedFileHandler(logging.Handler):
+    """Appends records to the day's file, each chained to its predecessor, under an flock.
+
+    Why the lock: run workers, the daemon and the CLI append concurrently, and "read the head,
+    append, update the head" must be one step or two records would claim the same predecessor.
+    Errors propagate (no `handleError`): an audit trail with silent gaps is worse than a failure.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        super().__init__()
+        self.log_dir = log_dir
+        self.setFormatter(_OpsJsonFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _ensure_dir(self.log_dir, DIR_MODE)
+        with _locked(self.log_dir / LOCK_NAME):
+            now = _utcnow()
+            path = self.log_dir / f"ops-{now:%Y-%m-%d}.jsonl"
+            try:
+                heads = read_chain_heads(self.log_dir)
+            except ValueError:
+                heads = {}  # verify_logs reports the damage; logging must go on
+            seq, prev_hash = _next_link(path, heads.get(path.name))
+            record.__dict__.update(ts=_iso(now), seq=seq, prev_hash=prev_hash)
+            line = self.format(record)
+            entry = json.loads(line)
+            _append_line(path, line)
+            heads[path.name] = ChainHead(entry["seq"], entry["hash"], entry["ts"])
+            _write_chain_heads(self.log_dir, heads)
+        record.__dict__.update(_ops_line=line, _ops_entry=entry, _ops_file=str(path))
+
+
+class _ForwardFormatter(logging.Formatter):
+    """Forwards the exact chained line, so the off-host copy can be checked against the file."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return record.__dict__["_ops_line"]
+
+
+def _syslog_handler(address: str) -> SysLogHandler:
+    if address.startswith("/"):
+        handler = SysLogHandler(address=address)
+    else:
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(
+                f"CHURN_SYSLOG_ADDRESS={address!r} is neither host:port nor a unix socket path"
+            )
+        handler = SysLogHandler(address=(host.strip("[]"), int(port)))
+    handler.ident = "churn_platform.ops: "
+    handler.setFormatter(_ForwardFormatter())
+    return handler
+
+
+@dataclass(frozen=True)
+class OpsEvent:
+    """One appended record and the file that holds it."""
+
+    file: str
+    record: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "record": self.record}
+
+
+class OpsLog:
+    """The operations log of one state root: structured, hash-chained, optionally forwarded.
+
+    Uses a private `logging.Logger` rather than one from the global registry, because each
+    instance writes to its own root and registry loggers would leak handlers between roots.
+    Messages must not contain customer data: pass identifiers through `pseudonymize`.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._logger = logging.Logger("churn_platform.ops")  # not getLogger: see docstring
+        self._logger.addHandler(_ChainedFileHandler(settings.logs))
+        if settings.syslog_address:
+            self._logger.addHandler(_syslog_handler(settings.syslog_address))
+        self._key: str | None = None
+
+    def event(
+        self,
+        code: str,
+        message: str,
+        *,
+        level: int | str | None = None,
+        component: str | None = None,
+        configuration_item: str | None = None,
+        outcome: str | None = None,
+        metrics: Mapping[str, float] | None = None,
+        actor: str | None = None,
+        dagster_run_id: str | None = None,
+        asset_key: object = None,
+        partition: str | None = None,
+        mlflow_run_id: str | None = None,
+        model_version: str | int | None = None,
+        error: BaseException | None = None,
+        context: Any = None,
+    ) -> OpsEvent:
+        """Append one event; with a Dagster `context`, also summarize it in the run's event log.
+
+        Run id, asset key, partition and actor (schedule, sensor, backfill) default to what the
+        context knows. Level defaults to ERROR with an `error`, else INFO; outcome to
+        failure/success; component to the first segment of `code`.
+        """
+        if not _EVENT_CODE_RE.fullmatch(code):
+            raise ValueError(
+                f"event code {code!r} must be dotted lowercase, e.g. training.completed"
+            )
+        levelno = _level(level, error)
+        known = _dagster_fields(context) if context is not None else {}
+        key = _asset_key_str(asset_key) or known.get("asset_key")
+        error_type, error_message = describe_error(error) if error is not None else (None, None)
+        fields = {
+            "itil_event_type": _itil_event_type(levelno),
+            "event_code": code,
+            "component": component or code.split(".", 1)[0],
+            "configuration_item": configuration_item or key,
+            "dagster_run_id": dagster_run_id or known.get("dagster_run_id"),
+            "asset_key": key,
+            "partition": partition or known.get("partition"),
+            "mlflow_run_id": mlflow_run_id,
+            "model_version": None if model_version is None else str(model_version),
+            "actor": actor or known.get("actor") or default_actor(),
+            "outcome": outcome or ("failure" if error is not None else "success"),
+            "metrics": _metrics(metrics),
+            "error_type": error_type,
+            "error_message": error_message,
+        }
+        record = self._logger.makeRecord(
+            self._logger.name, levelno, __file__, 0, message, (), None, extra=fields
+        )
+        self._logger.handle(record)
+        entry: dict[str, Any] = record.__dict__["_ops_entry"]
+        if context is not None:
+            context.log.log(levelno, _summary(entry))
+        return OpsEvent(file=record.__dict__["_ops_file"], record=entry)
+
+    def pseudonymize(self, value: object) -> str:
+        """`pseudonymize` with this root's key (see `pseudonym_key`)."""
+        if self._key is None:
+            self._key = pseudonym_key(self.settings)
+        return pseudonymize(value, self._key)
+
+    def close(self) -> None:
+        """Close the syslog socket, if any; the file handler holds nothing open between events."""
+        for handler in list(self._logger.handlers):
+            handler.close()
+            self._logger.removeHandler(handler)
+
+
+@contextlib.contextmanager
+def _ops(settings: Settings, ops_log: OpsLog | None) -> Iterator[OpsLog]:
+    if ops_log is not None:
+        yield ops_log
+        return
+    owned = OpsLog(settings)
+    try:
+        yield owned
+    finally:
+        owned.close()
+
+
+def _level(level: int | str | None, error: BaseException | None) -> int:
+    if level is None:
+        return logging.ERROR if error is not None else logging.INFO
+    if isinstance(level, int):
+        return level
+    number = logging.getLevelNamesMapping().get(level.upper())
+    if number is None:
+        raise ValueError(f"unknown log level {level!r}")
+    return number
+
+
+def _itil_event_type(levelno: int) -> str:
+    if levelno >= logging.ERROR:
+        return "exception"
+    return "warning" if levelno >= logging.WARNING else "informational"
+
+
+def _asset_key_str(asset_key: object) -> str | None:
+    if asset_key is None:
+        return None
+    to_user_string = getattr(asset_key, "to_user_string", None)
+    if to_user_string is not None:
+        return str(to_user_string())
+    if isinstance(asset_key, list | tuple):
+        return "/".join(str(part) for part in asset_key)
+    return str(asset_key)
+
+
+def _metrics(metrics: Mapping[str, object] | None) -> dict[str, int | float | None]:
+    """Numbers only, so a SIEM can aggregate them; NaN/inf become null to keep strict JSON."""
+    result: dict[str, int | float | None] = {}
+    for name, value in (metrics or {}).items():
+        if not isinstance(value, numbers.Real):
+            raise TypeError(f"metric {name!r} must be a number, got {type(value).__name__}")
+        number = int(value) if isinstance(value, numbers.Integral) else float(value)
+        result[sanitize(name, max_length=100)] = number if math.isfinite(number) else None
+    return result
+
+
+def _actor_from_tags(tags: Mapping[str, str]) -> str | None:
+    for tag, kind in (
+        ("dagster/schedule_name", "schedule"),
+        ("dagster/sensor_name", "sensor"),
+        ("dagster/backfill", "backfill"),
+        ("user", "user"),
+    ):
+        if tags.get(tag):
+            return f"{kind}:{tags[tag]}"
+    return None
+
+
+def _context_attr(context: Any, name: str) -> Any:
+    import dagster as dg  # only reached with a Dagster context, so dagster is already loaded
+
+    try:
+        return getattr(context, name, None)
+    except dg.DagsterError:  # contexts of directly invoked assets (unit tests) have no run
+        return None
+
+
+def _dagster_fields(context: Any) -> dict[str, str]:
+    """Run id, single asset key, partition and actor from an op, asset or sensor context."""
+    fields: dict[str, str] = {}
+    sensor_name = _context_attr(context, "sensor_name")
+    if sensor_name:
+        fields["actor"] = f"sensor:{sensor_name}"
+    run = _context_attr(context, "run")
+    if run is not None:
+        fields["dagster_run_id"] = run.run_id
+        actor = _actor_from_tags(run.tags)
+        if actor:
+            fields["actor"] = actor
+    keys = _context_attr(context, "selected_asset_keys") or set()
+    if len(keys) == 1:
+        fields["asset_key"] = next(iter(keys)).to_user_string()
+    if _context_attr(context, "has_partition_key"):
+        fields["partition"] = context.partition_key
+    return fields
+
+
+def _summary(entry: Mapping[str, Any]) -> str:
+    metrics = " ".join(f"{k}={v}" for k, v in (entry["metrics"] or {}).items())
+    parts = [
+        f"[ops] {entry['event_code']} outcome={entry['outcome']}",
+        f"ci={entry['configuration_item']}" if entry["configuration_item"] else "",
+        metrics,
+        f"seq={entry['seq']}:",
+        entry["message"],
+    ]
+    return " ".join(part for part in parts if part)
+
+
+def prune_logs(
+    settings: Settings, now: datetime | None = None, *, ops_log: OpsLog | None = None
+) -> list[str]:
+    """Delete log files older than `log_retention_days` and their chain heads; returns names.
+
+    The pruning itself is logged (`logs.pruned`), so a missing old file is explained in the log.
+    """
+    log_dir = settings.logs
+    if not log_dir.exists():
+        return []
+    cutoff = (now or _utcnow()).date() - timedelta(days=settings.log_retention_days)
+    removed: list[str] = []
+    with _locked(log_dir / LOCK_NAME):
+        try:
+            heads = read_chain_heads(log_dir)
+        except ValueError:
+            heads = {}
+        for path in sorted(log_dir.iterdir()):
+            match = LOG_FILE_RE.match(path.name)
+            if match and date.fromisoformat(match.group(1)) < cutoff:
+                path.unlink()
+                heads.pop(path.name, None)
+                removed.append(path.name)
+        if removed:
+            _write_chain_heads(log_dir, heads)
+    if removed:
+        with _ops(settings, ops_log) as ops:
+            ops.event(
+                "logs.pruned",
+                f"Pruned operations log files dated before {cutoff}: {', '.join(removed)}",
+                component="ops_log",
+                configuration_item="ops_log",
+                metrics={
+                    "files_removed": len(removed),
+                    "retention_days": settings.log_retention_days,
+                },
+            )
+    return removed
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """Verification of one log file: `line` is the first broken record (1-based), if any."""
+
+    file: str
+    records: int
+    line: int | None = None
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "ok": self.ok}
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Result of `verify_logs` for every file in a log directory."""
+
+    log_dir: str
+    files: list[FileCheck]
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.files)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"log_dir": self.log_dir, "ok": self.ok, "files": [f.to_dict() for f in self.files]}
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"non-JSON constant {name}")
+
+
+def _record_problem(record: Any, prev_hash: str, expected_seq: int) -> str | None:
+    if not (
+        isinstance(record, dict)
+        and isinstance(record.get("seq"), int)
+        and isinstance(record.get("prev_hash"), str)
+        and isinstance(record.get("hash"), str)
+    ):
+        return "record lacks its chain fields (seq, prev_hash, hash)"
+    if record["hash"] != record_hash(record):
+        return "hash does not match the record's content: record edited"
+    if record["prev_hash"] != prev_hash:
+        return "prev_hash does not match the preceding record: deleted, inserted or reordered"
+    if record["seq"] != expected_seq:
+        return f"seq {record['seq']} where {expected_seq} was expected"
+    return None
+
+
+def _first_break(lines: list[bytes]) -> tuple[int | None, str | None, str, int]:
+    """Walk the chain: (line, reason) of the first break or (None, None); last hash and seq."""
+    prev_hash, expected_seq = GENESIS_HASH, 1
+    for lineno, raw in enumerate(lines, start=1):
+        try:
+            record = json.loads(raw, parse_constant=_reject_constant)
+        except ValueError:
+            return lineno, "not a valid JSON record (line altered, split or torn)", prev_hash, 0
+        problem = _record_problem(record, prev_hash, expected_seq)
+        if problem:
+            return lineno, problem, prev_hash, 0
+        prev_hash, expected_seq = record["hash"], record["seq"] + 1
+    return None, None, prev_hash, expected_seq - 1
+
+
+def _verify_file(path: Path, head: ChainHead | None) -> FileCheck:
+    lines = path.read_bytes().split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    count = len(lines)
+    line, reason, last_hash, last_seq = _first_break(lines)
+    if reason is not None:
+        return FileCheck(path.name, count, line, reason)
+    if head is None:
+        return FileCheck(path.name, count, None, f"no chain head in {HEADS_NAME} for this file")
+    if last_seq < head.seq:
+        reason = f"truncated: file ends at seq {last_seq}, the chain head records seq {head.seq}"
+        return FileCheck(path.name, count, count + 1, reason)
+    if last_seq > head.seq:
+        reason = f"records after seq {head.seq} were appended without updating the chain head"
+        return FileCheck(path.name, count, head.seq + 1, reason)
+    if last_hash != head.hash:
+        return FileCheck(path.name, count, count, "last record differs from the chain head")
+    return FileCheck(path.name, count)
+
+
+def verify_logs(log_dir: Path) -> VerifyReport:
+    """Check every ops-*.jsonl chain and its recorded head; reports the first break per file.
+
+    Detects edits, deletions, insertions, reordering, truncation and deleted files. It cannot
+    detect a rewrite that also recomputes every later hash and the heads file: the syslog copy and
+    the archived chain heads are the anchors for that.
+    """
+    log_dir = Path(log_dir)
+    checks: list[FileCheck] = []
+    with _locked(log_dir / LOCK_NAME, shared=True):
+        try:
+            heads = read_chain_heads(log_dir)
+        except ValueError as exc:
+            heads = {}
+            checks.append(FileCheck(HEADS_NAME, 0, None, str(exc)))
+        paths = sorted(p for p in log_dir.glob("ops-*.jsonl") if LOG_FILE_RE.match(p.name))
+        checks.extend(_verify_file(path, heads.get(path.name)) for path in paths)
+    present = {path.name for path in paths}
+    checks.extend(
+        FileCheck(name, 0, None, f"listed in {HEADS_NAME} but missing: file deleted")
+        for name in sorted(heads)
+        if name not in present
+    )
+    return VerifyReport(str(log_dir), checks)
+
+
+def load_priority_matrix(path: str | Path | None = None) -> dict[str, dict[str, str]]:
+    """impact -> urgency -> priority: ITIL's 3x3 default, or the YAML/JSON file named by `path`
+    or $CHURN_PRIORITY_MATRIX.
+
+    Why a file: the service desk owns priorities and changes them without a release. A matrix
+    with holes is rejected here rather than when that combination first occurs at 3 a.m.
+    """
+    path = path or os.environ.get(PRIORITY_MATRIX_ENV)
+    if not path:
+        return {impact: dict(row) for impact, row in DEFAULT_PRIORITY_MATRIX.items()}
+    source = Path(path)
+    text = source.read_text(encoding="utf-8")
+    data = json.loads(text) if source.suffix == ".json" else yaml.safe_load(text)
+    example = "high: {high: P1, medium: P2, low: P3}"
+    if (
+        not isinstance(data, dict)
+        or not data
+        or not all(isinstance(row, dict) and row for row in data.values())
+    ):
+        raise ValueError(
+            f"{source}: priority matrix must map impact -> urgency -> priority ({example})"
+        )
+    matrix = {
+        str(impact).lower(): {str(u).lower(): str(p) for u, p in row.items()}
+        for impact, row in data.items()
+    }
+    urgencies = {frozenset(row) for row in matrix.values()}
+    if len(urgencies) != 1:
+        raise ValueError(f"{source}: every impact must list the same urgencies ({example})")
+    return matrix
+
+
+@dataclass
+class Incident:
+    """An ITIL incident; `history` holds every status change with its time and actor."""
+
+    id: str
+    dedupe_key: str
+    status: str
+    priority: str
+    impact: str
+    urgency: str
+    category: str
+    configuration_item: str
+    detected_by: str
+    summary: str
+    details: dict[str, Any]
+    opened_at: str
+    last_seen_at: str
+    occurrences: int = 1
+    resolved_at: str | None = None
+    resolution: str | None = None
+    history: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _next_id(directory: Path, prefix: str, now: datetime) -> str:
+    stem = f"{prefix}-{now:%Y%m%d}"
+    taken = [int(p.stem.rsplit("-", 1)[1]) for p in directory.glob(f"{stem}-*.json")]
+    return f"{stem}-{max(taken, default=0) + 1:04d}"
+
+
+class IncidentStore:
+    """Incidents as JSON files under `$CHURN_HOME/incidents/`, one per incident.
+
+    Opening is idempotent per dedupe key while the incident is open, so a sensor that sees the
+    same failure on every tick raises one incident (with an occurrence count), not hundreds.
+    """
+
+    _ID_RE = re.compile(r"INC-\d{8}-\d{4,}")
+
+    def __init__(
+        self,
+        settings: Settings,
+        ops_log: OpsLog | None = None,
+        priority_matrix: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.root = settings.incidents
+        self.matrix = (
+            {k: dict(v) for k, v in priority_matrix.items()}
+            if priority_matrix is not None
+            else load_priority_matrix()
+        )
+        self._ops_log = ops_log
+
+    def priority(self, impact: str, urgency: str) -> str:
+        """Priority for an impact and urgency from the matrix."""
+        try:
+            return self.matrix[impact.lower()][urgency.lower()]
+        except KeyError:
+            raise ValueError(
+                f"no priority for impact={impact!r}, urgency={urgency!r}; known impacts: "
+                f"{sorted(self.matrix)}, urgencies: {sorted(next(iter(self.matrix.values())))}"
+            ) from None
+
+    def open(
+        self,
+        dedupe_key: str,
+        detected_by: str,
+        category: str,
+        configuration_item: str,
+        impact: str,
+        urgency: str,
+        summary: str,
+        details: Mapping[str, Any] | None = None,
+    ) -> Incident:
+        """Open an incident, or return the open one with the same `dedupe_key` (count bumped)."""
+        priority = self.priority(impact, urgency)
+        with self._lock():
+            now = _utcnow()
+            for existing in self._load_all():
+                if existing.status == "open" and existing.dedupe_key == dedupe_key:
+                    existing.occurrences += 1
+                    existing.last_seen_at = _iso(now)
+                    self._save(existing)
+                    return existing
+            incident = Incident(
+                id=_next_id(self.root, "INC", now),
+                dedupe_key=dedupe_key,
+                status="open",
+                priority=priority,
+                impact=impact.lower(),
+                urgency=urgency.lower(),
+                category=category,
+                configuration_item=configuration_item,
+                detected_by=detected_by,
+                summary=sanitize(summary),
+                details=dict(details or {}),
+                opened_at=_iso(now),
+                last_seen_at=_iso(now),
+                history=[{"ts": _iso(now), "status": "open", "actor": detected_by, "note": ""}],
+            )
+            self._save(incident)
+            with _ops(self.settings, self._ops_log) as ops:
+                ops.event(
+                    "incident.opened",
+                    f"Incident {incident.id} opened: {priority} {category} on {configuration_item}",
+                    level=logging.WARNING,
+                    component="incident",
+                    configuration_item=configuration_item,
+                    actor=detected_by,
+                    outcome="open",
+                )
+        return incident
+
+    def resolve(self, incident_id: str, reason: str, *, actor: str | None = None) -> Incident:
+        """Resolve one open incident by id (e.g. by an operator from the CLI)."""
+        with self._lock():
+            incident = self.get(incident_id)
+            if incident.status != "open":
+                raise ValueError(f"{incident_id} is already {incident.status}")
+            return self._resolve(incident, reason, actor or default_actor())
+
+    def resolve_for(
+        self, configuration_item: str, reason: str, *, actor: str | None = None
+    ) -> list[Incident]:
+        """Resolve every open incident of a CI, e.g. when that asset later materializes fine."""
+        with self._lock():
+            return [
+                self._resolve(incident, reason, actor or default_actor())
+                for incident in self._load_all()
+                if incident.status == "open" and incident.configuration_item == configuration_item
+            ]
+
+    def get(self, incident_id: str) -> Incident:
+        """One incident by id; the id is validated so CLI input cannot name other files."""
+        if not self._ID_RE.fullmatch(incident_id):
+            raise ValueError(f"{incident_id!r} is not an incident id like INC-20260101-0001")
+        path = self.root / f"{incident_id}.json"
+        if not path.exists():
+            raise KeyError(f"no incident {incident_id} in {self.root}")
+        return Incident(**json.loads(path.read_text(encoding="utf-8")))
+
+    def _resolve(self, incident: Incident, reason: str, actor: str) -> Incident:
+        now = _iso(_utcnow())
+        incident.status = "resolved"
+        incident.resolved_at = now
+        incident.resolution = sanitize(reason)
+        incident.history.append(
+            {"ts": now, "status": "resolved", "actor": actor, "note": incident.resolution}
+        )
+        self._save(incident)
+        with _ops(self.settings, self._ops_log) as ops:
+            ops.event(
+                "incident.resolved",
+                f"Incident {incident.id} resolved on {incident.configuration_item}",
+                component="incident",
+                configuration_item=incident.configuration_item,
+                actor=actor,
+                outcome="resolved",
+            )
+        return incident
+
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
+        _ensure_dir(self.root, DIR_MODE)
+        return _locked(self.root / ".lock")
+
+    def _save(self, incident: Incident) -> None:
+        _write_json_atomic(self.root / f"{incident.id}.json", incident.to_dict())
+
+    def _load_all(self) -> list[Incident]:
+        if not self.root.exists():
+            return []
+        incidents = [
+            Incident(**json.loads(path.read_text(encoding="utf-8")))
+            for path in self.root.glob("INC-*.json")
+        ]
+        return sorted(incidents, key=lambda incident: (incident.opened_at, incident.id))
+
+    def list(self, status: str | None = None) -> list[Incident]:
+        """All incidents, oldest first, optionally only those with `status` (open/resolved)."""
+        return [i for i in self._load_all() if status is None or i.status == status]
+
+
+@dataclass(frozen=True)
+class ChangeRecord:
+    """An ITIL change record: what changed on which CI, from what to what, by whom and why."""
+
+    id: str
+    change_type: str
+    configuration_item: str
+    who: str
+    what_from: str | None
+    what_to: str | None
+    why: dict[str, Any]
+    summary: str
+    recorded_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _changes_dir(settings: Settings) -> Path:
+    return _ensure_dir(settings.home / "changes", DIR_MODE)
+
+
+def _store_change(settings: Settings, draft: ChangeRecord, ops_log: OpsLog | None) -> ChangeRecord:
+    """Give `draft` its id and time, store it and log it; the caller holds the changes lock."""
+    directory = _changes_dir(settings)
+    now = _utcnow()
+    change = dataclasses.replace(draft, id=_next_id(directory, "CHG", now), recorded_at=_iso(now))
+    _write_json_atomic(directory / f"{change.id}.json", change.to_dict())
+    gate_metrics = {
+        k: v
+        for k, v in change.why.items()
+        if isinstance(v, numbers.Real) and not isinstance(v, bool)
+    }
+    with _ops(settings, ops_log) as ops:
+        ops.event(
+            "change.recorded",
+            f"{change.change_type} change {change.id} on {change.configuration_item}: "
+            f"{change.what_from} -> {change.what_to}",
+            component="change",
+            configuration_item=change.configuration_item,
+            actor=change.who,
+            outcome="recorded",
+            metrics=gate_metrics,
+        )
+    return change
+
+
+def record_change(
+    settings: Settings,
+    change_type: str,
+    configuration_item: str,
+    who: str,
+    what_from: str | None,
+    what_to: str | None,
+    why: Mapping[str, Any],
+    summary: str,
+    *,
+    ops_log: OpsLog | None = None,
+) -> ChangeRecord:
+    """Record a change (e.g. a model promotion with its gate metrics in `why`)."""
+    if change_type not in CHANGE_TYPES:
+        raise ValueError(f"change_type {change_type!r} must be one of {CHANGE_TYPES}")
+    draft = ChangeRecord(
+        id="",
+        change_type=change_type,
+        configuration_item=configuration_item,
+        who=who,
+        what_from=what_from,
+        what_to=what_to,
+        why=dict(why),
+        summary=sanitize(summary),
+        recorded_at="",
+    )
+    with _locked(_changes_dir(settings) / ".lock"):
+        return _store_change(settings, draft, ops_log)
+
+
+def list_changes(settings: Settings, configuration_item: str | None = None) -> list[ChangeRecord]:
+    """Change records, oldest first, optionally for one configuration item."""
+    directory = settings.home / "changes"
+    if not directory.exists():
+        return []
+    changes = [
+        ChangeRecord(**json.loads(path.read_text(encoding="utf-8")))
+        for path in directory.glob("CHG-*.json")
+    ]
+    return sorted(
+        (c for c in changes if configuration_item in (None, c.configuration_item)),
+        key=lambda change: (change.recorded_at, change.id),
+    )
+
+
+def public_settings(settings: Settings) -> dict[str, Any]:
+    """Settings without secrets (key/password/secret/token fields; credentials inside URLs)."""
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(settings):
+        if _SECRET_NAME_RE.search(item.name):
+            continue
+        value = getattr(settings, item.name)
+        if isinstance(value, Path):
+            value = str(value)
+        if isinstance(value, str):
+            value = _URL_CREDENTIALS_RE.sub("//***@", value)
+        values[item.name] = value
+    return values
+
+
+def _config_version(spec_sha: str, settings_sha: str) -> str:
+    return f"spec:{spec_sha[:12]} settings:{settings_sha[:12]}"
+
+
+def record_config_change_if_any(
+    settings: Settings, spec_path: Path, *, who: str | None = None, ops_log: OpsLog | None = None
+) -> ChangeRecord | None:
+    """Record a `normal` change when the dataset spec or the non-secret settings changed.
+
+    Compares hashes with the last recorded ones in `changes/config_state.json`; the first call
+    records the baseline. Returns None when nothing changed.
+    """
+    spec_sha = hashlib.sha256(Path(spec_path).read_bytes()).hexdigest()
+    values = public_settings(settings)
+    settings_sha = hashlib.sha256(canonical_json(values).encode("ascii")).hexdigest()
+    directory = _changes_dir(settings)
+    state_path = directory / "config_state.json"
+    with _locked(directory / ".lock"):
+        last = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else None
+        if last and (last["spec_sha256"], last["settings_sha256"]) == (spec_sha, settings_sha):
+            return None
+        old_values: dict[str, Any] = last["settings"] if last else {}
+        changed = {
+            name: {"from": old_values.get(name), "to": values.get(name)}
+            for name in sorted(set(values) | set(old_values))
+            if old_values.get(name) != values.get(name)
+        }
+        spec_changed = last is None or last["spec_sha256"] != spec_sha
+        if last is None:
+            summary = "configuration baseline recorded"
+        else:
+            parts = ["dataset spec changed"] if spec_changed else []
+            if changed:
+                parts.append(f"settings changed: {', '.join(changed)}")
+            summary = "; ".join(parts)
+        draft = ChangeRecord(
+            id="",
+            change_type="normal",
+            configuration_item=CONFIG_CI,
+            who=who or default_actor(),
+            what_from=_config_version(last["spec_sha256"], last["settings_sha256"])
+            if last
+            else None,
+            what_to=_config_version(spec_sha, settings_sha),
+            why={
+                "spec_path": str(spec_path),
+                "spec_sha256": spec_sha,
+                "settings_sha256": settings_sha,
+                "spec_changed": spec_changed,
+                "changed_settings": changed if last else {},
+            },
+            summary=summary,
+            recorded_at="",
+        )
+        change = _store_change(settings, draft, ops_log)
+        state = {"spec_sha256": spec_sha, "settings_sha256": settings_sha, "settings": values}
+        _write_json_atomic(state_path, {**state, "change_id": change.id})
+    return change
+
+
+def _cell(text: object, width: int) -> str:
+    clean = sanitize(text)
+    return clean if len(clean) <= width else f"{clean[: width - 1]}~"
+
+
+def format_incidents(incidents: Iterable[Incident]) -> str:
+    """A fixed-width table of incidents for the terminal."""
+    rows = list(incidents)
+    if not rows:
+        return "No incidents."
+    lines = [
+        f"{'ID':<18} {'PRI':<3} {'STATUS':<8} {'OPENED (UTC)':<19} {'SEEN':>4} {'CI':<28} SUMMARY"
+    ]
+    lines.extend(
+        f"{i.id:<18} {i.priority:<3} {i.status:<8} {i.opened_at[:19]:<19} {i.occurrences:>4} "
+        f"{_cell(i.configuration_item, 28):<28} {_cell(i.summary, 60)}"
+        for i in rows
+    )
+    return "\n".join(lines)
+
+
+def format_verify_report(report: VerifyReport) -> str:
+    """One line per log file, then a verdict."""
+    if not report.files:
+        return f"No operations log files in {report.log_dir}."
+    lines = []
+    for check in report.files:
+        status = "OK" if check.ok else "BROKEN"
+        where = f" line {check.line}" if check.line is not None else ""
+        problem = "" if check.ok else f"{where}: {check.reason}"
+        lines.append(f"{status:<6} {check.file} ({check.records} records){problem}")
+    broken = sum(not check.ok for check in report.files)
+    verdict = "all chains intact" if not broken else f"{broken} broken"
+    lines.append(f"{len(report.files)} checked in {report.log_dir}: {verdict}")
+    return "\n".join(lines)

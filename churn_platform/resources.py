@@ -1,0 +1,102 @@
+"""Resources: Spark, MLflow and the state root. The one place where the environment is chosen."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from dagster_pyspark import PySparkResource
+
+from churn_platform.config import DatasetSpec, load_spec
+from churn_platform.settings import PROJECT_ROOT, Settings, load_settings
+
+POSTGRES_JDBC_JAR = Path("/usr/share/java/postgresql.jar")
+LOG4J2_TEMPLATE = Path(__file__).resolve().parent / "log4j2.properties"
+
+
+def spark_conf(settings: Settings) -> dict[str, str]:
+    """Spark configuration for a run: master or Spark Connect URL, JDBC driver, log file."""
+    conf: dict[str, str] = {
+        "spark.app.name": "churn_platform",
+        "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+    }
+    if settings.spark_remote:
+        conf["spark.remote"] = settings.spark_remote
+        return conf
+    conf["spark.master"] = settings.spark_master
+    conf["spark.driver.memory"] = settings.spark_driver_memory
+    if POSTGRES_JDBC_JAR.exists():
+        conf["spark.jars"] = str(POSTGRES_JDBC_JAR)
+    log_dir = settings.logs
+    log_dir.mkdir(parents=True, exist_ok=True)
+    java_opts = (
+        f"-Dlog4j2.configurationFile=file:{LOG4J2_TEMPLATE} "
+        f"-Dchurn.log.dir={log_dir}"
+    )
+    conf["spark.driver.extraJavaOptions"] = java_opts
+    conf["spark.executor.extraJavaOptions"] = java_opts
+    return conf
+
+
+class StateResource(dg.ConfigurableResource):
+    """The platform's state root and dataset spec, resolved per run (not at import)."""
+
+    home: str
+    spec_path: str
+
+    def settings(self) -> Settings:
+        env = {"CHURN_HOME": self.home, "CHURN_CONFIG": self.spec_path}
+        return load_settings({**os.environ, **env})
+
+    def spec(self) -> DatasetSpec:
+        return load_spec(Path(self.spec_path), Path(self.home))
+
+
+def build_spark_resource(settings: Settings) -> PySparkResource:
+    return PySparkResource(spark_config=spark_conf(settings))
+
+
+def build_resources(settings: Settings | None = None) -> dict[str, object]:
+    """All resources for the current environment; later modules add theirs here."""
+    settings = settings or load_settings()
+    from churn_platform.io_managers import VersionedParquetIOManager
+
+    pyspark = build_spark_resource(settings)
+    return {
+        "pyspark": pyspark,
+        "state": StateResource(home=str(settings.home), spec_path=str(settings.spec_path)),
+        "io_manager": VersionedParquetIOManager(base_path=str(settings.warehouse), pyspark=pyspark),
+    }
+
+
+def dagster_env(settings: Settings) -> dict[str, str]:
+    """Environment that points a Dagster process (CLI, webserver, daemon) at the state root."""
+    return {
+        "CHURN_HOME": str(settings.home),
+        "CHURN_CONFIG": str(settings.spec_path),
+        "DAGSTER_HOME": str(settings.dagster_storage),
+        "CHURN_DAGSTER_STORAGE": str(settings.dagster_storage),
+        "CHURN_DAGSTER_COMPUTE_LOGS": str(settings.dagster_storage / "compute_logs"),
+    }
+
+
+def prepare_dagster_home(settings: Settings) -> dict[str, str]:
+    """Install the project's dagster.yaml into $CHURN_HOME/dagster and export the variables.
+
+    The top-level dagster.yaml stays the single source of truth; the copy only exists because
+    Dagster reads its configuration from DAGSTER_HOME.
+    """
+    env = dagster_env(settings)
+    settings.dagster_storage.mkdir(parents=True, exist_ok=True)
+    source = PROJECT_ROOT / "dagster.yaml"
+    target = settings.dagster_storage / "dagster.yaml"
+    text = source.read_text()
+    if not target.is_file() or target.read_text() != text:
+        target.write_text(text)
+    os.environ.update(env)
+    return env

@@ -1,0 +1,50 @@
+"""Shared fixtures: one local SparkSession for the whole test session, a temp state root."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+
+from churn_platform.resources import spark_conf
+from churn_platform.settings import Settings, load_settings
+
+SAMPLE_CSV_ENV = "CHURN_SAMPLE_CSV"
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("churn_home_session")
+
+
+@pytest.fixture(scope="session")
+def spark(session_home: Path) -> Iterator[SparkSession]:
+    """The one SparkSession of the test run; JVM start-up costs ~10 s, so it is shared."""
+    settings = load_settings({"CHURN_HOME": str(session_home), "CHURN_SHUFFLE_PARTITIONS": "2"})
+    builder = SparkSession.builder
+    conf = spark_conf(settings)
+    conf["spark.master"] = "local[2]"
+    conf["spark.driver.memory"] = "2g"
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def churn_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty state root for one test, exported as CHURN_HOME."""
+    home = tmp_path / "churn_home"
+    home.mkdir()
+    monkeypatch.setenv("CHURN_HOME", str(home))
+    monkeypatch.setenv("CHURN_PSEUDONYM_KEY", "test-pseudonym-key")
+    return home
+
+
+@pytest.fixture
+def settings(churn_home: Path) -> Settings:
+    return load_settings(os.environ)
