@@ -3,19 +3,21 @@
 Pure Python on purpose (no Dagster or Spark imports): the backup assets are thin wrappers over these
 functions, and the CLI calls them directly when Dagster itself is what needs restoring.
 
-Archive layout (`<target>/<YYYY-MM-DD>/`):
-    churn-backup-<date>.tar.gz[.enc]                 the archive; `.enc` when CHURN_BACKUP_KEY is set
+Archive layout (`<target>/<YYYY-MM-DD>/`; `.enc` is added when CHURN_BACKUP_KEY is set):
+    churn-backup-<date>.tar.gz[.enc]                 the archive
     churn-backup-<date>.tar.gz[.enc].manifest.json   copy of the manifest inside the archive
     churn-backup-<date>.tar.gz[.enc].sha256          `sha256sum -c` lines: manifest, then archive
 Members mirror the state root (`mlflow/`, `dagster/`, `warehouse/`, `logs/`, `incidents/`,
-`changes/`), plus `config/` and a final `MANIFEST.json`.
+`changes/`, and `secrets/` in encrypted archives only), plus `config/` and a final `MANIFEST.json`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -24,6 +26,7 @@ import platform
 import re
 import shutil
 import sqlite3
+import stat
 import struct
 import subprocess
 import tarfile
@@ -32,7 +35,6 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from importlib import metadata
@@ -44,6 +46,7 @@ import boto3
 from botocore.exceptions import ClientError
 from cryptography.fernet import Fernet, InvalidToken
 
+from churn_platform.ops_log import HEADS_NAME, LOCK_NAME
 from churn_platform.settings import PROJECT_ROOT, Settings, load_settings
 
 EXIT_OK = 0
@@ -58,7 +61,7 @@ COMPONENT_DIRS: dict[str, tuple[str, ...]] = {
     "dagster": ("dagster",),
     "data": ("warehouse",),
     "config": ("config",),
-    "logs": ("logs", "incidents", "changes"),
+    "logs": ("logs", "incidents", "changes", "secrets"),
 }
 ALL_COMPONENTS: tuple[str, ...] = tuple(COMPONENT_DIRS)
 KEY_ENV = "CHURN_BACKUP_KEY"
@@ -67,6 +70,7 @@ MANIFEST_MEMBER = "MANIFEST.json"
 FORMAT = "churn-backup/1"
 ENCRYPTION = "fernet-chunked/1"
 POINTER = "CURRENT"
+PSEUDONYM_KEY_FILE = "secrets/pseudonym.key"
 
 _PARTITION = re.compile(r"\d{4}-\d{2}-\d{2}")
 _SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
@@ -305,7 +309,7 @@ def create_backup(
             "home": str(settings.home),
             "not_included": not_included,
         }
-        sources = _sources(settings, wanted, project_root, not_included)
+        sources = _sources(settings, wanted, project_root, fernet is not None, not_included)
         manifest, manifest_bytes = _write_archive(plain, sources, scratch, header)
         archive = plain
         if fernet:
@@ -360,8 +364,9 @@ def restore_backup(
     """Restore one component (or all) of a backup into the state root or `target_dir`.
 
     Everything is verified before anything is touched. Members are extracted into a temporary
-    folder inside the target, re-hashed there, and only then swapped in; an existing folder is
-    renamed to `<dir>.before-restore-<timestamp>`, never overwritten or deleted. `config` is
+    folder inside the target, re-hashed there, and only then swapped in; an existing folder the
+    backup replaces is renamed to `<dir>.before-restore-<timestamp>`, never overwritten or
+    deleted, and a folder the backup holds nothing for is left alone. `config` is
     restored to `<target>/config/` for comparison: the version-controlled files under the
     project root are never written.
     """
@@ -387,15 +392,15 @@ def restore_backup(
         if not present:
             raise BackupNotFoundError(f"{files.label} holds no {component} component")
         entries = [e for e in manifest["files"] if e["component"] in present]
-        dirs = [d for c in present for d in COMPONENT_DIRS[c]]
+        tops = {e["path"].split("/", 1)[0] for e in entries}
+        dirs = [d for c in present for d in COMPONENT_DIRS[c] if d in tops]
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         aside = {d: _aside(root / d, stamp) for d in dirs if os.path.lexists(root / d)}
         plan = [f"verify {files.label}: {len(entries)} files, {_size(entries)} bytes: ok"]
         plan += [f"move {root / d} -> {aside[d]}" for d in dirs if d in aside]
         for d in dirs:
             mine = [e for e in entries if e["path"].split("/", 1)[0] == d]
-            if mine:
-                plan.append(f"restore {root / d} ({len(mine)} files, {_size(mine)} bytes)")
+            plan.append(f"restore {root / d} ({len(mine)} files, {_size(mine)} bytes)")
         notes = _restore_notes(manifest, entries, root)
         restored: list[Path] = []
         moved: list[Path] = []
@@ -482,8 +487,8 @@ def snapshot_sqlite(source: Path, dest: Path, timeout: float = 60.0) -> None:
     """
     uri = f"{source.resolve().as_uri()}?mode=ro"
     with (
-        closing(sqlite3.connect(uri, uri=True, timeout=timeout)) as src,
-        closing(sqlite3.connect(dest)) as dst,
+        contextlib.closing(sqlite3.connect(uri, uri=True, timeout=timeout)) as src,
+        contextlib.closing(sqlite3.connect(dest)) as dst,
     ):
         src.backup(dst)
         rows = [row[0] for row in dst.execute("PRAGMA integrity_check")]
@@ -555,7 +560,11 @@ def _settings_snapshot(settings: Settings) -> dict[str, Any]:
 
 
 def _sources(
-    settings: Settings, wanted: tuple[str, ...], project_root: Path, not_included: list[str]
+    settings: Settings,
+    wanted: tuple[str, ...],
+    project_root: Path,
+    encrypted: bool,
+    not_included: list[str],
 ) -> Iterator[_Source]:
     """Members in archive order; folders are listed just before they are read."""
     producers: dict[str, Callable[[], Iterator[_Source]]] = {
@@ -563,7 +572,7 @@ def _sources(
         "dagster": lambda: _dagster_sources(settings, not_included),
         "data": lambda: _data_sources(settings, not_included),
         "config": lambda: _config_sources(settings, project_root, not_included),
-        "logs": lambda: _logs_sources(settings, not_included),
+        "logs": lambda: _logs_sources(settings, encrypted, not_included),
     }
     for component in wanted:
         yield from producers[component]()
@@ -654,20 +663,48 @@ def _config_sources(
     yield _Source("config/settings.json", "config", "bytes", content=snapshot.encode())
 
 
-def _logs_sources(settings: Settings, not_included: list[str]) -> Iterator[_Source]:
-    """The chain heads are read before the logs, so every head they name is in the copied logs."""
-    heads = settings.logs / "chain_heads.json"
-    if heads.is_file():
-        yield _Source("logs/chain_heads.json", "logs", "file", str(heads))
-    else:
-        not_included.append(f"missing: {heads}")
-    if settings.logs.is_dir():
-        for path in sorted(settings.logs.glob("*.jsonl")):
-            yield _Source(f"logs/{path.name}", "logs", "file", str(path))
+def _logs_sources(
+    settings: Settings, encrypted: bool, not_included: list[str]
+) -> Iterator[_Source]:
+    """Chain heads and logs are copied under the ops log's own lock, as `verify_logs` reads them.
+
+    Writers hold that lock exclusively around "append, update head", so the copy is one
+    consistent cut that verifies after a restore (they wait the few ms the copy takes). The
+    pseudonym key is archived only when the archive is encrypted: a plain archive carrying it
+    would hand out the key that makes the pseudonyms meaningful.
+    """
+    with _shared_flock(settings.logs / LOCK_NAME):
+        heads = settings.logs / HEADS_NAME
+        if heads.is_file():
+            yield _Source(f"logs/{HEADS_NAME}", "logs", "file", str(heads))
+        else:
+            not_included.append(f"missing: {heads}")
+        if settings.logs.is_dir():
+            for path in sorted(settings.logs.glob("*.jsonl")):
+                yield _Source(f"logs/{path.name}", "logs", "file", str(path))
     for folder in (settings.incidents, settings.home / "changes"):
         for source in _tree(folder.name, folder, "logs", not_included):
             if source.arcname.endswith(".json"):
                 yield source
+    key = settings.home / PSEUDONYM_KEY_FILE
+    if key.is_file() and encrypted:
+        yield _Source(PSEUDONYM_KEY_FILE, "logs", "file", str(key))
+    elif key.is_file():
+        not_included.append(f"secret, archived only when {KEY_ENV} is set: {key}")
+
+
+@contextlib.contextmanager
+def _shared_flock(lock: Path) -> Iterator[None]:
+    """Shared flock, as `ops_log.verify_logs` takes it; no lock file means no writer yet."""
+    if not lock.exists():
+        yield
+        return
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _tree(prefix: str, root: Path, component: str, not_included: list[str]) -> Iterator[_Source]:
@@ -725,20 +762,22 @@ def _write_archive(
     return manifest, manifest_bytes
 
 
-def _tarinfo(arcname: str, size: int, mtime: float) -> tarfile.TarInfo:
+def _tarinfo(arcname: str, size: int, mtime: float, mode: int = 0o644) -> tarfile.TarInfo:
+    """Owner-neutral entries that keep permission bits (the ops log is 0640, the key 0600)."""
     info = tarfile.TarInfo(arcname)
     info.size = size
     info.mtime = int(mtime)
-    info.mode = 0o644
+    info.mode = mode
     return info
 
 
 def _add_file(tar: tarfile.TarFile, arcname: str, path: Path) -> tuple[int, str]:
     with path.open("rb") as handle:
-        stat = os.fstat(handle.fileno())
+        status = os.fstat(handle.fileno())
         reader = _HashingReader(handle)
-        tar.addfile(_tarinfo(arcname, stat.st_size, stat.st_mtime), reader)  # type: ignore[arg-type]
-    return stat.st_size, reader.sha256.hexdigest()
+        info = _tarinfo(arcname, status.st_size, status.st_mtime, stat.S_IMODE(status.st_mode))
+        tar.addfile(info, reader)  # type: ignore[arg-type]
+    return status.st_size, reader.sha256.hexdigest()
 
 
 def _add_bytes(tar: tarfile.TarFile, arcname: str, content: bytes) -> tuple[int, str]:
@@ -1005,9 +1044,8 @@ def _install(
                 moved.append(aside[d])
         restored = []
         for d in dirs:
-            if (staging / d).is_dir():
-                os.rename(staging / d, root / d)
-                restored.append(root / d)
+            os.rename(staging / d, root / d)
+            restored.append(root / d)
         _fsync(root)
     finally:
         shutil.rmtree(staging)
@@ -1048,9 +1086,8 @@ def _restore_notes(
             "MLFLOW_TRACKING_URI at it"
         )
     if any(p.startswith("mlflow/") for p in paths) and manifest.get("home") != str(root):
-        notes.append(
-            f"run artifact locations in the MLflow database still point below {manifest.get('home')}"
-        )
+        home = manifest.get("home")
+        notes.append(f"run artifact locations in the MLflow database still point below {home}")
     if any(p.startswith("config/") for p in paths):
         notes.append(
             f"config restored to {root / 'config'} for comparison; compare it with the project's "

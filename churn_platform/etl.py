@@ -163,7 +163,7 @@ def read_csv_source(spark: SparkSession, source: SourceSpec) -> DataFrame:
     fields = _field_count(F.col("value"), source.delimiter)
     error = (
         F.when(F.trim(F.col("value")) == "", F.lit(MALFORMED_LINE))
-        .when(F.col("value").contains("\ufffd"), F.lit(INVALID_ENCODING))
+        .when(~F.is_valid_utf8(F.col("value")), F.lit(INVALID_ENCODING))
         .when(
             fields != len(names),
             F.concat(F.lit(f"{WRONG_FIELD_COUNT}:"), fields.cast("string")),

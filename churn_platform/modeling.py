@@ -430,13 +430,16 @@ def _assemble(
 
 
 def _classifier(family: str, params: Mapping[str, Any], seed: int, prefix: str) -> Any:
-    estimator = _ESTIMATORS[family](
-        featuresCol=FEATURES_COL,
-        labelCol=LABEL_COL,
-        rawPredictionCol=f"{prefix}_raw",
-        probabilityCol=f"{prefix}_prob",
-        predictionCol=f"{prefix}_pred",
-    )
+    estimator = _ESTIMATORS[family]()
+    columns = {
+        "featuresCol": FEATURES_COL,
+        "labelCol": LABEL_COL,
+        "rawPredictionCol": f"{prefix}_raw",
+        "probabilityCol": f"{prefix}_prob",
+        "predictionCol": f"{prefix}_pred",
+    }
+    for name, value in columns.items():
+        estimator.set(estimator.getParam(name), value)
     if estimator.hasParam("seed"):
         estimator.set(estimator.getParam("seed"), seed)
     for name, value in params.items():

@@ -1,16 +1,17 @@
-"""ITIL operations records: a hash-chained JSON-lines event log, incidents and change records.
+"""ITIL operations events: a hash-chained JSON-lines log, pseudonyms, and the state-file helpers.
 
-Everything lives under the state root (`$CHURN_HOME`), readable by the service group only:
+The log lives under the state root (`$CHURN_HOME`), readable by the service group only:
 
     logs/                       0750
       ops-YYYY-MM-DD.jsonl      0640  one JSON event per line, one file per UTC day, append-only
       chain_heads.json          0640  last seq + hash per file (detects truncation; backed up)
       .ops.lock                 0640  flock held around "read chain head, append"
-    incidents/INC-YYYYMMDD-NNNN.json   one incident per file, replaced atomically
-    changes/CHG-YYYYMMDD-NNNN.json     one change record per file
-    changes/config_state.json          hashes of the last recorded spec and settings
     secrets/pseudonym.key       0600  HMAC key generated once when CHURN_PSEUDONYM_KEY is unset;
                                       back it up with the state or pseudonyms stop matching
+
+Incidents (`churn_platform.incidents`) and change records (`churn_platform.changes`) are stored
+with the helpers here (`ensure_dir`, `locked`, `next_id`, `write_json_atomic`) and log through
+`ops_log_scope`, so every state file is written, locked and named the same way.
 """
 
 from __future__ import annotations
@@ -31,14 +32,13 @@ import re
 import secrets
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from logging.handlers import SysLogHandler
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pythonjsonlogger.json import JsonEncoder, JsonFormatter
 
 from churn_platform.settings import Settings
@@ -50,9 +50,6 @@ FILE_MODE = 0o640
 LOCK_NAME = ".ops.lock"
 HEADS_NAME = "chain_heads.json"
 LOG_FILE_RE = re.compile(r"^ops-(\d{4}-\d{2}-\d{2})\.jsonl$")
-PRIORITY_MATRIX_ENV = "CHURN_PRIORITY_MATRIX"
-CHANGE_TYPES = ("standard", "normal", "emergency")
-CONFIG_CI = "platform_config"
 
 RECORD_FIELDS = (
     "schema_version", "ts", "seq", "level", "itil_event_type", "event_code", "message",
@@ -61,27 +58,16 @@ RECORD_FIELDS = (
     "error_message", "prev_hash", "hash",
 )  # fmt: skip
 
-DEFAULT_PRIORITY_MATRIX: dict[str, dict[str, str]] = {
-    "high": {"high": "P1", "medium": "P2", "low": "P3"},
-    "medium": {"high": "P2", "medium": "P3", "low": "P4"},
-    "low": {"high": "P3", "medium": "P4", "low": "P5"},
-}
-
 _EVENT_CODE_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")
 _UNSAFE_CHARS_RE = re.compile(
     "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
 )
 _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _QUOTED_LITERAL_RE = re.compile(r"(?<!\w)'[^'\n]*'(?!\w)")
-_URL_CREDENTIALS_RE = re.compile(r"//[^/@\s]+@")
-_SECRET_NAME_RE = re.compile(r"key|password|secret|token", re.IGNORECASE)
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _iso(moment: datetime) -> str:
+def utc_iso(moment: datetime) -> str:
+    """ISO 8601 in UTC with microseconds and a `Z`, so timestamps sort as plain strings."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -140,7 +126,7 @@ def pseudonym_key(settings: Settings) -> str:
         return settings.pseudonym_key
     path = settings.home / "secrets" / "pseudonym.key"
     if not path.exists():
-        _ensure_dir(path.parent, 0o700)
+        ensure_dir(path.parent, 0o700)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".pseudonym.key.")
         try:
             os.fchmod(fd, 0o600)
@@ -187,7 +173,8 @@ def record_hash(record: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(body).encode("ascii")).hexdigest()
 
 
-def _ensure_dir(path: Path, mode: int) -> Path:
+def ensure_dir(path: Path, mode: int = DIR_MODE) -> Path:
+    """Create `path` with exactly `mode`; mkdir alone would apply the process umask."""
     path.mkdir(parents=True, exist_ok=True, mode=mode)
     if stat.S_IMODE(path.stat().st_mode) != mode:
         os.chmod(path, mode)
@@ -209,7 +196,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
+def write_json_atomic(path: Path, data: Any) -> None:
     """Replace `path` in one step, so readers and crashes never see half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -228,7 +215,7 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path, *, shared: bool = False) -> Iterator[None]:
+def locked(lock_path: Path, *, shared: bool = False) -> Iterator[None]:
     """Hold an flock on `lock_path`; shared locks on a missing lock file lock nothing.
 
     Why flock: it is per open file, so it serializes threads, processes and OpsLog instances
@@ -247,6 +234,14 @@ def _locked(lock_path: Path, *, shared: bool = False) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def next_id(directory: Path, prefix: str, now: datetime) -> str:
+    """The next free `PREFIX-YYYYMMDD-NNNN` in `directory`; hold the directory's lock around
+    allocating it and writing the file, or two writers get the same id."""
+    stem = f"{prefix}-{now:%Y%m%d}"
+    taken = [int(p.stem.rsplit("-", 1)[1]) for p in directory.glob(f"{stem}-*.json")]
+    return f"{stem}-{max(taken, default=0) + 1:04d}"
 
 
 @dataclass(frozen=True)
@@ -280,8 +275,16 @@ def read_chain_heads(log_dir: Path) -> dict[str, ChainHead]:
         raise ValueError(f"{path} is not a valid chain-heads file: {exc}") from exc
 
 
+def _chain_heads_or_empty(log_dir: Path) -> dict[str, ChainHead]:
+    """Writers go on over damaged heads: an audit trail must not stop; verify_logs reports it."""
+    try:
+        return read_chain_heads(log_dir)
+    except ValueError:
+        return {}
+
+
 def _write_chain_heads(log_dir: Path, heads: Mapping[str, ChainHead]) -> None:
-    _write_json_atomic(chain_heads_path(log_dir), {n: h.to_dict() for n, h in heads.items()})
+    write_json_atomic(chain_heads_path(log_dir), {n: h.to_dict() for n, h in heads.items()})
 
 
 def _last_record(path: Path) -> dict[str, Any] | None:
@@ -385,16 +388,13 @@ class _ChainedFileHandler(logging.Handler):
         self.setFormatter(_OpsJsonFormatter())
 
     def emit(self, record: logging.LogRecord) -> None:
-        _ensure_dir(self.log_dir, DIR_MODE)
-        with _locked(self.log_dir / LOCK_NAME):
-            now = _utcnow()
+        ensure_dir(self.log_dir)
+        with locked(self.log_dir / LOCK_NAME):
+            now = datetime.now(UTC)
             path = self.log_dir / f"ops-{now:%Y-%m-%d}.jsonl"
-            try:
-                heads = read_chain_heads(self.log_dir)
-            except ValueError:
-                heads = {}  # verify_logs reports the damage; logging must go on
+            heads = _chain_heads_or_empty(self.log_dir)
             seq, prev_hash = _next_link(path, heads.get(path.name))
-            record.__dict__.update(ts=_iso(now), seq=seq, prev_hash=prev_hash)
+            record.__dict__.update(ts=utc_iso(now), seq=seq, prev_hash=prev_hash)
             line = self.format(record)
             entry = json.loads(line)
             _append_line(path, line)
@@ -524,7 +524,8 @@ class OpsLog:
 
 
 @contextlib.contextmanager
-def _ops(settings: Settings, ops_log: OpsLog | None) -> Iterator[OpsLog]:
+def ops_log_scope(settings: Settings, ops_log: OpsLog | None) -> Iterator[OpsLog]:
+    """`ops_log` if the caller has one, else an OpsLog for this root that is closed afterwards."""
     if ops_log is not None:
         yield ops_log
         return
@@ -637,13 +638,10 @@ def prune_logs(
     log_dir = settings.logs
     if not log_dir.exists():
         return []
-    cutoff = (now or _utcnow()).date() - timedelta(days=settings.log_retention_days)
+    cutoff = (now or datetime.now(UTC)).date() - timedelta(days=settings.log_retention_days)
     removed: list[str] = []
-    with _locked(log_dir / LOCK_NAME):
-        try:
-            heads = read_chain_heads(log_dir)
-        except ValueError:
-            heads = {}
+    with locked(log_dir / LOCK_NAME):
+        heads = _chain_heads_or_empty(log_dir)
         for path in sorted(log_dir.iterdir()):
             match = LOG_FILE_RE.match(path.name)
             if match and date.fromisoformat(match.group(1)) < cutoff:
@@ -653,7 +651,7 @@ def prune_logs(
         if removed:
             _write_chain_heads(log_dir, heads)
     if removed:
-        with _ops(settings, ops_log) as ops:
+        with ops_log_scope(settings, ops_log) as ops:
             ops.event(
                 "logs.pruned",
                 f"Pruned operations log files dated before {cutoff}: {', '.join(removed)}",
@@ -765,7 +763,7 @@ def verify_logs(log_dir: Path) -> VerifyReport:
     """
     log_dir = Path(log_dir)
     checks: list[FileCheck] = []
-    with _locked(log_dir / LOCK_NAME, shared=True):
+    with locked(log_dir / LOCK_NAME, shared=True):
         try:
             heads = read_chain_heads(log_dir)
         except ValueError as exc:
@@ -780,411 +778,6 @@ def verify_logs(log_dir: Path) -> VerifyReport:
         if name not in present
     )
     return VerifyReport(str(log_dir), checks)
-
-
-def load_priority_matrix(path: str | Path | None = None) -> dict[str, dict[str, str]]:
-    """impact -> urgency -> priority: ITIL's 3x3 default, or the YAML/JSON file named by `path`
-    or $CHURN_PRIORITY_MATRIX.
-
-    Why a file: the service desk owns priorities and changes them without a release. A matrix
-    with holes is rejected here rather than when that combination first occurs at 3 a.m.
-    """
-    path = path or os.environ.get(PRIORITY_MATRIX_ENV)
-    if not path:
-        return {impact: dict(row) for impact, row in DEFAULT_PRIORITY_MATRIX.items()}
-    source = Path(path)
-    text = source.read_text(encoding="utf-8")
-    data = json.loads(text) if source.suffix == ".json" else yaml.safe_load(text)
-    example = "high: {high: P1, medium: P2, low: P3}"
-    if (
-        not isinstance(data, dict)
-        or not data
-        or not all(isinstance(row, dict) and row for row in data.values())
-    ):
-        raise ValueError(
-            f"{source}: priority matrix must map impact -> urgency -> priority ({example})"
-        )
-    matrix = {
-        str(impact).lower(): {str(u).lower(): str(p) for u, p in row.items()}
-        for impact, row in data.items()
-    }
-    urgencies = {frozenset(row) for row in matrix.values()}
-    if len(urgencies) != 1:
-        raise ValueError(f"{source}: every impact must list the same urgencies ({example})")
-    return matrix
-
-
-@dataclass
-class Incident:
-    """An ITIL incident; `history` holds every status change with its time and actor."""
-
-    id: str
-    dedupe_key: str
-    status: str
-    priority: str
-    impact: str
-    urgency: str
-    category: str
-    configuration_item: str
-    detected_by: str
-    summary: str
-    details: dict[str, Any]
-    opened_at: str
-    last_seen_at: str
-    occurrences: int = 1
-    resolved_at: str | None = None
-    resolution: str | None = None
-    history: list[dict[str, str]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def _next_id(directory: Path, prefix: str, now: datetime) -> str:
-    stem = f"{prefix}-{now:%Y%m%d}"
-    taken = [int(p.stem.rsplit("-", 1)[1]) for p in directory.glob(f"{stem}-*.json")]
-    return f"{stem}-{max(taken, default=0) + 1:04d}"
-
-
-class IncidentStore:
-    """Incidents as JSON files under `$CHURN_HOME/incidents/`, one per incident.
-
-    Opening is idempotent per dedupe key while the incident is open, so a sensor that sees the
-    same failure on every tick raises one incident (with an occurrence count), not hundreds.
-    """
-
-    _ID_RE = re.compile(r"INC-\d{8}-\d{4,}")
-
-    def __init__(
-        self,
-        settings: Settings,
-        ops_log: OpsLog | None = None,
-        priority_matrix: Mapping[str, Mapping[str, str]] | None = None,
-    ) -> None:
-        self.settings = settings
-        self.root = settings.incidents
-        self.matrix = (
-            {k: dict(v) for k, v in priority_matrix.items()}
-            if priority_matrix is not None
-            else load_priority_matrix()
-        )
-        self._ops_log = ops_log
-
-    def priority(self, impact: str, urgency: str) -> str:
-        """Priority for an impact and urgency from the matrix."""
-        try:
-            return self.matrix[impact.lower()][urgency.lower()]
-        except KeyError:
-            raise ValueError(
-                f"no priority for impact={impact!r}, urgency={urgency!r}; known impacts: "
-                f"{sorted(self.matrix)}, urgencies: {sorted(next(iter(self.matrix.values())))}"
-            ) from None
-
-    def open(
-        self,
-        dedupe_key: str,
-        detected_by: str,
-        category: str,
-        configuration_item: str,
-        impact: str,
-        urgency: str,
-        summary: str,
-        details: Mapping[str, Any] | None = None,
-    ) -> Incident:
-        """Open an incident, or return the open one with the same `dedupe_key` (count bumped)."""
-        priority = self.priority(impact, urgency)
-        with self._lock():
-            now = _utcnow()
-            for existing in self._load_all():
-                if existing.status == "open" and existing.dedupe_key == dedupe_key:
-                    existing.occurrences += 1
-                    existing.last_seen_at = _iso(now)
-                    self._save(existing)
-                    return existing
-            incident = Incident(
-                id=_next_id(self.root, "INC", now),
-                dedupe_key=dedupe_key,
-                status="open",
-                priority=priority,
-                impact=impact.lower(),
-                urgency=urgency.lower(),
-                category=category,
-                configuration_item=configuration_item,
-                detected_by=detected_by,
-                summary=sanitize(summary),
-                details=dict(details or {}),
-                opened_at=_iso(now),
-                last_seen_at=_iso(now),
-                history=[{"ts": _iso(now), "status": "open", "actor": detected_by, "note": ""}],
-            )
-            self._save(incident)
-            with _ops(self.settings, self._ops_log) as ops:
-                ops.event(
-                    "incident.opened",
-                    f"Incident {incident.id} opened: {priority} {category} on {configuration_item}",
-                    level=logging.WARNING,
-                    component="incident",
-                    configuration_item=configuration_item,
-                    actor=detected_by,
-                    outcome="open",
-                )
-        return incident
-
-    def resolve(self, incident_id: str, reason: str, *, actor: str | None = None) -> Incident:
-        """Resolve one open incident by id (e.g. by an operator from the CLI)."""
-        with self._lock():
-            incident = self.get(incident_id)
-            if incident.status != "open":
-                raise ValueError(f"{incident_id} is already {incident.status}")
-            return self._resolve(incident, reason, actor or default_actor())
-
-    def resolve_for(
-        self, configuration_item: str, reason: str, *, actor: str | None = None
-    ) -> list[Incident]:
-        """Resolve every open incident of a CI, e.g. when that asset later materializes fine."""
-        with self._lock():
-            return [
-                self._resolve(incident, reason, actor or default_actor())
-                for incident in self._load_all()
-                if incident.status == "open" and incident.configuration_item == configuration_item
-            ]
-
-    def get(self, incident_id: str) -> Incident:
-        """One incident by id; the id is validated so CLI input cannot name other files."""
-        if not self._ID_RE.fullmatch(incident_id):
-            raise ValueError(f"{incident_id!r} is not an incident id like INC-20260101-0001")
-        path = self.root / f"{incident_id}.json"
-        if not path.exists():
-            raise KeyError(f"no incident {incident_id} in {self.root}")
-        return Incident(**json.loads(path.read_text(encoding="utf-8")))
-
-    def _resolve(self, incident: Incident, reason: str, actor: str) -> Incident:
-        now = _iso(_utcnow())
-        incident.status = "resolved"
-        incident.resolved_at = now
-        incident.resolution = sanitize(reason)
-        incident.history.append(
-            {"ts": now, "status": "resolved", "actor": actor, "note": incident.resolution}
-        )
-        self._save(incident)
-        with _ops(self.settings, self._ops_log) as ops:
-            ops.event(
-                "incident.resolved",
-                f"Incident {incident.id} resolved on {incident.configuration_item}",
-                component="incident",
-                configuration_item=incident.configuration_item,
-                actor=actor,
-                outcome="resolved",
-            )
-        return incident
-
-    def _lock(self) -> contextlib.AbstractContextManager[None]:
-        _ensure_dir(self.root, DIR_MODE)
-        return _locked(self.root / ".lock")
-
-    def _save(self, incident: Incident) -> None:
-        _write_json_atomic(self.root / f"{incident.id}.json", incident.to_dict())
-
-    def _load_all(self) -> list[Incident]:
-        if not self.root.exists():
-            return []
-        incidents = [
-            Incident(**json.loads(path.read_text(encoding="utf-8")))
-            for path in self.root.glob("INC-*.json")
-        ]
-        return sorted(incidents, key=lambda incident: (incident.opened_at, incident.id))
-
-    def list(self, status: str | None = None) -> list[Incident]:
-        """All incidents, oldest first, optionally only those with `status` (open/resolved)."""
-        return [i for i in self._load_all() if status is None or i.status == status]
-
-
-@dataclass(frozen=True)
-class ChangeRecord:
-    """An ITIL change record: what changed on which CI, from what to what, by whom and why."""
-
-    id: str
-    change_type: str
-    configuration_item: str
-    who: str
-    what_from: str | None
-    what_to: str | None
-    why: dict[str, Any]
-    summary: str
-    recorded_at: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def _changes_dir(settings: Settings) -> Path:
-    return _ensure_dir(settings.home / "changes", DIR_MODE)
-
-
-def _store_change(settings: Settings, draft: ChangeRecord, ops_log: OpsLog | None) -> ChangeRecord:
-    """Give `draft` its id and time, store it and log it; the caller holds the changes lock."""
-    directory = _changes_dir(settings)
-    now = _utcnow()
-    change = dataclasses.replace(draft, id=_next_id(directory, "CHG", now), recorded_at=_iso(now))
-    _write_json_atomic(directory / f"{change.id}.json", change.to_dict())
-    gate_metrics = {
-        k: v
-        for k, v in change.why.items()
-        if isinstance(v, numbers.Real) and not isinstance(v, bool)
-    }
-    with _ops(settings, ops_log) as ops:
-        ops.event(
-            "change.recorded",
-            f"{change.change_type} change {change.id} on {change.configuration_item}: "
-            f"{change.what_from} -> {change.what_to}",
-            component="change",
-            configuration_item=change.configuration_item,
-            actor=change.who,
-            outcome="recorded",
-            metrics=gate_metrics,
-        )
-    return change
-
-
-def record_change(
-    settings: Settings,
-    change_type: str,
-    configuration_item: str,
-    who: str,
-    what_from: str | None,
-    what_to: str | None,
-    why: Mapping[str, Any],
-    summary: str,
-    *,
-    ops_log: OpsLog | None = None,
-) -> ChangeRecord:
-    """Record a change (e.g. a model promotion with its gate metrics in `why`)."""
-    if change_type not in CHANGE_TYPES:
-        raise ValueError(f"change_type {change_type!r} must be one of {CHANGE_TYPES}")
-    draft = ChangeRecord(
-        id="",
-        change_type=change_type,
-        configuration_item=configuration_item,
-        who=who,
-        what_from=what_from,
-        what_to=what_to,
-        why=dict(why),
-        summary=sanitize(summary),
-        recorded_at="",
-    )
-    with _locked(_changes_dir(settings) / ".lock"):
-        return _store_change(settings, draft, ops_log)
-
-
-def list_changes(settings: Settings, configuration_item: str | None = None) -> list[ChangeRecord]:
-    """Change records, oldest first, optionally for one configuration item."""
-    directory = settings.home / "changes"
-    if not directory.exists():
-        return []
-    changes = [
-        ChangeRecord(**json.loads(path.read_text(encoding="utf-8")))
-        for path in directory.glob("CHG-*.json")
-    ]
-    return sorted(
-        (c for c in changes if configuration_item in (None, c.configuration_item)),
-        key=lambda change: (change.recorded_at, change.id),
-    )
-
-
-def public_settings(settings: Settings) -> dict[str, Any]:
-    """Settings without secrets (key/password/secret/token fields; credentials inside URLs)."""
-    values: dict[str, Any] = {}
-    for item in dataclasses.fields(settings):
-        if _SECRET_NAME_RE.search(item.name):
-            continue
-        value = getattr(settings, item.name)
-        if isinstance(value, Path):
-            value = str(value)
-        if isinstance(value, str):
-            value = _URL_CREDENTIALS_RE.sub("//***@", value)
-        values[item.name] = value
-    return values
-
-
-def _config_version(spec_sha: str, settings_sha: str) -> str:
-    return f"spec:{spec_sha[:12]} settings:{settings_sha[:12]}"
-
-
-def record_config_change_if_any(
-    settings: Settings, spec_path: Path, *, who: str | None = None, ops_log: OpsLog | None = None
-) -> ChangeRecord | None:
-    """Record a `normal` change when the dataset spec or the non-secret settings changed.
-
-    Compares hashes with the last recorded ones in `changes/config_state.json`; the first call
-    records the baseline. Returns None when nothing changed.
-    """
-    spec_sha = hashlib.sha256(Path(spec_path).read_bytes()).hexdigest()
-    values = public_settings(settings)
-    settings_sha = hashlib.sha256(canonical_json(values).encode("ascii")).hexdigest()
-    directory = _changes_dir(settings)
-    state_path = directory / "config_state.json"
-    with _locked(directory / ".lock"):
-        last = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else None
-        if last and (last["spec_sha256"], last["settings_sha256"]) == (spec_sha, settings_sha):
-            return None
-        old_values: dict[str, Any] = last["settings"] if last else {}
-        changed = {
-            name: {"from": old_values.get(name), "to": values.get(name)}
-            for name in sorted(set(values) | set(old_values))
-            if old_values.get(name) != values.get(name)
-        }
-        spec_changed = last is None or last["spec_sha256"] != spec_sha
-        if last is None:
-            summary = "configuration baseline recorded"
-        else:
-            parts = ["dataset spec changed"] if spec_changed else []
-            if changed:
-                parts.append(f"settings changed: {', '.join(changed)}")
-            summary = "; ".join(parts)
-        draft = ChangeRecord(
-            id="",
-            change_type="normal",
-            configuration_item=CONFIG_CI,
-            who=who or default_actor(),
-            what_from=_config_version(last["spec_sha256"], last["settings_sha256"])
-            if last
-            else None,
-            what_to=_config_version(spec_sha, settings_sha),
-            why={
-                "spec_path": str(spec_path),
-                "spec_sha256": spec_sha,
-                "settings_sha256": settings_sha,
-                "spec_changed": spec_changed,
-                "changed_settings": changed if last else {},
-            },
-            summary=summary,
-            recorded_at="",
-        )
-        change = _store_change(settings, draft, ops_log)
-        state = {"spec_sha256": spec_sha, "settings_sha256": settings_sha, "settings": values}
-        _write_json_atomic(state_path, {**state, "change_id": change.id})
-    return change
-
-
-def _cell(text: object, width: int) -> str:
-    clean = sanitize(text)
-    return clean if len(clean) <= width else f"{clean[: width - 1]}~"
-
-
-def format_incidents(incidents: Iterable[Incident]) -> str:
-    """A fixed-width table of incidents for the terminal."""
-    rows = list(incidents)
-    if not rows:
-        return "No incidents."
-    lines = [
-        f"{'ID':<18} {'PRI':<3} {'STATUS':<8} {'OPENED (UTC)':<19} {'SEEN':>4} {'CI':<28} SUMMARY"
-    ]
-    lines.extend(
-        f"{i.id:<18} {i.priority:<3} {i.status:<8} {i.opened_at[:19]:<19} {i.occurrences:>4} "
-        f"{_cell(i.configuration_item, 28):<28} {_cell(i.summary, 60)}"
-        for i in rows
-    )
-    return "\n".join(lines)
 
 
 def format_verify_report(report: VerifyReport) -> str:

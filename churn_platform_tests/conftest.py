@@ -48,3 +48,35 @@ def churn_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def settings(churn_home: Path) -> Settings:
     return load_settings(os.environ)
+
+
+TELCO_HEADER = (
+    "customerID,gender,SeniorCitizen,Partner,Dependents,tenure,PhoneService,MultipleLines,"
+    "InternetService,OnlineSecurity,OnlineBackup,DeviceProtection,TechSupport,StreamingTV,"
+    "StreamingMovies,Contract,PaperlessBilling,PaymentMethod,MonthlyCharges,TotalCharges,Churn"
+)
+
+
+def telco_row(customer_id: str, churn: str = "No", tenure: str = "12", total: str = "600.5") -> str:
+    """One well-formed Telco line; tests override the fields they exercise."""
+    return (
+        f"{customer_id},Female,0,Yes,No,{tenure},Yes,No,DSL,Yes,No,No,No,No,No,Month-to-month,"
+        f"Yes,Electronic check,50.05,{total},{churn}"
+    )
+
+
+@pytest.fixture(scope="session")
+def telco_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real IBM Telco file, fetched once per test session the way `make demo` does."""
+    from churn_platform.datasets import ensure_telco_csv
+
+    return ensure_telco_csv(tmp_path_factory.mktemp("telco_data"))
+
+
+@pytest.fixture
+def telco_home(churn_home: Path, telco_csv: Path) -> Path:
+    """A state root with the real Telco file where the bundled spec expects it."""
+    data = churn_home / "data"
+    data.mkdir()
+    (data / "telco_churn.csv").symlink_to(telco_csv)
+    return churn_home

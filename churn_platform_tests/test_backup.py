@@ -36,6 +36,7 @@ from churn_platform.backup import (
     EXIT_USAGE,
     EXIT_VERIFICATION_FAILED,
     KEY_ENV,
+    PSEUDONYM_KEY_FILE,
     S3_ENDPOINT_ENV,
     AbsolutePathError,
     BackupError,
@@ -57,6 +58,7 @@ from churn_platform.backup import (
     snapshot_sqlite,
     verify_backup,
 )
+from churn_platform.ops_log import OpsLog, verify_logs
 from churn_platform.settings import Settings, load_settings
 
 PARTITION = "2026-11-27"
@@ -117,10 +119,13 @@ def _build_state(root: Path) -> None:
     _write(warehouse / "scores/2026-11-26/CURRENT", b"v-a\n")
     _write(warehouse / "scores/2026-11-26/v-a/part-0.parquet", os.urandom(512))
 
-    logs = home / "logs"
-    _write(logs / "ops.jsonl", b'{"event": "ingested"}\n{"event": "trained"}\n')
-    _write(logs / "chain_heads.json", b'{"ops": "abc"}\n')
-    _write(logs / "spark-driver.log", b"not an operations log\n")
+    ops = OpsLog(load_settings({"CHURN_HOME": str(home), "CHURN_PSEUDONYM_KEY": SECRET}))
+    for code in ("ingestion.completed", "training.completed", "registry.promoted"):
+        ops.event(code, f"{code} for the backup tests")
+    ops.close()
+    _write(home / "logs/spark-driver.log", b"not an operations log\n")
+    _write(home / PSEUDONYM_KEY_FILE, b"0123456789abcdef" * 4)
+    (home / PSEUDONYM_KEY_FILE).chmod(0o600)
     _write(home / "incidents/INC-0001.json", b'{"id": "INC-0001"}\n')
     _write(home / "changes/CHG-0001.json", b'{"id": "CHG-0001"}\n')
     _write(home / "changes/notes.txt", b"scratch\n")
@@ -240,7 +245,9 @@ def test_round_trip_restores_same_files_and_registry(state: State, tmp_path: Pat
     } <= paths
     assert any(p.startswith("mlflow/artifacts/") and p.endswith("model.pkl") for p in paths)
     excluded = {"warehouse/customers/v-1/part-0.parquet", "logs/spark-driver.log"}
-    assert not paths & (excluded | {"changes/notes.txt", "warehouse/customers/.CURRENT.99.tmp"})
+    excluded |= {"changes/notes.txt", "warehouse/customers/.CURRENT.99.tmp", PSEUDONYM_KEY_FILE}
+    assert not paths & excluded
+    assert any(PSEUDONYM_KEY_FILE in line for line in manifest["not_included"])
     settings_json = _member(archive, "config/settings.json")
     assert SECRET.encode() not in settings_json
     assert "pseudonym_key" not in json.loads(settings_json)
@@ -259,6 +266,9 @@ def test_round_trip_restores_same_files_and_registry(state: State, tmp_path: Pat
             assert after[path] == originals[path], path
     assert _rows(target / "dagster/history/runs.db", "runs") == runs
     assert _registry(target / "mlflow" / "mlflow.db") == registry
+    assert verify_logs(target / "logs").ok
+    ops_log_file = next((target / "logs").glob("ops-*.jsonl"))
+    assert ops_log_file.stat().st_mode & 0o777 == 0o640
 
 
 def test_restore_in_place_moves_the_existing_component_aside(
@@ -267,10 +277,14 @@ def test_restore_in_place_moves_the_existing_component_aside(
     monkeypatch.setenv("CHURN_BACKUP_TARGET", state.settings.backup_target)
     _backup(state)
     _write(state.home / "mlflow" / "junk.txt", b"written after the backup")
-    others = {d: _tree(state.home / d) for d in ("dagster", "warehouse", "logs")}
+    others = {d: _tree(state.home / d) for d in ("dagster", "warehouse", "secrets")}
 
     result = restore_backup(state.home, PARTITION, "mlflow")
+    logs = restore_backup(state.home, PARTITION, "logs")
 
+    assert {p.name for p in logs.restored} == {"logs", "incidents", "changes"}
+    logs_aside = next(p for p in logs.moved_aside if p.name.startswith("logs."))
+    assert (logs_aside / "spark-driver.log").is_file()
     assert result.components == ("mlflow",)
     (aside,) = result.moved_aside
     assert aside.name.startswith("mlflow.before-restore-")
@@ -565,6 +579,34 @@ def test_snapshot_taken_while_another_thread_writes_passes_integrity_check(
     assert len(_rows(idle, "runs")) == 50 + len(written)
 
 
+def test_ops_log_written_during_backup_still_verifies_after_restore(
+    state: State, tmp_path: Path
+) -> None:
+    ops = OpsLog(state.settings)
+    stop, written = threading.Event(), []
+
+    def keep_logging() -> None:
+        while not stop.is_set():
+            ops.event("backup.probe", "written while the backup copies the log")
+            written.append(1)
+
+    writer = threading.Thread(target=keep_logging)
+    writer.start()
+    try:
+        while len(written) < 20:
+            stop.wait(0.01)
+        for _ in range(5):
+            _backup(state, components=("logs",))
+    finally:
+        stop.set()
+        writer.join()
+        ops.close()
+
+    restore_backup(state.settings, PARTITION, "logs", target_dir=tmp_path / "restored")
+    report = verify_logs(tmp_path / "restored" / "logs")
+    assert report.ok, report.to_dict()
+
+
 def test_rerunning_a_partition_is_idempotent_and_atomic(
     state: State, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -617,6 +659,9 @@ def test_encrypted_round_trip_and_wrong_key_refused(
     assert not archive.read_bytes().startswith(b"\x1f\x8b")
     restored = restore_backup(state.settings, PARTITION, target_dir=tmp_path / "a")
     assert restored.files == len(result.manifest["files"])
+    key = tmp_path / "a" / PSEUDONYM_KEY_FILE
+    assert key.read_bytes() == (state.home / PSEUDONYM_KEY_FILE).read_bytes()
+    assert key.stat().st_mode & 0o777 == 0o600
     for entry in result.manifest["files"]:
         assert _sha((tmp_path / "a" / entry["path"]).read_bytes()) == entry["sha256"]
 
@@ -711,14 +756,18 @@ def postgres() -> Iterator[str]:
     if run_as:
         shutil.chown(root, "postgres")
         shutil.chown(sockets, "postgres")
+    password = root / "password"
+    password.write_text("s3cr/t:pw\n")
+    if run_as:
+        shutil.chown(password, "postgres")
     quiet = {"check": True, "capture_output": True}
-    subprocess.run([*run_as, bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth=trust",
-                    "--no-sync"], **quiet)  # fmt: skip
+    initdb = [bin_dir / "initdb", "-D", data, "-U", "postgres", f"--pwfile={password}"]
+    subprocess.run([*run_as, *initdb, "--auth=scram-sha-256", "--no-sync"], **quiet)
     options = f"-k {sockets} -c listen_addresses='' -c fsync=off"
     pg_ctl = [*run_as, bin_dir / "pg_ctl", "-D", data, "-l", root / "server.log"]
     subprocess.run([*pg_ctl, "-w", "-o", options, "start"], **quiet)
     try:
-        yield f"postgresql://postgres@/postgres?host={sockets}"
+        yield f"postgresql://postgres:s3cr%2Ft%3Apw@/postgres?host={sockets}"
     finally:
         subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True, check=False)
         shutil.rmtree(root)
@@ -732,10 +781,13 @@ def test_postgres_tracking_backend_is_dumped_with_pg_dump(
         cursor.execute("INSERT INTO registered_models VALUES (%s)", (MODEL,))
     settings = dataclasses.replace(state.settings, mlflow_tracking_uri=postgres)
 
-    result = create_backup(settings, PARTITION, None, ("mlflow",), project_root=state.project)
+    components = ("mlflow", "config")
+    result = create_backup(settings, PARTITION, None, components, project_root=state.project)
 
     paths = {entry["path"] for entry in result.manifest["files"]}
     assert "mlflow/mlflow.pgdump" in paths and "mlflow/mlflow.db" not in paths
+    settings_json = _member(Path(result.archive), "config/settings.json").decode()
+    assert "postgres:***@" in settings_json and "s3cr" not in settings_json
     restored = restore_backup(settings, PARTITION, "mlflow", target_dir=tmp_path / "restored")
     dump = tmp_path / "restored" / "mlflow" / "mlflow.pgdump"
     listing = subprocess.run(

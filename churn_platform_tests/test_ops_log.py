@@ -1,4 +1,4 @@
-"""Ops records stay tamper-evident, private and one per line; incidents and changes stay sane."""
+"""Ops log records stay tamper-evident, private, one per line, and are forwarded as written."""
 
 import json
 import multiprocessing
@@ -14,18 +14,12 @@ import pytest
 from churn_platform.ops_log import (
     GENESIS_HASH,
     RECORD_FIELDS,
-    Incident,
-    IncidentStore,
     OpsLog,
-    format_incidents,
     format_verify_report,
-    list_changes,
     prune_logs,
     pseudonym_key,
     pseudonymize,
     read_chain_heads,
-    record_change,
-    record_config_change_if_any,
     sanitize,
     verify_logs,
 )
@@ -34,10 +28,15 @@ from churn_platform.settings import Settings, load_settings
 RAW_ID = "7590-VHVEG"
 
 
-@pytest.fixture(autouse=True)
-def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
+def clear_ambient_ops_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset the variables that would change what ops records say (also used by sibling tests)."""
     for name in ("CHURN_SYSLOG_ADDRESS", "CHURN_PRIORITY_MATRIX", "CHURN_LOG_RETENTION_DAYS"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_ambient_ops_env(monkeypatch)
 
 
 @pytest.fixture
@@ -47,12 +46,14 @@ def ops(settings: Settings) -> Iterator[OpsLog]:
     log.close()
 
 
-def _log_file(settings: Settings) -> Path:
+def ops_log_file(settings: Settings) -> Path:
+    """The one ops log file a test wrote (also used by sibling tests)."""
     (path,) = settings.logs.glob("ops-*.jsonl")
     return path
 
 
-def _records(path: Path) -> list[dict]:
+def ops_records(path: Path) -> list[dict]:
+    """The parsed records of an ops log file (also used by sibling tests)."""
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -61,7 +62,7 @@ def _write_events(ops: OpsLog, count: int) -> Path:
         ops.event(
             "training.completed", f"model {index} trained", metrics={"auc": 0.8 + index / 100}
         )
-    return _log_file(ops.settings)
+    return ops_log_file(ops.settings)
 
 
 def _only_broken(settings: Settings) -> tuple[int | None, str]:
@@ -79,7 +80,7 @@ def test_records_carry_the_schema_and_a_valid_chain(ops: OpsLog, settings: Setti
         int(RAW_ID)
     except ValueError as exc:
         ops.event("inference.batch.failed", "scoring failed", error=exc, asset_key=["scores"])
-    records = _records(_log_file(settings))
+    records = ops_records(ops_log_file(settings))
     assert [list(r) for r in records] == [list(RECORD_FIELDS)] * 2
     assert [r["seq"] for r in records] == [1, 2]
     assert records[0]["prev_hash"] == GENESIS_HASH
@@ -90,7 +91,7 @@ def test_records_carry_the_schema_and_a_valid_chain(ops: OpsLog, settings: Setti
     assert records[1]["error_type"] == "ValueError" and records[1]["outcome"] == "failure"
     assert "'<redacted>'" in records[1]["error_message"]
     assert verify_logs(settings.logs).ok
-    assert read_chain_heads(settings.logs)[_log_file(settings).name].hash == records[1]["hash"]
+    assert read_chain_heads(settings.logs)[ops_log_file(settings).name].hash == records[1]["hash"]
 
 
 def test_verify_reports_an_edited_record(ops: OpsLog, settings: Settings) -> None:
@@ -174,7 +175,7 @@ def test_modes_do_not_depend_on_umask(
         return stat.S_IMODE(path.stat().st_mode)
 
     assert mode(settings.logs) == 0o750
-    assert mode(_log_file(settings)) == 0o640
+    assert mode(ops_log_file(settings)) == 0o640
     assert mode(settings.logs / "chain_heads.json") == 0o640
     assert mode(settings.home / "secrets") == 0o700
     assert mode(settings.home / "secrets" / "pseudonym.key") == 0o600
@@ -203,7 +204,7 @@ def test_concurrent_appends_from_processes_keep_one_chain(settings: Settings) ->
     for process in processes:
         process.join(timeout=120)
     assert [p.exitcode for p in processes] == [0] * workers
-    records = _records(_log_file(settings))
+    records = ops_records(ops_log_file(settings))
     assert [r["seq"] for r in records] == list(range(1, workers * count + 1))
     assert sorted(r["message"] for r in records) == sorted(
         f"worker {w} batch {i}" for w in range(workers) for i in range(count)
@@ -214,9 +215,9 @@ def test_concurrent_appends_from_processes_keep_one_chain(settings: Settings) ->
 def test_injected_newline_and_fake_json_stay_one_record(ops: OpsLog, settings: Settings) -> None:
     fake = json.dumps({"event_code": "registry.alias.set", "seq": 99, "hash": "0" * 64})
     ops.event("etl.ingest.completed", f"done\n{fake}\r\n\x1b[2J\u2028next", component="etl\nx")
-    raw = _log_file(settings).read_bytes()
+    raw = ops_log_file(settings).read_bytes()
     assert raw.count(b"\n") == 1 and raw.isascii()
-    (record,) = _records(_log_file(settings))
+    (record,) = ops_records(ops_log_file(settings))
     assert record["event_code"] == "etl.ingest.completed"
     assert record["message"].startswith("done\\n{") and "\\x1b[2J\\u2028next" in record["message"]
     assert record["component"] == "etl\\nx"
@@ -236,7 +237,7 @@ def test_pseudonyms_are_stable_keyed_and_keep_raw_ids_out(ops: OpsLog, settings:
         raise KeyError(RAW_ID)
     except KeyError as exc:
         ops.event("inference.batch.failed", "lookup failed", error=exc)
-    assert RAW_ID not in _log_file(settings).read_text()
+    assert RAW_ID not in ops_log_file(settings).read_text()
 
 
 def test_generated_pseudonym_key_is_stored_once(
@@ -246,111 +247,6 @@ def test_generated_pseudonym_key_is_stored_once(
     bare = load_settings(os.environ)
     first = pseudonym_key(bare)
     assert pseudonym_key(bare) == first == (bare.home / "secrets" / "pseudonym.key").read_text()
-
-
-def _open(
-    store: IncidentStore, key: str = "asset_failed:features", ci: str = "features"
-) -> Incident:
-    return store.open(
-        key, "sensor:run_failure", "pipeline_failure", ci, "high", "medium", "Features failed",
-        {"step": "features"},
-    )  # fmt: skip
-
-
-def test_opening_an_incident_twice_gives_one_incident(settings: Settings) -> None:
-    store = IncidentStore(settings)
-    first, second = _open(store), _open(store)
-    assert first.id == second.id and first.id.startswith("INC-")
-    (only,) = store.list()
-    assert only.occurrences == 2 and only.priority == "P2"
-    assert store.get(only.id).to_dict() == only.to_dict()
-    assert only.id in format_incidents(store.list())
-    opened = [r for r in _records(_log_file(settings)) if r["event_code"] == "incident.opened"]
-    assert len(opened) == 1
-
-
-@pytest.mark.parametrize(
-    ("impact", "urgency", "priority"),
-    [
-        ("high", "high", "P1"),
-        ("High", "low", "P3"),
-        ("medium", "medium", "P3"),
-        ("low", "low", "P5"),
-    ],
-)
-def test_priority_comes_from_the_itil_matrix(
-    settings: Settings, impact: str, urgency: str, priority: str
-) -> None:
-    assert IncidentStore(settings).priority(impact, urgency) == priority
-
-
-def test_priority_matrix_file_overrides_the_default(
-    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    matrix = tmp_path / "matrix.yaml"
-    matrix.write_text("critical: {now: P1, later: P2}\nroutine: {now: P3, later: P4}\n")
-    monkeypatch.setenv("CHURN_PRIORITY_MATRIX", str(matrix))
-    store = IncidentStore(settings)
-    assert store.open("k", "cli", "data", "raw", "routine", "now", "late file").priority == "P3"
-    with pytest.raises(ValueError, match="known impacts"):
-        store.priority("high", "high")
-    matrix.write_text("critical: {now: P1, later: P2}\nroutine: {now: P3}\n")
-    with pytest.raises(ValueError, match="same urgencies"):
-        IncidentStore(settings)
-
-
-def test_success_of_the_same_asset_resolves_its_incidents(settings: Settings) -> None:
-    store = IncidentStore(settings)
-    features = _open(store)
-    scoring = _open(store, key="asset_failed:scores", ci="scores")
-    (resolved,) = store.resolve_for("features", "features materialized successfully")
-    assert resolved.id == features.id
-    assert [h["status"] for h in resolved.history] == ["open", "resolved"]
-    assert resolved.history[0]["ts"] <= resolved.history[1]["ts"] == resolved.resolved_at
-    assert [i.id for i in store.list(status="open")] == [scoring.id]
-    assert _open(store).id != features.id
-    log_text = _log_file(settings).read_text()
-    assert "incident.resolved" in log_text and "Features failed" not in log_text
-
-
-def test_change_records_are_written_and_listed(settings: Settings) -> None:
-    change = record_change(
-        settings, "normal", "model:churn", "user:lead", "3", "4", {"auc": 0.84, "gate": "passed"},
-        "Promote v4 to champion",
-    )  # fmt: skip
-    record_change(settings, "standard", "features", "schedule:nightly", None, "v2", {}, "Refresh")
-    assert (settings.home / "changes" / f"{change.id}.json").exists()
-    assert [c.id for c in list_changes(settings, "model:churn")] == [change.id]
-    assert len(list_changes(settings)) == 2
-    (logged,) = [
-        r for r in _records(_log_file(settings)) if r["configuration_item"] == "model:churn"
-    ]
-    assert logged["event_code"] == "change.recorded" and logged["metrics"] == {"auc": 0.84}
-    with pytest.raises(ValueError, match="change_type"):
-        record_change(settings, "urgent", "x", "me", None, None, {}, "bad type")
-
-
-def test_config_changes_are_recorded_once_per_actual_change(
-    settings: Settings, tmp_path: Path
-) -> None:
-    spec = tmp_path / "spec.yaml"
-    spec.write_text("id_column: customerID\n")
-    assert record_config_change_if_any(settings, spec) is not None
-    assert record_config_change_if_any(settings, spec) is None
-    spec.write_text("id_column: customer_id\n")
-    changed = record_config_change_if_any(settings, spec)
-    assert changed is not None and changed.summary == "dataset spec changed"
-    assert record_config_change_if_any(settings, spec) is None
-    env = {"CHURN_HOME": str(settings.home), "CHURN_AUC_FLOOR": "0.8"}
-    retuned = record_config_change_if_any(load_settings({**env, "CHURN_PSEUDONYM_KEY": "a"}), spec)
-    assert retuned is not None and list(retuned.why["changed_settings"]) == ["auc_floor"]
-    assert (
-        record_config_change_if_any(load_settings({**env, "CHURN_PSEUDONYM_KEY": "b"}), spec)
-        is None
-    )
-    assert len(list_changes(settings, "platform_config")) == 3
-    state = json.loads((settings.home / "changes" / "config_state.json").read_text())
-    assert "pseudonym_key" not in state["settings"]
 
 
 def test_prune_removes_old_files_and_logs_it(ops: OpsLog, settings: Settings) -> None:
@@ -363,7 +259,7 @@ def test_prune_removes_old_files_and_logs_it(ops: OpsLog, settings: Settings) ->
     heads_path.write_text(json.dumps(heads))
     assert prune_logs(settings) == [old.name]
     assert not old.exists()
-    (record,) = _records(_log_file(settings))
+    (record,) = ops_records(ops_log_file(settings))
     assert record["event_code"] == "logs.pruned" and old.name in record["message"]
     assert verify_logs(settings.logs).ok
 
@@ -379,7 +275,7 @@ def test_events_are_forwarded_to_syslog(
         ops.event("restore.completed", "restore verified")
         ops.close()
         datagram = server.recv(65536).decode().rstrip("\x00")
-    assert datagram.endswith(_log_file(settings).read_text().strip())
+    assert datagram.endswith(ops_log_file(settings).read_text().strip())
 
 
 def test_dagster_context_fills_run_fields_and_the_event_log(settings: Settings) -> None:
@@ -395,7 +291,7 @@ def test_dagster_context_fills_run_fields_and_the_event_log(settings: Settings) 
     result = dg.materialize(
         [scores], partition_key="2026-01", instance=instance, tags={"user": "ana"}
     )
-    (record,) = _records(_log_file(settings))
+    (record,) = ops_records(ops_log_file(settings))
     assert record["dagster_run_id"] == result.run_id
     assert record["asset_key"] == "scores" and record["partition"] == "2026-01"
     assert record["actor"] == "user:ana"

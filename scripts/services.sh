@@ -27,8 +27,10 @@ for _ in $(seq 1 30); do
   pg_isready -q -h 127.0.0.1 -p 5432 && break
   sleep 1
 done
-psql_as_postgres() { $SUDO -u postgres psql -v ON_ERROR_STOP=1 -qtAc "$1" 2>/dev/null || runuser -u postgres -- psql -v ON_ERROR_STOP=1 -qtAc "$1"; }
-if [ -z "$SUDO" ]; then psql_as_postgres() { runuser -u postgres -- psql -v ON_ERROR_STOP=1 -qtAc "$1"; }; fi
+psql_as_postgres() {
+  if [ -z "$SUDO" ]; then runuser -u postgres -- psql -v ON_ERROR_STOP=1 -qtAc "$1"
+  else sudo -u postgres psql -v ON_ERROR_STOP=1 -qtAc "$1"; fi
+}
 if [ "$(psql_as_postgres "SELECT 1 FROM pg_roles WHERE rolname='churn'")" != 1 ]; then
   psql_as_postgres "CREATE ROLE churn LOGIN PASSWORD 'churn' CREATEDB"
 fi

@@ -1,0 +1,221 @@
+"""The Dagster UI and daemon over the persistent instance, started and stopped as one unit.
+
+Each child runs in its own process group: Dagster's code servers and run workers are started in
+their parent's group, so signalling the group reaches all of them and none is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+from churn_platform.resources import prepare_dagster_home
+from churn_platform.settings import PROJECT_ROOT, Settings
+
+WORKSPACE = PROJECT_ROOT / "workspace.yaml"
+START_TIMEOUT_S = 240.0
+# SIGINT is Dagster's clean shutdown (it also stops its code servers); then escalate.
+STOP_STEPS: tuple[tuple[signal.Signals, float], ...] = (
+    (signal.SIGINT, 15.0),
+    (signal.SIGTERM, 5.0),
+    (signal.SIGKILL, 5.0),
+)
+# A command started with `&` from a non-interactive shell ignores SIGINT, and ignored signals
+# survive exec: without this reset the children would never hear a Ctrl-C or `kill -INT`.
+_RESET_SIGNALS_THEN_EXEC = (
+    "import os, signal, sys\n"
+    "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+    "os.execv(sys.argv[1], sys.argv[1:])\n"
+)
+
+
+class PlatformError(RuntimeError):
+    """The webserver or daemon failed to start, died, or would not stop."""
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def _ensure_port_free(host: str, port: int) -> None:
+    """Fail before starting: a server already on the port would answer our health check."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As uvicorn does: connections of a previous server in TIME_WAIT must not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise PlatformError(f"cannot serve on {host}:{port}: {exc.strerror}") from exc
+
+
+class _Platform:
+    """The child processes behind one `serve` or `running_platform` call."""
+
+    def __init__(
+        self, settings: Settings, port: int, host: str, read_only: bool, daemon: bool
+    ) -> None:
+        self.settings = settings
+        self.port = port
+        self.host = host
+        self.read_only = read_only
+        self.daemon = daemon and not read_only
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def _health_url(self) -> str:
+        probe_host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        host = f"[{probe_host}]" if ":" in probe_host else probe_host
+        return f"http://{host}:{self.port}/server_info"
+
+    def start(self) -> None:
+        _ensure_port_free(self.host, self.port)
+        env = {**os.environ, **prepare_dagster_home(self.settings)}
+        bin_dir = Path(sys.executable).parent
+        workspace = ["-w", str(WORKSPACE)]
+        webserver = [str(bin_dir / "dagster-webserver"), "-h", self.host, "-p", str(self.port)]
+        commands = {"dagster-webserver": webserver + workspace}
+        if self.read_only:
+            commands["dagster-webserver"].append("--read-only")
+        if self.daemon:
+            commands["dagster-daemon"] = [str(bin_dir / "dagster-daemon"), "run", *workspace]
+        for name, command in commands.items():
+            self.children[name] = subprocess.Popen(
+                [sys.executable, "-c", _RESET_SIGNALS_THEN_EXEC, *command],
+                env=env,
+                cwd=PROJECT_ROOT,
+                process_group=0,
+            )
+
+    def dead_child(self) -> str | None:
+        """A description of the first child that has exited, if any."""
+        for name, process in self.children.items():
+            code = process.poll()
+            if code is not None:
+                return f"{name} (pid {process.pid}) exited with code {code}"
+        return None
+
+    def wait_until_ready(self, stop_requested: threading.Event | None = None) -> bool:
+        """Poll the webserver's health endpoint; False if a stop was requested meanwhile."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while stop_requested is None or not stop_requested.is_set():
+            dead = self.dead_child()
+            if dead:
+                raise PlatformError(f"{dead} while starting; its log above says why")
+            try:
+                with urllib.request.urlopen(self._health_url(), timeout=5) as response:
+                    if response.status == 200:
+                        return True
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise PlatformError(f"{self.url} did not answer within {START_TIMEOUT_S:.0f} s")
+            time.sleep(0.5)
+        return False
+
+    def stop(self) -> None:
+        """Stop every process group, escalating from SIGINT to SIGKILL; raise if any survives."""
+        for sig, grace in STOP_STEPS:
+            alive = [p for p in self.children.values() if self._alive(p)]
+            if not alive:
+                return
+            for process in alive:
+                _signal_group(process.pid, sig)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and any(self._alive(p) for p in alive):
+                time.sleep(0.1)
+        survivors = [p.pid for p in self.children.values() if self._alive(p)]
+        if survivors:
+            raise PlatformError(f"process groups {survivors} survived SIGKILL")
+
+    @staticmethod
+    def _alive(process: subprocess.Popen[bytes]) -> bool:
+        process.poll()  # reap the leader, or its zombie keeps the group alive
+        return _group_alive(process.pid)
+
+
+@contextlib.contextmanager
+def running_platform(
+    settings: Settings, port: int, read_only: bool = False, daemon: bool = True
+) -> Iterator[str]:
+    """Run the webserver (and daemon) for the duration of a block; yields the base URL.
+
+    Every process started here, including Dagster's code servers and run workers, is stopped
+    on exit. If a child died while the block ran, that is raised on a normal exit, since the
+    block's results may then be wrong. Read-only mode never starts the daemon.
+    """
+    platform = _Platform(settings, port, "127.0.0.1", read_only, daemon)
+    try:
+        platform.start()
+        platform.wait_until_ready()
+        yield platform.url
+        dead = platform.dead_child()
+        if dead:
+            raise PlatformError(f"{dead} while the platform was in use")
+    finally:
+        platform.stop()
+
+
+def serve(
+    settings: Settings,
+    port: int = 3000,
+    host: str = "127.0.0.1",
+    read_only: bool = False,
+    daemon: bool = True,
+) -> int:
+    """Serve the UI (and run the daemon) until Ctrl-C or SIGTERM; the exit code for the CLI.
+
+    Returns 0 after a requested stop and 1 if a child failed to start or died, after stopping
+    the other: a UI without its daemon silently stops running schedules and sensors.
+    """
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop_requested.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    platform = _Platform(settings, port, host, read_only, daemon)
+    try:
+        platform.start()
+        if platform.wait_until_ready(stop_requested):
+            mode = "read-only " if read_only else ""
+            sys.stdout.write(f"Dagster UI ({mode}state root {settings.home}): {platform.url}\n")
+            sys.stdout.flush()
+        while not stop_requested.wait(0.5):
+            dead = platform.dead_child()
+            if dead:
+                raise PlatformError(f"{dead}; stopping the platform")
+        return 0
+    except PlatformError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    finally:
+        try:
+            platform.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -1,0 +1,210 @@
+"""Reading, cleaning and feature functions: every bad row is quarantined with file and line."""
+
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from churn_platform import etl
+from churn_platform.config import DatasetSpec, SourceSpec, TargetSpec, load_spec
+from churn_platform.settings import DEFAULT_SPEC
+from churn_platform_tests.conftest import TELCO_HEADER, telco_row
+
+
+def _spec(tmp_path: Path) -> DatasetSpec:
+    return load_spec(DEFAULT_SPEC, tmp_path)
+
+
+def _write(path: Path, lines: list[str], newline: str = "\n", bom: bool = False) -> Path:
+    data = newline.join(lines) + newline
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + data.encode())
+    return path
+
+
+def _read(spark: SparkSession, spec: DatasetSpec, path: Path):
+    source = SourceSpec(name="customers", format="csv", path=str(path))
+    return etl.read_batch(spark, spec, (source,), "base", 0)
+
+
+def _reasons(quarantined) -> dict[int, str]:
+    return {row[etl.LINE_COL]: row[etl.REASON_COL] for row in quarantined.collect()}
+
+
+def test_bad_rows_are_quarantined_with_reason_and_line(spark, tmp_path):
+    spec = _spec(tmp_path)
+    path = _write(
+        tmp_path / "bad.csv",
+        [
+            TELCO_HEADER,
+            telco_row("0001-A"),  # line 2: good
+            telco_row("0002-B") + ",extra",  # line 3: too many fields
+            telco_row("0003-C").rsplit(",", 2)[0],  # line 4: too few fields
+            telco_row("0004-D", total="12,5x").replace("12,5x", "abc"),  # line 5: bad number
+            telco_row(""),  # line 6: blank id
+            telco_row("0007-G", churn="Maybe"),  # line 7: unknown target
+            telco_row("0008-H", churn=""),  # line 8: missing target
+            telco_row("0009-I"),  # line 9: duplicate (kept: line 10)
+            telco_row("0009-I", churn="Yes"),  # line 10
+            "",  # line 11: blank line
+            telco_row("0012-L"),  # line 12: good
+        ],
+    )
+    result = etl.clean_customers(_read(spark, spec, path), spec)
+    reasons = _reasons(result.quarantined)
+    assert reasons == {
+        3: etl.WRONG_FIELD_COUNT,
+        4: etl.WRONG_FIELD_COUNT,
+        5: etl.UNPARSEABLE_NUMBER,
+        6: etl.MISSING_ID,
+        7: etl.UNKNOWN_TARGET,
+        8: etl.MISSING_TARGET,
+        9: etl.DUPLICATE_ID,
+        11: etl.MALFORMED_LINE,
+    }
+    assert {r[etl.FILE_COL] for r in result.quarantined.collect()} == {str(path)}
+    details = {r[etl.LINE_COL]: r[etl.DETAIL_COL] for r in result.quarantined.collect()}
+    assert details[5] == "TotalCharges"
+    assert details[3] == "22"
+    cleaned = {r["customerID"]: r for r in result.cleaned.collect()}
+    assert set(cleaned) == {"0001-A", "0009-I", "0012-L"}
+    assert cleaned["0009-I"][etl.LABEL_COL] == 1  # the later line of the duplicate wins
+    assert result.counts["rows_in"] == 11
+    assert result.counts["rows_quarantined"] == 8
+    assert result.counts["rows_out"] + result.counts["rows_quarantined"] == result.counts["rows_in"]
+    assert sum(result.by_reason.values()) == 8
+
+
+def test_blank_numeric_is_missing_not_an_error(spark, tmp_path):
+    spec = _spec(tmp_path)
+    path = _write(tmp_path / "blank.csv", [TELCO_HEADER, telco_row("1", tenure="0", total=" ")])
+    result = etl.clean_customers(_read(spark, spec, path), spec)
+    assert result.quarantined.count() == 0
+    row = result.cleaned.first()
+    assert row["TotalCharges"] is None and row["tenure"] == 0.0
+    assert result.blanks["TotalCharges"] == 1
+
+
+def test_bom_and_crlf_read_correctly(spark, tmp_path):
+    spec = _spec(tmp_path)
+    lines = [TELCO_HEADER, telco_row("1"), telco_row("2", churn="Yes")]
+    path = _write(tmp_path / "crlf.csv", lines, newline="\r\n", bom=True)
+    result = etl.clean_customers(_read(spark, spec, path), spec)
+    assert result.quarantined.count() == 0
+    rows = {r["customerID"]: r[etl.LABEL_COL] for r in result.cleaned.collect()}
+    assert rows == {"1": 0, "2": 1}
+
+
+def test_non_utf8_bytes_are_quarantined(spark, tmp_path):
+    spec = _spec(tmp_path)
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(
+        (TELCO_HEADER + "\n" + telco_row("1") + "\n").encode()
+        + telco_row("2").replace("Female", "F\xe9male").encode("latin-1")
+        + b"\n"
+    )
+    result = etl.clean_customers(_read(spark, spec, path), spec)
+    assert _reasons(result.quarantined) == {3: etl.INVALID_ENCODING}
+
+
+def test_missing_column_names_column_and_file(spark, tmp_path):
+    spec = _spec(tmp_path)
+    header = TELCO_HEADER.replace(",Contract", "")
+    row = telco_row("1").replace(",Month-to-month", "")
+    path = _write(tmp_path / "nocontract.csv", [header, row])
+    with pytest.raises(etl.InputDataError, match=r"Contract.*") as info:
+        _read(spark, spec, path)
+    assert str(path) in str(info.value)
+
+
+def test_empty_file_is_a_clear_error(spark, tmp_path):
+    spec = _spec(tmp_path)
+    path = tmp_path / "empty.csv"
+    path.write_bytes(b"")
+    with pytest.raises(etl.InputDataError, match="empty"):
+        _read(spark, spec, path)
+
+
+def test_line_numbers_follow_file_order_across_partitions(spark, tmp_path):
+    path = _write(tmp_path / "many.txt", [f"line-{i}" for i in range(1, 5001)])
+    spark.conf.set("spark.sql.files.maxPartitionBytes", "4096")
+    try:
+        df = etl.with_line_numbers(spark.read.text(str(path)))
+        assert df.rdd.getNumPartitions() > 1
+        mismatched = df.where(F.col("value") != F.concat(F.lit("line-"), F.col(etl.LINE_COL)))
+        assert mismatched.count() == 0
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+
+
+def test_newest_batch_wins_and_older_records_are_superseded(spark, tmp_path):
+    spec = _spec(tmp_path)
+    first = _write(tmp_path / "b1.csv", [TELCO_HEADER, telco_row("1"), telco_row("2")])
+    second = _write(tmp_path / "b2.csv", [TELCO_HEADER, telco_row("2", churn="Yes")])
+    raw = etl.read_batch(
+        spark, spec, (SourceSpec("b1", "csv", str(first)),), "base", 0
+    ).unionByName(etl.read_batch(spark, spec, (SourceSpec("b2", "csv", str(second)),), "b2", 1))
+    result = etl.clean_customers(raw, spec)
+    rows = {r["customerID"]: (r[etl.LABEL_COL], r[etl.BATCH_COL]) for r in result.cleaned.collect()}
+    assert rows == {"1": (0, "base"), "2": (1, "b2")}
+    assert result.counts["rows_superseded"] == 1
+    assert result.quarantined.count() == 0
+
+
+def test_roles_are_inferred_when_the_spec_has_none(spark, tmp_path):
+    path = _write(tmp_path / "g.csv", ["id,plan,spend,left", "a,gold,1.5,1", "b,basic,,0"])
+    spec = DatasetSpec(
+        name="generic",
+        sources=(SourceSpec("s", "csv", str(path)),),
+        id_column="id",
+        target=TargetSpec("left", "1", "0"),
+    )
+    result = etl.clean_customers(_read(spark, spec, path), spec)
+    assert result.numeric == ["spend"] and result.categorical == ["plan"]
+    features = etl.build_features(result.cleaned, spec)
+    assert features.numeric == ["spend"] and features.categorical == ["plan"]
+    assert features.features.select(etl.FEATURES_COL).count() == 2
+
+
+def test_engineered_features(spark, tmp_path):
+    spec = _spec(tmp_path)
+    path = _write(tmp_path / "f.csv", [TELCO_HEADER, telco_row("1", tenure="0", total=" ")])
+    cleaned = etl.clean_customers(_read(spark, spec, path), spec).cleaned
+    row = etl.engineer_features(cleaned, spec).first()
+    # DSL internet + PhoneService + OnlineSecurity are the "Yes"/active services of telco_row.
+    assert row["num_services"] == 3.0
+    assert row["tenure_bucket"] == "0-6m"
+    assert row["contract_payment"] == "Month-to-month|Electronic check"
+    assert row["auto_pay"] == 0.0
+    assert row["charges_per_tenure_month"] is None
+
+
+def test_split_is_stable_when_new_customers_arrive(spark, tmp_path):
+    spec = _spec(tmp_path)
+    ids = [(f"c{i}", i % 4 == 0) for i in range(2000)]
+    df = spark.createDataFrame(ids, ["customerID", "label"]).withColumn(
+        etl.LABEL_COL, F.col("label").cast("int")
+    )
+    before = {r["customerID"]: (r["split"], r["fold"]) for r in etl.assign_split(df, spec).collect()}
+    more = df.unionByName(
+        spark.createDataFrame([(f"n{i}", 1) for i in range(500)], ["customerID", "label"])
+    )
+    after = {r["customerID"]: (r["split"], r["fold"]) for r in etl.assign_split(more, spec).collect()}
+    assert all(after[k] == v for k, v in before.items())
+    test_share = sum(1 for s, _ in before.values() if s == "test") / len(before)
+    assert abs(test_share - spec.test_fraction) < 0.03
+    folds = {f for s, f in before.values() if s == "train"}
+    assert folds == set(range(spec.folds))
+    assert all(f == -1 for s, f in before.values() if s == "test")
+
+
+def test_feature_pipeline_is_fitted_on_training_rows_only(spark, tmp_path):
+    spec = _spec(tmp_path)
+    rows = [TELCO_HEADER] + [telco_row(f"id{i}", tenure=str(i % 70)) for i in range(300)]
+    path = _write(tmp_path / "t.csv", rows)
+    cleaned = etl.clean_customers(_read(spark, spec, path), spec).cleaned
+    result = etl.build_features(cleaned, spec)
+    imputer = result.pipeline.stages[0]
+    train = result.features.where(F.col(etl.SPLIT_COL) == "train")
+    median_train = train.approxQuantile("tenure", [0.5], 0.001)[0]
+    assert imputer.surrogateDF.first()["tenure"] == pytest.approx(median_train)

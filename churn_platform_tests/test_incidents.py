@@ -1,0 +1,81 @@
+"""Incidents open once per failure, get their ITIL matrix priority and resolve on success."""
+
+from pathlib import Path
+
+import pytest
+
+from churn_platform.incidents import Incident, IncidentStore, format_incidents
+from churn_platform.settings import Settings
+from churn_platform_tests.test_ops_log import clear_ambient_ops_env, ops_log_file, ops_records
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_ambient_ops_env(monkeypatch)
+
+
+def _open(
+    store: IncidentStore, key: str = "asset_failed:features", ci: str = "features"
+) -> Incident:
+    return store.open(
+        key, "sensor:run_failure", "pipeline_failure", ci, "high", "medium", "Features failed",
+        {"step": "features"},
+    )  # fmt: skip
+
+
+def test_opening_an_incident_twice_gives_one_incident(settings: Settings) -> None:
+    store = IncidentStore(settings)
+    first, second = _open(store), _open(store)
+    assert first.id == second.id and first.id.startswith("INC-")
+    (only,) = store.list()
+    assert only.occurrences == 2 and only.priority == "P2"
+    assert store.get(only.id).to_dict() == only.to_dict()
+    assert only.id in format_incidents(store.list())
+    opened = [
+        r for r in ops_records(ops_log_file(settings)) if r["event_code"] == "incident.opened"
+    ]
+    assert len(opened) == 1
+
+
+@pytest.mark.parametrize(
+    ("impact", "urgency", "priority"),
+    [
+        ("high", "high", "P1"),
+        ("High", "low", "P3"),
+        ("medium", "medium", "P3"),
+        ("low", "low", "P5"),
+    ],
+)
+def test_priority_comes_from_the_itil_matrix(
+    settings: Settings, impact: str, urgency: str, priority: str
+) -> None:
+    assert IncidentStore(settings).priority(impact, urgency) == priority
+
+
+def test_priority_matrix_file_overrides_the_default(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text("critical: {now: P1, later: P2}\nroutine: {now: P3, later: P4}\n")
+    monkeypatch.setenv("CHURN_PRIORITY_MATRIX", str(matrix))
+    store = IncidentStore(settings)
+    assert store.open("k", "cli", "data", "raw", "routine", "now", "late file").priority == "P3"
+    with pytest.raises(ValueError, match="known impacts"):
+        store.priority("high", "high")
+    matrix.write_text("critical: {now: P1, later: P2}\nroutine: {now: P3}\n")
+    with pytest.raises(ValueError, match="same urgencies"):
+        IncidentStore(settings)
+
+
+def test_success_of_the_same_asset_resolves_its_incidents(settings: Settings) -> None:
+    store = IncidentStore(settings)
+    features = _open(store)
+    scoring = _open(store, key="asset_failed:scores", ci="scores")
+    (resolved,) = store.resolve_for("features", "features materialized successfully")
+    assert resolved.id == features.id
+    assert [h["status"] for h in resolved.history] == ["open", "resolved"]
+    assert resolved.history[0]["ts"] <= resolved.history[1]["ts"] == resolved.resolved_at
+    assert [i.id for i in store.list(status="open")] == [scoring.id]
+    assert _open(store).id != features.id
+    log_text = ops_log_file(settings).read_text()
+    assert "incident.resolved" in log_text and "Features failed" not in log_text
