@@ -13,6 +13,7 @@ Members mirror the state root (`mlflow/`, `dagster/`, `warehouse/`, `logs/`, `in
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import dataclasses
@@ -78,6 +79,7 @@ _MAGIC = b"CHURNENC1\n"
 _STREAM_ID = 16
 _CHUNK_HEADER = struct.Struct(">Q?")
 _CHUNK = 1 << 20
+_GZIP_LEVEL = 1  # Parquet is already compressed; level 1 keeps ~all the gain on sqlite, 2x faster
 _MAX_TOKEN = 2 * _CHUNK + 4096
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -288,6 +290,10 @@ def create_backup(
     started = time.monotonic()
     partition = _partition(partition)
     wanted = _components(components)
+    try:
+        json.dumps(golden)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"golden must be JSON-serialisable: {exc}") from exc
     fernet = _fernet()
     target = _target(settings)
     target.staging.mkdir(parents=True, exist_ok=True)
@@ -339,6 +345,11 @@ def create_backup(
     )
 
 
+def list_backups(settings: Settings | None = None) -> list[date]:
+    """Published backups in the configured target, oldest first (half-written ones never count)."""
+    return _target(settings or load_settings()).partitions()
+
+
 def verify_backup(backup: str | Path, settings: Settings | None = None) -> VerifyResult:
     """Re-read a backup (a partition date or an archive path) and report every mismatch.
 
@@ -362,6 +373,8 @@ def restore_backup(
     dry_run: bool = False,
 ) -> RestoreResult:
     """Restore one component (or all) of a backup into the state root or `target_dir`.
+
+    `partition` is a date looked up in the configured target, or the path of an archive file.
 
     Everything is verified before anything is touched. Members are extracted into a temporary
     folder inside the target, re-hashed there, and only then swapped in; an existing folder the
@@ -737,7 +750,7 @@ def _write_archive(
 ) -> tuple[dict[str, Any], bytes]:
     """Stream every source into the tar.gz, hashing as it goes, and close with the manifest."""
     files: list[dict[str, Any]] = []
-    with tarfile.open(path, "w:gz", compresslevel=6) as tar:
+    with tarfile.open(path, "w:gz", compresslevel=_GZIP_LEVEL) as tar:
         for source in sources:
             if source.kind == "bytes":
                 size, digest = _add_bytes(tar, source.arcname, source.content)
@@ -754,10 +767,7 @@ def _write_archive(
             entry = {"path": source.arcname, "size": size, "sha256": digest}
             files.append({**entry, "component": source.component})
         manifest = {**header, "files": files}
-        try:
-            manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
-        except TypeError as exc:
-            raise UsageError(f"golden must be JSON-serialisable: {exc}") from exc
+        manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
         _add_bytes(tar, MANIFEST_MEMBER, manifest_bytes)
     return manifest, manifest_bytes
 
@@ -897,9 +907,17 @@ def _parse_manifest(data: bytes, name: str, problems: list[Problem]) -> dict[str
         problems.append(Problem(name, "unreadable", detail=str(exc)))
         return None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        problems.append(Problem(name, "unknown-format", FORMAT, str(manifest.get("format"))))
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        problems.append(Problem(name, "unknown-format", FORMAT, str(found)))
         return None
-    for entry in manifest.get("files", []):
+    if not (
+        isinstance(manifest.get("partition"), str)
+        and isinstance(manifest.get("components"), list)
+        and isinstance(manifest.get("files"), list)
+    ):
+        problems.append(Problem(name, "malformed", detail="needs partition, components, files"))
+        return None
+    for entry in manifest["files"]:
         valid = (
             isinstance(entry, dict)
             and isinstance(entry.get("path"), str)
@@ -1112,7 +1130,8 @@ def _encrypt_file(source: Path, dest: Path, fernet: Fernet) -> None:
     """Chunked Fernet: 1 MiB plaintext per token, so memory stays bounded for any archive size.
 
     Each token carries a random per-archive stream id, its index and a final flag, so chunks
-    cannot be reordered, dropped, truncated or spliced in from another archive unnoticed.
+    cannot be reordered, dropped, truncated or spliced in from another archive unnoticed. Tokens
+    are stored decoded from base64, which would otherwise add a third to the archive size.
     """
     stream = os.urandom(_STREAM_ID)
     with source.open("rb") as fin, dest.open("wb") as fout:
@@ -1121,7 +1140,8 @@ def _encrypt_file(source: Path, dest: Path, fernet: Fernet) -> None:
         while True:
             following = fin.read(_CHUNK)
             token = fernet.encrypt(stream + _CHUNK_HEADER.pack(index, not following) + chunk)
-            fout.write(struct.pack(">I", len(token)) + token)
+            raw = base64.urlsafe_b64decode(token)
+            fout.write(struct.pack(">I", len(raw)) + raw)
             if not following:
                 return
             index, chunk = index + 1, following
@@ -1147,7 +1167,7 @@ def _decrypt_file(source: Path, dest: Path, fernet: Fernet) -> None:
             if len(token) != length:
                 raise fail(f"chunk {index} is truncated or oversized")
             try:
-                plain = fernet.decrypt(token)
+                plain = fernet.decrypt(base64.urlsafe_b64encode(token))
             except InvalidToken:
                 raise fail(f"chunk {index} does not decrypt: wrong key or tampered") from None
             body = plain[_STREAM_ID + _CHUNK_HEADER.size :]

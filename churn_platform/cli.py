@@ -147,9 +147,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     started = time.monotonic()
     if settings.spec_path == DEFAULT_SPEC.resolve():
-        from churn_platform.datasets import ensure_telco_csv
+        from churn_platform.datasets import TELCO_FILE, ensure_telco_csv
 
-        ensure_telco_csv(settings.data_dir)
+        if not (settings.data_dir / TELCO_FILE).exists():
+            ensure_telco_csv(settings.data_dir)
     _progress(f"materializing {args.select or 'all assets'} (state root {settings.home})", started)
     result = materialize_selection(settings, args.select)
     summary = run_summary(result)

@@ -197,7 +197,11 @@ def read_table_source(spark: SparkSession, source: SourceSpec) -> DataFrame:
         password = source.password()
         if password is not None:
             reader = reader.option("password", password)
-        df = reader.load()
+        try:
+            df = reader.load()
+        except Exception as exc:  # Spark raises several types; all mean "cannot read this source"
+            first_line = str(exc).strip().splitlines()[0]
+            raise InputDataError(f"source {source.name} ({source.location}): {first_line}") from exc
     numbered = with_line_numbers(df)
     return numbered.select(
         *[F.col(f"`{c}`").cast("string").alias(c) for c in df.columns],

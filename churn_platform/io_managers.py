@@ -69,7 +69,7 @@ class VersionedParquetIOManager(dg.ConfigurableIOManager):
             obj.write.mode("error").parquet(str(version))
             if not (version / "_SUCCESS").exists():
                 raise RuntimeError(f"Spark wrote {version} without a _SUCCESS marker")
-            written = self._spark().read.parquet(str(version))
+            written = obj.sparkSession.read.parquet(str(version))
             metadata: dict[str, dg.RawMetadataValue] = {
                 "row_count": dg.MetadataValue.int(written.count()),
                 "columns": dg.MetadataValue.int(len(written.columns)),

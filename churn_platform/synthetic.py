@@ -1,15 +1,19 @@
 """Seeded synthetic customers in the exact schema and text format of the IBM Telco churn CSV.
 
 Demos, load tests and monitoring need realistic data of any size without shipping the real file.
-Every value is a pure function of (seed, customer index, column): it comes from a hash, not from
-`rand()`, so the output is identical for any partitioning, and it is computed by Spark expressions
-alone (no UDFs, no driver loops), so ten million rows take a few minutes on a laptop.
+Every value is a pure function of (seed, customer index, purpose): it comes from a hash, not from
+`rand()`, so the output is identical however Spark partitions the work, and it is computed by
+Spark expressions alone (no UDFs, no driver loops), so millions of rows take seconds.
 
-Marginals, service bundles and prices were calibrated once against the public Telco file; the
-project never reads that file. A customer is identified by its index in `[0, ID_SPACE)`: the same
+Categories are small integer codes until the final projection and every probability table is a
+literal array indexed by a code. That keeps Spark's generated Java methods small: past 8 kB of
+bytecode the JVM stops JIT-compiling a method and generation becomes several times slower.
+
+Marginals, service bundles, prices and the churn mechanism were calibrated once against the public
+Telco file; the project never reads that file. A customer is an index in `[0, ID_SPACE)`: the same
 index always yields the same `customerID`, gender and senior flag, while the account (tenure,
-services, charges, churn) depends on the seed, so a batch whose id range overlaps an earlier one
-carries updates of existing customers next to new ones.
+services, charges, churn) depends on the seed, so a batch whose index range overlaps an earlier
+one carries updates of existing customers next to new ones.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -56,98 +61,74 @@ ADD_ONS: tuple[str, ...] = (
     "StreamingTV",
     "StreamingMovies",
 )
+CONTRACTS: tuple[str, ...] = ("Month-to-month", "One year", "Two year")
+INTERNET_SERVICES: tuple[str, ...] = ("DSL", "Fiber optic", "No")
+PAYMENT_METHODS: tuple[str, ...] = (
+    "Electronic check",
+    "Mailed check",
+    "Bank transfer (automatic)",
+    "Credit card (automatic)",
+)
+_MONTH_TO_MONTH, _TWO_YEAR = 0, 2
+_DSL, _FIBER, _NO_INTERNET = 0, 1, 2
+_ELECTRONIC_CHECK = 0
 
 _ID_DIGITS = 10**4
 _ID_LETTERS = 26**5
 ID_SPACE = _ID_DIGITS * _ID_LETTERS
-"""Number of distinct `dddd-LLLLL` ids; customer indexes must lie in `[0, ID_SPACE)`."""
+"""Number of distinct `dddd-LLLLL` customer ids; customer indexes lie in `[0, ID_SPACE)`."""
 
-# Two affine permutations of [0, ID_SPACE) around a digits/letters swap: a bijection, so ids are
-# unique, that scatters consecutive indexes. Multipliers are coprime with ID_SPACE (2^9 5^4 13^5)
-# and small enough that `multiplier * index` never overflows a long (ANSI mode would raise).
+# Two affine permutations of [0, ID_SPACE) around a digits/letters swap: a bijection (so ids are
+# unique) that scatters consecutive indexes. The multipliers are coprime with
+# ID_SPACE = 2^9 * 5^4 * 13^5 and small enough that `multiplier * index` fits in a long (ANSI
+# mode raises on overflow).
 _ID_PERMUTATION = ((48_271_031, 7_919_304_627), (69_069_011, 104_729_000_003))
 
 _MAX_TENURE = 72
-_CHARGE_NOISE = 1.0
-_TOTAL_RATIO_NOISE = 0.05
-
-# P(contract | partner), from the Telco file.
-_CONTRACT_GIVEN_PARTNER = {
-    True: {"Month-to-month": 0.405, "One year": 0.244, "Two year": 0.351},
-    False: {"Month-to-month": 0.685, "One year": 0.177, "Two year": 0.138},
-}
-# P(internet | senior, contract): seniors and month-to-month customers lean to fiber.
-_INTERNET_GIVEN_CONTRACT = {
-    False: {
-        "Month-to-month": {"DSL": 0.347, "Fiber optic": 0.486, "No": 0.167},
-        "One year": {"DSL": 0.405, "Fiber optic": 0.323, "No": 0.272},
-        "Two year": {"DSL": 0.373, "Fiber optic": 0.231, "No": 0.396},
-    },
-    True: {
-        "Month-to-month": {"DSL": 0.197, "Fiber optic": 0.788, "No": 0.015},
-        "One year": {"DSL": 0.263, "Fiber optic": 0.653, "No": 0.084},
-        "Two year": {"DSL": 0.345, "Fiber optic": 0.490, "No": 0.165},
-    },
-}
-_DSL_WITHOUT_PHONE = 0.28
-_PAYMENT_GIVEN_CONTRACT = {
-    "Month-to-month": {
-        "Electronic check": 0.477,
-        "Mailed check": 0.231,
-        "Bank transfer (automatic)": 0.152,
-        "Credit card (automatic)": 0.140,
-    },
-    "One year": {
-        "Electronic check": 0.236,
-        "Mailed check": 0.229,
-        "Bank transfer (automatic)": 0.265,
-        "Credit card (automatic)": 0.270,
-    },
-    "Two year": {
-        "Electronic check": 0.099,
-        "Mailed check": 0.225,
-        "Bank transfer (automatic)": 0.333,
-        "Credit card (automatic)": 0.343,
-    },
-}
-# Tenure = 1 + floor(scale * u^power), capped at 72: short for month-to-month, long (with the
-# Telco pile-up at 72 months) for two-year contracts. Only term contracts start at tenure 0.
-_TENURE_SHAPE = {
-    "Month-to-month": (72, 2.6),
-    "One year": (72, 0.8),
-    "Two year": (76, 0.3),
-}
+# Tenure = 1 + floor(scale * u^power), capped at 72, per contract: short for month-to-month,
+# long for two-year contracts (with the Telco pile-up at 72 months). Only customers on a term
+# contract can be brand new (tenure 0, no bill yet, blank TotalCharges).
+_TENURE_SHAPE = ((72.0, 2.6), (72.0, 0.8), (76.0, 0.3))
 _NEW_TERM_CONTRACT_RATE = 0.0035
-# P(service | internet, tenure share t) = base + slope * t: long-standing customers buy more.
-_ADD_ON_RATE = {
-    "DSL": {
-        "MultipleLines": (0.12, 0.60),
-        "OnlineSecurity": (0.22, 0.55),
-        "OnlineBackup": (0.25, 0.40),
-        "DeviceProtection": (0.25, 0.40),
-        "TechSupport": (0.22, 0.55),
-        "StreamingTV": (0.18, 0.45),
-        "StreamingMovies": (0.18, 0.45),
-    },
-    "Fiber optic": {
-        "MultipleLines": (0.38, 0.50),
-        "OnlineSecurity": (0.07, 0.45),
-        "OnlineBackup": (0.25, 0.40),
-        "DeviceProtection": (0.25, 0.40),
-        "TechSupport": (0.07, 0.45),
-        "StreamingTV": (0.35, 0.43),
-        "StreamingMovies": (0.35, 0.43),
-    },
-    "No": {"MultipleLines": (0.06, 0.45)},
+
+# Probability tables, one row per value of the key noted, one column per category code.
+_GENDER_MALE = 0.505
+_SENIOR = 0.162
+_PARTNER = 0.483
+_DEPENDENTS_BY_PARTNER = (0.099, 0.514)
+_CONTRACT_BY_PARTNER = ((0.685, 0.177, 0.138), (0.405, 0.244, 0.351))
+_INTERNET_BY_SENIOR_CONTRACT = (
+    (0.347, 0.486, 0.167),
+    (0.405, 0.323, 0.272),
+    (0.373, 0.231, 0.396),
+    (0.197, 0.788, 0.015),
+    (0.263, 0.653, 0.084),
+    (0.345, 0.490, 0.165),
+)
+_DSL_WITHOUT_PHONE = 0.28
+_PAPERLESS_BY_INTERNET = (0.55, 0.77, 0.29)
+_PAYMENT_BY_CONTRACT = (
+    (0.477, 0.231, 0.152, 0.140),
+    (0.236, 0.229, 0.265, 0.270),
+    (0.099, 0.225, 0.333, 0.343),
+)
+# P(service | internet, tenure share t) = base + slope * t per internet code: long-standing
+# customers buy more. Add-ons need internet; multiple lines need phone service.
+_SERVICE_RATE = {
+    "MultipleLines": ((0.12, 0.60), (0.38, 0.50), (0.06, 0.45)),
+    "OnlineSecurity": ((0.22, 0.55), (0.07, 0.45), (0.0, 0.0)),
+    "OnlineBackup": ((0.25, 0.40), (0.25, 0.40), (0.0, 0.0)),
+    "DeviceProtection": ((0.25, 0.40), (0.25, 0.40), (0.0, 0.0)),
+    "TechSupport": ((0.22, 0.55), (0.07, 0.45), (0.0, 0.0)),
+    "StreamingTV": ((0.18, 0.45), (0.35, 0.43), (0.0, 0.0)),
+    "StreamingMovies": ((0.18, 0.45), (0.35, 0.43), (0.0, 0.0)),
 }
-_PAPERLESS_GIVEN_INTERNET = {"DSL": 0.55, "Fiber optic": 0.77, "No": 0.29}
-# Monthly list price in dollars: the Telco charges are this tariff plus about a dollar of noise.
-_PRICE = {
-    "PhoneService": 20.0,
+# Monthly tariff in dollars: the Telco charges are this list price plus about a dollar of noise,
+# and total charges are tenure x monthly within about 5 %.
+_PRICE_PHONE = 20.0
+_PRICE_INTERNET = (25.0, 50.0, 0.0)
+_PRICE_SERVICE = {
     "MultipleLines": 5.0,
-    "DSL": 25.0,
-    "Fiber optic": 50.0,
-    "No": 0.0,
     "OnlineSecurity": 5.0,
     "OnlineBackup": 5.0,
     "DeviceProtection": 5.0,
@@ -155,10 +136,13 @@ _PRICE = {
     "StreamingTV": 10.0,
     "StreamingMovies": 10.0,
 }
+_CHARGE_NOISE, _CHARGE_NOISE_CAP = 1.0, 1.75
+_TOTAL_NOISE, _TOTAL_RATIO_RANGE = 0.05, (0.7, 1.5)
 
-# Churn log-odds = intercept + sum(coefficient * feature). `drift` interpolates linearly from the
-# Telco-like mechanism (contract, tenure, fiber, electronic check, missing support) to a market
-# where a cheaper competitor poaches price-sensitive, long-standing and DSL customers.
+# Churn log-odds = intercept + sum(coefficient * feature). `drift` interpolates linearly from a
+# Telco-like mechanism (contract, short tenure, fiber, electronic check, no security or support,
+# seniors) to a market where a cheaper competitor poaches price-sensitive, long-standing and DSL
+# customers, so a model fitted on undrifted data ranks drifted customers poorly.
 _CHURN_UNDRIFTED = {
     "intercept": -2.05,
     "month_to_month": 0.8,
@@ -189,87 +173,77 @@ _CHURN_DRIFTED = {
     "paperless": 0.0,
     "dependents": 0.0,
 }
-# How far drift=1 tilts the population: shares moved towards month-to-month and fiber, and a
-# general price rise.
+# How far drift=1 tilts the population: this share of the other customers moves to
+# month-to-month and to fiber, and list prices rise.
 _DRIFT_MONTH_TO_MONTH = 0.2
 _DRIFT_FIBER = 0.3
 _DRIFT_PRICE_RISE = 0.12
 
 
 class _Draws:
-    """Per-row random numbers derived from a hash of (seed, customer index, purpose)."""
+    """Per-row random numbers from a hash of (seed, customer index, purpose)."""
 
     def __init__(self, seed: int) -> None:
         self._seed = F.lit(seed).cast("long")
 
     def uniform(self, purpose: str) -> Column:
-        """Uniform on [0, 1), different for every seed."""
-        return _to_unit(F.xxhash64(self._seed, F.col("idx"), F.lit(purpose)))
+        """Uniform on [0, 1), different for every seed and purpose."""
+        return _unit(F.xxhash64(self._seed, F.col("idx"), _salt(purpose)))
 
     def normal(self, purpose: str) -> Column:
         """Standard normal by Box-Muller over two uniforms."""
-        u1 = self.uniform(f"{purpose}/1")
-        u2 = self.uniform(f"{purpose}/2")
-        return F.sqrt(F.lit(-2.0) * F.log(F.lit(1.0) - u1)) * F.cos(F.lit(2 * math.pi) * u2)
+        radius = F.sqrt(F.lit(-2.0) * F.log(F.lit(1.0) - self.uniform(f"{purpose}/1")))
+        return radius * F.cos(F.lit(2.0 * math.pi) * self.uniform(f"{purpose}/2"))
 
     @staticmethod
     def identity(purpose: str) -> Column:
-        """Uniform on [0, 1) that ignores the seed: attributes a customer keeps in every batch."""
-        return _to_unit(F.xxhash64(F.col("idx"), F.lit(purpose)))
+        """Uniform on [0, 1) that ignores the seed: what a customer keeps in every batch."""
+        return _unit(F.xxhash64(F.col("idx"), _salt(purpose)))
 
 
-def _to_unit(hash64: Column) -> Column:
+def _salt(purpose: str) -> Column:
+    """A stable integer per purpose (unlike `hash()`, the same in every Python process)."""
+    return F.lit(zlib.crc32(purpose.encode())).cast("long")
+
+
+def _unit(hash64: Column) -> Column:
     return F.shiftrightunsigned(hash64, 11).cast("double") * F.lit(2.0**-53)
 
 
-def _idiv(value: Column, divisor: int) -> Column:
-    """Exact integer division of a non-negative long (PySpark has no `div` column operator)."""
-    return ((value - F.pmod(value, F.lit(divisor))) / F.lit(divisor)).cast("long")
+def _at(values: Sequence[float], code: Column) -> Column:
+    """`values[code]` per row, from a literal array (cheap, compact generated code)."""
+    return F.get(F.array(*(F.lit(float(v)) for v in values)), code)
 
 
-def _choose(u: Column, probabilities: Sequence[tuple[str, Column]]) -> Column:
-    """The label whose cumulative-probability slot contains `u`; the last label takes the rest."""
-    *head, (last_label, _) = probabilities
-    cumulative: Column = F.lit(0.0)
-    choice: Column | None = None
-    for label, probability in head:
-        cumulative = cumulative + probability
-        choice = (
-            F.when(u < cumulative, label) if choice is None else choice.when(u < cumulative, label)
-        )
-    return F.lit(last_label) if choice is None else choice.otherwise(last_label)
+def _label(labels: Sequence[str], code: Column) -> Column:
+    return F.get(F.array(*(F.lit(label) for label in labels)), code)
 
 
-def _lookup(key: Column, table: Mapping[object, float]) -> Column:
-    """A per-row value from a small table keyed by the values of `key` (which covers all keys)."""
-    *head, (_, last_value) = table.items()
-    result: Column | None = None
-    for k, v in head:
-        result = F.when(key == k, v) if result is None else result.when(key == k, v)
-    return F.lit(last_value) if result is None else result.otherwise(F.lit(last_value))
+def _category(u: Column, table: Sequence[Sequence[float]], key: Column) -> Column:
+    """Code of the category whose cumulative-probability slot in `table[key]` holds `u`."""
+    code = F.lit(0)
+    for k in range(1, len(table[0])):
+        code = code + (u >= _at([math.fsum(row[:k]) for row in table], key)).cast("int")
+    return code
 
 
-def _tilt(table: Mapping[str, Column], favoured: str, shift: float) -> list[tuple[str, Column]]:
-    """Move `shift` of the mass outside `favoured` onto it, keeping the others' proportions."""
+def _tilt(table: Sequence[Sequence[float]], favoured: int, shift: float) -> list[tuple[float, ...]]:
+    """Move `shift` of each row's mass outside `favoured` onto it; others keep their ratios."""
     return [
-        (
-            label,
-            p + F.lit(shift) * (F.lit(1.0) - p) if label == favoured else p * (1 - shift),
+        tuple(
+            p + shift * (1.0 - p) if i == favoured else p * (1.0 - shift) for i, p in enumerate(row)
         )
-        for label, p in table.items()
+        for row in table
     ]
 
 
-def _service_rate(internet: Column, tenure_share: Column, service: str) -> Column:
-    """P(customer has `service`): zero where the internet type does not offer it."""
-    base, slope = (
-        _lookup(
-            internet,
-            {i: rates.get(service, (0.0, 0.0))[k] for i, rates in _ADD_ON_RATE.items()},
-        )
-        for k in (0, 1)
-    )
-    return base + slope * tenure_share
+def _flag(condition: Column) -> Column:
+    return condition.cast("int")
+
+
+def _idiv(value: Column, divisor: int) -> Column:
+    """Exact integer division of a non-negative long below 2^53 (PySpark has no `div`)."""
+    return ((value - F.pmod(value, F.lit(divisor))) / F.lit(divisor)).cast("long")
 
 
 def _customer_id(index: Column) -> Column:
@@ -281,21 +255,185 @@ def _customer_id(index: Column) -> Column:
     )
     code = F.pmod(swapped * F.lit(a2) + F.lit(c2), F.lit(ID_SPACE))
     letters_code = _idiv(code, _ID_DIGITS)
-    letters = [
+    letters = (
         F.char(F.lit(65) + F.pmod(_idiv(letters_code, 26**k), F.lit(26))) for k in range(4, -1, -1)
-    ]
+    )
     digits = F.lpad(F.pmod(code, F.lit(_ID_DIGITS)).cast("string"), 4, "0")
     return F.concat(digits, F.lit("-"), *letters)
 
 
 def _money(cents: Column) -> Column:
     """Dollars as the Telco file writes them: `29.85`, `56.5`, `45` (no trailing zeros)."""
-    text = F.format_string("%d.%02d", _idiv(cents, 100), F.pmod(cents, F.lit(100)))
-    return F.regexp_replace(text, r"\.?0+$", "")
+    dollars = _idiv(cents, 100).cast("string")
+    rest = F.pmod(cents, F.lit(100))
+    return (
+        F.when(rest == 0, dollars)
+        .when(F.pmod(rest, F.lit(10)) == 0, F.concat(dollars, F.lit("."), (rest / 10).cast("int")))
+        .otherwise(F.concat(dollars, F.lit("."), F.lpad(rest.cast("string"), 2, "0")))
+    )
 
 
-def _yes_no(flag: Column) -> Column:
-    return F.when(flag, "Yes").otherwise("No")
+def _household_and_contract(df: DataFrame, draw: _Draws, drift: float) -> DataFrame:
+    """Who the customer is, the contract they signed and how long they have stayed."""
+    contract = F.col("contract")
+    staying = F.least(
+        F.lit(_MAX_TENURE),
+        (
+            F.lit(1.0)
+            + F.floor(
+                _at([s for s, _ in _TENURE_SHAPE], contract)
+                * F.pow(draw.uniform("tenure"), _at([p for _, p in _TENURE_SHAPE], contract))
+            )
+        ).cast("int"),
+    )
+    just_signed = (contract != _MONTH_TO_MONTH) & (
+        draw.uniform("tenure/new") < _NEW_TERM_CONTRACT_RATE
+    )
+    contract_table = _tilt(_CONTRACT_BY_PARTNER, _MONTH_TO_MONTH, _DRIFT_MONTH_TO_MONTH * drift)
+    return (
+        df.withColumns(
+            {
+                "customerID": _customer_id(F.col("idx")),
+                "gender": F.when(draw.identity("gender") < _GENDER_MALE, "Male").otherwise(
+                    "Female"
+                ),
+                "senior": _flag(draw.identity("senior") < _SENIOR),
+                "partner": _flag(draw.uniform("partner") < _PARTNER),
+            }
+        )
+        .withColumns(
+            {
+                "dependents": _flag(
+                    draw.uniform("dependents") < _at(_DEPENDENTS_BY_PARTNER, F.col("partner"))
+                ),
+                "contract": _category(draw.uniform("contract"), contract_table, F.col("partner")),
+            }
+        )
+        .withColumn("tenure", F.when(just_signed, F.lit(0)).otherwise(staying))
+    )
+
+
+def _services(df: DataFrame, draw: _Draws, drift: float) -> DataFrame:
+    """Internet type, phone lines, add-ons and billing, consistent with each other."""
+    internet = F.col("internet")
+    tenure_share = F.col("tenure") / F.lit(float(_MAX_TENURE))
+
+    def has(service: str) -> Column:
+        rates = _SERVICE_RATE[service]
+        probability = (
+            _at([b for b, _ in rates], internet)
+            + _at([s for _, s in rates], internet) * tenure_share
+        )
+        return _flag(draw.uniform(service) < probability)
+
+    internet_table = _tilt(_INTERNET_BY_SENIOR_CONTRACT, _FIBER, _DRIFT_FIBER * drift)
+    return (
+        df.withColumn(
+            "internet",
+            _category(
+                draw.uniform("internet"),
+                internet_table,
+                F.col("senior") * len(CONTRACTS) + F.col("contract"),
+            ),
+        )
+        .withColumn(
+            "phone", _flag((internet != _DSL) | (draw.uniform("phone") >= _DSL_WITHOUT_PHONE))
+        )
+        .withColumns(
+            {
+                "MultipleLines": F.col("phone") * has("MultipleLines"),
+                **{service: has(service) for service in ADD_ONS},
+                "paperless": _flag(
+                    draw.uniform("paperless") < _at(_PAPERLESS_BY_INTERNET, internet)
+                ),
+                "payment": _category(
+                    draw.uniform("payment"), _PAYMENT_BY_CONTRACT, F.col("contract")
+                ),
+            }
+        )
+    )
+
+
+def _charges(df: DataFrame, draw: _Draws, drift: float) -> DataFrame:
+    """Monthly charges from the tariff plus noise; total = tenure x monthly with usage noise."""
+    list_price = sum(
+        (F.col(service) * price for service, price in _PRICE_SERVICE.items()),
+        F.col("phone") * _PRICE_PHONE + _at(_PRICE_INTERNET, F.col("internet")),
+    )
+    noise = F.greatest(
+        F.lit(-_CHARGE_NOISE_CAP),
+        F.least(F.lit(_CHARGE_NOISE_CAP), draw.normal("charges") * _CHARGE_NOISE),
+    )
+    monthly = (list_price + noise) * (1.0 + _DRIFT_PRICE_RISE * drift)
+    low, high = _TOTAL_RATIO_RANGE
+    usage = F.when(F.col("tenure") == 1, F.lit(1.0)).otherwise(
+        F.greatest(F.lit(low), F.least(F.lit(high), 1.0 + draw.normal("total") * _TOTAL_NOISE))
+    )
+    return df.withColumn("monthly_cents", (F.round(monthly * 20.0) * 5).cast("long")).withColumn(
+        "total_cents",
+        (F.round(F.col("tenure") * F.col("monthly_cents") * usage / 5.0) * 5).cast("long"),
+    )
+
+
+def _churn(df: DataFrame, draw: _Draws, drift: float) -> DataFrame:
+    """Churn drawn from a logistic model whose coefficients move with `drift`."""
+    has_internet = _flag(F.col("internet") != _NO_INTERNET)
+    features = {
+        "month_to_month": _flag(F.col("contract") == _MONTH_TO_MONTH),
+        "two_year": _flag(F.col("contract") == _TWO_YEAR),
+        "log_tenure": F.log1p(F.col("tenure")),
+        "charges_per_100": F.col("monthly_cents") / 10_000.0,
+        "fiber": _flag(F.col("internet") == _FIBER),
+        "no_internet": 1 - has_internet,
+        "electronic_check": _flag(F.col("payment") == _ELECTRONIC_CHECK),
+        "no_security": has_internet * (1 - F.col("OnlineSecurity")),
+        "no_support": has_internet * (1 - F.col("TechSupport")),
+        "senior": F.col("senior"),
+        "paperless": F.col("paperless"),
+        "dependents": F.col("dependents"),
+    }
+    coefficient = {
+        name: (1.0 - drift) * _CHURN_UNDRIFTED[name] + drift * _CHURN_DRIFTED[name]
+        for name in _CHURN_UNDRIFTED
+    }
+    log_odds = sum(
+        (value * coefficient[name] for name, value in features.items()),
+        F.lit(coefficient["intercept"]),
+    )
+    return df.withColumn(
+        "churn", _flag(draw.uniform("churn") < F.lit(1.0) / (1.0 + F.exp(-log_odds)))
+    )
+
+
+def _as_telco_text(df: DataFrame) -> DataFrame:
+    """The 21 Telco columns, in order, as the strings the public CSV holds."""
+    yes_no = ("No", "Yes")
+    no_internet = 2 * _flag(F.col("internet") == _NO_INTERNET)
+    return df.select(
+        "customerID",
+        "gender",
+        F.col("senior").cast("string").alias("SeniorCitizen"),
+        _label(yes_no, F.col("partner")).alias("Partner"),
+        _label(yes_no, F.col("dependents")).alias("Dependents"),
+        F.col("tenure").cast("string").alias("tenure"),
+        _label(yes_no, F.col("phone")).alias("PhoneService"),
+        _label(
+            (*yes_no, "No phone service"), F.col("MultipleLines") + 2 * (1 - F.col("phone"))
+        ).alias("MultipleLines"),
+        _label(INTERNET_SERVICES, F.col("internet")).alias("InternetService"),
+        *(
+            _label((*yes_no, "No internet service"), F.col(service) + no_internet).alias(service)
+            for service in ADD_ONS
+        ),
+        _label(CONTRACTS, F.col("contract")).alias("Contract"),
+        _label(yes_no, F.col("paperless")).alias("PaperlessBilling"),
+        _label(PAYMENT_METHODS, F.col("payment")).alias("PaymentMethod"),
+        _money(F.col("monthly_cents")).alias("MonthlyCharges"),
+        F.when(F.col("tenure") == 0, F.lit(" "))
+        .otherwise(_money(F.col("total_cents")))
+        .alias("TotalCharges"),
+        _label(yes_no, F.col("churn")).alias("Churn"),
+    )
 
 
 def _check_arguments(rows: int, drift: float, id_start: int) -> None:
@@ -310,174 +448,6 @@ def _check_arguments(rows: int, drift: float, id_start: int) -> None:
         )
 
 
-def _household_and_contract(df: DataFrame, draw: _Draws, drift: float) -> DataFrame:
-    """Who the customer is, the contract they signed, and how long they have stayed."""
-    contract = F.col("Contract")
-    contract_p = {
-        label: F.when(F.col("partner"), p).otherwise(_CONTRACT_GIVEN_PARTNER[False][label])
-        for label, p in _CONTRACT_GIVEN_PARTNER[True].items()
-    }
-    scale, power = (
-        _lookup(contract, {c: float(shape[i]) for c, shape in _TENURE_SHAPE.items()})
-        for i in (0, 1)
-    )
-    staying = F.least(
-        F.lit(_MAX_TENURE),
-        (F.lit(1.0) + F.floor(scale * F.pow(draw.uniform("tenure"), power))).cast("int"),
-    )
-    just_signed = (contract != "Month-to-month") & (
-        draw.uniform("tenure/new") < _NEW_TERM_CONTRACT_RATE
-    )
-    return (
-        df.withColumns(
-            {
-                "customerID": _customer_id(F.col("idx")),
-                "gender": F.when(draw.identity("gender") < 0.505, "Male").otherwise("Female"),
-                "senior": draw.identity("senior") < 0.162,
-                "partner": draw.uniform("partner") < 0.483,
-            }
-        )
-        .withColumns(
-            {
-                "dependents": draw.uniform("dependents")
-                < F.when(F.col("partner"), 0.514).otherwise(0.099),
-                "Contract": _choose(
-                    draw.uniform("contract"),
-                    _tilt(contract_p, "Month-to-month", _DRIFT_MONTH_TO_MONTH * drift),
-                ),
-            }
-        )
-        .withColumn("tenure", F.when(just_signed, F.lit(0)).otherwise(staying))
-    )
-
-
-def _services(df: DataFrame, draw: _Draws, drift: float) -> DataFrame:
-    """Internet type, phone lines, add-ons and billing, consistent with each other."""
-    internet = F.col("InternetService")
-    contract = F.col("Contract")
-    tenure_share = F.col("tenure") / F.lit(float(_MAX_TENURE))
-    internet_p = {
-        label: F.when(
-            F.col("senior"),
-            _lookup(contract, {c: t[label] for c, t in _INTERNET_GIVEN_CONTRACT[True].items()}),
-        ).otherwise(
-            _lookup(contract, {c: t[label] for c, t in _INTERNET_GIVEN_CONTRACT[False].items()})
-        )
-        for label in ("DSL", "Fiber optic", "No")
-    }
-    payment_p = [
-        (method, _lookup(contract, {c: t[method] for c, t in _PAYMENT_GIVEN_CONTRACT.items()}))
-        for method in _PAYMENT_GIVEN_CONTRACT["Month-to-month"]
-    ]
-    return (
-        df.withColumn(
-            "InternetService",
-            _choose(
-                draw.uniform("internet"), _tilt(internet_p, "Fiber optic", _DRIFT_FIBER * drift)
-            ),
-        )
-        .withColumns(
-            {
-                "phone": (internet != "DSL") | (draw.uniform("phone") >= _DSL_WITHOUT_PHONE),
-                "paperless": draw.uniform("paperless")
-                < _lookup(internet, _PAPERLESS_GIVEN_INTERNET),
-                "PaymentMethod": _choose(draw.uniform("payment"), payment_p),
-                **{
-                    name: draw.uniform(name) < _service_rate(internet, tenure_share, name)
-                    for name in ADD_ONS
-                },
-            }
-        )
-        .withColumn(
-            "MultipleLines",
-            F.col("phone")
-            & (
-                draw.uniform("MultipleLines")
-                < _service_rate(internet, tenure_share, "MultipleLines")
-            ),
-        )
-    )
-
-
-def _charges(df: DataFrame, draw: _Draws, drift: float) -> DataFrame:
-    """Monthly charges from the tariff plus noise; total = tenure x monthly with usage noise."""
-    one = F.lit(1.0)
-    list_price = sum(
-        (F.col(name).cast("double") * _PRICE[name] for name in ("MultipleLines", *ADD_ONS)),
-        F.col("phone").cast("double") * _PRICE["PhoneService"]
-        + _lookup(F.col("InternetService"), {k: _PRICE[k] for k in ("DSL", "Fiber optic", "No")}),
-    )
-    noise = F.greatest(F.lit(-1.75), F.least(F.lit(1.75), draw.normal("charges") * _CHARGE_NOISE))
-    monthly = (list_price + noise) * (1.0 + _DRIFT_PRICE_RISE * drift)
-    usage = F.when(F.col("tenure") == 1, one).otherwise(
-        F.greatest(F.lit(0.7), F.least(F.lit(1.5), one + draw.normal("total") * _TOTAL_RATIO_NOISE))
-    )
-    return df.withColumn("monthly_cents", (F.round(monthly * 20.0) * 5).cast("long")).withColumn(
-        "total_cents",
-        (F.round(F.col("tenure") * F.col("monthly_cents") * usage / 5.0) * 5).cast("long"),
-    )
-
-
-def _churn(df: DataFrame, draw: _Draws, drift: float) -> DataFrame:
-    """Churn drawn from a logistic model whose coefficients move with `drift`."""
-    internet = F.col("InternetService")
-    features = {
-        "month_to_month": F.col("Contract") == "Month-to-month",
-        "two_year": F.col("Contract") == "Two year",
-        "log_tenure": F.log1p(F.col("tenure").cast("double")),
-        "charges_per_100": F.col("monthly_cents") / F.lit(10_000.0),
-        "fiber": internet == "Fiber optic",
-        "no_internet": internet == "No",
-        "electronic_check": F.col("PaymentMethod") == "Electronic check",
-        "no_security": (internet != "No") & ~F.col("OnlineSecurity"),
-        "no_support": (internet != "No") & ~F.col("TechSupport"),
-        "senior": F.col("senior"),
-        "paperless": F.col("paperless"),
-        "dependents": F.col("dependents"),
-    }
-    coefficient = {
-        name: (1.0 - drift) * _CHURN_UNDRIFTED[name] + drift * _CHURN_DRIFTED[name]
-        for name in _CHURN_UNDRIFTED
-    }
-    log_odds = sum(
-        (F.lit(coefficient[name]) * value.cast("double") for name, value in features.items()),
-        F.lit(coefficient["intercept"]),
-    )
-    return df.withColumn("churn", draw.uniform("churn") < F.lit(1.0) / (1.0 + F.exp(-log_odds)))
-
-
-def _as_telco_text(df: DataFrame) -> DataFrame:
-    """The 21 Telco columns, in order, as the strings the public CSV holds."""
-    internet = F.col("InternetService")
-    return df.select(
-        "customerID",
-        "gender",
-        F.col("senior").cast("int").cast("string").alias("SeniorCitizen"),
-        _yes_no(F.col("partner")).alias("Partner"),
-        _yes_no(F.col("dependents")).alias("Dependents"),
-        F.col("tenure").cast("string").alias("tenure"),
-        _yes_no(F.col("phone")).alias("PhoneService"),
-        F.when(~F.col("phone"), "No phone service")
-        .otherwise(_yes_no(F.col("MultipleLines")))
-        .alias("MultipleLines"),
-        "InternetService",
-        *(
-            F.when(internet == "No", "No internet service")
-            .otherwise(_yes_no(F.col(name)))
-            .alias(name)
-            for name in ADD_ONS
-        ),
-        "Contract",
-        _yes_no(F.col("paperless")).alias("PaperlessBilling"),
-        "PaymentMethod",
-        _money(F.col("monthly_cents")).alias("MonthlyCharges"),
-        F.when(F.col("tenure") == 0, " ")
-        .otherwise(_money(F.col("total_cents")))
-        .alias("TotalCharges"),
-        _yes_no(F.col("churn")).alias("Churn"),
-    )
-
-
 def generate_customers(
     spark: SparkSession, rows: int, seed: int = 42, drift: float = 0.0, id_start: int = 0
 ) -> DataFrame:
@@ -486,15 +456,15 @@ def generate_customers(
     Args:
         spark: the session to build the (lazy) DataFrame in.
         rows: number of customers.
-        seed: selects the accounts; same seed, rows, drift and id_start give identical rows in
-            the same order, however Spark partitions the work.
-        drift: 0 reproduces Telco-like data; towards 1 the population moves to month-to-month,
-            fiber and higher prices, and the churn mechanism changes, so models trained on
-            undrifted data lose ROC-AUC (for monitoring and retraining demos).
-        id_start: first customer index. Successive ingestion batches overlap by choosing ranges
-            that share indexes: e.g. batch k at `id_start = k * rows * (1 - overlap)` re-delivers
-            a fraction `overlap` of the previous batch's customers (with new account values when
-            the seed differs) next to new ones.
+        seed: selects the accounts; the same seed, rows, drift and id_start give identical rows
+            in the same order, however Spark partitions the work.
+        drift: 0 gives Telco-like data; towards 1 the population moves to month-to-month,
+            fiber and higher prices and the churn mechanism changes, so a model trained on
+            undrifted data loses ROC-AUC (for monitoring and retraining demos).
+        id_start: first customer index. Successive ingestion batches overlap by sharing
+            indexes: batch k at `id_start = k * round(rows * (1 - overlap))` re-delivers a
+            fraction `overlap` of the previous batch's customers (same customerID, gender and
+            senior flag; new account values when the seed differs) next to new ones.
 
     Returns:
         The 21 Telco columns in Telco order, all strings, formatted like the public CSV
@@ -519,7 +489,7 @@ def write_customers(
     default write trims whitespace, which would turn the Telco blank `TotalCharges` into an
     empty field). Parquet is also a single file (snappy, all columns strings): Spark reads a
     file path like a folder and splits it by row group, and one file keeps the same atomic
-    replacement and CLI `--output FILE` contract as CSV. The path must be on a file system the
+    replacement and `--output FILE` contract as CSV. The path must be on a file system that the
     Spark driver and executors share (local mode or a common mount).
 
     Returns:

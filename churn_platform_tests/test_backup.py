@@ -53,6 +53,7 @@ from churn_platform.backup import (
     VerificationError,
     apply_retention,
     create_backup,
+    list_backups,
     restore_backup,
     select_retained,
     snapshot_sqlite,
@@ -524,7 +525,7 @@ def test_apply_retention_deletes_old_and_keeps_newest_verified(state: State) -> 
     )
 
     assert apply_retention(settings, dry_run=True) == days[:4]
-    assert sorted(p.name for p in offsite.iterdir()) == [d.isoformat() for d in days]
+    assert list_backups(settings) == days
     assert apply_retention(settings) == days[:4]
     assert sorted(p.name for p in offsite.iterdir()) == [d.isoformat() for d in days[4:]]
 
@@ -634,6 +635,8 @@ def test_usage_and_not_found_errors_carry_their_exit_codes(state: State) -> None
     with pytest.raises(UsageError) as bad_date:
         create_backup(state.settings, "2026-02-30", None, project_root=state.project)
     assert bad_date.value.exit_code == EXIT_USAGE
+    with pytest.raises(UsageError, match="golden"):
+        _backup(state, golden={"predictions": object()})  # type: ignore[dict-item]
     with pytest.raises(UsageError):
         restore_backup(state.settings, PARTITION, "everything")
     with pytest.raises(BackupNotFoundError) as missing:
@@ -735,6 +738,7 @@ def test_s3_target_round_trip(state: State, tmp_path: Path, s3: Any) -> None:
     assert names == [archive, f"{archive}.manifest.json", f"{archive}.sha256"]
     assert not settings.backups.exists() or not list(settings.backups.iterdir())
     assert verify_backup(PARTITION, settings).ok
+    assert list_backups(settings) == [date.fromisoformat(PARTITION)]
 
     shutil.rmtree(state.home)
     restore_backup(settings, PARTITION, target_dir=tmp_path / "restored")

@@ -34,18 +34,18 @@ from churn_platform.modeling import (
 ID = "customer_id"
 FOLDS = 3
 SMALL_BASES = {
-    "logistic_regression": {"regParam": 0.01, "maxIter": 30},
-    "random_forest": {"numTrees": 10, "maxDepth": 4},
-    "gbt": {"maxIter": 10, "maxDepth": 2},
+    "logistic_regression": {"regParam": 0.01, "maxIter": 15},
+    "random_forest": {"numTrees": 8, "maxDepth": 4},
+    "gbt": {"maxIter": 4, "maxDepth": 2, "stepSize": 0.3},
 }
 SMALL_PARAMS: dict[str, dict] = {
-    "logistic_regression": {"regParam": [0.0, 0.01], "maxIter": 30},
+    "logistic_regression": {"regParam": [0.0, 0.01], "maxIter": 15},
     "decision_tree": {"maxDepth": 4, "minInstancesPerNode": 5},
-    "random_forest": {"numTrees": 10, "maxDepth": 4},
-    "gbt": {"maxIter": 10, "maxDepth": 2},
-    "gbt_tuned": {"maxIter": 5, "maxDepth": [2, 3], "stepSize": 0.3},
-    "bagged_lr": {"numModels": 3, "maxIter": 30},
-    "bagged_trees": {"numModels": 3, "maxDepth": 4},
+    "random_forest": {"numTrees": 8, "maxDepth": 4},
+    "gbt": {"maxIter": 4, "maxDepth": 2, "stepSize": 0.3},
+    "gbt_tuned": {"maxIter": 3, "maxDepth": [2, 3], "stepSize": 0.3},
+    "bagged_lr": {"numModels": 2, "maxIter": 15},
+    "bagged_trees": {"numModels": 2, "maxDepth": 4},
     "stacking": {"bases": list(SMALL_BASES), "base_params": SMALL_BASES},
     "voting": {"bases": list(SMALL_BASES), "base_params": SMALL_BASES, "weightStep": 0.1},
 }

@@ -1,0 +1,58 @@
+"""The asset graph loads and changes only on purpose (snapshot of keys, groups, checks, jobs)."""
+
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from churn_platform.definitions import build_definitions
+from churn_platform.settings import load_settings
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
+
+
+def graph_snapshot(defs: dg.Definitions) -> dict:
+    graph = defs.resolve_asset_graph()
+    assets = {}
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        assets[key.to_user_string()] = {
+            "group": node.group_name,
+            "deps": sorted(k.to_user_string() for k in node.parent_keys),
+            "kinds": sorted(node.kinds),
+            "owners": list(node.owners),
+            "code_version": node.code_version,
+            "partitioned": node.partitions_def is not None,
+            "has_freshness_policy": getattr(node, "freshness_policy", None) is not None,
+            "automation": node.automation_condition is not None,
+        }
+    checks = sorted(
+        f"{k.asset_key.to_user_string()}:{k.name}" for k in graph.asset_check_keys
+    )
+    return {
+        "assets": assets,
+        "checks": checks,
+        "jobs": sorted(j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__")),
+        "schedules": sorted(s.name for s in defs.schedules or []),
+        "sensors": sorted(s.name for s in defs.sensors or []),
+    }
+
+
+def test_definitions_load(tmp_path):
+    defs = build_definitions(load_settings({"CHURN_HOME": str(tmp_path)}))
+    dg.Definitions.validate_loadable(defs)
+    for key in defs.resolve_asset_graph().get_all_asset_keys():
+        node = defs.resolve_asset_graph().get(key)
+        assert node.group_name != "default", f"{key} has no stage group"
+        assert node.owners, f"{key} has no owner"
+        assert node.description, f"{key} has no description"
+
+
+def test_asset_graph_matches_snapshot(tmp_path):
+    current = graph_snapshot(build_definitions(load_settings({"CHURN_HOME": str(tmp_path)})))
+    if os.environ.get("UPDATE_SNAPSHOTS") or not SNAPSHOT.exists():
+        SNAPSHOT.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    assert current == json.loads(SNAPSHOT.read_text()), (
+        "asset graph changed; if on purpose, rerun with UPDATE_SNAPSHOTS=1 and commit the file"
+    )
