@@ -9,16 +9,15 @@ Archive layout (`<target>/<YYYY-MM-DD>/`; `.enc` is added when CHURN_BACKUP_KEY 
     churn-backup-<date>.tar.gz[.enc].sha256          `sha256sum -c` lines: manifest, then archive
 Members mirror the state root (`mlflow/`, `dagster/`, `warehouse/`, `logs/`, `incidents/`,
 `changes/`, and `secrets/` in encrypted archives only), plus `config/` and a final `MANIFEST.json`.
+
+Targets (local folder, S3) and encryption are in `churn_platform.backup_storage`; the exit-code
+errors defined there are re-exported here, so callers need only this module.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import ctypes
 import dataclasses
-import errno
-import fcntl
 import hashlib
 import io
 import json
@@ -28,12 +27,10 @@ import re
 import shutil
 import sqlite3
 import stat
-import struct
 import subprocess
 import tarfile
 import tempfile
 import time
-import uuid
 import zlib
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -43,19 +40,74 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import boto3
-from botocore.exceptions import ClientError
-from cryptography.fernet import Fernet, InvalidToken
-
-from churn_platform.ops_log import HEADS_NAME, LOCK_NAME
+from churn_platform.backup_storage import (
+    CHUNK,
+    ENCRYPTION,
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_UNSAFE_ARCHIVE,
+    EXIT_USAGE,
+    EXIT_VERIFICATION_FAILED,
+    KEY_ENV,
+    PARTITION_RE,
+    S3_ENDPOINT_ENV,
+    BackupError,
+    BackupFiles,
+    BackupNotFoundError,
+    DecryptionError,
+    Problem,
+    UsageError,
+    VerificationError,
+    decrypt_file,
+    encrypt_file,
+    fernet_from_env,
+    fsync_path,
+    local_path,
+    open_target,
+)
+from churn_platform.ops_log import HEADS_NAME, LOCK_NAME, locked
 from churn_platform.settings import PROJECT_ROOT, Settings, load_settings
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_VERIFICATION_FAILED = 3
-EXIT_UNSAFE_ARCHIVE = 4
-EXIT_NOT_FOUND = 5
+__all__ = [
+    "ALL_COMPONENTS",
+    "COMPONENT_DIRS",
+    "EXIT_FAILED",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_UNSAFE_ARCHIVE",
+    "EXIT_USAGE",
+    "EXIT_VERIFICATION_FAILED",
+    "FORMAT",
+    "KEY_ENV",
+    "MANIFEST_MEMBER",
+    "PSEUDONYM_KEY_FILE",
+    "S3_ENDPOINT_ENV",
+    "AbsolutePathError",
+    "BackupError",
+    "BackupNotFoundError",
+    "BackupResult",
+    "DecryptionError",
+    "DuplicateMemberError",
+    "HardlinkMemberError",
+    "PathTraversalError",
+    "Problem",
+    "RestoreResult",
+    "SpecialFileError",
+    "SymlinkMemberError",
+    "UnlistedMemberError",
+    "UnsafeArchiveError",
+    "UsageError",
+    "VerificationError",
+    "VerifyResult",
+    "apply_retention",
+    "create_backup",
+    "list_backups",
+    "restore_backup",
+    "select_retained",
+    "snapshot_sqlite",
+    "verify_backup",
+]
 
 COMPONENT_DIRS: dict[str, tuple[str, ...]] = {
     "mlflow": ("mlflow",),
@@ -65,74 +117,23 @@ COMPONENT_DIRS: dict[str, tuple[str, ...]] = {
     "logs": ("logs", "incidents", "changes", "secrets"),
 }
 ALL_COMPONENTS: tuple[str, ...] = tuple(COMPONENT_DIRS)
-KEY_ENV = "CHURN_BACKUP_KEY"
-S3_ENDPOINT_ENV = "CHURN_BACKUP_S3_ENDPOINT"
 MANIFEST_MEMBER = "MANIFEST.json"
 FORMAT = "churn-backup/1"
-ENCRYPTION = "fernet-chunked/1"
 POINTER = "CURRENT"
+MLFLOW_DB = "mlflow/mlflow.db"
+MLFLOW_ARTIFACTS = "mlflow/artifacts"
 PSEUDONYM_KEY_FILE = "secrets/pseudonym.key"
 
-_PARTITION = re.compile(r"\d{4}-\d{2}-\d{2}")
 _SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
-_MAGIC = b"CHURNENC1\n"
-_STREAM_ID = 16
-_CHUNK_HEADER = struct.Struct(">Q?")
-_CHUNK = 1 << 20
+# Every column where MLflow (3.x, sqlite/SQLAlchemy store) keeps an absolute artifact location.
+_ARTIFACT_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+    ("logged_models", "artifact_location"),
+)
 _GZIP_LEVEL = 1  # Parquet is already compressed; level 1 keeps ~all the gain on sqlite, 2x faster
-_MAX_TOKEN = 2 * _CHUNK + 4096
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 2
-
-
-class BackupError(Exception):
-    """A backup, verification or restore failed; `exit_code` is what the CLI exits with."""
-
-    exit_code = EXIT_FAILED
-
-
-class UsageError(BackupError):
-    """Bad arguments or configuration (partition, component, target, key)."""
-
-    exit_code = EXIT_USAGE
-
-
-class BackupNotFoundError(BackupError):
-    """No published backup (or component) where one was asked for."""
-
-    exit_code = EXIT_NOT_FOUND
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a backup, named so an operator can act on it."""
-
-    path: str
-    kind: str
-    expected: str = ""
-    actual: str = ""
-    detail: str = ""
-
-    def __str__(self) -> str:
-        text = f"{self.path}: {self.kind}"
-        if self.expected or self.actual:
-            text += f": expected {self.expected or '-'}, actual {self.actual or '-'}"
-        return f"{text} ({self.detail})" if self.detail else text
-
-
-class VerificationError(BackupError):
-    """The archive does not match its manifest and checksums; nothing was touched."""
-
-    exit_code = EXIT_VERIFICATION_FAILED
-
-    def __init__(self, archive: str, problems: list[Problem]) -> None:
-        self.problems = problems
-        lines = "\n".join(f"  {problem}" for problem in problems)
-        super().__init__(f"{archive} failed verification:\n{lines}")
-
-
-class DecryptionError(VerificationError):
-    """Wrong key or tampered ciphertext: authenticated encryption cannot tell the two apart."""
 
 
 class UnsafeArchiveError(BackupError):
@@ -243,22 +244,6 @@ class _Source:
     content: bytes = b""
 
 
-@dataclass(frozen=True)
-class _Files:
-    """An archive and its two sidecars, wherever they were fetched to."""
-
-    archive: Path
-    label: str
-
-    @property
-    def manifest(self) -> Path:
-        return self.archive.with_name(self.archive.name + ".manifest.json")
-
-    @property
-    def checksums(self) -> Path:
-        return self.archive.with_name(self.archive.name + ".sha256")
-
-
 class _HashingReader:
     """Hashes exactly the bytes tarfile copies, so a file growing meanwhile cannot skew the hash."""
 
@@ -294,8 +279,8 @@ def create_backup(
         json.dumps(golden)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"golden must be JSON-serialisable: {exc}") from exc
-    fernet = _fernet()
-    target = _target(settings)
+    fernet = fernet_from_env()
+    target = open_target(settings)
     target.staging.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".tmp-{partition}-", dir=target.staging))
     try:
@@ -304,6 +289,7 @@ def create_backup(
         scratch.mkdir()
         plain = (scratch if fernet else out) / f"churn-backup-{partition}.tar.gz"
         not_included: list[str] = []
+        artifact_root = _artifact_root(settings) if "mlflow" in wanted else None
         header = {
             "format": FORMAT,
             "partition": partition,
@@ -313,6 +299,7 @@ def create_backup(
             "golden": golden,
             "encryption": ENCRYPTION if fernet else None,
             "home": str(settings.home),
+            "mlflow_artifact_root": str(artifact_root) if artifact_root else None,
             "not_included": not_included,
         }
         sources = _sources(settings, wanted, project_root, fernet is not None, not_included)
@@ -320,9 +307,9 @@ def create_backup(
         archive = plain
         if fernet:
             archive = out / (plain.name + ".enc")
-            _encrypt_file(plain, archive, fernet)
+            encrypt_file(plain, archive, fernet)
             plain.unlink()
-        files = _Files(archive, str(archive))
+        files = BackupFiles(archive, str(archive))
         files.manifest.write_bytes(manifest_bytes)
         files.checksums.write_text(
             f"{hashlib.sha256(manifest_bytes).hexdigest()}  {files.manifest.name}\n"
@@ -330,7 +317,7 @@ def create_backup(
         )
         archive_bytes = archive.stat().st_size
         for path in (archive, files.manifest, files.checksums, out):
-            _fsync(path)
+            fsync_path(path)
         published = target.publish(out, partition, archive.name)
     finally:
         shutil.rmtree(work)
@@ -347,7 +334,7 @@ def create_backup(
 
 def list_backups(settings: Settings | None = None) -> list[date]:
     """Published backups in the configured target, oldest first (half-written ones never count)."""
-    return _target(settings or load_settings()).partitions()
+    return open_target(settings or load_settings()).partitions()
 
 
 def verify_backup(backup: str | Path, settings: Settings | None = None) -> VerifyResult:
@@ -414,11 +401,14 @@ def restore_backup(
         for d in dirs:
             mine = [e for e in entries if e["path"].split("/", 1)[0] == d]
             plan.append(f"restore {root / d} ({len(mine)} files, {_size(mine)} bytes)")
-        notes = _restore_notes(manifest, entries, root)
+        relocation = _relocation(manifest, entries, root)
+        if relocation is not None:
+            plan.append(f"relocate MLflow artifact locations {relocation[0]} -> {relocation[1]}")
+        notes = _restore_notes(entries, root, relocation)
         restored: list[Path] = []
         moved: list[Path] = []
         if not dry_run:
-            restored, moved = _install(plain, files.label, entries, root, dirs, aside)
+            restored, moved = _install(plain, files.label, entries, root, dirs, aside, relocation)
     return RestoreResult(
         partition=str(manifest["partition"]),
         archive=files.label,
@@ -465,7 +455,7 @@ def apply_retention(settings: Settings, dry_run: bool = False) -> list[date]:
 
     Refuses to delete anything when no backup verifies: the old ones may then be all there is.
     """
-    target = _target(settings)
+    target = open_target(settings)
     partitions = target.partitions()
     if not partitions:
         return []
@@ -523,7 +513,7 @@ def _newest_per_period(
 
 
 def _partition(value: str) -> str:
-    if not _PARTITION.fullmatch(value):
+    if not PARTITION_RE.fullmatch(value):
         raise UsageError(f"partition {value!r} is not a YYYY-MM-DD date")
     try:
         return date.fromisoformat(value).isoformat()
@@ -597,7 +587,7 @@ def _mlflow_sources(settings: Settings, not_included: list[str]) -> Iterator[_So
     if scheme == "sqlite":
         db = _sqlite_path(uri)
         if db.is_file():
-            yield _Source("mlflow/mlflow.db", "mlflow", "sqlite", str(db))
+            yield _Source(MLFLOW_DB, "mlflow", "sqlite", str(db))
         else:
             not_included.append(f"missing: {db}")
     elif scheme in ("postgresql", "postgres"):
@@ -607,11 +597,17 @@ def _mlflow_sources(settings: Settings, not_included: list[str]) -> Iterator[_So
             f"cannot back up MLflow tracking URI {_redact(uri)!r}: only sqlite and postgresql "
             "backends are supported; back up a tracking server's own database"
         )
-    artifacts = _local_path(settings.mlflow_artifact_root or str(settings.mlflow_dir / "artifacts"))
+    artifacts = _artifact_root(settings)
     if artifacts is None:
         not_included.append(f"external: {_redact(settings.mlflow_artifact_root)}")
     else:
-        yield from _tree("mlflow/artifacts", artifacts, "mlflow", not_included)
+        yield from _tree(MLFLOW_ARTIFACTS, artifacts, "mlflow", not_included)
+
+
+def _artifact_root(settings: Settings) -> Path | None:
+    """The local folder MLflow writes artifacts to, absolute as MLflow stores it; None if remote."""
+    root = local_path(settings.mlflow_artifact_root or str(settings.mlflow_dir / "artifacts"))
+    return None if root is None else Path(os.path.abspath(root.expanduser()))
 
 
 def _sqlite_path(uri: str) -> Path:
@@ -620,12 +616,6 @@ def _sqlite_path(uri: str) -> Path:
     if not uri.startswith("sqlite:///") or not path or path == ":memory:":
         raise UsageError(f"MLflow tracking URI {uri!r} does not name a sqlite file")
     return Path(path)
-
-
-def _local_path(location: str) -> Path | None:
-    if location.startswith("file:"):
-        return Path(unquote(urlsplit(location).path))
-    return None if "://" in location else Path(location)
 
 
 def _dagster_sources(settings: Settings, not_included: list[str]) -> Iterator[_Source]:
@@ -686,7 +676,7 @@ def _logs_sources(
     pseudonym key is archived only when the archive is encrypted: a plain archive carrying it
     would hand out the key that makes the pseudonyms meaningful.
     """
-    with _shared_flock(settings.logs / LOCK_NAME):
+    with locked(settings.logs / LOCK_NAME, shared=True):
         heads = settings.logs / HEADS_NAME
         if heads.is_file():
             yield _Source(f"logs/{HEADS_NAME}", "logs", "file", str(heads))
@@ -704,20 +694,6 @@ def _logs_sources(
         yield _Source(PSEUDONYM_KEY_FILE, "logs", "file", str(key))
     elif key.is_file():
         not_included.append(f"secret, archived only when {KEY_ENV} is set: {key}")
-
-
-@contextlib.contextmanager
-def _shared_flock(lock: Path) -> Iterator[None]:
-    """Shared flock, as `ops_log.verify_logs` takes it; no lock file means no writer yet."""
-    if not lock.exists():
-        yield
-        return
-    fd = os.open(lock, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _tree(prefix: str, root: Path, component: str, not_included: list[str]) -> Iterator[_Source]:
@@ -816,32 +792,24 @@ def _pg_dump(uri: str, dest: Path) -> None:
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
+        while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _locate(backup: str | Path, settings: Settings, tmp: Path) -> tuple[_Files, str | None]:
+def _locate(backup: str | Path, settings: Settings, tmp: Path) -> tuple[BackupFiles, str | None]:
     """A partition date is looked up in the configured target; anything else is an archive path."""
-    if isinstance(backup, str) and _PARTITION.fullmatch(backup):
+    if isinstance(backup, str) and PARTITION_RE.fullmatch(backup):
         partition = _partition(backup)
-        return _target(settings).fetch(partition, tmp), partition
+        return open_target(settings).fetch(partition, tmp), partition
     path = Path(backup).expanduser().resolve()
     if not path.is_file():
         raise BackupNotFoundError(f"no backup archive at {path}")
-    return _Files(path, str(path)), None
+    return BackupFiles(path, str(path)), None
 
 
 def _verify_files(
-    files: _Files, partition: str | None, tmp: Path
+    files: BackupFiles, partition: str | None, tmp: Path
 ) -> tuple[VerifyResult, Path | None]:
     """Verify sidecars, archive and members; returns the plaintext archive when it is readable."""
     problems: list[Problem] = []
@@ -864,14 +832,14 @@ def _verify_files(
         )
     plain = files.archive
     if files.archive.name.endswith(".enc"):
-        fernet = _fernet()
+        fernet = fernet_from_env()
         if fernet is None:
             raise UsageError(
                 f"{files.label} is encrypted; set {KEY_ENV} to the key it was made with"
             )
         plain = tmp / files.archive.name.removesuffix(".enc")
         try:
-            _decrypt_file(files.archive, plain, fernet)
+            decrypt_file(files.archive, plain, fernet)
         except DecryptionError as exc:
             problems.extend(exc.problems)
             return VerifyResult(files.label, problems, manifest), None
@@ -879,7 +847,7 @@ def _verify_files(
     return VerifyResult(files.label, problems, manifest), plain
 
 
-def _read_checksums(files: _Files, problems: list[Problem]) -> dict[str, str]:
+def _read_checksums(files: BackupFiles, problems: list[Problem]) -> dict[str, str]:
     if not files.checksums.is_file():
         problems.append(Problem(files.checksums.name, "missing"))
         return {}
@@ -1010,7 +978,7 @@ def _hash_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> tuple[int, st
     assert handle is not None
     digest = hashlib.sha256()
     size = 0
-    while chunk := handle.read(_CHUNK):
+    while chunk := handle.read(CHUNK):
         digest.update(chunk)
         size += len(chunk)
     return size, digest.hexdigest()
@@ -1043,8 +1011,13 @@ def _install(
     root: Path,
     dirs: list[str],
     aside: dict[str, Path],
+    relocation: tuple[Path, Path] | None,
 ) -> tuple[list[Path], list[Path]]:
-    """Extract into a temp folder inside `root`, re-hash there, then swap folders in by rename."""
+    """Extract into a temp folder inside `root`, re-hash there, then swap folders in by rename.
+
+    MLflow's artifact locations are rewritten in the extracted copy, after the re-hash and before
+    the swap, so a crash leaves either the old folder or a relocated one in place, never a mix.
+    """
     created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".restore-", dir=root))
@@ -1055,6 +1028,8 @@ def _install(
             _raise_for(label, [p for p in map(_vet, members) if p is not None])
             tar.extractall(staging, members=members, filter="data")
         _raise_for(label, _check_tree(staging, wanted))
+        if relocation is not None:
+            _relocate_mlflow(staging / MLFLOW_DB, *relocation)
         moved = []
         for d in dirs:
             if d in aside:
@@ -1064,12 +1039,52 @@ def _install(
         for d in dirs:
             os.rename(staging / d, root / d)
             restored.append(root / d)
-        _fsync(root)
+        fsync_path(root)
     finally:
         shutil.rmtree(staging)
         if created and not any(root.iterdir()):
             root.rmdir()
     return restored, moved
+
+
+def _relocation(
+    manifest: dict[str, Any], entries: list[dict[str, Any]], root: Path
+) -> tuple[Path, Path] | None:
+    """(original, restored) artifact folder when the restored MLflow DB would point elsewhere.
+
+    Manifests written before `mlflow_artifact_root` was recorded fall back to the default
+    `<home>/mlflow/artifacts`; a remote artifact root (recorded as null) is never relocated.
+    """
+    if MLFLOW_DB not in {entry["path"] for entry in entries}:
+        return None
+    if "mlflow_artifact_root" in manifest:
+        original = manifest["mlflow_artifact_root"]
+    else:
+        original = f"{manifest['home']}/{MLFLOW_ARTIFACTS}" if manifest.get("home") else None
+    restored = root / MLFLOW_ARTIFACTS
+    if not original or Path(original) == restored:
+        return None
+    return Path(original), restored
+
+
+def _relocate_mlflow(db: Path, old: Path, new: Path) -> None:
+    """Rewrite artifact locations under `old` to `new`, as `file:` URIs or plain paths.
+
+    MLflow stores absolute locations, so without this a registry restored elsewhere lists fine
+    but loads its models from the original folder, which may be gone by then.
+    """
+    forms = {old.as_uri(): new.as_uri(), f"file://{old}": f"file://{new}", str(old): str(new)}
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        for table, column in _ARTIFACT_COLUMNS:
+            if table not in tables:
+                continue
+            for before, after in forms.items():
+                conn.execute(
+                    f'UPDATE "{table}" SET "{column}" = ? || substr("{column}", ?) '
+                    f'WHERE "{column}" = ? OR substr("{column}", 1, ?) = ?',
+                    (after, len(before) + 1, before, len(before) + 1, f"{before}/"),
+                )
 
 
 def _check_tree(staging: Path, wanted: dict[str, dict[str, Any]]) -> list[Problem]:
@@ -1092,7 +1107,7 @@ def _check_tree(staging: Path, wanted: dict[str, dict[str, Any]]) -> list[Proble
 
 
 def _restore_notes(
-    manifest: dict[str, Any], entries: list[dict[str, Any]], root: Path
+    entries: list[dict[str, Any]], root: Path, relocation: tuple[Path, Path] | None
 ) -> list[str]:
     paths = {entry["path"] for entry in entries}
     notes = []
@@ -1103,230 +1118,15 @@ def _restore_notes(
             f"`pg_restore --no-owner --dbname <new-db-uri> {dump}`, then point "
             "MLFLOW_TRACKING_URI at it"
         )
-    if any(p.startswith("mlflow/") for p in paths) and manifest.get("home") != str(root):
-        home = manifest.get("home")
-        notes.append(f"run artifact locations in the MLflow database still point below {home}")
+    if relocation is not None:
+        old, new = relocation
+        notes.append(
+            f"MLflow artifact locations relocated {old} -> {new} in {root / MLFLOW_DB} "
+            "(so that file no longer matches its manifest hash)"
+        )
     if any(p.startswith("config/") for p in paths):
         notes.append(
             f"config restored to {root / 'config'} for comparison; compare it with the project's "
             "dagster.yaml, workspace.yaml and dataset spec (version-controlled, never overwritten)"
         )
     return notes
-
-
-def _fernet() -> Fernet | None:
-    key = os.environ.get(KEY_ENV)
-    if not key:
-        return None
-    try:
-        return Fernet(key)
-    except ValueError as exc:
-        raise UsageError(
-            f"{KEY_ENV} is not a Fernet key (Fernet.generate_key() makes one)"
-        ) from exc
-
-
-def _encrypt_file(source: Path, dest: Path, fernet: Fernet) -> None:
-    """Chunked Fernet: 1 MiB plaintext per token, so memory stays bounded for any archive size.
-
-    Each token carries a random per-archive stream id, its index and a final flag, so chunks
-    cannot be reordered, dropped, truncated or spliced in from another archive unnoticed. Tokens
-    are stored decoded from base64, which would otherwise add a third to the archive size.
-    """
-    stream = os.urandom(_STREAM_ID)
-    with source.open("rb") as fin, dest.open("wb") as fout:
-        fout.write(_MAGIC + stream)
-        index, chunk = 0, fin.read(_CHUNK)
-        while True:
-            following = fin.read(_CHUNK)
-            token = fernet.encrypt(stream + _CHUNK_HEADER.pack(index, not following) + chunk)
-            raw = base64.urlsafe_b64decode(token)
-            fout.write(struct.pack(">I", len(raw)) + raw)
-            if not following:
-                return
-            index, chunk = index + 1, following
-
-
-def _decrypt_file(source: Path, dest: Path, fernet: Fernet) -> None:
-    def fail(detail: str) -> DecryptionError:
-        return DecryptionError(str(source), [Problem(source.name, "decrypt", detail=detail)])
-
-    header = len(_MAGIC) + _STREAM_ID
-    with source.open("rb") as fin, dest.open("wb") as fout:
-        head = fin.read(header)
-        if len(head) != header or not head.startswith(_MAGIC):
-            raise fail("not an encrypted churn backup")
-        stream = head[len(_MAGIC) :]
-        index = 0
-        while True:
-            raw = fin.read(4)
-            if len(raw) != 4:
-                raise fail("truncated: the final chunk is missing")
-            (length,) = struct.unpack(">I", raw)
-            token = fin.read(length) if length <= _MAX_TOKEN else b""
-            if len(token) != length:
-                raise fail(f"chunk {index} is truncated or oversized")
-            try:
-                plain = fernet.decrypt(base64.urlsafe_b64encode(token))
-            except InvalidToken:
-                raise fail(f"chunk {index} does not decrypt: wrong key or tampered") from None
-            body = plain[_STREAM_ID + _CHUNK_HEADER.size :]
-            chunk_index, final = _CHUNK_HEADER.unpack_from(plain, _STREAM_ID)
-            if plain[:_STREAM_ID] != stream or chunk_index != index:
-                raise fail(f"chunk {index} is out of order or from another archive")
-            fout.write(body)
-            if final:
-                break
-            index += 1
-        if fin.read(1):
-            raise fail("data after the final chunk")
-
-
-class _LocalTarget:
-    """A folder of `<date>/` partition folders, each published by one atomic rename."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.staging = root
-
-    def describe(self, partition: str) -> str:
-        return str(self.root / partition)
-
-    def partitions(self) -> list[date]:
-        if not self.root.is_dir():
-            return []
-        return sorted(
-            date.fromisoformat(p.name)
-            for p in self.root.iterdir()
-            if _PARTITION.fullmatch(p.name) and any(p.glob("*.sha256"))
-        )
-
-    def publish(self, built: Path, partition: str, archive_name: str) -> str:
-        """Rename `built` into place; an existing partition is exchanged with it atomically."""
-        final = self.root / partition
-        try:
-            os.rename(built, final)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-            _exchange(built, final)
-        _fsync(self.root)
-        return str(final / archive_name)
-
-    def fetch(self, partition: str, tmp: Path) -> _Files:
-        folder = self.root / partition
-        checksums = sorted(folder.glob("*.sha256")) if folder.is_dir() else []
-        if len(checksums) != 1:
-            raise BackupNotFoundError(f"no published backup for {partition} in {self.root}")
-        archive = folder / checksums[0].name.removesuffix(".sha256")
-        if not archive.is_file():
-            raise BackupNotFoundError(f"{archive} is missing (its checksums file is there)")
-        return _Files(archive, str(archive))
-
-    def delete(self, partition: str) -> None:
-        """Rename away first, so a half-deleted partition is never visible as a backup."""
-        trash = self.root / f".trash-{partition}-{uuid.uuid4().hex}"
-        os.rename(self.root / partition, trash)
-        shutil.rmtree(trash)
-
-
-def _exchange(new: Path, current: Path) -> None:
-    """Swap two folders atomically with Linux `renameat2(RENAME_EXCHANGE)`.
-
-    Where the kernel or filesystem lacks it, fall back to two renames (a window of a few
-    microseconds in which the partition is absent, never half-written).
-    """
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    if renameat2 is not None:
-        old, cur = os.fsencode(new), os.fsencode(current)
-        if renameat2(_AT_FDCWD, old, _AT_FDCWD, cur, _RENAME_EXCHANGE) == 0:
-            return
-        code = ctypes.get_errno()
-        if code not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-            raise OSError(code, os.strerror(code), str(current))
-    parked = new.with_name(new.name + ".previous")
-    os.rename(current, parked)
-    os.rename(new, current)
-    os.rename(parked, new)
-
-
-class _S3Target:
-    """`s3://bucket/prefix/<date>/...`: built locally, uploaded with the checksums file last."""
-
-    def __init__(self, url: str, staging: Path) -> None:
-        parts = urlsplit(url)
-        if not parts.netloc:
-            raise UsageError(f"backup target {url!r} names no bucket")
-        self.bucket = parts.netloc
-        self.prefix = parts.path.strip("/")
-        self.staging = staging
-        self.client = boto3.client("s3", endpoint_url=os.environ.get(S3_ENDPOINT_ENV) or None)
-
-    def _key(self, *parts: str) -> str:
-        return "/".join(p for p in (self.prefix, *parts) if p)
-
-    def describe(self, partition: str, name: str = "") -> str:
-        return f"s3://{self.bucket}/{self._key(partition, name)}"
-
-    def _keys(self, partition: str) -> list[str]:
-        prefix = self._key(partition)
-        prefix = f"{prefix}/" if prefix else ""
-        keys: list[str] = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=prefix
-        ):
-            keys.extend(item["Key"] for item in page.get("Contents", []))
-        return keys
-
-    def partitions(self) -> list[date]:
-        found = set()
-        for key in self._keys(""):
-            parts = key.removeprefix(f"{self.prefix}/" if self.prefix else "").split("/")
-            if len(parts) == 2 and _PARTITION.fullmatch(parts[0]) and parts[1].endswith(".sha256"):
-                found.add(date.fromisoformat(parts[0]))
-        return sorted(found)
-
-    def publish(self, built: Path, partition: str, archive_name: str) -> str:
-        """Each PUT is atomic; the checksums object goes last and marks the backup complete."""
-        files = _Files(built / archive_name, archive_name)
-        new = {
-            self._key(partition, p.name) for p in (files.archive, files.manifest, files.checksums)
-        }
-        for path in (files.archive, files.manifest):
-            self.client.upload_file(str(path), self.bucket, self._key(partition, path.name))
-        stale = sorted(set(self._keys(partition)) - new, key=lambda k: not k.endswith(".sha256"))
-        for key in stale:
-            self.client.delete_object(Bucket=self.bucket, Key=key)
-        checksums_key = self._key(partition, files.checksums.name)
-        self.client.upload_file(str(files.checksums), self.bucket, checksums_key)
-        return self.describe(partition, archive_name)
-
-    def fetch(self, partition: str, tmp: Path) -> _Files:
-        checksums = [k for k in self._keys(partition) if k.endswith(".sha256")]
-        if len(checksums) != 1:
-            raise BackupNotFoundError(f"no published backup for {partition} at {self.describe('')}")
-        name = checksums[0].rsplit("/", 1)[-1].removesuffix(".sha256")
-        files = _Files(tmp / name, self.describe(partition, name))
-        for path in (files.checksums, files.manifest, files.archive):
-            key = self._key(partition, path.name)
-            try:
-                self.client.download_file(self.bucket, key, str(path))
-            except ClientError as exc:
-                raise BackupNotFoundError(f"s3://{self.bucket}/{key}: {exc}") from exc
-        return files
-
-    def delete(self, partition: str) -> None:
-        """The checksums object goes first, so a half-deleted partition is no longer listed."""
-        for key in sorted(self._keys(partition), key=lambda k: not k.endswith(".sha256")):
-            self.client.delete_object(Bucket=self.bucket, Key=key)
-
-
-def _target(settings: Settings) -> _LocalTarget | _S3Target:
-    """`s3://bucket/prefix`, a folder path, or empty for `settings.backups`."""
-    spec = settings.backup_target
-    if spec.startswith("s3://"):
-        return _S3Target(spec, settings.backups)
-    location = _local_path(spec)
-    if location is None:
-        raise UsageError(f"backup target {spec!r}: use s3://bucket/prefix or a folder path")
-    return _LocalTarget(location.expanduser().resolve() if spec else settings.backups)

@@ -63,15 +63,24 @@ def quality_results(
     error = dg.AssetCheckSeverity.ERROR
     results = [
         dg.AssetCheckResult(
-            asset_key=asset, check_name=NON_EMPTY, passed=rows > 0, severity=error,
+            asset_key=asset,
+            check_name=NON_EMPTY,
+            passed=rows > 0,
+            severity=error,
             metadata={"rows": rows},
         ),
         dg.AssetCheckResult(
-            asset_key=asset, check_name=UNIQUE_IDS, passed=rows == int(row["ids"]),
-            severity=error, metadata={"rows": rows, "distinct_ids": int(row["ids"])},
+            asset_key=asset,
+            check_name=UNIQUE_IDS,
+            passed=rows == int(row["ids"]),
+            severity=error,
+            metadata={"rows": rows, "distinct_ids": int(row["ids"])},
         ),
         dg.AssetCheckResult(
-            asset_key=asset, check_name=NULL_RATES, passed=not worst, severity=error,
+            asset_key=asset,
+            check_name=NULL_RATES,
+            passed=not worst,
+            severity=error,
             metadata={
                 "max_null_rate": MAX_NULL_RATE,
                 "above_limit": dg.MetadataValue.json(worst),
@@ -84,8 +93,11 @@ def quality_results(
         low, high = TARGET_RATE_BOUNDS
         results.append(
             dg.AssetCheckResult(
-                asset_key=asset, check_name=TARGET_BALANCE, passed=low <= rate <= high,
-                severity=error, metadata={"positive_rate": rate, "bounds": f"[{low}, {high}]"},
+                asset_key=asset,
+                check_name=TARGET_BALANCE,
+                passed=low <= rate <= high,
+                severity=error,
+                metadata={"positive_rate": rate, "bounds": f"[{low}, {high}]"},
             )
         )
     return results

@@ -63,7 +63,10 @@ def cmd_fetch_data(args: argparse.Namespace) -> int:
 
 
 def materialize_selection(
-    settings: Settings, selection: str | None, tags: dict[str, str] | None = None
+    settings: Settings,
+    selection: str | None,
+    tags: dict[str, str] | None = None,
+    partition_key: str | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Materialize the selected assets in this process (one JVM) and record the run."""
     from churn_platform.assets.ingestion import BASE_BATCH, ingest_batches
@@ -79,9 +82,8 @@ def materialize_selection(
         if asset_selection is not None
         else {spec.key for spec in assets}
     )
-    partitioned = {k for k in keys if graph.get(k).partitions_def is not None}
-    partition_key = None
-    if partitioned:
+    batch_partitioned = {k for k in keys if graph.get(k).partitions_def == ingest_batches}
+    if batch_partitioned and partition_key is None:
         if not instance.has_dynamic_partition(ingest_batches.name, BASE_BATCH):
             instance.add_dynamic_partitions(ingest_batches.name, [BASE_BATCH])
         partition_key = BASE_BATCH
@@ -154,6 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _progress(f"materializing {args.select or 'all assets'} (state root {settings.home})", started)
     result = materialize_selection(settings, args.select)
     summary = run_summary(result)
+    _record_outcome(settings, result)
     for key, numeric in summary["assets"].items():
         rows = numeric.get("row_count")
         _progress(f"{key}: materialized" + (f", {rows} rows" if rows is not None else ""), started)
@@ -169,17 +172,199 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def _record_outcome(settings: Settings, result: dg.ExecuteInProcessResult) -> None:
+    """CLI runs get the same incident handling as daemon runs (the sensors never see them)."""
+    from churn_platform.automation import record_run_failure, resolve_after_success
+
+    instance = dg.DagsterInstance.get()
+    if result.success:
+        resolve_after_success(settings, instance, result.run_id)
+    else:
+        record_run_failure(settings, instance, result.run_id)
+
+
+def _spark(settings: Settings):
     from pyspark.sql import SparkSession
 
     from churn_platform.resources import spark_conf
-    from churn_platform.synthetic import generate_customers, write_customers
 
-    settings = _settings(args)
     builder = SparkSession.builder
     for key, value in spark_conf(settings).items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    return builder.getOrCreate()
+
+
+def _mlflow(settings: Settings):
+    from churn_platform.tracking import MlflowResource
+
+    return MlflowResource(
+        tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
+    )
+
+
+def _spec(settings: Settings):
+    from churn_platform.config import load_spec
+
+    return load_spec(settings.spec_path, settings.home)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from churn_platform.assets.scoring import score_file
+    from churn_platform.tracking import SchemaMismatchError
+
+    settings = _settings(args)
+    try:
+        result = score_file(
+            _spark(settings),
+            _spec(settings),
+            _mlflow(settings),
+            Path(args.input),
+            Path(args.output),
+            alias=args.alias,
+        )
+    except SchemaMismatchError as exc:
+        raise CommandError(f"{args.input}: {exc}", EXIT_USAGE) from exc
+    print(json.dumps(result))
+    return EXIT_OK
+
+
+def cmd_model_rollback(args: argparse.Namespace) -> int:
+    from churn_platform.tracking import rollback
+
+    settings = _settings(args)
+    decision = rollback(
+        _mlflow(settings),
+        _spec(settings),
+        settings,
+        actor=_actor(),
+        reason=args.reason,
+        to_version=args.to_version,
+    )
+    print(f"champion is now v{decision.champion_version} ({decision.reason})")
+    return EXIT_OK
+
+
+def cmd_logs_verify(args: argparse.Namespace) -> int:
+    from churn_platform.incidents import IncidentStore
+    from churn_platform.ops_log import format_verify_report, verify_logs
+
+    settings = _settings(args)
+    report = verify_logs(settings.logs)
+    print(json.dumps(report.to_dict()) if args.json else format_verify_report(report))
+    if report.ok:
+        return EXIT_OK
+    broken = [f for f in report.files if not f.ok]
+    IncidentStore(settings).open(
+        dedupe_key=f"log-chain:{broken[0].file}:{broken[0].line}",
+        detected_by="churn-platform logs verify",
+        category="security",
+        configuration_item=f"log:{broken[0].file}",
+        impact="high",
+        urgency="high",
+        summary=f"operations log chain broken in {broken[0].file} at line {broken[0].line}",
+        details={"reason": broken[0].reason},
+    )
+    return 3
+
+
+def cmd_incidents(args: argparse.Namespace) -> int:
+    from churn_platform.incidents import IncidentStore, format_incidents
+
+    store = IncidentStore(_settings(args))
+    if args.action == "show":
+        incident = store.get(args.id)
+        print(json.dumps(incident.to_dict(), indent=None if args.json else 2))
+        return EXIT_OK
+    incidents = store.list(status=args.status)
+    print(
+        json.dumps([i.to_dict() for i in incidents]) if args.json else format_incidents(incidents)
+    )
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from churn_platform.status import platform_status, render_status
+
+    settings = _settings(args)
+    status = platform_status(settings, _instance(settings))
+    print(json.dumps(status, default=str) if args.json else render_status(status))
+    return EXIT_OK
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    partition = args.partition or time.strftime("%Y-%m-%d", time.gmtime())
+    result = materialize_selection(settings, "platform_backup", partition_key=partition)
+    _record_outcome(settings, result)
+    if not result.success:
+        raise CommandError(_failure_message(result))
+    summary = run_summary(result)["assets"].get("platform_backup", {})
+    for event in result.get_asset_materialization_events():
+        archive = event.event_specific_data.materialization.metadata.get("archive")
+        if archive is not None:
+            print(archive.value)
+    return EXIT_OK if summary is not None else EXIT_FAILED
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from churn_platform.backup import BackupError, restore_backup
+
+    settings = _settings(args)
+    try:
+        result = restore_backup(
+            settings,
+            args.partition,
+            component=args.component,
+            target_dir=Path(args.target) if args.target else None,
+            dry_run=args.dry_run,
+        )
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(
+        "\n".join(result.plan)
+        if args.dry_run
+        else json.dumps(
+            {
+                "restored": result.restored,
+                "moved_aside": result.moved_aside,
+                "notes": result.notes,
+                "seconds": result.seconds,
+            },
+            default=str,
+        )
+    )
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from churn_platform.server import serve
+
+    return serve(
+        _settings(args), port=args.port, read_only=args.read_only, daemon=not args.read_only
+    )
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from churn_platform.simulate import simulate
+
+    settings = _settings(args)
+    for path in simulate(
+        settings,
+        batches=args.batches,
+        interval=args.interval,
+        synthetic_rows=args.synthetic,
+        drift=args.drift,
+        seed=args.seed,
+    ):
+        print(f"dropped {path}", flush=True)
+    return EXIT_OK
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from churn_platform.synthetic import generate_customers, write_customers
+
+    spark = _spark(_settings(args))
     df = generate_customers(
         spark, args.rows, seed=args.seed, drift=args.drift, id_start=args.id_start
     )
@@ -200,7 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("fetch-data", cmd_fetch_data, "download and verify the default IBM Telco dataset")
 
     run = add("run", cmd_run, "materialize assets (all by default) in the persistent instance")
-    run.add_argument("--select", help="asset selection, e.g. 'customer_features' or '*churn_scores'")
+    run.add_argument(
+        "--select", help="asset selection, e.g. 'customer_features' or '*churn_scores'"
+    )
     run.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
 
     generate = add("generate", cmd_generate, "write a synthetic Telco-shaped customer file")
@@ -210,6 +397,53 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--drift", type=float, default=0.0)
     generate.add_argument("--id-start", type=int, default=0)
     generate.add_argument("--format", choices=["csv", "parquet"], default="csv")
+
+    score = add(
+        "score", cmd_score, "score a CSV or Parquet file of customers with a registered model"
+    )
+    score.add_argument("--input", required=True)
+    score.add_argument("--output", required=True, help="*.csv or *.parquet")
+    score.add_argument("--alias", default="champion")
+
+    model = add("model", cmd_model_rollback, "registry operations")
+    model.add_argument("action", choices=["rollback"])
+    model.add_argument("--to-version", help="version to make champion (default: the previous one)")
+    model.add_argument("--reason", default="manual rollback")
+
+    logs = add("logs", cmd_logs_verify, "operations log tools")
+    logs.add_argument("action", choices=["verify"])
+    logs.add_argument("--json", action="store_true")
+
+    incidents = add("incidents", cmd_incidents, "list or show incident records")
+    incidents.add_argument("action", choices=["list", "show"])
+    incidents.add_argument("id", nargs="?")
+    incidents.add_argument("--status", choices=["open", "resolved"])
+    incidents.add_argument("--json", action="store_true")
+
+    status = add("status", cmd_status, "assets, freshness, failed checks, models, open incidents")
+    status.add_argument("--json", action="store_true")
+
+    backup = add("backup", cmd_backup, "materialize the backup partition (today by default)")
+    backup.add_argument("--partition", help="YYYY-MM-DD")
+
+    restore = add("restore", cmd_restore, "verify and restore a backup partition")
+    restore.add_argument("--partition", required=True)
+    restore.add_argument(
+        "--component", default="all", choices=["mlflow", "dagster", "data", "config", "logs", "all"]
+    )
+    restore.add_argument("--target", help="restore into this folder instead of CHURN_HOME")
+    restore.add_argument("--dry-run", action="store_true")
+
+    serve = add("serve", cmd_serve, "start the Dagster UI and daemon on 127.0.0.1")
+    serve.add_argument("--port", type=int, default=3000)
+    serve.add_argument("--read-only", action="store_true", help="auditor UI: no daemon, no writes")
+
+    simulate = add("simulate", cmd_simulate, "drop batches into the inbox one at a time")
+    simulate.add_argument("--batches", type=int, default=4)
+    simulate.add_argument("--interval", type=float, default=120.0, help="seconds between drops")
+    simulate.add_argument("--synthetic", type=int, default=0, help="rows per synthetic batch")
+    simulate.add_argument("--drift", type=float, default=0.0, help="drift of the last batch")
+    simulate.add_argument("--seed", type=int, default=7)
     return parser
 
 

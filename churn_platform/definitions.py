@@ -1,35 +1,86 @@
 """The one Definitions object: every asset, check, job, sensor and resource of the platform."""
 
-from __future__ import annotations
-
 import dagster as dg
 
-from churn_platform.assets import cleaning, features, ingestion
+from churn_platform import automation
+from churn_platform.assets import (
+    backups,
+    cleaning,
+    evaluation,
+    features,
+    ingestion,
+    monitoring,
+    registry,
+    scoring,
+    training,
+)
 from churn_platform.resources import build_resources
-from churn_platform.settings import Settings
+from churn_platform.settings import Settings, load_settings
 
 OWNER = "team:ml-platform"
 
-# Group name = module name, assigned here and nowhere else.
+# Group name = module name, assigned here and nowhere else. The training module's spec table
+# places its models in two groups itself ("training" for base learners, "ensembles").
 STAGE_MODULES = {
     "ingestion": ingestion,
     "cleaning": cleaning,
     "features": features,
+    "evaluation": evaluation,
+    "registry": registry,
+    "scoring": scoring,
+    "monitoring": monitoring,
 }
+# Assets whose automation condition is "retrain"; every other non-root asset runs eagerly.
+RETRAINED = set(training.MODEL_ASSET_KEYS)
+MANUAL = {"raw_customers", "platform_backup", "backup_retention"}
 
 
-def platform_assets() -> list[dg.AssetsDefinition]:
-    """Every asset with its stage group and owner."""
-    assets: list = []
+def _automation(spec: dg.AssetSpec, settings: Settings) -> dg.AutomationCondition | None:
+    name = spec.key.to_user_string()
+    if name in MANUAL:
+        return None
+    if name in RETRAINED:
+        return automation.retrain_condition(settings.retrain_cron)
+    return automation.layer_condition()
+
+
+def platform_assets(settings: Settings) -> list:
+    """Every asset with its stage group, owner, freshness policy and automation condition."""
+    assets: list = list(training.model_assets)
     for group, module in STAGE_MODULES.items():
         assets.extend(dg.load_assets_from_modules([module], group_name=group))
-    return dg.map_asset_specs(lambda spec: spec.replace_attributes(owners=[OWNER]), assets)
+    assets.extend(dg.load_assets_from_modules([backups], group_name="backups"))
+    policy = automation.freshness_policy(settings)
+    return dg.map_asset_specs(
+        lambda spec: spec.replace_attributes(
+            owners=[OWNER],
+            freshness_policy=policy,
+            automation_condition=_automation(spec, settings),
+        ),
+        assets,
+    )
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     """Assemble the platform for an environment; only the resources differ between them."""
+    settings = settings or load_settings()
+    assets = platform_assets(settings)
+    freshness = automation.freshness_checks(settings, assets)
     return dg.Definitions(
-        assets=platform_assets(),
+        assets=assets,
+        asset_checks=freshness,
+        jobs=[automation.retrain_job, backups.backup_job],
+        schedules=[backups.backup_schedule],
+        sensors=[
+            automation.automation_sensor,
+            automation.inbox_sensor,
+            automation.degradation_sensor,
+            automation.incident_on_run_failure,
+            automation.resolve_incidents_on_success,
+            dg.build_sensor_for_freshness_checks(
+                freshness_checks=freshness, default_status=dg.DefaultSensorStatus.RUNNING
+            ),
+        ],
         resources=build_resources(settings),
         # One process and one SparkSession per run: a JVM per step would cost ~15 s each.
         executor=dg.in_process_executor,

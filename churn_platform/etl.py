@@ -79,9 +79,7 @@ class InputDataError(ValueError):
 def file_sha256(path: Path) -> str:
     """Content hash of a file or of every file below a folder (sorted, so it is stable)."""
     digest = hashlib.sha256()
-    files = (
-        sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    )
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for item in files:
         if path.is_dir():
             digest.update(str(item.relative_to(path)).encode())
@@ -102,15 +100,11 @@ def read_csv_header(path: Path, delimiter: str) -> list[str]:
     try:
         text = first.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InputDataError(
-            f"{path}: line 1 (header) is not valid UTF-8: {exc.reason}"
-        ) from exc
+        raise InputDataError(f"{path}: line 1 (header) is not valid UTF-8: {exc.reason}") from exc
     names = next(csv.reader(io.StringIO(text.rstrip("\r\n")), delimiter=delimiter))
     names = [n.strip() for n in names]
     if len(set(names)) != len(names) or not all(names):
-        raise InputDataError(
-            f"{path}: the header has blank or repeated column names: {names}"
-        )
+        raise InputDataError(f"{path}: the header has blank or repeated column names: {names}")
     return names
 
 
@@ -124,9 +118,7 @@ def with_line_numbers(df: DataFrame, first_line: int = 1) -> DataFrame:
     tagged = df.withColumn("_pid", F.spark_partition_id()).withColumn(
         "_mid", F.monotonically_increasing_id()
     )
-    counts = sorted(
-        (row["_pid"], row["count"]) for row in tagged.groupBy("_pid").count().collect()
-    )
+    counts = sorted((row["_pid"], row["count"]) for row in tagged.groupBy("_pid").count().collect())
     offsets: dict[int, int] = {}
     running = 0
     for pid, count in counts:
@@ -157,9 +149,7 @@ def read_csv_source(spark: SparkSession, source: SourceSpec) -> DataFrame:
     lines = with_line_numbers(spark.read.text(str(path)))
     data = lines.where(F.col(LINE_COL) > 1)
     ddl = ", ".join(f"`c{i}` STRING" for i in range(len(names)))
-    parsed = F.from_csv(
-        F.col("value"), ddl, {"sep": source.delimiter, "mode": "PERMISSIVE"}
-    )
+    parsed = F.from_csv(F.col("value"), ddl, {"sep": source.delimiter, "mode": "PERMISSIVE"})
     fields = _field_count(F.col("value"), source.delimiter)
     error = (
         F.when(F.trim(F.col("value")) == "", F.lit(MALFORMED_LINE))
@@ -233,9 +223,7 @@ def source_fingerprint(spark: SparkSession, source: SourceSpec) -> str:
     """Content hash of a source: file bytes, or an order-free hash of a JDBC table's rows."""
     if source.format != "jdbc":
         return file_sha256(Path(str(source.path)))
-    df = read_table_source(spark, source).drop(
-        SOURCE_COL, FILE_COL, LINE_COL, ERROR_COL
-    )
+    df = read_table_source(spark, source).drop(SOURCE_COL, FILE_COL, LINE_COL, ERROR_COL)
     row = df.agg(
         F.count(F.lit(1)).alias("n"),
         F.sum(F.xxhash64(*[F.col(f"`{c}`") for c in df.columns])).alias("h"),
@@ -297,13 +285,9 @@ def _join_sources(
         trimmed_id = F.trim(F.col(id_col))
         ranked = frame.withColumn(
             "_rank",
-            F.row_number().over(
-                Window.partitionBy(trimmed_id).orderBy(F.col(LINE_COL).desc())
-            ),
+            F.row_number().over(Window.partitionBy(trimmed_id).orderBy(F.col(LINE_COL).desc())),
         )
-        usable = (
-            (F.col(ERROR_COL).isNull()) & (F.col("_rank") == 1) & (trimmed_id != "")
-        )
+        usable = (F.col(ERROR_COL).isNull()) & (F.col("_rank") == 1) & (trimmed_id != "")
         rejected.append(
             ranked.where(~usable)
             .withColumn(ERROR_COL, F.coalesce(F.col(ERROR_COL), F.lit(DUPLICATE_ID)))
@@ -312,13 +296,11 @@ def _join_sources(
         right = ranked.where(usable).select(
             *[F.col(c) for c in own if c != id_col], trimmed_id.alias("_join_id")
         )
-        joined = joined.join(
-            right, F.trim(F.col(id_col)) == F.col("_join_id"), "left"
-        ).drop("_join_id")
+        joined = joined.join(right, F.trim(F.col(id_col)) == F.col("_join_id"), "left").drop(
+            "_join_id"
+        )
     return (
-        joined.unionByName(_union_all(rejected), allowMissingColumns=True)
-        if rejected
-        else joined
+        joined.unionByName(_union_all(rejected), allowMissingColumns=True) if rejected else joined
     )
 
 
@@ -360,9 +342,9 @@ def infer_roles(raw: DataFrame, spec: DatasetSpec) -> tuple[list[str], list[str]
         present = value.isNotNull() & (value != "")
         aggs.append(F.sum(F.when(present, 1).otherwise(0)).alias(f"p_{c}"))
         aggs.append(
-            F.sum(
-                F.when(present & value.try_cast("double").isNull(), 1).otherwise(0)
-            ).alias(f"f_{c}")
+            F.sum(F.when(present & value.try_cast("double").isNull(), 1).otherwise(0)).alias(
+                f"f_{c}"
+            )
         )
     row = valid.agg(*aggs).first() if aggs else None
     numeric, categorical = [], []
@@ -372,9 +354,7 @@ def infer_roles(raw: DataFrame, spec: DatasetSpec) -> tuple[list[str], list[str]
     return numeric, categorical
 
 
-def clean_customers(
-    raw: DataFrame, spec: DatasetSpec, require_target: bool = True
-) -> CleanResult:
+def clean_customers(raw: DataFrame, spec: DatasetSpec, require_target: bool = True) -> CleanResult:
     """Typed, trimmed, de-duplicated customers plus every unusable row with a reason.
 
     A blank numeric value is a missing value (imputed downstream, counted here); text that does
@@ -389,16 +369,12 @@ def clean_customers(
         missing = [c for c in spec.declared_columns if c not in raw.columns]
         missing.remove(spec.target.column)
         if missing:
-            raise InputDataError(
-                f"input lacks column(s) {missing} named in the dataset spec"
-            )
+            raise InputDataError(f"input lacks column(s) {missing} named in the dataset spec")
     numeric, categorical = infer_roles(raw, spec)
     id_col, target = spec.id_column, spec.target
     trimmed = raw.select(
         *[
-            F.col(c)
-            if c in META_COLS
-            else F.nullif(F.trim(F.col(f"`{c}`")), F.lit("")).alias(c)
+            F.col(c) if c in META_COLS else F.nullif(F.trim(F.col(f"`{c}`")), F.lit("")).alias(c)
             for c in raw.columns
         ]
     )
@@ -419,12 +395,10 @@ def clean_customers(
         )
         for c in numeric
     ]
-    first_bad_number = (
-        F.coalesce(*bad_number) if bad_number else F.lit(None).cast("string")
+    first_bad_number = F.coalesce(*bad_number) if bad_number else F.lit(None).cast("string")
+    reason = F.when(F.col(ERROR_COL).isNotNull(), F.split(F.col(ERROR_COL), ":")[0]).when(
+        F.col(f"`{id_col}`").isNull(), F.lit(MISSING_ID)
     )
-    reason = F.when(
-        F.col(ERROR_COL).isNotNull(), F.split(F.col(ERROR_COL), ":")[0]
-    ).when(F.col(f"`{id_col}`").isNull(), F.lit(MISSING_ID))
     if has_target:
         reason = reason.when(label_value.isNull(), F.lit(MISSING_TARGET)).when(
             label.isNull(), F.lit(UNKNOWN_TARGET)
@@ -453,9 +427,7 @@ def clean_customers(
     within_batch = Window.partitionBy(F.col(f"`{id_col}`"), F.col(BATCH_COL)).orderBy(
         F.col(LINE_COL).desc()
     )
-    across_batches = Window.partitionBy(F.col(f"`{id_col}`")).orderBy(
-        F.col(BATCH_ORDER_COL).desc()
-    )
+    across_batches = Window.partitionBy(F.col(f"`{id_col}`")).orderBy(F.col(BATCH_ORDER_COL).desc())
     ranked = (
         annotated.where(F.col(REASON_COL).isNull())
         .withColumn("_dup", F.row_number().over(within_batch))
@@ -464,12 +436,8 @@ def clean_customers(
     )
     flags = ranked.agg(
         F.sum((F.col("_dup") > 1).cast("long")).alias("dups"),
-        F.sum(((F.col("_dup") == 1) & (F.col("_newest") > 1)).cast("long")).alias(
-            "superseded"
-        ),
-        F.sum(((F.col("_dup") == 1) & (F.col("_newest") == 1)).cast("long")).alias(
-            "kept"
-        ),
+        F.sum(((F.col("_dup") == 1) & (F.col("_newest") > 1)).cast("long")).alias("superseded"),
+        F.sum(((F.col("_dup") == 1) & (F.col("_newest") == 1)).cast("long")).alias("kept"),
     ).first()
 
     duplicates = (
@@ -501,11 +469,7 @@ def clean_customers(
         F.col(BATCH_ORDER_COL),
     )
 
-    reasons = {
-        row[REASON_COL]: int(row["rows"])
-        for row in stats
-        if row[REASON_COL] is not None
-    }
+    reasons = {row[REASON_COL]: int(row["rows"]) for row in stats if row[REASON_COL] is not None}
     if flags["dups"]:
         reasons[DUPLICATE_ID] = int(flags["dups"])
     valid_stats = next((row for row in stats if row[REASON_COL] is None), None)
@@ -521,10 +485,7 @@ def clean_customers(
             "rows_superseded": int(flags["superseded"] or 0),
         },
         by_reason=dict(sorted(reasons.items())),
-        blanks={
-            c: int(valid_stats[f"blank_{c}"] or 0) if valid_stats else 0
-            for c in keep_numeric
-        },
+        blanks={c: int(valid_stats[f"blank_{c}"] or 0) if valid_stats else 0 for c in keep_numeric},
     )
 
 
@@ -538,8 +499,7 @@ def engineer_features(cleaned: DataFrame, spec: DatasetSpec) -> DataFrame:
     wanted = [
         name
         for name in spec.engineered
-        if name in ENGINEERED_FEATURES
-        and all(c in df.columns for c in ENGINEERED_FEATURES[name])
+        if name in ENGINEERED_FEATURES and all(c in df.columns for c in ENGINEERED_FEATURES[name])
     ]
     if "tenure_bucket" in wanted:
         tenure = F.col("tenure")
@@ -572,16 +532,12 @@ def engineer_features(cleaned: DataFrame, spec: DatasetSpec) -> DataFrame:
     if "auto_pay" in wanted:
         df = df.withColumn(
             "auto_pay",
-            F.when(
-                F.lower(F.col("PaymentMethod")).contains("automatic"), 1.0
-            ).otherwise(0.0),
+            F.when(F.lower(F.col("PaymentMethod")).contains("automatic"), 1.0).otherwise(0.0),
         )
     return df
 
 
-def feature_roles(
-    engineered: DataFrame, spec: DatasetSpec
-) -> tuple[list[str], list[str]]:
+def feature_roles(engineered: DataFrame, spec: DatasetSpec) -> tuple[list[str], list[str]]:
     """(numeric, categorical) model inputs, read from the engineered table's types."""
     skip = {spec.id_column, LABEL_COL, SPLIT_COL, FOLD_COL, BATCH_COL, BATCH_ORDER_COL}
     numeric, categorical = [], []
@@ -597,9 +553,9 @@ def feature_roles(
 
 def _unit_hash(id_col: str, salt: str) -> Column:
     """A uniform number in [0, 1) from a customer id: stable for the id's whole life."""
-    return F.pmod(
-        F.xxhash64(F.lit(salt), F.col(f"`{id_col}`")), F.lit(1_000_003)
-    ) / F.lit(1_000_003.0)
+    return F.pmod(F.xxhash64(F.lit(salt), F.col(f"`{id_col}`")), F.lit(1_000_003)) / F.lit(
+        1_000_003.0
+    )
 
 
 def assign_split(df: DataFrame, spec: DatasetSpec) -> DataFrame:
@@ -611,9 +567,7 @@ def assign_split(df: DataFrame, spec: DatasetSpec) -> DataFrame:
     split_u = _unit_hash(spec.id_column, f"split:{spec.seed}")
     fold_u = _unit_hash(spec.id_column, f"fold:{spec.seed}")
     is_test = split_u < F.lit(spec.test_fraction)
-    return df.withColumn(
-        SPLIT_COL, F.when(is_test, "test").otherwise("train")
-    ).withColumn(
+    return df.withColumn(SPLIT_COL, F.when(is_test, "test").otherwise("train")).withColumn(
         FOLD_COL,
         F.when(is_test, F.lit(-1)).otherwise(F.floor(fold_u * spec.folds).cast("int")),
     )
@@ -647,9 +601,7 @@ def fit_feature_pipeline(
             )
         )
     stages.append(
-        VectorAssembler(
-            inputCols=imputed + onehot, outputCol=FEATURES_COL, handleInvalid="keep"
-        )
+        VectorAssembler(inputCols=imputed + onehot, outputCol=FEATURES_COL, handleInvalid="keep")
     )
     return Pipeline(stages=stages).fit(train)
 
@@ -675,3 +627,19 @@ def build_features(cleaned: DataFrame, spec: DatasetSpec) -> FeatureResult:
     assembled = pipeline.transform(engineered)
     keep = [c for c in engineered.columns] + [FEATURES_COL]
     return FeatureResult(assembled.select(*keep), pipeline, numeric, categorical)
+
+
+def content_fingerprint(df: DataFrame, exclude: tuple[str, ...] = ()) -> str:
+    """Order-free hash of a table's rows: equal content gives an equal data version.
+
+    Bookkeeping columns (batch names, vectors) are excluded so that the same customers arriving
+    again in a new batch do not count as new data.
+    """
+    columns = sorted(c for c in df.columns if c not in exclude)
+    row = df.agg(
+        F.count(F.lit(1)).alias("n"),
+        F.sum(F.xxhash64(*[F.col(f"`{c}`") for c in columns])).alias("h1"),
+        F.sum(F.hash(*[F.col(f"`{c}`") for c in columns]).cast("long")).alias("h2"),
+    ).first()
+    text = f"{','.join(columns)}|{row['n']}|{row['h1']}|{row['h2']}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]

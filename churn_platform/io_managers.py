@@ -1,4 +1,4 @@
-"""Spark DataFrames and fitted Spark ML pipelines <-> versioned folders under the warehouse.
+"""DataFrames, fitted Spark ML pipelines and JSON summaries <-> versioned warehouse folders.
 
 Each materialization writes a new `v-<time>-<run>` folder; only after Spark's `_SUCCESS` marker
 (or the ML `metadata/` folder) exists is the `CURRENT` pointer replaced atomically. A run killed
@@ -7,6 +7,7 @@ mid-write therefore leaves the previous good version readable.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -18,6 +19,7 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 
 POINTER = "CURRENT"
+SUMMARY = "summary.json"
 KEEP_VERSIONS = 3
 
 
@@ -79,6 +81,10 @@ class VersionedParquetIOManager(dg.ConfigurableIOManager):
             if not (version / "metadata").is_dir():
                 raise RuntimeError(f"Spark ML wrote {version} without its metadata folder")
             metadata = {"stages": dg.MetadataValue.int(len(obj.stages))}
+        elif isinstance(obj, dict):
+            version.mkdir()
+            (version / SUMMARY).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+            metadata = {}
         else:
             raise TypeError(f"cannot store a {type(obj).__name__}; expected a Spark DataFrame")
         publish_version(folder, version)
@@ -103,6 +109,8 @@ class VersionedParquetIOManager(dg.ConfigurableIOManager):
                 f"{len(folders) - len(versions)} partition(s) of {key.to_user_string()} have "
                 "no stored version yet and are left out"
             )
+        if (versions[0] / SUMMARY).is_file():
+            return json.loads((versions[0] / SUMMARY).read_text())
         if (versions[0] / "metadata").is_dir():
             return PipelineModel.load(str(versions[0]))
         spark = self._spark()

@@ -34,10 +34,7 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         conf["spark.jars"] = str(POSTGRES_JDBC_JAR)
     log_dir = settings.logs
     log_dir.mkdir(parents=True, exist_ok=True)
-    java_opts = (
-        f"-Dlog4j2.configurationFile=file:{LOG4J2_TEMPLATE} "
-        f"-Dchurn.log.dir={log_dir}"
-    )
+    java_opts = f"-Dlog4j2.configurationFile=file:{LOG4J2_TEMPLATE} -Dchurn.log.dir={log_dir}"
     conf["spark.driver.extraJavaOptions"] = java_opts
     conf["spark.executor.extraJavaOptions"] = java_opts
     return conf
@@ -62,15 +59,19 @@ def build_spark_resource(settings: Settings) -> PySparkResource:
 
 
 def build_resources(settings: Settings | None = None) -> dict[str, object]:
-    """All resources for the current environment; later modules add theirs here."""
+    """All resources for an environment: local Spark + sqlite MLflow, or a cluster + server."""
     settings = settings or load_settings()
     from churn_platform.io_managers import VersionedParquetIOManager
+    from churn_platform.tracking import MlflowResource
 
     pyspark = build_spark_resource(settings)
     return {
         "pyspark": pyspark,
         "state": StateResource(home=str(settings.home), spec_path=str(settings.spec_path)),
         "io_manager": VersionedParquetIOManager(base_path=str(settings.warehouse), pyspark=pyspark),
+        "mlflow": MlflowResource(
+            tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
+        ),
     }
 
 

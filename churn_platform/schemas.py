@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandera.pyspark as pa
 from pyspark.sql import types as T
 
-from churn_platform.config import DatasetSpec
 from churn_platform import etl
+from churn_platform.config import DatasetSpec
 
 
 def raw_schema(spec: DatasetSpec) -> pa.DataFrameSchema:

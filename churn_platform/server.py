@@ -7,6 +7,7 @@ their parent's group, so signalling the group reaches all of them and none is le
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -22,6 +23,8 @@ from types import FrameType
 
 from churn_platform.resources import prepare_dagster_home
 from churn_platform.settings import PROJECT_ROOT, Settings
+
+_log = logging.getLogger(__name__)
 
 WORKSPACE = PROJECT_ROOT / "workspace.yaml"
 START_TIMEOUT_S = 240.0
@@ -140,17 +143,19 @@ class _Platform:
     def stop(self) -> None:
         """Stop every process group, escalating from SIGINT to SIGKILL; raise if any survives."""
         for sig, grace in STOP_STEPS:
-            alive = [p for p in self.children.values() if self._alive(p)]
+            alive = {name: p for name, p in self.children.items() if self._alive(p)}
             if not alive:
                 return
-            for process in alive:
+            if sig != signal.SIGINT:
+                _log.warning("%s still running; sending %s", ", ".join(alive), sig.name)
+            for process in alive.values():
                 _signal_group(process.pid, sig)
             deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and any(self._alive(p) for p in alive):
+            while time.monotonic() < deadline and any(map(self._alive, alive.values())):
                 time.sleep(0.1)
-        survivors = [p.pid for p in self.children.values() if self._alive(p)]
+        survivors = [name for name, p in self.children.items() if self._alive(p)]
         if survivors:
-            raise PlatformError(f"process groups {survivors} survived SIGKILL")
+            raise PlatformError(f"{', '.join(survivors)} survived SIGKILL")
 
     @staticmethod
     def _alive(process: subprocess.Popen[bytes]) -> bool:
@@ -190,7 +195,8 @@ def serve(
     """Serve the UI (and run the daemon) until Ctrl-C or SIGTERM; the exit code for the CLI.
 
     Returns 0 after a requested stop and 1 if a child failed to start or died, after stopping
-    the other: a UI without its daemon silently stops running schedules and sensors.
+    the other: a UI without its daemon silently stops running schedules and sensors. Read-only
+    mode (for auditors) starts no daemon, so nothing can be launched behind their back either.
     """
     stop_requested = threading.Event()
 
@@ -202,8 +208,8 @@ def serve(
     try:
         platform.start()
         if platform.wait_until_ready(stop_requested):
-            mode = "read-only " if read_only else ""
-            sys.stdout.write(f"Dagster UI ({mode}state root {settings.home}): {platform.url}\n")
+            mode = " (read-only)" if read_only else ""
+            sys.stdout.write(f"Dagster UI{mode} for {settings.home}: {platform.url}\n")
             sys.stdout.flush()
         while not stop_requested.wait(0.5):
             dead = platform.dead_child()

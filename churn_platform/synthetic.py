@@ -369,9 +369,9 @@ def _charges(df: DataFrame, draw: _Draws, drift: float) -> DataFrame:
     usage = F.when(F.col("tenure") == 1, F.lit(1.0)).otherwise(
         F.greatest(F.lit(low), F.least(F.lit(high), 1.0 + draw.normal("total") * _TOTAL_NOISE))
     )
-    return df.withColumn("monthly_cents", (F.round(monthly * 20.0) * 5).cast("long")).withColumn(
+    return df.withColumn("monthly_cents", (F.rint(monthly * 20.0) * 5).cast("long")).withColumn(
         "total_cents",
-        (F.round(F.col("tenure") * F.col("monthly_cents") * usage / 5.0) * 5).cast("long"),
+        (F.rint(F.col("tenure") * F.col("monthly_cents") * usage / 5.0) * 5).cast("long"),
     )
 
 

@@ -1,4 +1,4 @@
-"""Backups restore byte-for-byte, refuse damaged or unsafe archives, and retain the right days."""
+"""Backups restore byte-for-byte (relocated MLflow loads), refuse bad archives, keep right days."""
 
 from __future__ import annotations
 
@@ -15,17 +15,15 @@ import tarfile
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
 
-import boto3
+import mlflow
+import pandas as pd
 import psycopg2
 import pytest
-from cryptography.fernet import Fernet
 from mlflow import MlflowClient
-from moto.server import ThreadedMotoServer
 
 from churn_platform import backup
 from churn_platform.backup import (
@@ -37,11 +35,9 @@ from churn_platform.backup import (
     EXIT_VERIFICATION_FAILED,
     KEY_ENV,
     PSEUDONYM_KEY_FILE,
-    S3_ENDPOINT_ENV,
     AbsolutePathError,
     BackupError,
     BackupNotFoundError,
-    DecryptionError,
     DuplicateMemberError,
     HardlinkMemberError,
     PathTraversalError,
@@ -65,6 +61,7 @@ from churn_platform.settings import Settings, load_settings
 PARTITION = "2026-11-27"
 SECRET = "pseudonym-key-that-must-never-be-archived"
 MODEL = "churn_model"
+PYFUNC = "churn_pyfunc"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,8 +172,8 @@ def _registry(db: Path) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
     return listed, dict(client.get_registered_model(MODEL).aliases)
 
 
-@pytest.fixture(scope="session")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="session", name="template")
+def template_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("template")
     _build_state(root)
     return root
@@ -187,8 +184,8 @@ def _no_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(KEY_ENV, raising=False)
 
 
-@pytest.fixture
-def state(template: Path, tmp_path: Path) -> State:
+@pytest.fixture(name="state")
+def state_fixture(template: Path, tmp_path: Path) -> State:
     shutil.copytree(template / "home", tmp_path / "home")
     shutil.copytree(template / "project", tmp_path / "project")
     settings = load_settings(
@@ -270,6 +267,66 @@ def test_round_trip_restores_same_files_and_registry(state: State, tmp_path: Pat
     assert verify_logs(target / "logs").ok
     ops_log_file = next((target / "logs").glob("ops-*.jsonl"))
     assert ops_log_file.stat().st_mode & 0o777 == 0o640
+
+
+class _Doubler(mlflow.pyfunc.PythonModel):
+    """A real (if tiny) pyfunc model: loading it needs its artifacts, not just registry rows."""
+
+    def predict(
+        self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: None
+    ) -> pd.DataFrame:
+        return model_input * 2
+
+
+@contextmanager
+def _mlflow_at(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API at `uri` for one block; `set_tracking_uri` also exports
+    MLFLOW_TRACKING_URI, which would otherwise leak into every later test's settings."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("MLFLOW_REGISTRY_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(None)
+            mlflow.set_registry_uri(None)
+
+
+def test_restore_elsewhere_relocates_mlflow_so_the_champion_loads(
+    state: State, tmp_path: Path
+) -> None:
+    artifacts = state.home / "mlflow" / "artifacts"
+    uri = state.settings.mlflow_tracking_uri
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.create_experiment("relocation", artifact_location=artifacts.as_uri())
+    with _mlflow_at(uri), mlflow.start_run(experiment_id=experiment):
+        logged = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=_Doubler(),
+            pip_requirements=["mlflow"],
+            registered_model_name=PYFUNC,
+        )
+    client.set_registered_model_alias(PYFUNC, "champion", str(logged.registered_model_version))
+    create_backup(state.settings, PARTITION, None, ("mlflow",), project_root=state.project)
+    shutil.rmtree(state.home)
+
+    target = tmp_path / "restored"
+    result = restore_backup(state.settings, PARTITION, "mlflow", target_dir=target)
+
+    moved_to = target / "mlflow" / "artifacts"
+    assert f"relocate MLflow artifact locations {artifacts} -> {moved_to}" in result.plan
+    assert any(f"{artifacts} -> {moved_to}" in note for note in result.notes)
+    with closing(sqlite3.connect(target / "mlflow" / "mlflow.db")) as conn:
+        dump = "\n".join(conn.iterdump())
+    assert str(state.home) not in dump
+    assert moved_to.as_uri() in dump
+    restored_uri = f"sqlite:///{target / 'mlflow' / 'mlflow.db'}"
+    with _mlflow_at(restored_uri):
+        champion = mlflow.pyfunc.load_model(f"models:/{PYFUNC}@champion")
+    predictions = champion.predict(pd.DataFrame({"x": [1.0, 2.5]}))
+    assert predictions["x"].tolist() == [2.0, 5.0]
 
 
 def test_restore_in_place_moves_the_existing_component_aside(
@@ -649,101 +706,6 @@ def test_usage_and_not_found_errors_carry_their_exit_codes(state: State) -> None
     with pytest.raises(BackupError, match="v-9") as broken:
         _backup(state)
     assert broken.value.exit_code == EXIT_FAILED
-
-
-def test_encrypted_round_trip_and_wrong_key_refused(
-    state: State, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(KEY_ENV, Fernet.generate_key().decode())
-    result = _backup(state)
-    archive = Path(result.archive)
-
-    assert archive.name == f"churn-backup-{PARTITION}.tar.gz.enc"
-    assert not archive.read_bytes().startswith(b"\x1f\x8b")
-    restored = restore_backup(state.settings, PARTITION, target_dir=tmp_path / "a")
-    assert restored.files == len(result.manifest["files"])
-    key = tmp_path / "a" / PSEUDONYM_KEY_FILE
-    assert key.read_bytes() == (state.home / PSEUDONYM_KEY_FILE).read_bytes()
-    assert key.stat().st_mode & 0o777 == 0o600
-    for entry in result.manifest["files"]:
-        assert _sha((tmp_path / "a" / entry["path"]).read_bytes()) == entry["sha256"]
-
-    monkeypatch.setenv(KEY_ENV, Fernet.generate_key().decode())
-    with pytest.raises(DecryptionError) as wrong:
-        restore_backup(state.settings, PARTITION, target_dir=tmp_path / "b")
-    assert wrong.value.exit_code == EXIT_VERIFICATION_FAILED
-    assert "wrong key" in str(wrong.value)
-    assert not (tmp_path / "b").exists()
-    monkeypatch.delenv(KEY_ENV)
-    with pytest.raises(UsageError, match=KEY_ENV):
-        verify_backup(PARTITION, state.settings)
-
-
-def test_chunked_encryption_detects_truncation_and_reordering(tmp_path: Path) -> None:
-    fernet = Fernet(Fernet.generate_key())
-    plain, sealed, out = tmp_path / "plain", tmp_path / "sealed", tmp_path / "out"
-    plain.write_bytes(os.urandom(2 * (1 << 20) + 123))
-    backup._encrypt_file(plain, sealed, fernet)
-    backup._decrypt_file(sealed, out, fernet)
-    assert out.read_bytes() == plain.read_bytes()
-
-    data = sealed.read_bytes()
-    header = len(backup._MAGIC) + backup._STREAM_ID
-    chunks, offset = [], header
-    while offset < len(data):
-        length = int.from_bytes(data[offset : offset + 4], "big")
-        chunks.append(data[offset : offset + 4 + length])
-        offset += 4 + length
-    assert len(chunks) == 3
-    for forged in (data[:header] + b"".join(chunks[:2]), data[:header] + chunks[1] + chunks[0]):
-        sealed.write_bytes(forged)
-        with pytest.raises(DecryptionError):
-            backup._decrypt_file(sealed, out, fernet)
-
-
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for name, value in [
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_DEFAULT_REGION", "us-east-1"),
-        (S3_ENDPOINT_ENV, endpoint),
-    ]:
-        monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket="churn-backups")
-    try:
-        yield client
-    finally:
-        server.stop()
-
-
-def test_s3_target_round_trip(state: State, tmp_path: Path, s3: Any) -> None:
-    settings = dataclasses.replace(state.settings, backup_target="s3://churn-backups/prod")
-    registry = _registry(state.home / "mlflow" / "mlflow.db")
-
-    result = create_backup(settings, PARTITION, None, project_root=state.project)
-
-    prefix = f"s3://churn-backups/prod/{PARTITION}/"
-    assert result.archive == f"{prefix}churn-backup-{PARTITION}.tar.gz"
-    listed = s3.list_objects_v2(Bucket="churn-backups", Prefix="prod/")
-    names = sorted(item["Key"].rsplit("/", 1)[1] for item in listed["Contents"])
-    archive = f"churn-backup-{PARTITION}.tar.gz"
-    assert names == [archive, f"{archive}.manifest.json", f"{archive}.sha256"]
-    assert not settings.backups.exists() or not list(settings.backups.iterdir())
-    assert verify_backup(PARTITION, settings).ok
-    assert list_backups(settings) == [date.fromisoformat(PARTITION)]
-
-    shutil.rmtree(state.home)
-    restore_backup(settings, PARTITION, target_dir=tmp_path / "restored")
-    assert _registry(tmp_path / "restored" / "mlflow" / "mlflow.db") == registry
-    assert apply_retention(settings, dry_run=True) == []
 
 
 @pytest.fixture

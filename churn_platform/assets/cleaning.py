@@ -1,6 +1,5 @@
 """Cleaned layer: typed, de-duplicated customers, and every unusable row in quarantine."""
 
-
 import dagster as dg
 from dagster_pyspark import PySparkResource
 from pyspark.sql import DataFrame
@@ -46,9 +45,11 @@ def cleaned_customers(
     result = etl.clean_customers(raw_customers, spec)
     counts = result.counts
     ratio = counts["rows_quarantined"] / counts["rows_in"] if counts["rows_in"] else 0.0
+    version = etl.content_fingerprint(result.cleaned, (etl.BATCH_COL, etl.BATCH_ORDER_COL))
     yield dg.Output(
         result.cleaned,
         output_name="cleaned_customers",
+        data_version=dg.DataVersion(version),
         metadata={
             **counts,
             "numeric_columns": dg.MetadataValue.json(result.numeric),
@@ -60,6 +61,7 @@ def cleaned_customers(
     yield dg.Output(
         result.quarantined,
         output_name="quarantined_customers",
+        data_version=dg.DataVersion(f"{version}-{counts['rows_quarantined']}"),
         metadata={
             "quarantine_total": counts["rows_quarantined"],
             "quarantine_ratio": ratio,
@@ -68,7 +70,9 @@ def cleaned_customers(
         },
     )
     yield checks.schema_result(
-        result.cleaned, cleaned_schema(spec, result.numeric, result.categorical), "cleaned_customers"
+        result.cleaned,
+        cleaned_schema(spec, result.numeric, result.categorical),
+        "cleaned_customers",
     )
     yield from checks.quality_results(result.cleaned, "cleaned_customers", spec.id_column)
     yield dg.AssetCheckResult(

@@ -1,26 +1,28 @@
 """Feature layer: engineered columns, split/fold assignment and the model-ready vector."""
 
+import hashlib
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from churn_platform import checks, etl
 from churn_platform.resources import StateResource
 from churn_platform.schemas import features_schema
+
+FEATURES_CODE_VERSION = "1"
 
 
 @dg.multi_asset(
     outs={
         "customer_features": dg.AssetOut(
             kinds={"spark", "parquet"},
-            code_version="1",
+            code_version=FEATURES_CODE_VERSION,
             description="One row per customer: engineered features, split, fold, feature vector.",
         ),
         "feature_pipeline": dg.AssetOut(
             kinds={"spark"},
-            code_version="1",
+            code_version=FEATURES_CODE_VERSION,
             description="Imputation and encoding fitted on the training split (Spark ML).",
         ),
     },
@@ -37,6 +39,13 @@ def customer_features(
     """Build features from the cleaned customers; the encoders see training rows only."""
     spec = state.spec()
     result = etl.build_features(cleaned_customers, spec)
+    # Same cleaned content, code and spec give the same version: retraining keys off this.
+    cleaned_version = etl.content_fingerprint(
+        cleaned_customers, (etl.BATCH_COL, etl.BATCH_ORDER_COL)
+    )
+    version = hashlib.sha256(
+        f"{cleaned_version}|{FEATURES_CODE_VERSION}|{spec.spec_sha256}".encode()
+    ).hexdigest()[:24]
     split_counts = {
         f"{row[etl.SPLIT_COL]}_{'churn' if row[etl.LABEL_COL] else 'stay'}": int(row["count"])
         for row in result.features.groupBy(etl.SPLIT_COL, etl.LABEL_COL).count().collect()
@@ -45,6 +54,7 @@ def customer_features(
     yield dg.Output(
         result.features,
         output_name="customer_features",
+        data_version=dg.DataVersion(version),
         metadata={
             "numeric_features": dg.MetadataValue.json(result.numeric),
             "categorical_features": dg.MetadataValue.json(result.categorical),
@@ -55,7 +65,9 @@ def customer_features(
             **split_counts,
         },
     )
-    yield dg.Output(result.pipeline, output_name="feature_pipeline")
+    yield dg.Output(
+        result.pipeline, output_name="feature_pipeline", data_version=dg.DataVersion(version)
+    )
     features = result.features.drop(etl.FEATURES_COL)
     yield checks.schema_result(features, features_schema(spec), "customer_features")
     yield from checks.quality_results(

@@ -1,6 +1,5 @@
 """Raw layer: customer records exactly as read, one partition per ingestion batch."""
 
-
 import hashlib
 import json
 import re
@@ -8,7 +7,6 @@ from pathlib import Path
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
-from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from churn_platform import checks, etl

@@ -1,0 +1,60 @@
+"""Evaluation: every model compared on the same held-out test split."""
+
+from typing import Any
+
+import dagster as dg
+
+from churn_platform.assets.training import MODEL_ASSET_KEYS
+
+LEADERBOARD_METRICS = ("roc_auc", "pr_auc", "accuracy", "precision", "recall", "f1", "brier")
+RANKING_METRIC = "roc_auc"
+
+
+def leaderboard_rows(models: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per model, best test ROC-AUC first (ties: better CV mean, then name)."""
+    rows = [
+        {
+            "model": summary["kind"],
+            "threshold": summary["threshold"],
+            "cv_roc_auc_mean": summary["metrics"].get("cv_roc_auc_mean"),
+            **{m: summary["metrics"][m] for m in LEADERBOARD_METRICS},
+            "mlflow_run_id": summary["mlflow_run_id"],
+        }
+        for summary in models.values()
+    ]
+    return sorted(
+        rows, key=lambda r: (-r[RANKING_METRIC], -(r["cv_roc_auc_mean"] or 0.0), r["model"])
+    )
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    head = "| model | " + " | ".join(LEADERBOARD_METRICS) + " | CV AUC | threshold |"
+    sep = "|" + "---|" * (len(LEADERBOARD_METRICS) + 3)
+    body = [
+        f"| {r['model']} | "
+        + " | ".join(f"{r[m]:.4f}" for m in LEADERBOARD_METRICS)
+        + f" | {r['cv_roc_auc_mean']:.4f} | {r['threshold']:.3f} |"
+        for r in rows
+    ]
+    return "\n".join([head, sep, *body])
+
+
+@dg.asset(
+    ins={key: dg.AssetIn(key) for key in MODEL_ASSET_KEYS},
+    kinds={"mlflow"},
+    code_version="1",
+)
+def model_leaderboard(context: dg.AssetExecutionContext, **models: dict) -> dict:
+    """All models ranked by test ROC-AUC on the shared held-out split."""
+    rows = leaderboard_rows(models)
+    context.add_output_metadata(
+        {
+            "table": dg.MetadataValue.md(_markdown(rows)),
+            "best_model": rows[0]["model"],
+            "best_roc_auc": rows[0]["roc_auc"],
+            "leaderboard": dg.MetadataValue.json(
+                [{"model": r["model"], **{m: r[m] for m in LEADERBOARD_METRICS}} for r in rows]
+            ),
+        }
+    )
+    return {"rows": rows, "models": models}

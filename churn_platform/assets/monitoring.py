@@ -1,0 +1,138 @@
+"""Model monitoring: champion quality and data drift on the newest labelled batch."""
+
+import math
+
+import dagster as dg
+from dagster_pyspark import PySparkResource
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from churn_platform import etl, modeling, tracking
+from churn_platform.assets.scoring import score_customers
+from churn_platform.automation import MONITORING_CHECKS
+from churn_platform.ops_log import OpsLog
+from churn_platform.resources import StateResource
+from churn_platform.tracking import MlflowResource
+
+PSI_BINS = 10
+PSI_FLOOR = 1e-4  # keeps empty bins from making PSI infinite
+
+
+def _psi(expected: dict, actual: dict) -> float:
+    total_e, total_a = sum(expected.values()) or 1, sum(actual.values()) or 1
+    value = 0.0
+    for key in set(expected) | set(actual):
+        e = max(expected.get(key, 0) / total_e, PSI_FLOOR)
+        a = max(actual.get(key, 0) / total_a, PSI_FLOOR)
+        value += (a - e) * math.log(a / e)
+    return value
+
+
+def population_stability(reference: DataFrame, current: DataFrame, column: str) -> float:
+    """PSI of one column: decile bins of the reference for numbers, categories for text."""
+    if isinstance(reference.schema[column].dataType, T.NumericType):
+        probabilities = [i / PSI_BINS for i in range(1, PSI_BINS)]
+        cuts = sorted(set(reference.approxQuantile(column, probabilities, 0.001)))
+        bucket = sum(((F.col(column) > F.lit(cut)).cast("int") for cut in cuts), F.lit(0))
+        bucket = F.when(F.col(column).isNull(), F.lit(-1)).otherwise(bucket).cast("string")
+    else:
+        bucket = F.coalesce(F.col(column).cast("string"), F.lit("<null>"))
+
+    def counts(df: DataFrame) -> dict:
+        rows = df.select(bucket.alias("b")).groupBy("b").count().collect()
+        return {r["b"]: r["count"] for r in rows}
+
+    return _psi(counts(reference), counts(current))
+
+
+@dg.asset(
+    deps=["churn_scores"],
+    kinds={"spark", "mlflow"},
+    code_version="1",
+    check_specs=[dg.AssetCheckSpec(name, asset="model_monitoring") for name in MONITORING_CHECKS],
+)
+def model_monitoring(
+    context: dg.AssetExecutionContext,
+    pyspark: PySparkResource,
+    state: StateResource,
+    mlflow: MlflowResource,
+    cleaned_customers: DataFrame,
+    customer_features: DataFrame,
+):
+    """Champion ROC-AUC and calibration on the newest batch; PSI of features and scores."""
+    settings, spec = state.settings(), state.spec()
+    newest_order = cleaned_customers.agg(F.max(etl.BATCH_ORDER_COL)).first()[0]
+    newest = cleaned_customers.where(F.col(etl.BATCH_ORDER_COL) == newest_order).persist()
+    batch = newest.select(etl.BATCH_COL).first()[0]
+    model, version = tracking.load_model(mlflow, spec, alias="champion")
+    threshold = tracking.model_threshold(version)
+    scored = score_customers(newest, spec, model, threshold, version.name, str(version.version))
+    labelled = (
+        scored.join(newest.select(spec.id_column, etl.LABEL_COL), spec.id_column)
+        .select(etl.LABEL_COL, F.col("churn_probability").alias(modeling.PROBABILITY_COL))
+        .persist()
+    )
+    classes = labelled.select(etl.LABEL_COL).distinct().count()
+    quality = modeling.evaluate(labelled, threshold) if classes == 2 else {}
+    train = customer_features.where(F.col(etl.SPLIT_COL) == "train")
+    current = etl.engineer_features(newest, spec)
+    numeric, categorical = etl.feature_roles(train.drop(etl.FEATURES_COL), spec)
+    psi = {c: population_stability(train, current, c) for c in numeric + categorical}
+    train_scores = model.transform(
+        etl.engineer_features(
+            cleaned_customers.join(train.select(spec.id_column), spec.id_column), spec
+        )
+    ).select(modeling.PROBABILITY_COL)
+    psi["churn_score"] = population_stability(
+        train_scores, labelled.select(modeling.PROBABILITY_COL), modeling.PROBABILITY_COL
+    )
+    stats = labelled.agg(
+        F.avg(modeling.PROBABILITY_COL).alias("mean"),
+        F.stddev(modeling.PROBABILITY_COL).alias("std"),
+        F.sum(F.isnan(modeling.PROBABILITY_COL).cast("int")).alias("nan"),
+    ).first()
+    worst = max(psi, key=psi.get)
+    auc = quality.get("roc_auc")
+    metrics = {
+        "batch": batch,
+        "rows": newest.count(),
+        "model_version": str(version.version),
+        "roc_auc": auc if auc is not None else float("nan"),
+        "brier": quality.get("brier", float("nan")),
+        "score_mean": float(stats["mean"] or 0.0),
+        "max_psi": psi[worst],
+        "max_psi_feature": worst,
+        "psi": dg.MetadataValue.json({k: round(v, 5) for k, v in psi.items()}),
+    }
+    OpsLog(settings).event(
+        "monitoring.evaluated",
+        f"champion v{version.version} on batch {batch}: AUC {auc}, max PSI {psi[worst]:.3f}",
+        component="monitoring",
+        configuration_item=f"model:{version.name}:v{version.version}",
+        outcome="success",
+        metrics={"max_psi": psi[worst], **({"roc_auc": auc} if auc is not None else {})},
+        context=context,
+    )
+    yield dg.MaterializeResult(metadata=metrics)
+    yield dg.AssetCheckResult(
+        check_name="auc_above_floor",
+        passed=auc is None or auc >= settings.auc_floor,
+        metadata={
+            "roc_auc": auc if auc is not None else "n/a (one class)",
+            "floor": settings.auc_floor,
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name="psi_below_threshold",
+        passed=psi[worst] <= settings.psi_threshold,
+        metadata={"max_psi": psi[worst], "feature": worst, "threshold": settings.psi_threshold},
+    )
+    sane = (
+        not stats["nan"] and 0.01 <= (stats["mean"] or 0.0) <= 0.99 and (stats["std"] or 0.0) > 1e-3
+    )
+    yield dg.AssetCheckResult(
+        check_name="score_distribution_sane",
+        passed=bool(sane),
+        metadata={"mean": float(stats["mean"] or 0.0), "std": float(stats["std"] or 0.0)},
+    )

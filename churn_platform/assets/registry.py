@@ -1,0 +1,79 @@
+"""Registry: every candidate registered in MLflow; the best promoted through the gate."""
+
+import dagster as dg
+
+from churn_platform import tracking
+from churn_platform.assets.evaluation import LEADERBOARD_METRICS
+from churn_platform.resources import StateResource
+from churn_platform.tracking import MlflowResource
+
+CHAMPION_METRICS = ("roc_auc", "pr_auc", "accuracy", "precision", "recall", "f1")
+
+
+@dg.asset(
+    kinds={"mlflow"},
+    code_version="1",
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=5),
+)
+def champion_model(
+    context: dg.AssetExecutionContext,
+    state: StateResource,
+    mlflow: MlflowResource,
+    model_leaderboard: dict,
+) -> dict:
+    """The champion in the MLflow registry after this run's challenger met (or missed) the gate."""
+    settings, spec = state.settings(), state.spec()
+    rows, models = model_leaderboard["rows"], model_leaderboard["models"]
+    versions: dict[str, str] = {}
+    for row in rows:
+        summary = models[f"model_{row['model']}"]
+        version = tracking.register_candidate(
+            mlflow,
+            spec,
+            tracking.TrainingRun(summary["mlflow_run_id"], summary["model_uri"]),
+            summary["metrics"],
+            summary["threshold"],
+        )
+        versions[row["model"]] = str(version.version)
+    best = rows[0]["model"]
+    actor = context.run.tags.get("churn/actor", "dagster")
+    decision = tracking.promote(
+        mlflow,
+        spec,
+        versions[best],
+        margin=settings.promotion_margin,
+        actor=actor,
+        settings=settings,
+    )
+    champion_version = str(decision.champion_version)
+    champion = tracking.version_summary(mlflow, spec, champion_version)
+    summary = {
+        "name": spec.model_name,
+        "version": champion_version,
+        "model_kind": champion["model_kind"],
+        "metrics": {m: champion["metrics"][m] for m in CHAMPION_METRICS},
+        "promoted": decision.promoted,
+        "challenger_version": versions[best],
+        "reason": decision.reason,
+    }
+    context.add_output_metadata(
+        {
+            "champion": dg.MetadataValue.json(summary),
+            "leaderboard": dg.MetadataValue.json(
+                [
+                    {
+                        "model": r["model"],
+                        "version": versions[r["model"]],
+                        **{m: r[m] for m in LEADERBOARD_METRICS},
+                    }
+                    for r in rows
+                ]
+            ),
+            "champion_version": champion_version,
+            "challenger_version": versions[best],
+            "promoted": decision.promoted,
+            "decision": decision.reason,
+            **{f"champion_{m}": v for m, v in summary["metrics"].items()},
+        }
+    )
+    return summary

@@ -1,0 +1,303 @@
+"""Jobs, sensors, schedules and automation conditions: the platform keeps itself current.
+
+New inbox files become raw batches (inbox sensor); declarative automation carries them through
+cleaning, features, training and scoring; failed monitoring checks launch a retrain
+(degradation sensor); failed and recovered runs open and resolve incidents.
+"""
+
+import datetime as dt
+import re
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.parquet as pq
+
+from churn_platform import etl
+from churn_platform.assets.ingestion import ingest_batches
+from churn_platform.config import DatasetSpec, load_spec
+from churn_platform.incidents import IncidentStore
+from churn_platform.settings import Settings, load_settings
+
+INBOX_SUFFIXES = (".csv", ".parquet")
+REJECTED = "rejected"
+MONITORING_CHECKS = ("auc_above_floor", "psi_below_threshold", "score_distribution_sane")
+
+retrain_job = dg.define_asset_job(
+    "retrain_job",
+    selection=dg.AssetSelection.groups("training", "ensembles", "evaluation", "registry")
+    | dg.AssetSelection.assets("churn_scores"),
+    description="Retrain every model, re-run the promotion gate and rescore customers.",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Declarative automation
+
+
+def layer_condition() -> dg.AutomationCondition:
+    """Cleaning, features, scoring, monitoring: run once after any upstream update."""
+    return dg.AutomationCondition.eager()
+
+
+def retrain_condition(cron: str) -> dg.AutomationCondition:
+    """Models retrain when the features' data version or the model code changes, or on cron.
+
+    Re-ingesting identical data leaves the features' content-based data version unchanged,
+    so it does not retrain.
+    """
+    trigger = (
+        dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
+        | dg.AutomationCondition.code_version_changed()
+        | dg.AutomationCondition.cron_tick_passed(cron)
+    )
+    return (
+        trigger.since_last_handled()
+        & ~dg.AutomationCondition.any_deps_missing()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label("retrain on new feature data, new code or cron")
+
+
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "churn_automation",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=15,
+    description="Evaluates the automation conditions; shipped running so retraining works.",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inbox
+
+
+def batch_key(path: Path, now: dt.datetime) -> str:
+    """Partition key of an inbox file: UTC arrival time first, so keys sort by arrival."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.name)
+    return f"{now:%Y%m%dT%H%M%S}Z-{stem}"
+
+
+def validate_inbox_file(path: Path, spec: DatasetSpec) -> str | None:
+    """Why a file cannot be ingested (checked without Spark), or None if it can."""
+    required = set(spec.declared_columns)
+    try:
+        if path.suffix == ".parquet":
+            columns = set(pq.read_schema(path).names)
+            if pq.ParquetFile(path).metadata.num_rows == 0:
+                return "the file has no rows"
+        else:
+            columns = set(etl.read_csv_header(path, spec.sources[0].delimiter))
+            with path.open("rb") as handle:
+                handle.readline()
+                if not handle.readline().strip():
+                    return "the file has a header but no data rows"
+    except (etl.InputDataError, OSError, ValueError) as exc:
+        return str(exc)
+    missing = sorted(required - columns)
+    if missing:
+        return f"missing required column(s) {missing} named in the dataset spec"
+    return None
+
+
+def reject(path: Path, inbox: Path, reason: str) -> Path:
+    """Move a bad file out of the inbox with a reason file, so it is never retried."""
+    folder = inbox / REJECTED
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / path.name
+    shutil.move(str(path), target)
+    (folder / f"{path.name}.reason.txt").write_text(reason + "\n")
+    return target
+
+
+def scan_inbox(settings: Settings, spec: DatasetSpec, now: dt.datetime) -> dg.SensorResult:
+    """Accept or reject every waiting inbox file; one run per accepted file."""
+    inbox, batches = settings.inbox, settings.home / "batches"
+    inbox.mkdir(parents=True, exist_ok=True)
+    batches.mkdir(parents=True, exist_ok=True)
+    waiting = sorted(
+        (p for p in inbox.iterdir() if p.is_file() and p.suffix in INBOX_SUFFIXES),
+        key=lambda p: (p.stat().st_mtime, p.name),
+    )
+    keys, requests, skipped = [], [], []
+    for path in waiting:
+        reason = validate_inbox_file(path, spec)
+        if reason:
+            reject(path, inbox, reason)
+            skipped.append(f"{path.name}: {reason}")
+            continue
+        key = batch_key(path, now)
+        shutil.move(str(path), batches / key)
+        keys.append(key)
+        requests.append(
+            dg.RunRequest(
+                run_key=key,
+                partition_key=key,
+                asset_selection=[dg.AssetKey("raw_customers")],
+                tags={"churn/trigger": "inbox", "churn/actor": "sensor:inbox_sensor"},
+            )
+        )
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[ingest_batches.build_add_request(keys)] if keys else [],
+        skip_reason="; ".join(skipped) if skipped and not requests else None,
+        cursor=keys[-1] if keys else None,
+    )
+
+
+@dg.sensor(
+    minimum_interval_seconds=10,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    asset_selection=[dg.AssetKey("raw_customers")],
+    description="New CSV/Parquet files in $CHURN_HOME/inbox/ become raw ingestion batches.",
+)
+def inbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    settings = load_settings()
+    result = scan_inbox(settings, load_spec(settings.spec_path, settings.home), dg_now())
+    if result.cursor is None:
+        result = dg.SensorResult(
+            run_requests=result.run_requests,
+            dynamic_partitions_requests=result.dynamic_partitions_requests,
+            skip_reason=result.skip_reason,
+            cursor=context.cursor,
+        )
+    return result
+
+
+def dg_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# ---------------------------------------------------------------------------------------------
+# Degradation and run outcomes
+
+
+@dg.sensor(
+    job=retrain_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Launches retrain_job when a model-monitoring check fails (once per evaluation).",
+)
+def degradation_sensor(context: dg.SensorEvaluationContext):
+    cursor = int(context.cursor or 0)
+    newest = cursor
+    for name in MONITORING_CHECKS:
+        key = dg.AssetCheckKey(dg.AssetKey("model_monitoring"), name)
+        record = context.instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [key]
+        ).get(key)
+        if record is None or record.event is None or record.id <= cursor:
+            continue
+        newest = max(newest, record.id)
+        evaluation = record.event.dagster_event.event_specific_data
+        if not evaluation.passed:
+            yield dg.RunRequest(
+                run_key=f"degradation-{record.id}",
+                tags={"churn/trigger": f"degradation:{name}", "churn/actor": "sensor:degradation"},
+            )
+    context.update_cursor(str(newest))
+
+
+def _asset_keys_of_run(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[str]:
+    return sorted(k.to_user_string() for k in (run.asset_selection or [])) or [run.job_name]
+
+
+def record_run_failure(settings: Settings, instance: dg.DagsterInstance, run_id: str) -> list:
+    """Open one incident per failed run (idempotent on the run id)."""
+    run = instance.get_run_by_id(run_id)
+    if run is None:
+        return []
+    failures = [
+        event.dagster_event
+        for event in instance.all_logs(run_id)
+        if event.dagster_event is not None
+        and event.dagster_event.event_type_value == "STEP_FAILURE"
+    ]
+    failed_checks = [
+        event.dagster_event.event_specific_data
+        for event in instance.all_logs(run_id)
+        if event.dagster_event is not None
+        and event.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
+        and not event.dagster_event.event_specific_data.passed
+    ]
+    store = IncidentStore(settings)
+    incidents = []
+    for check in failed_checks:
+        asset = check.asset_key.to_user_string()
+        incidents.append(
+            store.open(
+                dedupe_key=f"check:{run_id}:{asset}:{check.check_name}",
+                detected_by="run_status_sensor",
+                category="data_quality",
+                configuration_item=f"asset:{asset}",
+                impact="medium",
+                urgency="high",
+                summary=f"blocking check {check.check_name} failed on {asset}",
+                details={"run_id": run_id, "check": check.check_name},
+            )
+        )
+    if failures or not failed_checks:
+        steps = sorted({f.step_key for f in failures if f.step_key})
+        incidents.append(
+            store.open(
+                dedupe_key=f"run:{run_id}",
+                detected_by="run_failure_sensor",
+                category="pipeline_failure",
+                configuration_item=f"asset:{steps[0]}" if steps else f"job:{run.job_name}",
+                impact="high",
+                urgency="high",
+                summary=f"run of {run.job_name} failed in {', '.join(steps) or 'the run'}",
+                details={"run_id": run_id, "steps": steps},
+            )
+        )
+    return incidents
+
+
+def resolve_after_success(settings: Settings, instance: dg.DagsterInstance, run_id: str) -> list:
+    """A successful materialization of an asset resolves that asset's open incidents."""
+    store = IncidentStore(settings)
+    resolved = []
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+    ).records
+    for record in records:
+        key = record.event_log_entry.dagster_event.asset_key.to_user_string()
+        resolved.extend(store.resolve_for(f"asset:{key}", f"materialized successfully by {run_id}"))
+    return resolved
+
+
+@dg.run_failure_sensor(
+    default_status=dg.DefaultSensorStatus.RUNNING, monitor_all_code_locations=False
+)
+def incident_on_run_failure(context: dg.RunFailureSensorContext) -> None:
+    """A run that failed for good (after step retries) opens an incident."""
+    record_run_failure(load_settings(), context.instance, context.dagster_run.run_id)
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS, default_status=dg.DefaultSensorStatus.RUNNING
+)
+def resolve_incidents_on_success(context: dg.RunStatusSensorContext) -> None:
+    resolve_after_success(load_settings(), context.instance, context.dagster_run.run_id)
+
+
+def freshness_policy(settings: Settings) -> dg.FreshnessPolicy:
+    return dg.FreshnessPolicy.time_window(
+        fail_window=dt.timedelta(hours=settings.freshness_fail_hours),
+        warn_window=dt.timedelta(hours=settings.freshness_warn_hours),
+    )
+
+
+def freshness_checks(settings: Settings, assets: list) -> list[dg.AssetChecksDefinition]:
+    """In-process freshness checks (the daemon-only policies cannot be evaluated in tests)."""
+    unpartitioned = [
+        a
+        for a in assets
+        if isinstance(a, dg.AssetsDefinition) and a.partitions_def is None and not a.is_asset_check
+    ]
+    return list(
+        dg.build_last_update_freshness_checks(
+            assets=unpartitioned,
+            lower_bound_delta=dt.timedelta(hours=settings.freshness_fail_hours),
+        )
+    )

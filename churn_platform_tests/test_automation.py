@@ -1,0 +1,87 @@
+"""Inbox sensor, automation conditions and incident sensors: the platform keeps itself current."""
+
+import datetime as dt
+from pathlib import Path
+
+import dagster as dg
+
+from churn_platform import automation
+from churn_platform.assets.ingestion import batch_order
+from churn_platform.config import load_spec
+from churn_platform.incidents import IncidentStore
+from churn_platform.settings import DEFAULT_SPEC
+from churn_platform_tests.conftest import TELCO_HEADER, telco_row
+
+NOW = dt.datetime(2026, 11, 27, 10, 30, tzinfo=dt.UTC)
+
+
+def test_inbox_files_become_batches_with_idempotent_run_keys(settings):
+    spec = load_spec(DEFAULT_SPEC, settings.home)
+    settings.inbox.mkdir(parents=True)
+    (settings.inbox / "new customers.csv").write_text(f"{TELCO_HEADER}\n{telco_row('1')}\n")
+    (settings.inbox / "notes.txt").write_text("ignored")
+    result = automation.scan_inbox(settings, spec, NOW)
+    assert [r.run_key for r in result.run_requests] == ["20261127T103000Z-new_customers.csv"]
+    assert result.run_requests[0].partition_key == "20261127T103000Z-new_customers.csv"
+    assert result.dynamic_partitions_requests[0].partition_keys == [
+        "20261127T103000Z-new_customers.csv"
+    ]
+    assert (settings.home / "batches" / "20261127T103000Z-new_customers.csv").is_file()
+    # the file left the inbox, so a second evaluation requests nothing
+    again = automation.scan_inbox(settings, spec, NOW)
+    assert again.run_requests == []
+    assert (settings.inbox / "notes.txt").exists()
+
+
+def test_a_bad_file_is_rejected_once_with_a_reason(settings):
+    spec = load_spec(DEFAULT_SPEC, settings.home)
+    settings.inbox.mkdir(parents=True)
+    (settings.inbox / "broken.csv").write_text("customerID,gender\n1,Male\n")
+    result = automation.scan_inbox(settings, spec, NOW)
+    assert result.run_requests == []
+    rejected = settings.inbox / automation.REJECTED
+    assert (rejected / "broken.csv").is_file()
+    reason = (rejected / "broken.csv.reason.txt").read_text()
+    assert "Churn" in reason and "missing required column" in reason
+    assert automation.scan_inbox(settings, spec, NOW).run_requests == []
+
+
+def test_header_only_file_is_rejected(settings):
+    spec = load_spec(DEFAULT_SPEC, settings.home)
+    settings.inbox.mkdir(parents=True)
+    (settings.inbox / "empty.csv").write_text(TELCO_HEADER + "\n")
+    automation.scan_inbox(settings, spec, NOW)
+    reason = (settings.inbox / automation.REJECTED / "empty.csv.reason.txt").read_text()
+    assert "no data rows" in reason
+
+
+def test_batch_keys_sort_by_arrival():
+    early = automation.batch_key(Path("a.csv"), NOW)
+    later = automation.batch_key(Path("a.csv"), NOW + dt.timedelta(seconds=1))
+    assert batch_order(early) < batch_order(later)
+    assert batch_order("base") == 0
+
+
+def test_failed_run_opens_one_incident_and_success_resolves_it(settings):
+    @dg.asset
+    def flaky() -> None:
+        raise RuntimeError("source unreachable")
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([flaky], instance=instance, raise_on_error=False)
+        first = automation.record_run_failure(settings, instance, result.run_id)
+        second = automation.record_run_failure(settings, instance, result.run_id)
+        store = IncidentStore(settings)
+        assert len(store.list(status="open")) == 1
+        assert first[0].id == second[0].id
+        assert first[0].priority == store.priority("high", "high")
+        assert first[0].configuration_item == "asset:flaky"
+
+        @dg.asset(name="flaky")
+        def fixed() -> None:
+            return None
+
+        ok = dg.materialize([fixed], instance=instance)
+        automation.resolve_after_success(settings, instance, ok.run_id)
+        assert store.list(status="open") == []
+        assert store.get(first[0].id).status == "resolved"
