@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         results[kind]["seconds"] = time.monotonic() - began
         fit.oof.unpersist()
         chosen = {k: v for k, v in fit.params.items() if k != "base_params"}
-        _log(f"{kind}: {results[kind]['roc_auc']:.4f} test AUC; params {chosen}", started)
+        _log(f"{kind}: {_summary(results[kind])}; params {chosen}", started)
 
     if not args.no_sklearn:
         frame = features.select(
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             began = time.monotonic()
             oof, test_pred = sklearn_reference(spark, estimator, frame, id_col)
             results[name] = {**score(oof, test_pred), "seconds": time.monotonic() - began}
-            _log(f"{name}: {results[name]['roc_auc']:.4f} test AUC", started)
+            _log(f"{name}: {_summary(results[name])}", started)
 
     print(_table(results))
     print(_verdict(results))
@@ -152,6 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(results, indent=2, sort_keys=True))
     spark.stop()
     return 0
+
+
+def _summary(row: dict[str, float]) -> str:
+    return (
+        f"test ROC-AUC {row['roc_auc']:.4f}, CV ROC-AUC {row['cv_roc_auc']:.4f}, "
+        f"{row['seconds']:.0f} s"
+    )
 
 
 def _table(results: dict[str, dict[str, float]]) -> str:

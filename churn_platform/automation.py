@@ -291,9 +291,10 @@ def freshness_policy(settings: Settings) -> dg.FreshnessPolicy:
 def freshness_checks(settings: Settings, assets: list) -> list[dg.AssetChecksDefinition]:
     """In-process freshness checks (the daemon-only policies cannot be evaluated in tests)."""
     unpartitioned = [
-        a
+        key
         for a in assets
-        if isinstance(a, dg.AssetsDefinition) and a.partitions_def is None and not a.is_asset_check
+        if isinstance(a, dg.AssetsDefinition) and a.partitions_def is None
+        for key in a.keys
     ]
     return list(
         dg.build_last_update_freshness_checks(

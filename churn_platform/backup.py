@@ -81,6 +81,8 @@ __all__ = [
     "FORMAT",
     "KEY_ENV",
     "MANIFEST_MEMBER",
+    "MLFLOW_ARTIFACTS",
+    "MLFLOW_DB",
     "PSEUDONYM_KEY_FILE",
     "S3_ENDPOINT_ENV",
     "AbsolutePathError",
@@ -122,6 +124,7 @@ FORMAT = "churn-backup/1"
 POINTER = "CURRENT"
 MLFLOW_DB = "mlflow/mlflow.db"
 MLFLOW_ARTIFACTS = "mlflow/artifacts"
+# Where `ops_log.pseudonym_key` keeps the key; ops_log has the path inline, not as a constant.
 PSEUDONYM_KEY_FILE = "secrets/pseudonym.key"
 
 _SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
@@ -368,7 +371,8 @@ def restore_backup(
     backup replaces is renamed to `<dir>.before-restore-<timestamp>`, never overwritten or
     deleted, and a folder the backup holds nothing for is left alone. `config` is
     restored to `<target>/config/` for comparison: the version-controlled files under the
-    project root are never written.
+    project root are never written. When the MLflow database lands away from where it was
+    backed up, its artifact locations are rewritten to the restored artifacts (relocation).
     """
     started = time.monotonic()
     settings = (
@@ -605,9 +609,9 @@ def _mlflow_sources(settings: Settings, not_included: list[str]) -> Iterator[_So
 
 
 def _artifact_root(settings: Settings) -> Path | None:
-    """The local folder MLflow writes artifacts to, absolute as MLflow stores it; None if remote."""
+    """The local artifact folder, resolved as `tracking` resolves it for MLflow; None if remote."""
     root = local_path(settings.mlflow_artifact_root or str(settings.mlflow_dir / "artifacts"))
-    return None if root is None else Path(os.path.abspath(root.expanduser()))
+    return None if root is None else root.expanduser().resolve()
 
 
 def _sqlite_path(uri: str) -> Path:

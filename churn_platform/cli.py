@@ -75,13 +75,13 @@ def materialize_selection(
     instance = _instance(settings)
     defs = build_definitions(settings)
     graph = defs.resolve_asset_graph()
-    assets = list(defs.resolve_all_asset_specs())
-    asset_selection = dg.AssetSelection.from_coercible(selection) if selection else None
-    keys = (
-        asset_selection.resolve(graph)
-        if asset_selection is not None
-        else {spec.key for spec in assets}
+    # "Everything" is the pipeline; backups are their own daily-partitioned job.
+    asset_selection = (
+        dg.AssetSelection.from_coercible(selection)
+        if selection
+        else dg.AssetSelection.all() - dg.AssetSelection.groups("backups")
     )
+    keys = asset_selection.resolve(graph)
     batch_partitioned = {k for k in keys if graph.get(k).partitions_def == ingest_batches}
     if batch_partitioned and partition_key is None:
         if not instance.has_dynamic_partition(ingest_batches.name, BASE_BATCH):

@@ -226,7 +226,9 @@ def source_fingerprint(spark: SparkSession, source: SourceSpec) -> str:
     df = read_table_source(spark, source).drop(SOURCE_COL, FILE_COL, LINE_COL, ERROR_COL)
     row = df.agg(
         F.count(F.lit(1)).alias("n"),
-        F.sum(F.xxhash64(*[F.col(f"`{c}`") for c in df.columns])).alias("h"),
+        F.sum(
+            F.pmod(F.xxhash64(*[F.col(f"`{c}`") for c in df.columns]), F.lit(1_000_000_007))
+        ).alias("h"),
     ).first()
     return hashlib.sha256(f"{row['n']}:{row['h']}".encode()).hexdigest()
 
@@ -636,10 +638,11 @@ def content_fingerprint(df: DataFrame, exclude: tuple[str, ...] = ()) -> str:
     again in a new batch do not count as new data.
     """
     columns = sorted(c for c in df.columns if c not in exclude)
+    row_hash = F.xxhash64(*[F.col(f"`{c}`") for c in columns])
     row = df.agg(
         F.count(F.lit(1)).alias("n"),
-        F.sum(F.xxhash64(*[F.col(f"`{c}`") for c in columns])).alias("h1"),
-        F.sum(F.hash(*[F.col(f"`{c}`") for c in columns]).cast("long")).alias("h2"),
+        F.sum(F.pmod(row_hash, F.lit(1_000_000_007))).alias("h1"),  # bounded: no ANSI overflow
+        F.bit_xor(row_hash).alias("h2"),
     ).first()
     text = f"{','.join(columns)}|{row['n']}|{row['h1']}|{row['h2']}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]

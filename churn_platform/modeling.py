@@ -326,6 +326,8 @@ def fit_model(
 
     Grid winners are chosen once by CV on the whole training split and then reused for the
     per-fold refits, so the OOF scores carry the usual mild optimism of tuning on the same folds.
+    `params` are the values actually used; ensembles add `weights` per base model (meta-LR
+    coefficients on log-odds for stacking, convex weights for voting).
     """
     model, oof, fitted_params, base_oof = _fit(kind, df, params, seed, id_col=id_col, with_oof=True)
     assert oof is not None
@@ -778,8 +780,8 @@ def _score_steps(pred_df: DataFrame, label_col: str) -> Iterator[tuple[DataFrame
         neg_offsets: list[Column] = []
         positives = negatives = 0
         for row in totals:
-            pos_offsets += [F.lit(row["part"]), F.lit(positives)]
-            neg_offsets += [F.lit(row["part"]), F.lit(negatives)]
+            pos_offsets += [F.lit(row["part"]), F.lit(positives).cast("long")]
+            neg_offsets += [F.lit(row["part"]), F.lit(negatives).cast("long")]
             positives += row["pos"]
             negatives += row["neg"]
         before = (
@@ -804,7 +806,7 @@ def _score_steps(pred_df: DataFrame, label_col: str) -> Iterator[tuple[DataFrame
 
 
 def evaluate(pred_df: DataFrame, threshold: float, label_col: str = LABEL_COL) -> dict[str, float]:
-    """Test-set metrics of `churn_probability` against the label; churn predicted when p >= threshold.
+    """Metrics of `churn_probability` against the label; churn is predicted when p >= threshold.
 
     roc_auc is exact and rank-based (Mann-Whitney; tied scores count one half), not the binned
     approximation of BinaryClassificationEvaluator. pr_auc is average precision, the step-wise

@@ -34,14 +34,26 @@ def test_relative_paths_resolve_against_the_spec_file(tmp_path):
     ("text", "message"),
     [
         ("sources: []\nid_column: id\ntarget: {column: y, positive: 1}\n", "'name'"),
-        ("name: x\nsources: [{name: a, format: xls, path: a}]\nid_column: i\n"
-         "target: {column: y, positive: 1}\n", "format"),
-        ("name: x\nsources: [{name: a, format: jdbc, url: 'jdbc:postgresql://h/db', table: t,"
-         " password: hunter2}]\nid_column: i\ntarget: {column: y, positive: 1}\n", "password_env"),
-        ("name: x\nsources: [{name: a, format: csv, path: a.csv}]\nid_column: i\n"
-         "target: {column: y}\n", "positive"),
-        ("name: x\nsources: [{name: a, format: csv, path: a.csv}]\nid_column: i\n"
-         "target: {column: y, positive: 1}\ncategorical: [a]\nnumeric: [a]\n", "both"),
+        (
+            "name: x\nsources: [{name: a, format: xls, path: a}]\nid_column: i\n"
+            "target: {column: y, positive: 1}\n",
+            "format",
+        ),
+        (
+            "name: x\nsources: [{name: a, format: jdbc, url: 'jdbc:postgresql://h/db', table: t,"
+            " password: hunter2}]\nid_column: i\ntarget: {column: y, positive: 1}\n",
+            "password_env",
+        ),
+        (
+            "name: x\nsources: [{name: a, format: csv, path: a.csv}]\nid_column: i\n"
+            "target: {column: y}\n",
+            "positive",
+        ),
+        (
+            "name: x\nsources: [{name: a, format: csv, path: a.csv}]\nid_column: i\n"
+            "target: {column: y, positive: 1}\ncategorical: [a]\nnumeric: [a]\n",
+            "both",
+        ),
     ],
 )
 def test_invalid_specs_name_the_problem(tmp_path, text, message):

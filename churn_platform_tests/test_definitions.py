@@ -27,9 +27,7 @@ def graph_snapshot(defs: dg.Definitions) -> dict:
             "has_freshness_policy": getattr(node, "freshness_policy", None) is not None,
             "automation": node.automation_condition is not None,
         }
-    checks = sorted(
-        f"{k.asset_key.to_user_string()}:{k.name}" for k in graph.asset_check_keys
-    )
+    checks = sorted(f"{k.asset_key.to_user_string()}:{k.name}" for k in graph.asset_check_keys)
     return {
         "assets": assets,
         "checks": checks,

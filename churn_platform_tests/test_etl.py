@@ -185,11 +185,15 @@ def test_split_is_stable_when_new_customers_arrive(spark, tmp_path):
     df = spark.createDataFrame(ids, ["customerID", "label"]).withColumn(
         etl.LABEL_COL, F.col("label").cast("int")
     )
-    before = {r["customerID"]: (r["split"], r["fold"]) for r in etl.assign_split(df, spec).collect()}
+    before = {
+        r["customerID"]: (r["split"], r["fold"]) for r in etl.assign_split(df, spec).collect()
+    }
     more = df.unionByName(
         spark.createDataFrame([(f"n{i}", 1) for i in range(500)], ["customerID", "label"])
     )
-    after = {r["customerID"]: (r["split"], r["fold"]) for r in etl.assign_split(more, spec).collect()}
+    after = {
+        r["customerID"]: (r["split"], r["fold"]) for r in etl.assign_split(more, spec).collect()
+    }
     assert all(after[k] == v for k, v in before.items())
     test_share = sum(1 for s, _ in before.values() if s == "test") / len(before)
     assert abs(test_share - spec.test_fraction) < 0.03

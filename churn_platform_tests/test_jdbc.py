@@ -30,7 +30,7 @@ def billing_table():
     with conn, conn.cursor() as cur:
         cur.execute(f"DROP TABLE IF EXISTS {table}")
         cur.execute(
-            f"CREATE TABLE {table} (\"customerID\" text, \"MonthlyCharges\" double precision,"
+            f'CREATE TABLE {table} ("customerID" text, "MonthlyCharges" double precision,'
             ' "TotalCharges" text)'
         )
         rows = [(f"c{i}", 20.0 + i, f"{(20.0 + i) * 3:.2f}") for i in range(20)]

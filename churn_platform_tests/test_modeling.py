@@ -199,13 +199,16 @@ def test_same_seed_reproduces_probabilities_and_metrics(
         assert before.keys() == after.keys()
         assert all(math.isclose(before[k], after[k], abs_tol=1e-9) for k in before)
         oof_sort = [ID, PROBABILITY_COL]
-        assert again.oof.select(*oof_sort).orderBy(ID).collect() == first.oof.select(
-            *oof_sort
-        ).orderBy(ID).collect()
+        assert (
+            again.oof.select(*oof_sort).orderBy(ID).collect()
+            == first.oof.select(*oof_sort).orderBy(ID).collect()
+        )
 
 
 def test_out_of_fold_predictions_cover_training_rows_only(features: DataFrame) -> None:
-    oof = out_of_fold_predictions("decision_tree", features, SMALL_PARAMS["decision_tree"], id_col=ID)
+    oof = out_of_fold_predictions(
+        "decision_tree", features, SMALL_PARAMS["decision_tree"], id_col=ID
+    )
     _assert_out_of_fold(oof, features)
 
 
@@ -274,7 +277,9 @@ def _brute_force_metrics(scores: list[float], labels: list[int], threshold: floa
 
 
 def _predictions(spark: SparkSession, scores: list[float], labels: list[int]) -> DataFrame:
-    rows = [(f"r{i}", float(s), int(y)) for i, (s, y) in enumerate(zip(scores, labels, strict=True))]
+    rows = [
+        (f"r{i}", float(s), int(y)) for i, (s, y) in enumerate(zip(scores, labels, strict=True))
+    ]
     return spark.createDataFrame(rows, [ID, PROBABILITY_COL, "label"])
 
 
@@ -319,10 +324,14 @@ def test_choose_threshold_for_profit_matches_brute_force(spark: SparkSession) ->
         tp, fp, _, _ = _confusion(scores, labels, t)
         return missed * tp - offer * (tp + fp)
 
-    threshold, value = choose_threshold(pred, "profit", cost_missed_churner=100, cost_retention_offer=40)
+    threshold, value = choose_threshold(
+        pred, "profit", cost_missed_churner=100, cost_retention_offer=40
+    )
     best = max(scores, key=lambda t: (profit(t, 100, 40), t))
     assert (threshold, value) == (best, profit(best, 100, 40))
-    threshold, value = choose_threshold(pred, "profit", cost_missed_churner=10, cost_retention_offer=40)
+    threshold, value = choose_threshold(
+        pred, "profit", cost_missed_churner=10, cost_retention_offer=40
+    )
     assert threshold > max(scores) and value == 0.0
 
 

@@ -46,12 +46,14 @@ def champion_model(
         settings=settings,
     )
     champion_version = str(decision.champion_version)
-    champion = tracking.version_summary(mlflow, spec, champion_version)
+    champion = mlflow.client().get_model_version(spec.model_name, champion_version)
     summary = {
         "name": spec.model_name,
         "version": champion_version,
-        "model_kind": champion["model_kind"],
-        "metrics": {m: champion["metrics"][m] for m in CHAMPION_METRICS},
+        "model_kind": champion.tags.get(tracking.TAG_MODEL_KIND),
+        "metrics": {
+            m: float(champion.tags[f"{tracking.METRIC_TAG_PREFIX}{m}"]) for m in CHAMPION_METRICS
+        },
         "promoted": decision.promoted,
         "challenger_version": versions[best],
         "reason": decision.reason,

@@ -1,0 +1,316 @@
+"""Backups: one verified archive of the state root per day, a restore drill, and retention.
+
+The assets are thin wrappers over `churn_platform.backup`; what needs Spark or MLflow (the
+golden input and the champion's golden-prediction hash) lives here as plain functions.
+"""
+
+import dataclasses
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster_pyspark import PySparkResource
+from mlflow.exceptions import MlflowException
+from pyspark.sql import SparkSession
+
+from churn_platform import checks, etl, tracking
+from churn_platform.backup import (
+    MLFLOW_DB,
+    BackupError,
+    apply_retention,
+    create_backup,
+    list_backups,
+    restore_backup,
+    verify_backup,
+)
+from churn_platform.config import DatasetSpec
+from churn_platform.incidents import IncidentStore
+from churn_platform.io_managers import current_version, new_version_dir, publish_version
+from churn_platform.ops_log import OpsLog
+from churn_platform.resources import StateResource
+from churn_platform.settings import Settings
+from churn_platform.tracking import MlflowResource
+
+CODE_VERSION = "1"
+BACKUP_VERIFIED = "backup_verified"
+RESTORE_DRILL = "restore_drill"
+GOLDEN_INPUT = "golden_input"
+GOLDEN_ROWS = 200
+# Failures that mean "this backup does not restore to a working champion", as opposed to bugs.
+_DRILL_FAILURES = (BackupError, MlflowException, tracking.ModelIntegrityError, OSError)
+
+# A partition is the day a backup is taken; end_offset=1 makes today's partition exist, so an
+# operator can back up "now" before a risky change and the 02:00 run labels its own day.
+backup_partitions = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1)
+
+
+def golden_input(spark: SparkSession, settings: Settings, spec: DatasetSpec, run_id: str) -> Path:
+    """The rows the champion's predictions are hashed on: written once, then always reused.
+
+    The first `GOLDEN_ROWS` customers by id of the current cleaned table, engineered as the
+    model expects them. Stored as its own warehouse output so every backup carries it and a
+    restore drill scores exactly the rows the hash was taken on, however the data moves on.
+    """
+    folder = settings.warehouse / GOLDEN_INPUT
+    existing = current_version(folder)
+    if existing is not None:
+        return existing
+    cleaned = current_version(settings.warehouse / "cleaned_customers")
+    if cleaned is None:
+        raise FileNotFoundError(
+            f"no current cleaned_customers under {settings.warehouse}, but a champion exists: "
+            "materialize cleaned_customers before the backup"
+        )
+    rows = spark.read.parquet(str(cleaned)).orderBy(spec.id_column).limit(GOLDEN_ROWS)
+    folder.mkdir(parents=True, exist_ok=True)
+    version = new_version_dir(folder, run_id)
+    etl.engineer_features(rows, spec).coalesce(1).write.mode("error").parquet(str(version))
+    if not (version / "_SUCCESS").exists():
+        raise RuntimeError(f"Spark wrote {version} without a _SUCCESS marker")
+    publish_version(folder, version)
+    return version
+
+
+def champion_golden(
+    spark: SparkSession,
+    mlflow: MlflowResource,
+    settings: Settings,
+    spec: DatasetSpec,
+    run_id: str,
+) -> dict[str, Any] | None:
+    """Champion name, version and golden-prediction hash; None while there is no champion."""
+    registry = tracking.registry_snapshot(mlflow, spec)
+    if not any(tracking.CHAMPION in version["aliases"] for version in registry):
+        return None
+    model, version = tracking.load_model(mlflow, spec, alias=tracking.CHAMPION)
+    rows = golden_input(spark, settings, spec, run_id)
+    golden_df = spark.read.parquet(str(rows))
+    return {
+        "model_name": version.name,
+        "model_version": str(version.version),
+        "golden_prediction_hash": tracking.golden_prediction_hash(
+            model, golden_df, id_col=spec.id_column
+        ),
+        "golden_input": rows.name,
+    }
+
+
+def drill(
+    spark: SparkSession,
+    settings: Settings,
+    spec: DatasetSpec,
+    partition: str,
+    golden: dict[str, Any] | None,
+) -> tuple[bool, dict[str, Any]]:
+    """Restore a backup into a scratch folder and re-score the golden rows from it alone.
+
+    The restored MLflow database is relocated to the scratch folder by `restore_backup`, so the
+    champion is loaded from the restored artifacts, never from the live state root.
+    """
+    with tempfile.TemporaryDirectory(prefix=f"churn-drill-{partition}-") as tmp:
+        home = Path(tmp) / "home"
+        restored = restore_backup(settings, partition, "all", target_dir=home)
+        facts: dict[str, Any] = {"restored_files": restored.files, "notes": restored.notes}
+        if golden is None:
+            return True, {**facts, "skipped": "no champion when the backup was taken"}
+        if not (home / MLFLOW_DB).is_file():
+            return True, {**facts, "skipped": "MLflow is on PostgreSQL: only files were drilled"}
+        restored_mlflow = MlflowResource(
+            tracking_uri=f"sqlite:///{home / MLFLOW_DB}",
+            artifact_root=str(home / "mlflow" / "artifacts"),
+        )
+        model, version = tracking.load_model(restored_mlflow, spec, alias=tracking.CHAMPION)
+        rows = current_version(home / "warehouse" / GOLDEN_INPUT)
+        if rows is None:
+            raise FileNotFoundError(f"the backup of {partition} holds no {GOLDEN_INPUT}")
+        digest = tracking.golden_prediction_hash(
+            model, spark.read.parquet(str(rows)), id_col=spec.id_column
+        )
+    expected = golden["golden_prediction_hash"]
+    return digest == expected, {
+        **facts,
+        "expected_hash": expected,
+        "restored_hash": digest,
+        "expected_champion": f"{golden['model_name']} v{golden['model_version']}",
+        "restored_champion": f"{version.name} v{version.version}",
+    }
+
+
+def _verify(
+    context: dg.AssetExecutionContext, settings: Settings, partition: str, ops: OpsLog
+) -> dg.AssetCheckResult:
+    """Re-read the published archive; a failure is logged and opens (or bumps) one incident."""
+    started = time.monotonic()
+    verified = verify_backup(partition, settings)
+    seconds = time.monotonic() - started
+    problems = [str(problem) for problem in verified.problems]
+    item = f"backup:{partition}"
+    incidents = IncidentStore(settings, ops_log=ops)
+    metadata: dict[str, Any] = {
+        "archive": verified.archive,
+        "problems": dg.MetadataValue.json(problems),
+        "seconds": seconds,
+    }
+    if verified.ok:
+        incidents.resolve_for(item, "backup re-created and verified", actor=BACKUP_VERIFIED)
+    else:
+        ops.event(
+            "backup.verify.failed",
+            f"backup {partition} failed verification: {len(problems)} problem(s)",
+            level=logging.ERROR,
+            outcome="failure",
+            configuration_item=item,
+            context=context,
+        )
+        incident = incidents.open(
+            dedupe_key=f"backup-verify:{partition}",
+            detected_by=BACKUP_VERIFIED,
+            category="backup",
+            configuration_item=item,
+            impact="high",
+            urgency="medium",
+            summary=f"Backup {partition} failed verification ({len(problems)} problem(s))",
+            details={"archive": verified.archive, "problems": problems[:50]},
+        )
+        metadata["incident"] = incident.id
+    return dg.AssetCheckResult(
+        check_name=BACKUP_VERIFIED,
+        passed=verified.ok,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata=metadata,
+    )
+
+
+def _restore_drill(
+    context: dg.AssetExecutionContext,
+    spark: SparkSession,
+    settings: Settings,
+    spec: DatasetSpec,
+    golden: dict[str, Any] | None,
+    ops: OpsLog,
+) -> dg.AssetCheckResult:
+    """Only a restore proves a backup; a refused archive or unloadable champion fails it."""
+    partition = context.partition_key
+    started = time.monotonic()
+    try:
+        passed, metadata = drill(spark, settings, spec, partition, golden)
+    except _DRILL_FAILURES as exc:
+        passed, metadata = False, {"error": f"{type(exc).__name__}: {exc}"}
+    seconds = time.monotonic() - started
+    ops.event(
+        "restore.drill.completed",
+        f"restore drill of backup {partition}: {'passed' if passed else 'FAILED'}",
+        level=logging.INFO if passed else logging.ERROR,
+        outcome="success" if passed else "failure",
+        configuration_item=f"backup:{partition}",
+        metrics={"duration_s": seconds},
+        context=context,
+    )
+    return dg.AssetCheckResult(
+        check_name=RESTORE_DRILL,
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={**metadata, "seconds": seconds},
+    )
+
+
+@dg.asset(
+    partitions_def=backup_partitions,
+    kinds={"backup"},
+    code_version=CODE_VERSION,
+    check_specs=checks.blocking_specs("platform_backup", [BACKUP_VERIFIED, RESTORE_DRILL]),
+)
+def platform_backup(
+    context: dg.AssetExecutionContext,
+    pyspark: PySparkResource,
+    state: StateResource,
+    mlflow: MlflowResource,
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """The day's archive of the state root (MLflow, Dagster, warehouse, config, ops logs)."""
+    partition = context.partition_key
+    spec, spark = state.spec(), pyspark.spark_session
+    # Back up the registry the champion is read from, whatever MLFLOW_TRACKING_URI says.
+    settings = dataclasses.replace(
+        state.settings(),
+        mlflow_tracking_uri=mlflow.tracking_uri,
+        mlflow_artifact_root=mlflow.artifact_root,
+    )
+    golden = champion_golden(spark, mlflow, settings, spec, context.run_id)
+    result = create_backup(settings, partition, golden)
+    ops = OpsLog(settings)
+    ops.event(
+        "backup.completed",
+        f"backup {partition}: {result.files} files, {result.archive_bytes} bytes archived "
+        f"in {result.seconds:.1f} s",
+        configuration_item=f"backup:{partition}",
+        metrics={
+            "files": result.files,
+            "bytes": result.archive_bytes,
+            "duration_s": result.seconds,
+        },
+        model_version=golden["model_version"] if golden else None,
+        context=context,
+    )
+    yield dg.MaterializeResult(
+        metadata={
+            "archive": dg.MetadataValue.path(result.archive),
+            "archive_bytes": result.archive_bytes,
+            "source_bytes": result.bytes,
+            "files": result.files,
+            "seconds": result.seconds,
+            "champion_name": golden["model_name"] if golden else "none",
+            "champion_version": golden["model_version"] if golden else "none",
+            "golden_prediction_hash": golden["golden_prediction_hash"] if golden else "none",
+            "not_included": dg.MetadataValue.json(result.manifest["not_included"]),
+        }
+    )
+    yield _verify(context, settings, partition, ops)
+    yield _restore_drill(context, spark, settings, spec, result.manifest["golden"], ops)
+
+
+@dg.asset(deps=[platform_backup], kinds={"backup"}, code_version=CODE_VERSION)
+def backup_retention(
+    context: dg.AssetExecutionContext, state: StateResource
+) -> dg.MaterializeResult:
+    """The backups kept by grandfather-father-son retention; the rest are deleted."""
+    settings = state.settings()
+    deleted = apply_retention(settings)
+    kept = list_backups(settings)
+    OpsLog(settings).event(
+        "backup.retention.applied",
+        f"backup retention kept {len(kept)} and deleted {len(deleted)} backup(s)",
+        configuration_item="backup:retention",
+        metrics={"kept": len(kept), "deleted": len(deleted)},
+        context=context,
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "kept": dg.MetadataValue.json([day.isoformat() for day in kept]),
+            "deleted": dg.MetadataValue.json([day.isoformat() for day in deleted]),
+            "policy": f"{settings.backup_keep_daily} daily, {settings.backup_keep_weekly} weekly, "
+            f"{settings.backup_keep_monthly} monthly",
+        }
+    )
+
+
+backup_assets = [platform_backup, backup_retention]
+
+backup_job = dg.define_asset_job(
+    "backup_job",
+    selection=dg.AssetSelection.assets(*backup_assets),
+    partitions_def=backup_partitions,
+    description="Back up the state root for one day, verify and drill it, then apply retention.",
+)
+
+# Nightly at 02:00 UTC for that day's partition; RUNNING so backups never wait for someone to
+# switch the schedule on.
+backup_schedule = dg.build_schedule_from_partitioned_job(
+    backup_job,
+    hour_of_day=2,
+    minute_of_hour=0,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)

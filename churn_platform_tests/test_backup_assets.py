@@ -1,0 +1,195 @@
+"""The backup asset verifies and drills its archive; a corrupt one blocks and opens one incident."""
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+from dagster_pyspark import PySparkResource
+from pyspark.sql import SparkSession
+
+from churn_platform import backup, etl, modeling, tracking
+from churn_platform.assets import backups
+from churn_platform.assets.backups import (
+    BACKUP_VERIFIED,
+    GOLDEN_INPUT,
+    GOLDEN_ROWS,
+    RESTORE_DRILL,
+    backup_retention,
+    platform_backup,
+)
+from churn_platform.config import DatasetSpec, load_spec
+from churn_platform.incidents import IncidentStore
+from churn_platform.io_managers import current_version, new_version_dir, publish_version
+from churn_platform.resources import StateResource, spark_conf
+from churn_platform.settings import DEFAULT_SPEC, Settings, load_settings
+from churn_platform.synthetic import generate_customers, write_customers
+from churn_platform.tracking import MlflowResource
+
+PARTITION = "2026-11-27"
+
+
+@dataclass(frozen=True)
+class Platform:
+    settings: Settings
+    spec: DatasetSpec
+    resources: dict[str, Any]
+    champion_version: str
+
+
+def _publish(df: Any, folder: Path) -> None:
+    """As the IO manager stores an asset: a new version folder, then the CURRENT pointer."""
+    folder.mkdir(parents=True)
+    version = new_version_dir(folder, "testrun0")
+    df.write.parquet(str(version))
+    publish_version(folder, version)
+
+
+@pytest.fixture(scope="module")
+def platform(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """A state root with a cleaned table and a real Spark champion in a sqlite registry."""
+    root = tmp_path_factory.mktemp("backup_assets")
+    home = root / "home"
+    env = {
+        "CHURN_HOME": str(home),
+        "CHURN_CONFIG": str(DEFAULT_SPEC),
+        "CHURN_PSEUDONYM_KEY": "test-pseudonym-key",
+        "CHURN_BACKUP_TARGET": str(root / "offsite"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow/mlflow.db",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        patch.delenv(backup.KEY_ENV, raising=False)
+        settings, spec = load_settings(), load_spec(DEFAULT_SPEC, home)
+        write_customers(generate_customers(spark, 400, seed=5), home / "data" / "telco_churn.csv")
+        raw = etl.read_batch(spark, spec, spec.sources, "base", 0)
+        cleaned = etl.clean_customers(raw, spec).cleaned
+        _publish(cleaned, settings.warehouse / "cleaned_customers")
+        features = etl.build_features(cleaned, spec)
+        fitted = modeling.train_model(
+            "logistic_regression", features.features, {"regParam": 0.01, "maxIter": 20}
+        )
+        mlflow = MlflowResource.from_settings(settings)
+        example = features.features.select(*features.categorical, *features.numeric)
+        run = tracking.log_training_run(
+            mlflow,
+            spec,
+            model_kind="logistic_regression",
+            model=modeling.full_model(features.pipeline, fitted),
+            params={"regParam": 0.01},
+            metrics={"roc_auc": 0.8},
+            threshold=0.5,
+            input_example=example.limit(5).toPandas(),
+            dagster_run_id="test",
+            asset_key="model_logistic_regression",
+            code_version="1",
+            data_version="test",
+            git_commit="test",
+        )
+        candidate = tracking.register_candidate(mlflow, spec, run, {"roc_auc": 0.8}, 0.5)
+        tracking.promote(mlflow, spec, candidate, settings=settings)
+        resources = {
+            "pyspark": PySparkResource(spark_config=spark_conf(settings)),
+            "state": StateResource(home=str(home), spec_path=str(DEFAULT_SPEC)),
+            "mlflow": mlflow,
+        }
+        yield Platform(settings, spec, resources, str(candidate.version))
+
+
+def _materialize(platform: Platform) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [platform_backup, backup_retention],
+        partition_key=PARTITION,
+        resources=platform.resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+
+
+def _checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {check.check_name: check for check in result.get_asset_check_evaluations()}
+
+
+def _events(settings: Settings, code: str) -> list[dict[str, Any]]:
+    lines = [line for p in settings.logs.glob("ops-*.jsonl") for line in p.read_text().splitlines()]
+    return [record for record in map(json.loads, lines) if record["event_code"] == code]
+
+
+def test_backup_is_verified_and_its_restore_reproduces_the_golden_hash(platform: Platform) -> None:
+    result = _materialize(platform)
+
+    assert result.success
+    checks = _checks(result)
+    assert checks[BACKUP_VERIFIED].passed and checks[RESTORE_DRILL].passed
+    drill = checks[RESTORE_DRILL].metadata
+    (materialization,) = result.asset_materializations_for_node("platform_backup")
+    metadata = materialization.metadata
+    assert metadata["champion_version"].value == platform.champion_version
+    assert metadata["champion_name"].value == platform.spec.model_name
+    assert metadata["golden_prediction_hash"].value == drill["restored_hash"].value
+    assert drill["restored_champion"].value == drill["expected_champion"].value
+    home = platform.settings.home
+    artifacts = home / "mlflow" / "artifacts"
+    assert any(f"relocated {artifacts} -> " in note for note in drill["notes"].value)
+
+    golden = current_version(platform.settings.warehouse / GOLDEN_INPUT)
+    assert golden is not None
+    spark = SparkSession.active()
+    ids = [row[0] for row in spark.read.parquet(str(golden)).select("customerID").collect()]
+    cleaned = current_version(platform.settings.warehouse / "cleaned_customers")
+    all_ids = spark.read.parquet(str(cleaned)).select("customerID").orderBy("customerID")
+    assert sorted(ids) == [row[0] for row in all_ids.limit(GOLDEN_ROWS).collect()]
+    manifest = json.loads(Path(f"{metadata['archive'].value}.manifest.json").read_text())
+    assert manifest["golden"]["golden_input"] == golden.name
+    assert any(f"warehouse/{GOLDEN_INPUT}/{golden.name}/" in e["path"] for e in manifest["files"])
+
+    (retention,) = result.asset_materializations_for_node("backup_retention")
+    assert retention.metadata["kept"].value == [PARTITION]
+    assert retention.metadata["deleted"].value == []
+    assert len(_events(platform.settings, "backup.completed")) >= 1
+    assert _events(platform.settings, "restore.drill.completed")[-1]["outcome"] == "success"
+
+
+def test_corrupt_archive_fails_the_blocking_check_and_opens_one_incident(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def create_then_corrupt(*args: Any, **kwargs: Any) -> backup.BackupResult:
+        """Bit rot between writing and verifying: exactly what verification is there for."""
+        result = backup.create_backup(*args, **kwargs)
+        archive = Path(result.archive)
+        data = bytearray(archive.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        archive.write_bytes(bytes(data))
+        return result
+
+    monkeypatch.setattr(backups, "create_backup", create_then_corrupt)
+    failures_before = len(_events(platform.settings, "backup.verify.failed"))
+
+    runs, golden_versions = [], set()
+    for _ in range(2):
+        runs.append(_materialize(platform))
+        golden_versions.add(current_version(platform.settings.warehouse / GOLDEN_INPUT))
+
+    for result in runs:
+        assert not result.success
+        checks = _checks(result)
+        assert not checks[BACKUP_VERIFIED].passed and not checks[RESTORE_DRILL].passed
+        assert checks[BACKUP_VERIFIED].severity == dg.AssetCheckSeverity.ERROR
+        assert "sha256-mismatch" in json.dumps(checks[BACKUP_VERIFIED].metadata["problems"].value)
+        assert "VerificationError" in checks[RESTORE_DRILL].metadata["error"].value
+        assert result.asset_materializations_for_node("backup_retention") == []
+    opened = [
+        incident
+        for incident in IncidentStore(platform.settings).list("open")
+        if incident.dedupe_key == f"backup-verify:{PARTITION}"
+    ]
+    assert len(opened) == 1
+    assert opened[0].occurrences == 2
+    assert opened[0].configuration_item == f"backup:{PARTITION}"
+    failures = _events(platform.settings, "backup.verify.failed")
+    assert len(failures) == failures_before + 2
+    assert len(golden_versions) == 1 and None not in golden_versions

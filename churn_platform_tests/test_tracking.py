@@ -1,0 +1,387 @@
+"""MLflow runs record their provenance, and the champion alias moves only through the gate."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.models import Model
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.feature import VectorAssembler
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from churn_platform.changes import list_changes
+from churn_platform.config import DatasetSpec, SourceSpec, TargetSpec
+from churn_platform.modeling import (
+    PROBABILITY_COL,
+    feature_importance,
+    full_model,
+    plot_curves,
+    train_model,
+    vector_feature_names,
+)
+from churn_platform.settings import Settings
+from churn_platform.tracking import (
+    MlflowResource,
+    ModelIntegrityError,
+    SchemaMismatchError,
+    TrainingRun,
+    check_input_columns,
+    git_commit,
+    golden_prediction_hash,
+    load_model,
+    log_training_run,
+    model_input_columns,
+    model_threshold,
+    promote,
+    register_candidate,
+    registry_snapshot,
+    rollback,
+)
+from churn_platform_tests.test_ops_log import clear_ambient_ops_env, ops_log_file, ops_records
+
+ID = "customer_id"
+INPUT_COLUMNS = [ID, "x1", "x2", "x3"]
+# Feature subsets give three genuinely different models: noise only, one weak signal, both.
+FEATURE_SETS = {"weak": ["x3"], "medium": ["x2", "x3"], "strong": ["x1", "x2", "x3"]}
+_spec_names = (f"t{i}" for i in itertools.count())
+
+
+@dataclass(frozen=True)
+class Trained:
+    model: PipelineModel
+    metrics: dict[str, float]
+    run: TrainingRun
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_ambient_ops_env(monkeypatch)
+
+
+def _spec(name: str | None = None) -> DatasetSpec:
+    """A spec per test, so each test has its own registered model in the shared backend."""
+    return DatasetSpec(
+        name=name or next(_spec_names),
+        sources=(SourceSpec(name="customers", format="csv", path="unused.csv"),),
+        id_column=ID,
+        target=TargetSpec(column="churn", positive="Yes"),
+    )
+
+
+def _customers(rows: int = 400, seed: int = 3) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x1, x2, x3 = rng.normal(size=rows), rng.normal(size=rows), rng.normal(size=rows)
+    label = (rng.uniform(size=rows) < 1 / (1 + np.exp(-(2.5 * x1 + 1.0 * x2)))).astype(int)
+    return pd.DataFrame(
+        {
+            ID: [f"c{i:04d}" for i in range(rows)],
+            "x1": x1,
+            "x2": x2,
+            "x3": x3,
+            "label": label,
+            "split": np.where(np.arange(rows) % 4 == 0, "test", "train"),
+            "fold": np.arange(rows) % 2,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def customers(spark: SparkSession) -> DataFrame:
+    return spark.createDataFrame(_customers()).cache()
+
+
+@pytest.fixture(scope="module")
+def resource(tmp_path_factory: pytest.TempPathFactory) -> MlflowResource:
+    root = tmp_path_factory.mktemp("mlflow")
+    return MlflowResource(
+        tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_root=str(root / "artifacts")
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(
+    resource: MlflowResource, customers: DataFrame, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Trained]:
+    """Three models trained and logged once per module: logging a Spark model costs seconds.
+
+    Only the strong model gets curves and importances; the others exist for the registry tests.
+    """
+    spec = _spec("logged")
+    result = {}
+    for name, columns in FEATURE_SETS.items():
+        assembler = VectorAssembler(inputCols=columns, outputCol="features")
+        features_pipeline = Pipeline(stages=[assembler]).fit(customers)
+        features = features_pipeline.transform(customers)
+        fitted = train_model("logistic_regression", features, {"regParam": 0.01, "maxIter": 10})
+        model = full_model(features_pipeline, fitted)
+        test_predictions = model.transform(customers.filter(F.col("split") == "test"))
+        metrics = {"roc_auc": _roc_auc(test_predictions), "test_rows": 100}
+        evaluation = {}
+        if name == "strong":
+            evaluation = {
+                "artifacts": plot_curves(test_predictions, tmp_path_factory.mktemp(name), bins=20),
+                "feature_importance": feature_importance(fitted, vector_feature_names(features)),
+            }
+        run = log_training_run(
+            resource,
+            spec,
+            model_kind="logistic_regression",
+            model=model,
+            params={"regParam": 0.01, "features": columns, "base_params": {"lr": {"maxIter": 10}}},
+            metrics=metrics,
+            threshold=0.5,
+            input_example=_customers().loc[:4, INPUT_COLUMNS],
+            dagster_run_id=f"dagster-{name}",
+            asset_key="training/model",
+            code_version="cv-1",
+            data_version=f"features-{name}",
+            git_commit=git_commit(),
+            tags={"feature_set": name},
+            **evaluation,
+        )
+        result[name] = Trained(model, metrics, run)
+    return result
+
+
+def _roc_auc(predictions: DataFrame) -> float:
+    """Rank-based AUC on the driver: the test split is 100 rows."""
+    frame = predictions.select(PROBABILITY_COL, "label").toPandas()
+    ranks = frame[PROBABILITY_COL].rank()
+    positive = frame["label"] == 1
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _register(resource: MlflowResource, spec: DatasetSpec, trained: Trained, **metrics: float):
+    return register_candidate(resource, spec, trained.run, {**trained.metrics, **metrics}, 0.42)
+
+
+def _probabilities(model: PipelineModel, df: DataFrame) -> list[tuple[str, float]]:
+    return [tuple(r) for r in model.transform(df).select(ID, PROBABILITY_COL).orderBy(ID).collect()]
+
+
+def _alias_events(settings: Settings) -> list[dict]:
+    records = ops_records(ops_log_file(settings))
+    return [r for r in records if r["event_code"] == "registry.alias.set"]
+
+
+def test_training_run_records_provenance_metrics_and_a_signed_model(
+    resource: MlflowResource, trained: dict[str, Trained], tmp_path: Path
+) -> None:
+    assert trained["strong"].metrics["roc_auc"] > trained["medium"].metrics["roc_auc"] + 0.1
+    assert trained["medium"].metrics["roc_auc"] > trained["weak"].metrics["roc_auc"]
+    client = resource.client()
+    run = client.get_run(trained["strong"].run.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri.startswith(Path(resource.artifact_root).as_uri())
+    assert run.data.params["regParam"] == "0.01"
+    assert run.data.params["features"] == '["x1", "x2", "x3"]'
+    assert run.data.params["base_params.lr.maxIter"] == "10"
+    assert run.data.metrics["roc_auc"] == pytest.approx(trained["strong"].metrics["roc_auc"])
+    tags = run.data.tags
+    assert tags["dagster.run_id"] == "dagster-strong"
+    assert tags["data_version"] == "features-strong"
+    assert tags["git_commit"] == git_commit() and re.fullmatch(
+        r"[0-9a-f]{40}|unknown", tags["git_commit"]
+    )
+    assert tags["feature_set"] == "strong" and re.fullmatch(r"[0-9a-f]{64}", tags["model_sha256"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert artifacts == {
+        "evaluation/roc.png",
+        "evaluation/precision_recall.png",
+        "evaluation/calibration.png",
+        "evaluation/feature_importance.json",
+    }
+    mlmodel = client.download_artifacts(run.info.run_id, "model/MLmodel", str(tmp_path))
+    logged = Model.load(mlmodel)
+    assert "spark" in logged.flavors
+    assert logged.signature.inputs.input_names() == INPUT_COLUMNS
+    assert logged.signature.outputs.input_names() == [PROBABILITY_COL]
+    assert git_commit(tmp_path) == "unknown"
+
+
+def test_a_failing_training_run_is_ended_failed(
+    resource: MlflowResource, trained: dict[str, Trained], tmp_path: Path
+) -> None:
+    spec = _spec()
+    with pytest.raises(FileNotFoundError, match="roc"):
+        log_training_run(
+            resource, spec, model_kind="logistic_regression", model=trained["weak"].model,
+            params={}, metrics={"roc_auc": 0.5}, threshold=0.5,
+            input_example=_customers().loc[:2, INPUT_COLUMNS], dagster_run_id="dagster-fail",
+            asset_key="training/model", code_version="cv-1", data_version="d", git_commit="abc",
+            artifacts={"roc": tmp_path / "missing.png"},
+        )  # fmt: skip
+    (run,) = resource.client().search_runs([resource.experiment_id(spec.name)])
+    assert run.info.status == "FAILED" and run.data.tags["dagster.run_id"] == "dagster-fail"
+
+
+def test_first_model_becomes_champion_and_a_worse_one_only_challenger(
+    resource: MlflowResource, trained: dict[str, Trained], settings: Settings
+) -> None:
+    spec = _spec()
+    first = _register(resource, spec, trained["medium"])
+    decision = promote(resource, spec, first, settings=settings, actor="user:test")
+    assert decision.promoted and decision.champion_version == "1"
+    assert decision.previous_champion is None
+    (change,) = list_changes(settings, f"model:{spec.model_name}")
+    assert (change.what_from, change.what_to) == (None, "v1")
+
+    worse = _register(resource, spec, trained["weak"])
+    decision = promote(resource, spec, worse.version, settings=settings, actor="user:test")
+    assert not decision.promoted
+    assert (decision.champion_version, decision.previous_champion) == ("1", "1")
+    assert decision.gate["candidate_roc_auc"] < decision.gate["champion_roc_auc"]
+    aliases = resource.client().get_registered_model(spec.model_name).aliases
+    assert aliases == {"champion": 1, "challenger": 2}
+    tags = resource.client().get_model_version(spec.model_name, "2").tags
+    assert tags["promotion.decision"] == "rejected" and tags["promotion.by"] == "user:test"
+    assert (
+        tags["promotion.previous_champion"] == "1" and "does not beat" in tags["promotion.reason"]
+    )
+    assert tags["promotion.at"] and tags["threshold"] == "0.42"
+    assert len(list_changes(settings)) == 1
+    events = _alias_events(settings)
+    assert [e["outcome"] for e in events] == ["promoted", "rejected"]
+    assert events[1]["model_version"] == "2" and events[1]["configuration_item"].endswith(spec.name)
+
+
+def test_a_better_model_beyond_the_margin_replaces_the_champion_with_a_change(
+    resource: MlflowResource, trained: dict[str, Trained], settings: Settings
+) -> None:
+    spec = _spec()
+    promote(resource, spec, _register(resource, spec, trained["medium"]), settings=settings)
+    better = _register(resource, spec, trained["strong"])
+    decision = promote(resource, spec, better, settings=settings, margin=0.05, actor="user:test")
+    assert decision.promoted
+    assert (decision.champion_version, decision.previous_champion) == ("2", "1")
+    assert decision.gate["improvement"] > 0.05
+    aliases = resource.client().get_registered_model(spec.model_name).aliases
+    assert aliases == {"champion": 2, "challenger": 2}
+    change = list_changes(settings, f"model:{spec.model_name}")[-1]
+    assert change.change_type == "standard" and change.who == "user:test"
+    assert (change.what_from, change.what_to) == ("v1", "v2")
+    assert change.why["candidate_roc_auc"] == pytest.approx(trained["strong"].metrics["roc_auc"])
+    assert change.why["champion_roc_auc"] == pytest.approx(trained["medium"].metrics["roc_auc"])
+
+
+def test_an_improvement_within_the_margin_keeps_the_champion(
+    resource: MlflowResource, trained: dict[str, Trained], settings: Settings
+) -> None:
+    spec = _spec()
+    promote(
+        resource,
+        spec,
+        _register(resource, spec, trained["medium"], roc_auc=0.80),
+        settings=settings,
+    )
+    slightly = _register(resource, spec, trained["strong"], roc_auc=0.805)
+    decision = promote(resource, spec, slightly, settings=settings, margin=0.01)
+    assert not decision.promoted and decision.champion_version == "1"
+    assert decision.gate["improvement"] == pytest.approx(0.005)
+
+
+def test_rollback_restores_the_previous_champion_as_an_emergency_change(
+    resource: MlflowResource, trained: dict[str, Trained], settings: Settings
+) -> None:
+    spec = _spec()
+    promote(resource, spec, _register(resource, spec, trained["medium"]), settings=settings)
+    promote(resource, spec, _register(resource, spec, trained["strong"]), settings=settings)
+    decision = rollback(resource, spec, settings, "user:oncall", "complaints about scores")
+    assert decision.promoted
+    assert (decision.champion_version, decision.previous_champion) == ("1", "2")
+    client = resource.client()
+    assert client.get_registered_model(spec.model_name).aliases["champion"] == 1
+    restored = client.get_model_version(spec.model_name, "1").tags
+    assert restored["promotion.decision"] == "rollback"
+    assert restored["promotion.previous_champion"] == "2"
+    demoted = client.get_model_version(spec.model_name, "2").tags
+    assert demoted["rollback.by"] == "user:oncall" and demoted["rollback.replaced_by"] == "1"
+    change = list_changes(settings, f"model:{spec.model_name}")[-1]
+    assert change.change_type == "emergency" and change.who == "user:oncall"
+    assert (change.what_from, change.what_to) == ("v2", "v1")
+    assert change.why["reason"] == "complaints about scores"
+    assert _alias_events(settings)[-1]["outcome"] == "rolled_back"
+    with pytest.raises(ValueError, match="no earlier champion"):
+        rollback(resource, spec, settings, "user:oncall", "again")
+
+
+def test_scoring_by_alias_loads_that_version_and_reproduces_its_predictions(
+    resource: MlflowResource, trained: dict[str, Trained], settings: Settings, customers: DataFrame
+) -> None:
+    spec = _spec()
+    promote(resource, spec, _register(resource, spec, trained["medium"]), settings=settings)
+    promote(resource, spec, _register(resource, spec, trained["strong"]), settings=settings)
+    rollback(resource, spec, settings, "user:oncall", "drill")
+
+    model, version = load_model(resource, spec)
+    assert str(version.version) == "1" and model_threshold(version) == 0.42
+    golden = customers.filter(F.col("split") == "test").select(*INPUT_COLUMNS)
+    assert _probabilities(model, golden) == _probabilities(trained["medium"].model, golden)
+    assert golden_prediction_hash(model, golden, id_col=ID) == golden_prediction_hash(
+        trained["medium"].model, golden, id_col=ID
+    )
+    assert registry_snapshot(resource, spec) == [
+        {"name": spec.model_name, "version": "1", "aliases": ["champion"]},
+        {"name": spec.model_name, "version": "2", "aliases": ["challenger"]},
+    ]
+
+
+def test_a_model_whose_files_changed_is_refused(
+    resource: MlflowResource, trained: dict[str, Trained], settings: Settings
+) -> None:
+    spec = _spec()
+    promote(resource, spec, _register(resource, spec, trained["weak"]), settings=settings)
+    run_id = trained["weak"].run.run_id
+    (metadata,) = Path(resource.artifact_root).glob(f"*/{run_id}/artifacts/model/MLmodel")
+    original = metadata.read_bytes()
+    try:
+        metadata.write_bytes(original + b"\n# tampered\n")
+        with pytest.raises(ModelIntegrityError, match="hash"):
+            load_model(resource, spec)
+    finally:
+        metadata.write_bytes(original)
+
+
+def test_schema_mismatch_names_the_missing_columns(
+    resource: MlflowResource, trained: dict[str, Trained]
+) -> None:
+    spec = _spec()
+    version = _register(resource, spec, trained["strong"])
+    required = model_input_columns(resource, version)
+    assert required == INPUT_COLUMNS
+    check_input_columns([*INPUT_COLUMNS, "extra"], required)
+    with pytest.raises(SchemaMismatchError, match="2 column.*x1, x3") as error:
+        check_input_columns([ID, "x2"], required)
+    assert error.value.missing == ("x1", "x3")
+
+
+def test_golden_hash_ignores_row_order_and_detects_a_different_model(
+    trained: dict[str, Trained], customers: DataFrame
+) -> None:
+    """Stability across a save/load is covered by the scoring-by-alias test above."""
+    golden = customers.filter(F.col("split") == "test").select(*INPUT_COLUMNS)
+    model = trained["strong"].model
+    expected = golden_prediction_hash(model, golden, id_col=ID)
+    assert re.fullmatch(r"[0-9a-f]{64}", expected)
+    assert golden_prediction_hash(model, golden.orderBy(F.rand(5)), id_col=ID) == expected
+    assert golden_prediction_hash(trained["medium"].model, golden, id_col=ID) != expected
+
+
+def test_experiment_is_created_once_even_when_raced(resource: MlflowResource) -> None:
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        ids = set(pool.map(lambda _: resource.experiment_id("raced"), range(8)))
+    (experiment_id,) = ids
+    experiment = resource.client().get_experiment(experiment_id)
+    assert experiment.name == "churn-raced"
+    expected = (Path(resource.artifact_root) / "churn-raced").as_uri()
+    assert experiment.artifact_location == expected
+    assert registry_snapshot(resource, _spec("raced")) == []
