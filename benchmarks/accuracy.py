@@ -122,16 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"features: {features.count()} rows, {test.count()} test", started)
 
     results: dict[str, dict[str, float]] = {}
-    for kind in kinds:
-        began = time.monotonic()
-        fit = modeling.fit_model(kind, features, overrides.get(kind), seed=args.seed, id_col=id_col)
-        fit.oof.cache()
-        results[kind] = {**score(fit.oof, fit.model.transform(test)), "seconds": 0.0}
-        results[kind]["seconds"] = time.monotonic() - began
-        fit.oof.unpersist()
-        chosen = {k: v for k, v in fit.params.items() if k != "base_params"}
-        _log(f"{kind}: {_summary(results[kind])}; params {chosen}", started)
-
     if not args.no_sklearn:
         frame = features.select(
             id_col,
@@ -145,6 +135,18 @@ def main(argv: list[str] | None = None) -> int:
             oof, test_pred = sklearn_reference(spark, estimator, frame, id_col)
             results[name] = {**score(oof, test_pred), "seconds": time.monotonic() - began}
             _log(f"{name}: {_summary(results[name])}", started)
+
+    for kind in kinds:
+        began = time.monotonic()
+        fit = modeling.fit_model(kind, features, overrides.get(kind), seed=args.seed, id_col=id_col)
+        fit.oof.cache()
+        metrics = score(fit.oof, fit.model.transform(test))
+        results[kind] = {**metrics, "seconds": time.monotonic() - began}
+        fit.oof.unpersist()
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2, sort_keys=True))
+        chosen = {k: v for k, v in fit.params.items() if k != "base_params"}
+        _log(f"{kind}: {_summary(results[kind])}; params {chosen}", started)
 
     print(_table(results))
     print(_verdict(results))

@@ -361,6 +361,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from churn_platform.audit import audit_model, audit_scores, render_markdown
+
+    settings = _settings(args)
+    instance, mlflow, spec = _instance(settings), _mlflow(settings), _spec(settings)
+    if args.scores:
+        report = audit_scores(settings, instance, mlflow, spec, args.scores)
+    else:
+        report = audit_model(settings, instance, mlflow, spec, args.model)
+    print(json.dumps(report, default=str) if args.json else render_markdown(report))
+    return EXIT_OK
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from churn_platform.synthetic import generate_customers, write_customers
 
@@ -437,6 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = add("serve", cmd_serve, "start the Dagster UI and daemon on 127.0.0.1")
     serve.add_argument("--port", type=int, default=3000)
     serve.add_argument("--read-only", action="store_true", help="auditor UI: no daemon, no writes")
+
+    audit = add("audit", cmd_audit, "lineage report of a model version or a scores run")
+    target = audit.add_mutually_exclusive_group()
+    target.add_argument("--model", default="champion", help="a version number or 'champion'")
+    target.add_argument("--scores", help="a Dagster run id that materialized churn_scores")
+    audit.add_argument("--json", action="store_true")
 
     simulate = add("simulate", cmd_simulate, "drop batches into the inbox one at a time")
     simulate.add_argument("--batches", type=int, default=4)

@@ -161,12 +161,12 @@ _CHURN_UNDRIFTED = {
     "dependents": -0.2,
 }
 _CHURN_DRIFTED = {
-    "intercept": -4.1,
-    "month_to_month": 0.3,
-    "two_year": -0.3,
-    "log_tenure": 0.5,
-    "charges_per_100": 3.0,
-    "fiber": -1.5,
+    "intercept": -5.3,
+    "month_to_month": 0.4,
+    "two_year": -0.4,
+    "log_tenure": 0.7,
+    "charges_per_100": 4.0,
+    "fiber": -2.0,
     "no_internet": -0.5,
     "electronic_check": 0.0,
     "no_security": 0.0,

@@ -64,8 +64,6 @@ TAG_BY = "promotion.by"
 TAG_REASON = "promotion.reason"
 TAG_PREVIOUS_CHAMPION = "promotion.previous_champion"
 TAG_AT = "promotion.at"
-TAG_ROLLED_BACK_AT = "rollback.at"
-_ROLLBACK_TAGS = (TAG_ROLLED_BACK_AT, "rollback.by", "rollback.reason", "rollback.replaced_by")
 _RUN_TAGS_ON_VERSION = (TAG_MODEL_KIND, TAG_DATA_VERSION, TAG_CODE_VERSION, TAG_GIT_COMMIT)
 _ARTIFACT_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -132,8 +130,9 @@ class MlflowResource(dg.ConfigurableResource):
 def _initialise_backend(tracking_uri: str) -> None:
     """Create a sqlite backend's tables once, under a file lock.
 
-    MLflow creates and migrates the schema on first use; two processes doing that at once on
-    one sqlite file fail ("table already exists"), so the first use is serialised.
+    MLflow creates and migrates the schema on first use; when four processes did that at once
+    on one new sqlite file, three failed ("duplicate column name", alembic "expected to match
+    one row"), so the first use per process is serialised on a lock file beside the database.
     """
     url = make_url(tracking_uri) if tracking_uri.startswith("sqlite:") else None
     if url is None or not url.database or url.database == ":memory:":
@@ -382,7 +381,9 @@ def promote(
     margin = settings.promotion_margin if margin is None else margin
     actor = actor or default_actor()
     with _registry_lock(settings, name):
-        candidate = client.get_model_version(name, str(_version_of(candidate_version)))
+        if isinstance(candidate_version, ModelVersion):
+            candidate_version = candidate_version.version
+        candidate = client.get_model_version(name, str(candidate_version))
         champion = _aliased(client, name, CHAMPION)
         new = str(candidate.version)
         if champion is not None and str(champion.version) == new:
@@ -393,7 +394,7 @@ def promote(
         if promoted:
             client.set_registered_model_alias(name, CHAMPION, candidate.version)
         decision = "promoted" if promoted else "rejected"
-        _tag(client, candidate, decision, actor, reason, old)
+        _tag(client, candidate, decision, actor, reason, previous=old or "")
         with ops_log_scope(settings, ops_log) as ops:
             if promoted:
                 record_change(
@@ -441,14 +442,8 @@ def rollback(
             raise ValueError(f"{name} v{target} is already the champion")
         restored = client.get_model_version(name, target)
         client.set_registered_model_alias(name, CHAMPION, restored.version)
-        _tag(client, restored, "rollback", actor, reason, str(current.version))
-        for tag in _ROLLBACK_TAGS:
-            if tag in restored.tags:
-                client.delete_model_version_tag(name, restored.version, tag)
-        for tag, value in zip(
-            _ROLLBACK_TAGS, (utc_iso(datetime.now(UTC)), actor, reason, target), strict=True
-        ):
-            client.set_model_version_tag(name, current.version, tag, value)
+        _tag(client, restored, "rollback", actor, reason, previous=str(current.version))
+        _tag(client, current, "rolled_back", actor, reason)
         why = {"reason": reason, "rolled_back": f"v{current.version}", "restored": f"v{target}"}
         with ops_log_scope(settings, ops_log) as ops:
             record_change(
@@ -470,10 +465,6 @@ def rollback(
     return PromotionDecision(True, target, str(current.version), reason, why)
 
 
-def _version_of(version: ModelVersion | str | int) -> str | int:
-    return version.version if isinstance(version, ModelVersion) else version
-
-
 @contextlib.contextmanager
 def _registry_lock(settings: Settings, name: str) -> Iterator[None]:
     """One alias decision at a time per model, so two finishing trainings cannot both win."""
@@ -492,15 +483,17 @@ def _tag(
     decision: str,
     actor: str,
     reason: str,
-    previous: str | None,
+    *,
+    previous: str | None = None,
 ) -> None:
-    tags = {
-        TAG_DECISION: decision,
-        TAG_BY: actor,
-        TAG_REASON: reason,
-        TAG_PREVIOUS_CHAMPION: previous or "",
-        TAG_AT: utc_iso(datetime.now(UTC)),
-    }
+    """The latest decision about a version; `previous` (the champion it replaced) if it has one.
+
+    A rolled-back version keeps its own `previous_champion`, so history stays walkable.
+    """
+    tags = {TAG_DECISION: decision, TAG_BY: actor, TAG_REASON: reason}
+    tags[TAG_AT] = utc_iso(datetime.now(UTC))
+    if previous is not None:
+        tags[TAG_PREVIOUS_CHAMPION] = previous
     for key, value in tags.items():
         client.set_model_version_tag(version.name, version.version, key, value)
 
@@ -509,14 +502,16 @@ def _rollback_target(client: MlflowClient, champion: ModelVersion) -> str:
     """The champion this one replaced; else the newest earlier champion not itself rolled back."""
     name = champion.name
     previous = champion.tags.get(TAG_PREVIOUS_CHAMPION)
-    if previous and TAG_ROLLED_BACK_AT not in client.get_model_version(name, previous).tags:
+    if (
+        previous
+        and client.get_model_version(name, previous).tags.get(TAG_DECISION) != "rolled_back"
+    ):
         return previous
     earlier = [
         int(v.version)
         for v in _versions(client, name)
         if int(v.version) < int(champion.version)
         and v.tags.get(TAG_DECISION) in ("promoted", "rollback")
-        and TAG_ROLLED_BACK_AT not in v.tags
     ]
     if not earlier:
         raise ValueError(f"{name}: no earlier champion to roll back to; pass to_version")
@@ -553,8 +548,13 @@ def load_model(
     expected = version.tags.get(TAG_MODEL_SHA256)
     if not expected:
         raise ModelIntegrityError(f"{version.name} v{version.version} records no model hash")
+    source = client.get_model_version_download_uri(version.name, version.version)
     with tempfile.TemporaryDirectory(prefix="churn-model-") as tmp:
-        local = Path(_download_version(resource, client, version, tmp))
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=tmp, tracking_uri=resource.tracking_uri
+            )
+        )
         actual = _model_digest(local)
         if actual != expected:
             raise ModelIntegrityError(
@@ -562,15 +562,6 @@ def load_model(
                 f"but {expected} was recorded when it was logged"
             )
         return mlflow.spark.load_model(str(local)), version
-
-
-def _download_version(
-    resource: MlflowResource, client: MlflowClient, version: ModelVersion, dst: str
-) -> str:
-    source = client.get_model_version_download_uri(version.name, version.version)
-    return mlflow.artifacts.download_artifacts(
-        artifact_uri=source, dst_path=dst, tracking_uri=resource.tracking_uri
-    )
 
 
 def model_threshold(version: ModelVersion) -> float:
@@ -612,7 +603,7 @@ def golden_prediction_hash(model: PipelineModel, golden_df: DataFrame, *, id_col
     restored model scoring the golden rows hashes the same while any real change does not.
     """
     rows = model.transform(golden_df).select(id_col, PROBABILITY_COL).collect()
-    lines = sorted((str(key), "null" if p is None else f"{round(p, 12):.12f}") for key, p in rows)
+    lines = sorted((str(key), "null" if p is None else f"{p:.12f}") for key, p in rows)
     digest = hashlib.sha256()
     for key, probability in lines:
         digest.update(f"{key}\t{probability}\n".encode())

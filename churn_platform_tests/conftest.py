@@ -36,13 +36,16 @@ def spark(session_home: Path) -> Iterator[SparkSession]:
 
 
 @pytest.fixture
-def churn_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def churn_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh, empty state root for one test, exported as CHURN_HOME."""
     home = tmp_path / "churn_home"
     home.mkdir()
+    saved = dict(os.environ)  # the CLI exports DAGSTER_HOME etc.; keep tests independent
     monkeypatch.setenv("CHURN_HOME", str(home))
     monkeypatch.setenv("CHURN_PSEUDONYM_KEY", "test-pseudonym-key")
-    return home
+    yield home
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture

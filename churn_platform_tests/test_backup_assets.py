@@ -120,6 +120,8 @@ def _events(settings: Settings, code: str) -> list[dict[str, Any]]:
 
 
 def test_backup_is_verified_and_its_restore_reproduces_the_golden_hash(platform: Platform) -> None:
+    completed_before = len(_events(platform.settings, "backup.completed"))
+
     result = _materialize(platform)
 
     assert result.success
@@ -138,10 +140,10 @@ def test_backup_is_verified_and_its_restore_reproduces_the_golden_hash(platform:
 
     golden = current_version(platform.settings.warehouse / GOLDEN_INPUT)
     assert golden is not None
-    spark = SparkSession.active()
-    ids = [row[0] for row in spark.read.parquet(str(golden)).select("customerID").collect()]
+    spark, id_column = SparkSession.active(), platform.spec.id_column
+    ids = [row[0] for row in spark.read.parquet(str(golden)).select(id_column).collect()]
     cleaned = current_version(platform.settings.warehouse / "cleaned_customers")
-    all_ids = spark.read.parquet(str(cleaned)).select("customerID").orderBy("customerID")
+    all_ids = spark.read.parquet(str(cleaned)).select(id_column).orderBy(id_column)
     assert sorted(ids) == [row[0] for row in all_ids.limit(GOLDEN_ROWS).collect()]
     manifest = json.loads(Path(f"{metadata['archive'].value}.manifest.json").read_text())
     assert manifest["golden"]["golden_input"] == golden.name
@@ -150,7 +152,7 @@ def test_backup_is_verified_and_its_restore_reproduces_the_golden_hash(platform:
     (retention,) = result.asset_materializations_for_node("backup_retention")
     assert retention.metadata["kept"].value == [PARTITION]
     assert retention.metadata["deleted"].value == []
-    assert len(_events(platform.settings, "backup.completed")) >= 1
+    assert len(_events(platform.settings, "backup.completed")) == completed_before + 1
     assert _events(platform.settings, "restore.drill.completed")[-1]["outcome"] == "success"
 
 
@@ -169,7 +171,8 @@ def test_corrupt_archive_fails_the_blocking_check_and_opens_one_incident(
     monkeypatch.setattr(backups, "create_backup", create_then_corrupt)
     failures_before = len(_events(platform.settings, "backup.verify.failed"))
 
-    runs, golden_versions = [], set()
+    runs: list[dg.ExecuteInProcessResult] = []
+    golden_versions: set[Path | None] = set()
     for _ in range(2):
         runs.append(_materialize(platform))
         golden_versions.add(current_version(platform.settings.warehouse / GOLDEN_INPUT))

@@ -168,3 +168,27 @@ def test_rollback_restores_previous_champion(first_run, capsys):
     changes = [json.loads(p.read_text()) for p in Path(settings.home, "changes").glob("CHG-*.json")]
     assert any(c["change_type"] == "emergency" for c in changes)
     assert any(c["change_type"] == "standard" for c in changes)
+
+
+def test_backup_then_restore_into_an_empty_root_reproduces_the_registry(
+    first_run, pipeline_home, tmp_path, capsys
+):
+    import sqlite3
+    import time
+
+    partition = time.strftime("%Y-%m-%d", time.gmtime())
+    assert cli.main(["backup", "--partition", partition]) == 0  # includes the restore drill
+    archive = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert archive.is_file()
+    target = tmp_path / "restored"
+    assert cli.main(["restore", "--partition", partition, "--target", str(target)]) == 0
+    settings = load_settings()
+    spec = load_spec(settings.spec_path, settings.home)
+    restored = load_settings({"CHURN_HOME": str(target)})
+    restored_mlflow = MlflowResource(
+        tracking_uri=restored.mlflow_tracking_uri, artifact_root=restored.mlflow_artifact_root
+    )
+    assert registry_snapshot(restored_mlflow, spec) == registry_snapshot(_mlflow(), spec)
+    with sqlite3.connect(target / "dagster" / "history" / "runs.db") as db:
+        run_ids = {row[0] for row in db.execute("SELECT run_id FROM runs")}
+    assert first_run[1]["run_id"] in run_ids

@@ -162,7 +162,7 @@ def test_ctrl_c_during_start_up_stops_everything(
 ) -> None:
     served = start_serve()
     parent = psutil.Process(served.process.pid)
-    wait_for(lambda: len(dagster_descendants(parent)) >= 2, 60, "webserver and daemon to start")
+    wait_for(lambda: len(dagster_descendants(parent)) >= 2, START_TIMEOUT_S, "both children")
 
     assert served.stop(signal.SIGINT) == 0, served.output()
     assert not URL_LINE.search(served.output())
@@ -238,6 +238,7 @@ def check_ui(url: str, shots: Path, rows_in: int) -> None:
 def test_read_only_ui_shows_groups_lineage_and_latest_materialization(
     telco_home: Path, spark: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # `spark` is requested so that materialize_selection reuses the test session's one JVM.
     settings = load_settings()
     # prepare_dagster_home exports these into os.environ; monkeypatch restores them afterwards.
     for name, value in dagster_env(settings).items():
