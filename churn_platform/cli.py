@@ -362,15 +362,27 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from churn_platform.audit import audit_model, audit_scores, render_markdown
+    from churn_platform.audit import (
+        AuditError,
+        audit_model,
+        audit_scores,
+        render_markdown,
+        report_json,
+        write_report,
+    )
 
     settings = _settings(args)
     instance, mlflow, spec = _instance(settings), _mlflow(settings), _spec(settings)
-    if args.scores:
-        report = audit_scores(settings, instance, mlflow, spec, args.scores)
-    else:
-        report = audit_model(settings, instance, mlflow, spec, args.model)
-    print(json.dumps(report, default=str) if args.json else render_markdown(report))
+    try:
+        if args.scores:
+            report = audit_scores(settings, instance, mlflow, spec, args.scores)
+        else:
+            report = audit_model(settings, instance, mlflow, spec, args.model)
+    except AuditError as exc:
+        raise CommandError(str(exc)) from exc
+    markdown_path, json_path = write_report(settings, report)
+    print(report_json(report) if args.json else render_markdown(report))
+    print(f"report written to {markdown_path} and {json_path}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -3,7 +3,9 @@
 Tests and benchmarks use them to run the unchanged pipeline against `spark://...` or
 `sc://...` URLs, the way production does. Each daemon runs in a process group of its own: a
 Worker starts its executors (and they their Python workers) in that group, so signalling the
-group on exit stops all of them and nothing is left behind.
+group on exit stops all of them and nothing is left behind. If the Python process that started
+a daemon dies without unwinding (SIGKILL, or SIGTERM with no handler), Linux sends the daemon
+SIGTERM (`PR_SET_PDEATHSIG`), so even then no JVM outlives it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -23,10 +26,20 @@ from pathlib import Path
 from typing import Any
 
 HOST = "127.0.0.1"
-START_TIMEOUT_S = 180.0
+START_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 15.0
 POLL_S = 0.5
 CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+# Runs between fork and Spark's launcher script: ask the kernel for SIGTERM when our parent
+# dies (PR_SET_PDEATHSIG = 1; it survives exec), give up if it already has, then exec.
+_EXEC_WITH_PARENT_DEATH_SIGNAL = (
+    "import ctypes, os, signal, sys\n"
+    "if sys.platform.startswith('linux'):\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit('parent exited before the Spark daemon started')\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 class ClusterError(RuntimeError):
@@ -69,9 +82,9 @@ class _Daemon:
         self.name = name
         self.log = log_dir / f"{name}.log"
         with self.log.open("wb") as out:
-            # The launcher scripts `exec` java, so this pid (and process group) is the JVM's.
+            # The trampoline and the launcher scripts `exec`, so this pid and group are the JVM's.
             self.process = subprocess.Popen(
-                command,
+                [sys.executable, "-c", _EXEC_WITH_PARENT_DEATH_SIGNAL, str(os.getpid()), *command],
                 env=dict(env),
                 cwd=log_dir,
                 stdin=subprocess.DEVNULL,

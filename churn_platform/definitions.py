@@ -4,6 +4,7 @@ import dagster as dg
 
 from churn_platform import automation
 from churn_platform.assets import (
+    audit,
     backups,
     cleaning,
     evaluation,
@@ -29,10 +30,11 @@ STAGE_MODULES = {
     "registry": registry,
     "scoring": scoring,
     "monitoring": monitoring,
+    "audit": audit,
 }
 # Assets whose automation condition is "retrain"; every other non-root asset runs eagerly.
 RETRAINED = set(training.MODEL_ASSET_KEYS)
-MANUAL = {"raw_customers", "platform_backup", "backup_retention"}
+MANUAL = {"raw_customers", "platform_backup", "backup_retention", "audit_report"}
 
 
 def _automation(spec: dg.AssetSpec, settings: Settings) -> dg.AutomationCondition | None:

@@ -451,7 +451,9 @@ def _codegen_barrier(df: DataFrame) -> DataFrame:
     return df.coalesce(_NO_OP_COALESCE_PARTITIONS)
 
 
-def _check_arguments(rows: int, drift: float, id_start: int) -> None:
+def _check_arguments(rows: int, drift: float, id_start: int, partitions: int | None) -> None:
+    if partitions is not None and partitions < 1:
+        raise ValueError(f"generate_customers: partitions must be >= 1, got {partitions}")
     if rows < 0:
         raise ValueError(f"generate_customers: rows must be >= 0, got {rows}")
     if not 0.0 <= drift <= 1.0:
@@ -464,7 +466,13 @@ def _check_arguments(rows: int, drift: float, id_start: int) -> None:
 
 
 def generate_customers(
-    spark: SparkSession, rows: int, seed: int = 42, drift: float = 0.0, id_start: int = 0
+    spark: SparkSession,
+    rows: int,
+    seed: int = 42,
+    drift: float = 0.0,
+    id_start: int = 0,
+    *,
+    partitions: int | None = None,
 ) -> DataFrame:
     """Synthetic Telco customers with indexes `id_start .. id_start + rows - 1`.
 
@@ -480,14 +488,17 @@ def generate_customers(
             indexes: batch k at `id_start = k * round(rows * (1 - overlap))` re-delivers a
             fraction `overlap` of the previous batch's customers (same customerID, gender and
             senior flag; new account values when the seed differs) next to new ones.
+        partitions: Spark partitions (tasks) to generate in; None uses Spark's default
+            parallelism. It changes how the work is spread, never the rows.
 
     Returns:
         The 21 Telco columns in Telco order, all strings, formatted like the public CSV
         (`TotalCharges` is a single space when tenure is 0).
     """
-    _check_arguments(rows, drift, id_start)
+    _check_arguments(rows, drift, id_start, partitions)
     draw = _Draws(seed)
-    customers = spark.range(id_start, id_start + rows).withColumnRenamed("id", "idx")
+    customers = spark.range(id_start, id_start + rows, numPartitions=partitions)
+    customers = customers.withColumnRenamed("id", "idx")
     customers = _services(_household_and_contract(customers, draw, drift), draw, drift)
     customers = _churn(_charges(_codegen_barrier(customers), draw, drift), draw, drift)
     return _as_telco_text(_codegen_barrier(customers))

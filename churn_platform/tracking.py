@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import numbers
+import os
 import re
 import shutil
 import subprocess
@@ -45,6 +46,7 @@ from churn_platform.modeling import PROBABILITY_COL
 from churn_platform.ops_log import OpsLog, default_actor, ensure_dir, locked, ops_log_scope, utc_iso
 from churn_platform.settings import PROJECT_ROOT, Settings
 
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"
@@ -155,11 +157,18 @@ def _artifact_location(root: str, experiment_name: str) -> str:
 def _fluent_tracking(tracking_uri: str) -> Iterator[None]:
     """`mlflow.spark.log_model` only speaks the process-global URI: point it at ours, then back."""
     previous = mlflow.get_tracking_uri()
+    previous_env = os.environ.get(TRACKING_URI_ENV)
     mlflow.set_tracking_uri(tracking_uri)
     try:
         yield
     finally:
         mlflow.set_tracking_uri(previous)
+        # set_tracking_uri also exports MLFLOW_TRACKING_URI; put the environment back exactly,
+        # or later load_settings() calls in this process would follow MLflow's default.
+        if previous_env is None:
+            os.environ.pop(TRACKING_URI_ENV, None)
+        else:
+            os.environ[TRACKING_URI_ENV] = previous_env
 
 
 def git_commit(cwd: Path = PROJECT_ROOT) -> str:

@@ -12,7 +12,7 @@ from churn_platform.server import running_platform
 from churn_platform.settings import load_settings
 from churn_platform.tracking import MlflowResource, registry_snapshot
 
-pytestmark = pytest.mark.daemon
+pytestmark = [pytest.mark.daemon, pytest.mark.timeout(2400)]
 BASE_ROWS, BATCH_ROWS = 1500, 300
 DEADLINE_S = 1500
 

@@ -192,3 +192,17 @@ def test_backup_then_restore_into_an_empty_root_reproduces_the_registry(
     with sqlite3.connect(target / "dagster" / "history" / "runs.db") as db:
         run_ids = {row[0] for row in db.execute("SELECT run_id FROM runs")}
     assert first_run[1]["run_id"] in run_ids
+
+
+def test_audit_report_for_the_champion_names_source_checksum_and_runs(
+    first_run, pipeline_home, capsys
+):
+    import hashlib
+
+    assert cli.main(["audit", "--model", "champion", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    sha = hashlib.sha256((pipeline_home / "data" / "telco_churn.csv").read_bytes()).hexdigest()
+    assert sha in json.dumps(report)
+    assert first_run[1]["run_id"] in json.dumps(report["training"])
+    assert report["changes"], "the promotion change record is part of the story"
+    assert (pipeline_home / "audit").is_dir()

@@ -183,8 +183,11 @@ def _png_markdown(paths: dict[str, Path]) -> str:
 
 
 def _latest_data_version(context: dg.AssetExecutionContext, key: str) -> str:
-    record = context.instance.get_latest_data_version_record(dg.AssetKey(key))
-    return record.data_version.value if record and record.data_version else "unknown"
+    """Data version of the latest materialization of `key` (what this model was trained on)."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(key))
+    materialization = event.asset_materialization if event else None
+    tags = (materialization.tags if materialization else None) or {}
+    return tags.get("dagster/data_version", "unknown")
 
 
 def train_and_track(
