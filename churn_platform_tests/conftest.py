@@ -12,7 +12,8 @@ from pyspark.sql import SparkSession
 from churn_platform.resources import spark_conf
 from churn_platform.settings import Settings, load_settings
 
-SAMPLE_CSV_ENV = "CHURN_SAMPLE_CSV"
+# The data layers only (selecting "raw_customers*" would also train every model).
+DATA_LAYERS = "group:ingestion or group:cleaning or group:features"
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import dagster as dg
 
 from churn_platform import cli
 from churn_platform.settings import load_settings
-from churn_platform_tests.conftest import TELCO_HEADER, telco_row
+from churn_platform_tests.conftest import DATA_LAYERS, TELCO_HEADER, telco_row
 
 
 def _last_json(capsys) -> dict:
@@ -15,7 +15,7 @@ def _last_json(capsys) -> dict:
 
 
 def test_run_data_layers_on_real_telco_data(spark, telco_home, capsys):
-    code = cli.main(["run", "--select", "raw_customers*", "--json"])
+    code = cli.main(["run", "--select", DATA_LAYERS, "--json"])
     summary = _last_json(capsys)
     assert code == 0, summary
     assets = summary["assets"]
@@ -37,7 +37,7 @@ def test_bad_rows_are_reported_in_the_quarantine_summary(spark, churn_home, caps
     rows = [telco_row(f"id{i}", churn="Yes" if i % 4 == 0 else "No") for i in range(60)]
     rows += [telco_row("bad1") + ",x", telco_row("id3"), telco_row("bad2", total="n/a")]
     (data / "telco_churn.csv").write_text("\n".join([TELCO_HEADER, *rows]) + "\n")
-    code = cli.main(["run", "--select", "raw_customers*", "--json"])
+    code = cli.main(["run", "--select", DATA_LAYERS, "--json"])
     summary = _last_json(capsys)
     assert code == 0
     assert summary["quarantine"] == {
@@ -53,7 +53,7 @@ def test_too_many_quarantined_rows_fail_the_run(spark, churn_home, capsys, monke
     rows = [telco_row(f"id{i}", churn="Yes" if i % 4 == 0 else "No") for i in range(20)]
     rows += [telco_row(f"bad{i}", total="n/a") for i in range(5)]
     (data / "telco_churn.csv").write_text("\n".join([TELCO_HEADER, *rows]) + "\n")
-    code = cli.main(["run", "--select", "raw_customers*", "--json"])
+    code = cli.main(["run", "--select", DATA_LAYERS, "--json"])
     captured = capsys.readouterr()
     assert code != 0
     assert "quarantine_ratio_within_limit" in captured.err
@@ -66,7 +66,7 @@ def test_missing_column_fails_with_file_and_column(spark, churn_home, capsys):
     header = TELCO_HEADER.replace(",Contract", "")
     row = telco_row("1").replace(",Month-to-month", "")
     (data / "telco_churn.csv").write_text(f"{header}\n{row}\n")
-    code = cli.main(["run", "--select", "raw_customers*"])
+    code = cli.main(["run", "--select", DATA_LAYERS])
     err = capsys.readouterr().err
     assert code != 0
     assert "Contract" in err and "telco_churn.csv" in err
@@ -76,7 +76,7 @@ def test_header_only_file_is_a_clear_error(spark, churn_home, capsys):
     data = churn_home / "data"
     data.mkdir()
     (data / "telco_churn.csv").write_text(TELCO_HEADER + "\n")
-    code = cli.main(["run", "--select", "raw_customers*"])
+    code = cli.main(["run", "--select", DATA_LAYERS])
     err = capsys.readouterr().err
     assert code != 0
     assert "no data rows" in err

@@ -5,6 +5,7 @@ from dagster_pyspark import PySparkResource
 from pyspark.sql import DataFrame
 
 from churn_platform import checks, etl
+from churn_platform.ops_log import OpsLog
 from churn_platform.resources import StateResource
 from churn_platform.schemas import cleaned_schema
 
@@ -45,6 +46,21 @@ def cleaned_customers(
     result = etl.clean_customers(raw_customers, spec)
     counts = result.counts
     ratio = counts["rows_quarantined"] / counts["rows_in"] if counts["rows_in"] else 0.0
+    OpsLog(settings).event(
+        "etl.ingest.rows_quarantined" if counts["rows_quarantined"] else "etl.clean.completed",
+        f"{counts['rows_out']} customers cleaned, {counts['rows_quarantined']} quarantined "
+        f"({', '.join(f'{k}={v}' for k, v in result.by_reason.items()) or 'none'})",
+        level="WARNING" if counts["rows_quarantined"] else "INFO",
+        component="cleaning",
+        configuration_item="asset:cleaned_customers",
+        outcome="success",
+        metrics={
+            "rows_in": counts["rows_in"],
+            "rows_out": counts["rows_out"],
+            "rows_quarantined": counts["rows_quarantined"],
+        },
+        context=context,
+    )
     version = etl.content_fingerprint(result.cleaned, (etl.BATCH_COL, etl.BATCH_ORDER_COL))
     yield dg.Output(
         result.cleaned,

@@ -7,6 +7,7 @@ from dagster_pyspark import PySparkResource
 from pyspark.sql import DataFrame
 
 from churn_platform import checks, etl
+from churn_platform.ops_log import OpsLog
 from churn_platform.resources import StateResource
 from churn_platform.schemas import features_schema
 
@@ -37,7 +38,7 @@ def customer_features(
     cleaned_customers: DataFrame,
 ):
     """Build features from the cleaned customers; the encoders see training rows only."""
-    spec = state.spec()
+    spec, settings = state.spec(), state.settings()
     result = etl.build_features(cleaned_customers, spec)
     # Same cleaned content, code and spec give the same version: retraining keys off this.
     cleaned_version = etl.content_fingerprint(
@@ -51,6 +52,15 @@ def customer_features(
         for row in result.features.groupBy(etl.SPLIT_COL, etl.LABEL_COL).count().collect()
     }
     vector_size = result.features.schema[etl.FEATURES_COL].metadata["ml_attr"]["num_attrs"]
+    OpsLog(settings).event(
+        "etl.features.completed",
+        f"features built: {len(result.numeric)} numeric, {len(result.categorical)} categorical",
+        component="features",
+        configuration_item="asset:customer_features",
+        outcome="success",
+        metrics={"vector_size": vector_size, **split_counts},
+        context=context,
+    )
     yield dg.Output(
         result.features,
         output_name="customer_features",

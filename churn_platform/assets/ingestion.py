@@ -11,6 +11,7 @@ from pyspark.sql import functions as F
 
 from churn_platform import checks, etl
 from churn_platform.config import DatasetSpec, SourceSpec
+from churn_platform.ops_log import OpsLog
 from churn_platform.resources import StateResource
 from churn_platform.schemas import raw_schema
 from churn_platform.settings import Settings
@@ -70,6 +71,15 @@ def raw_customers(
             f"{', '.join(s.location for s in sources)}: no data rows (empty file or header only)"
         )
     checksums = {s.location: etl.source_fingerprint(spark, s) for s in sources}
+    OpsLog(settings).event(
+        "etl.ingest.completed",
+        f"batch {batch}: {rows} rows read, {int(counts['malformed'] or 0)} malformed",
+        component="ingestion",
+        configuration_item="asset:raw_customers",
+        outcome="success",
+        metrics={"rows_in": rows, "rows_malformed": int(counts["malformed"] or 0)},
+        context=context,
+    )
     version = hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()
     yield dg.Output(
         raw,
