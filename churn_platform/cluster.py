@@ -5,7 +5,8 @@ Tests and benchmarks use them to run the unchanged pipeline against `spark://...
 Worker starts its executors (and they their Python workers) in that group, so signalling the
 group on exit stops all of them and nothing is left behind. If the Python process that started
 a daemon dies without unwinding (SIGKILL, or SIGTERM with no handler), Linux sends the daemon
-SIGTERM (`PR_SET_PDEATHSIG`), so even then no JVM outlives it.
+SIGTERM (`PR_SET_PDEATHSIG`), so even then no JVM outlives it. The kernel ties this to the
+thread that entered the context manager: keep the context in a thread that outlives it.
 """
 
 from __future__ import annotations
@@ -146,13 +147,12 @@ def _wait(ready: Callable[[], bool], daemons: list[_Daemon], what: str, timeout:
         time.sleep(POLL_S)
 
 
-def _daemon_env(log_dir: Path) -> dict[str, str]:
+def _daemon_env() -> dict[str, str]:
     return {
         **os.environ,
         "SPARK_HOME": str(spark_home()),
         # Otherwise Spark binds to the first non-loopback interface it finds.
         "SPARK_LOCAL_IP": HOST,
-        "SPARK_LOG_DIR": str(log_dir),
         # The master's REST submission server would take the fixed port 6066.
         "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false",
     }
@@ -187,7 +187,7 @@ def standalone_cluster(
     `log_dir` (a temporary folder, removed on exit, when None).
     """
     with _log_dir(log_dir) as logs, _daemons() as started:
-        env = _daemon_env(logs)
+        env = _daemon_env()
         spark_class = str(spark_home() / "bin" / "spark-class")
         port, webui_port, worker_webui_port = free_port(), free_port(), free_port()
         master_url = f"spark://{HOST}:{port}"
@@ -238,6 +238,6 @@ def connect_server(
         command += ["--master", master, "--name", "churn-connect-server"]
         for key, value in settings.items():
             command += ["--conf", f"{key}={value}"]
-        started.append(_Daemon("connect-server", command, _daemon_env(logs), logs))
+        started.append(_Daemon("connect-server", command, _daemon_env(), logs))
         _wait(lambda: _port_open(port), started, f"Spark Connect server on port {port}", timeout)
         yield f"sc://{HOST}:{port}"
