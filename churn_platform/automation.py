@@ -36,8 +36,22 @@ retrain_job = dg.define_asset_job(
 
 
 def layer_condition() -> dg.AutomationCondition:
-    """Cleaning, features, scoring, monitoring: run once after any upstream update."""
-    return dg.AutomationCondition.eager()
+    """Cleaning, features, scoring, monitoring: run once after any upstream update.
+
+    Plain `eager()` waits while any dependency is missing, and a raw batch whose ingestion run
+    failed stays missing for good, so one bad batch would stop every later batch silently. A
+    missing dependency whose latest run failed does not block (the IO manager leaves missing
+    partitions out); one that has not run yet still does.
+    """
+    missing = (
+        dg.AutomationCondition.missing()
+        & ~dg.AutomationCondition.will_be_requested()
+        & ~dg.AutomationCondition.execution_failed()
+    )
+    return dg.AutomationCondition.eager().replace(
+        "any_deps_missing",
+        dg.AutomationCondition.any_deps_match(missing).with_label("any_deps_missing_not_failed"),
+    )
 
 
 def retrain_condition(cron: str) -> dg.AutomationCondition:
@@ -180,21 +194,32 @@ def dg_now() -> dt.datetime:
 )
 def degradation_sensor(context: dg.SensorEvaluationContext):
     cursor = int(context.cursor or 0)
-    newest = cursor
+    newest, failed = cursor, []
     for name in MONITORING_CHECKS:
         key = dg.AssetCheckKey(dg.AssetKey("model_monitoring"), name)
         record = context.instance.event_log_storage.get_latest_asset_check_execution_by_key(
             [key]
         ).get(key)
-        if record is None or record.event is None or record.id <= cursor:
+        # While monitoring runs its checks are only planned; their row keeps its id once
+        # evaluated, so the cursor must not pass it yet.
+        if (
+            record is None
+            or record.event is None
+            or record.event.dagster_event_type != dg.DagsterEventType.ASSET_CHECK_EVALUATION
+            or record.id <= cursor
+        ):
             continue
         newest = max(newest, record.id)
-        evaluation = record.event.dagster_event.event_specific_data
-        if not evaluation.passed:
-            yield dg.RunRequest(
-                run_key=f"degradation-{record.id}",
-                tags={"churn/trigger": f"degradation:{name}", "churn/actor": "sensor:degradation"},
-            )
+        if not record.event.dagster_event.event_specific_data.passed:
+            failed.append((record.id, name))
+    if failed:  # one retrain per degraded evaluation, however many of its checks failed
+        yield dg.RunRequest(
+            run_key=f"degradation-{failed[0][0]}",
+            tags={
+                "churn/trigger": "degradation:" + ",".join(name for _, name in failed),
+                "churn/actor": "sensor:degradation",
+            },
+        )
     context.update_cursor(str(newest))
 
 

@@ -43,6 +43,7 @@ class Settings:
     mlflow_artifact_root: str = ""
     quarantine_max_ratio: float = 0.05
     promotion_margin: float = 0.0
+    train_max_rows: int = 500_000
     auc_floor: float = 0.75
     psi_threshold: float = 0.2
     cost_missed_churner: float = 0.0
@@ -108,6 +109,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         mlflow_artifact_root=env.get("CHURN_MLFLOW_ARTIFACT_ROOT") or str(mlflow_dir / "artifacts"),
         quarantine_max_ratio=_float(env, "CHURN_QUARANTINE_MAX_RATIO", 0.05),
         promotion_margin=_float(env, "CHURN_PROMOTION_MARGIN", 0.0),
+        train_max_rows=_int(env, "CHURN_TRAIN_MAX_ROWS", 500_000),
         auc_floor=_float(env, "CHURN_AUC_FLOOR", 0.75),
         psi_threshold=_float(env, "CHURN_PSI_THRESHOLD", 0.2),
         cost_missed_churner=_float(env, "CHURN_COST_MISSED_CHURNER", 0.0),

@@ -202,6 +202,22 @@ def test_split_is_stable_when_new_customers_arrive(spark, tmp_path):
     assert all(f == -1 for s, f in before.values() if s == "test")
 
 
+def test_training_cap_samples_train_rows_stably_and_keeps_every_test_row(spark, tmp_path):
+    spec = _spec(tmp_path)
+    ids = spark.createDataFrame([(f"c{i}", i % 4 == 0) for i in range(4000)], ["customerID", "y"])
+    df = etl.assign_split(ids.withColumn(etl.LABEL_COL, F.col("y").cast("int")), spec)
+    train_rows = df.where("split = 'train'").count()
+
+    capped = etl.cap_training_rows(df, spec, 1000)
+    kept = {r["customerID"] for r in capped.where("split = 'train'").collect()}
+    assert abs(len(kept) - 1000) < 100
+    assert capped.where("split = 'test'").count() == df.where("split = 'test'").count()
+    again = etl.cap_training_rows(df, spec, 1000).where("split = 'train'").collect()
+    assert {r["customerID"] for r in again} == kept
+    assert etl.cap_training_rows(df, spec, train_rows).count() == df.count()
+    assert etl.cap_training_rows(df, spec, 0).count() == df.count()
+
+
 def test_feature_pipeline_is_fitted_on_training_rows_only(spark, tmp_path):
     spec = _spec(tmp_path)
     rows = [TELCO_HEADER] + [telco_row(f"id{i}", tenure=str(i % 70)) for i in range(300)]

@@ -25,25 +25,26 @@ CODE_VERSION = "1"
 PROFILE_ENV = "CHURN_TRAINING_PROFILE"
 
 # CHURN_TRAINING_PROFILE=quick: small models with no grid search, for tests and smoke runs.
+_QUICK_LR = {"regParam": 0.01, "maxIter": 25}
 QUICK_PARAMS: dict[str, dict[str, Any]] = {
-    "logistic_regression": {"regParam": 0.01},
+    "logistic_regression": _QUICK_LR,
     "decision_tree": {"maxDepth": 4},
     "random_forest": {"numTrees": 10, "maxDepth": 4},
     "gbt": {"maxIter": 5, "maxDepth": 3},
     "gbt_tuned": {"maxIter": 5, "maxDepth": [2, 3], "stepSize": 0.2},
-    "bagged_lr": {"numModels": 3},
+    "bagged_lr": {"numModels": 3, "maxIter": 25},
     "bagged_trees": {"numModels": 3, "maxDepth": 4},
     "stacking": {
         "bases": ["logistic_regression", "decision_tree"],
         "base_params": {
-            "logistic_regression": {"regParam": 0.01},
+            "logistic_regression": _QUICK_LR,
             "decision_tree": {"maxDepth": 4},
         },
     },
     "voting": {
         "bases": ["logistic_regression", "decision_tree"],
         "base_params": {
-            "logistic_regression": {"regParam": 0.01},
+            "logistic_regression": _QUICK_LR,
             "decision_tree": {"maxDepth": 4},
         },
         "weightStep": 0.25,
@@ -203,7 +204,8 @@ def train_and_track(
     started = time.monotonic()
     settings, spec = state.settings(), state.spec()
     params = model_params(kind, config)
-    features = customer_features.persist()
+    capped = etl.cap_training_rows(customer_features, spec, settings.train_max_rows)
+    features = capped.persist()
     fit = modeling.fit_model(kind, features, params, config.seed, id_col=spec.id_column)
     threshold, oof_value = modeling.choose_threshold(
         fit.oof,

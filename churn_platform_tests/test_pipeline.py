@@ -1,0 +1,208 @@
+"""End to end on the real Telco data: champion registered, scores written, logs clean."""
+
+import csv
+import json
+import os
+import re
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from churn_platform import cli
+from churn_platform.config import load_spec
+from churn_platform.settings import load_settings
+from churn_platform.tracking import MlflowResource, registry_snapshot
+
+LEADERBOARD_SIZE = 9
+
+
+@pytest.fixture(scope="module")
+def pipeline_home(spark, telco_csv, tmp_path_factory):
+    """One full materialization (quick training profile) shared by this module's tests."""
+    home = tmp_path_factory.mktemp("pipeline_home")
+    (home / "data").mkdir()
+    (home / "data" / "telco_churn.csv").symlink_to(telco_csv)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CHURN_HOME", str(home))
+        mp.setenv("CHURN_TRAINING_PROFILE", "quick")
+        mp.setenv("CHURN_PSEUDONYM_KEY", "pipeline-test-key")
+        mp.delenv("CHURN_CONFIG", raising=False)
+        yield home
+
+
+@pytest.fixture(scope="module")
+def first_run(pipeline_home):
+    import io
+    from contextlib import redirect_stdout
+
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        code = cli.main(["run", "--json"])
+    return code, json.loads(buffer.getvalue().strip().splitlines()[-1])
+
+
+def _mlflow() -> MlflowResource:
+    settings = load_settings()
+    return MlflowResource(
+        tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
+    )
+
+
+def test_run_ends_with_a_registered_champion_and_scores(first_run):
+    code, summary = first_run
+    assert code == 0, summary
+    champion = summary["champion"]
+    assert champion["name"] == "churn-telco"
+    assert set(champion["metrics"]) == {
+        "roc_auc",
+        "pr_auc",
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+    }
+    assert 0.75 < champion["metrics"]["roc_auc"] <= 1.0
+    assert len(summary["leaderboard"]) == LEADERBOARD_SIZE
+    assert summary["assets"]["churn_scores"]["row_count"] == 7043
+    settings = load_settings()
+    models = registry_snapshot(_mlflow(), load_spec(settings.spec_path, settings.home))
+    aliased = {alias: m["version"] for m in models for alias in m["aliases"]}
+    assert str(aliased["champion"]) == str(champion["version"])
+    assert "challenger" in aliased
+
+
+def test_every_model_run_is_tracked_with_lineage_tags(first_run):
+    code, summary = first_run
+    client = _mlflow().client()
+    runs = client.search_runs(
+        [client.get_experiment_by_name("churn-telco").experiment_id], max_results=50
+    )
+    assert len(runs) >= LEADERBOARD_SIZE
+    for run in runs:
+        tags = run.data.tags
+        assert tags["dagster.run_id"] == summary["run_id"]
+        assert tags["data_version"] not in ("", "unknown")
+        assert "roc_auc" in run.data.metrics
+
+
+def test_scores_file_and_schema_mismatch(first_run, pipeline_home, capsys, tmp_path):
+    sample = pipeline_home / "data" / "telco_churn.csv"
+    subset = tmp_path / "customers.csv"
+    with sample.open(newline="") as src, subset.open("w", newline="") as dst:
+        rows = list(csv.reader(src))[:51]
+        csv.writer(dst, lineterminator="\n").writerows(rows)
+    out = tmp_path / "scores.csv"
+    code = cli.main(["score", "--input", str(subset), "--output", str(out)])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and result["rows_scored"] == 50
+    with out.open() as handle:
+        scored = list(csv.DictReader(handle))
+    assert len(scored) == 50
+    assert all(0.0 <= float(r["churn_probability"]) <= 1.0 for r in scored)
+    assert {r["risk_tier"] for r in scored} <= {"low", "medium", "high"}
+
+    bad = tmp_path / "bad.csv"
+    header = rows[0]
+    keep = [i for i, c in enumerate(header) if c not in ("tenure", "Contract")]
+    with bad.open("w", newline="") as dst:
+        csv.writer(dst, lineterminator="\n").writerows([[r[i] for i in keep] for r in rows])
+    code = cli.main(["score", "--input", str(bad), "--output", str(tmp_path / "x.csv")])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "tenure" in err and "Contract" in err
+
+
+def test_no_raw_customer_id_in_logs_events_or_incidents(first_run, pipeline_home):
+    with open(pipeline_home / "data" / "telco_churn.csv", newline="") as handle:
+        ids = {row["customerID"] for row in csv.DictReader(handle)}
+    id_pattern = re.compile(r"\b\d{4}-[A-Z]{5}\b")
+    texts = []
+    for folder in ("logs", "incidents", "changes"):
+        for path in (pipeline_home / folder).rglob("*"):
+            if path.is_file() and path.suffix in (".jsonl", ".json"):
+                texts.append(path.read_text(errors="replace"))
+    settings = load_settings()
+    with dg.DagsterInstance.from_config(str(settings.dagster_storage)) as instance:
+        for record in instance.get_records_for_run(first_run[1]["run_id"]).records:
+            texts.append(record.event_log_entry.user_message or "")
+    assert texts
+    leaked = {m for text in texts for m in id_pattern.findall(text) if m in ids}
+    assert leaked == set()
+
+
+def test_logs_verify_passes_and_detects_a_flipped_byte(first_run, pipeline_home, capsys):
+    assert cli.main(["logs", "verify"]) == 0
+    log = sorted((pipeline_home / "logs").glob("ops-*.jsonl"))[-1]
+    data = bytearray(log.read_bytes())
+    index = data.index(b'"message"') + 12
+    data[index] = ord("X") if data[index] != ord("X") else ord("Y")
+    log.write_bytes(bytes(data))
+    assert cli.main(["logs", "verify"]) != 0
+    assert log.name in capsys.readouterr().out
+
+
+def test_status_lists_models_and_freshness(first_run, capsys):
+    assert cli.main(["status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert any("champion" in m["aliases"] for m in status["models"])
+    assert status["assets"]["churn_scores"]["freshness"] == "PASS"
+    assert {"name", "version", "aliases"} <= set(status["models"][0])
+
+
+def test_rollback_restores_previous_champion(first_run, capsys):
+    os.environ["CHURN_PROMOTION_MARGIN"] = "-1"  # any challenger wins: force a second champion
+    try:
+        code = cli.main(["run", "--select", "model_leaderboard+", "--json"])
+    finally:
+        del os.environ["CHURN_PROMOTION_MARGIN"]
+    second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0
+    before = first_run[1]["champion"]["version"]
+    assert second["champion"]["version"] != before
+    assert cli.main(["model", "rollback", "--reason", "test"]) == 0
+    settings = load_settings()
+    models = registry_snapshot(_mlflow(), load_spec(settings.spec_path, settings.home))
+    champion = [m for m in models if "champion" in m["aliases"]]
+    assert [str(m["version"]) for m in champion] == [str(before)]
+    changes = [json.loads(p.read_text()) for p in Path(settings.home, "changes").glob("CHG-*.json")]
+    assert any(c["change_type"] == "emergency" for c in changes)
+    assert any(c["change_type"] == "standard" for c in changes)
+
+
+def test_backup_then_restore_into_an_empty_root_reproduces_the_registry(
+    first_run, pipeline_home, tmp_path, capsys
+):
+    import sqlite3
+    import time
+
+    partition = time.strftime("%Y-%m-%d", time.gmtime())
+    assert cli.main(["backup", "--partition", partition]) == 0  # includes the restore drill
+    archive = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert archive.is_file()
+    target = tmp_path / "restored"
+    assert cli.main(["restore", "--partition", partition, "--target", str(target)]) == 0
+    settings = load_settings()
+    spec = load_spec(settings.spec_path, settings.home)
+    restored = load_settings({"CHURN_HOME": str(target)})
+    restored_mlflow = MlflowResource(
+        tracking_uri=restored.mlflow_tracking_uri, artifact_root=restored.mlflow_artifact_root
+    )
+    assert registry_snapshot(restored_mlflow, spec) == registry_snapshot(_mlflow(), spec)
+    with sqlite3.connect(target / "dagster" / "history" / "runs.db") as db:
+        run_ids = {row[0] for row in db.execute("SELECT run_id FROM runs")}
+    assert first_run[1]["run_id"] in run_ids
+
+
+def test_audit_report_for_the_champion_names_source_checksum_and_runs(
+    first_run, pipeline_home, capsys
+):
+    import hashlib
+
+    assert cli.main(["audit", "--model", "champion", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    sha = hashlib.sha256((pipeline_home / "data" / "telco_churn.csv").read_bytes()).hexdigest()
+    assert sha in json.dumps(report)
+    assert first_run[1]["run_id"] in json.dumps(report["training"])
+    assert report["changes"], "the promotion change record is part of the story"
+    assert (pipeline_home / "audit").is_dir()
