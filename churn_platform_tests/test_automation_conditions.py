@@ -207,6 +207,10 @@ def test_platform_assets_carry_the_platform_conditions_and_automation_ships_runn
     assert degradation.default_status == dg.DefaultSensorStatus.RUNNING
     retrained = automation.retrain_job.selection.resolve(graph)
     assert degradation.job_name == "retrain_job" and retrained >= {n.key for n in models}
+    # A queued check run is invisible to the freshness sensor: at Dagster's 30 s default it
+    # queued a run per tick behind a long training run (seen with a real daemon).
+    freshness = defs.get_sensor_def("freshness_checks_sensor")
+    assert freshness.minimum_interval_seconds >= 3600
 
 
 # ---------------------------------------------------------------------------------------------

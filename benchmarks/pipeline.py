@@ -1,0 +1,560 @@
+"""Pipeline benchmark: wall time, rows/s and peak memory of the full asset graph, per layer.
+
+`--rows N` writes N synthetic customers in the Telco CSV schema (`churn-platform generate`), or
+`--telco` takes the real Telco file. The whole pipeline (every asset but the backups) is then
+materialized on it by `materialize_selection`, as `churn-platform run` does, in a fresh state
+root. Layer times come from that run's event log (a step's STEP_START to its STEP_SUCCESS), so
+nothing runs twice. `--compare` also runs, on the same file:
+
+    pyspark  the platform's own functions (churn_platform.etl, churn_platform.modeling) in a
+             plain script: no Dagster, MLflow, checks or warehouse writes; the floor of this stack
+    pandas   pandas + scikit-learn (LightGBM for boosting when installed), same steps and params
+
+Each run gets a fresh Python process, one after the other: each pays its own Spark start-up, no
+two JVMs run at once, and memory is attributed cleanly. This process polls, every 0.2 s, the RSS
+of the run's Python process ("driver") and the summed RSS of its descendants ("JVM": in local
+mode the Spark JVM, which runs the executors too). Imports happen before the timed window.
+
+`--profile quick` (default) sets CHURN_TRAINING_PROFILE=quick: small models and no grid search,
+so the benchmark measures the pipeline rather than 200-tree forests; `--profile full` trains what
+production trains. CHURN_TRAIN_MAX_ROWS, SPARK_DRIVER_MEMORY and CHURN_SHUFFLE_PARTITIONS pass
+through to every run.
+
+    .venv/bin/python benchmarks/pipeline.py --rows 20000 --compare
+    .venv/bin/python benchmarks/pipeline.py --telco --compare --json
+    .venv/bin/python benchmarks/pipeline.py --rows 1000000 --models logistic_regression,gbt
+"""
+
+# No `from __future__ import annotations`: Dagster reads the asset's context annotation.
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+from unittest import mock
+
+import dagster as dg
+import psutil
+
+from churn_platform import definitions, etl
+from churn_platform.assets import evaluation, scoring, training
+from churn_platform.cli import materialize_selection, run_summary
+from churn_platform.datasets import TELCO_FILE, ensure_telco_csv
+from churn_platform.definitions import build_definitions
+from churn_platform.modeling import DEFAULT_PARAMS, MODEL_KINDS
+from churn_platform.resources import spark_conf
+from churn_platform.settings import DEFAULT_SPEC, Settings, load_settings
+
+HERE = Path(__file__).resolve().parent
+SAMPLE_SECONDS = 0.2
+MB = 2**20
+LAYERS = ("raw", "cleaned", "features", "training", "scoring", "other")
+ETL_LAYERS = ("raw", "cleaned", "features")
+# Step names of the asset graph; the baselines use the same names for the same work.
+STEP_LAYERS = {
+    "raw_customers": "raw",
+    "cleaned_customers": "cleaned",
+    "customer_features": "features",
+    "training_sample": "training",
+    "model_leaderboard": "training",
+    "champion_model": "training",
+    "churn_scores": "scoring",
+}
+# A benchmark must never log into a real tracking server or Dagster instance: each run's
+# settings then default to its own fresh state root.
+ISOLATED_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "CHURN_MLFLOW_ARTIFACT_ROOT",
+    "DAGSTER_HOME",
+    "CHURN_DAGSTER_STORAGE",
+    "CHURN_DAGSTER_COMPUTE_LOGS",
+)
+
+
+class BenchmarkError(RuntimeError):
+    """A run that failed; the message says which and where its log is."""
+
+
+def layer_of(step: str) -> str:
+    if step in STEP_LAYERS:
+        return STEP_LAYERS[step]
+    return "training" if step.removeprefix("model_") in MODEL_KINDS else "other"
+
+
+# ---------------------------------------------------------------------------------------------
+# The platform run (in its own process)
+
+
+def _leaderboard_over(model_keys: Sequence[str]) -> dg.AssetsDefinition:
+    """`model_leaderboard` with inputs from the chosen model assets only."""
+
+    @dg.asset(
+        name="model_leaderboard",
+        ins={key: dg.AssetIn(key) for key in model_keys},
+        group_name="evaluation",
+        kinds={"mlflow"},
+    )
+    def model_leaderboard(context: dg.AssetExecutionContext, **models: dict) -> dict:
+        """The platform's ranking (`leaderboard_rows`) over the benchmarked models."""
+        rows = evaluation.leaderboard_rows(models)
+        context.add_output_metadata({"best_model": rows[0]["model"]})
+        return {"rows": rows, "models": models}
+
+    return model_leaderboard
+
+
+def _definitions_with_models(settings: Settings | None, kinds: Sequence[str]) -> dg.Definitions:
+    defs = build_definitions(settings)
+    dropped = {dg.AssetKey(f"model_{k}") for k in MODEL_KINDS if k not in kinds}
+    dropped.add(dg.AssetKey("model_leaderboard"))
+    assets = [a for a in defs.assets or [] if not dropped & set(a.keys)]
+    assets.append(_leaderboard_over([f"model_{k}" for k in kinds]))
+    return dg.Definitions(assets=assets, resources=defs.resources)
+
+
+@contextlib.contextmanager
+def only_models(kinds: Sequence[str]) -> Iterator[None]:
+    """Make `materialize_selection` build a graph that trains just these models.
+
+    `model_leaderboard` takes every model asset as an input, so leaving models out of the
+    selection would make it load missing inputs and fail. Instead the graph gets a leaderboard
+    over the chosen models; every other asset is the platform's own.
+    """
+    if set(kinds) == set(MODEL_KINDS):
+        yield
+        return
+    with mock.patch.object(
+        definitions,
+        "build_definitions",
+        lambda settings=None: _definitions_with_models(settings, kinds),
+    ):
+        yield
+
+
+def platform_run(job: Mapping[str, Any]) -> None:
+    """Materialize the pipeline once; write each step's span, read from the event log."""
+    settings = load_settings()
+    started = time.time()
+    with only_models(job["models"]):
+        result = materialize_selection(settings, None)
+    ended = time.time()
+    events = result.all_events
+    if not result.success:
+        failed = sorted({e.step_key for e in events if e.event_type_value == "STEP_FAILURE"})
+        checks = sorted(
+            f"{e.event_specific_data.asset_key.to_user_string()}:{e.event_specific_data.check_name}"
+            for e in events
+            if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed
+        )
+        raise RuntimeError(
+            f"platform run {result.run_id} failed: steps {failed or 'none'} failed, "
+            f"checks {checks or 'none'} failed"
+        )
+    entries = dg.DagsterInstance.get().all_logs(
+        result.run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS}
+    )
+    starts: dict[str, float] = {}
+    steps: dict[str, tuple[float, float]] = {}
+    for entry in entries:
+        if entry.dagster_event.event_type == dg.DagsterEventType.STEP_START:
+            starts.setdefault(entry.step_key, entry.timestamp)
+        else:
+            steps[entry.step_key] = (starts[entry.step_key], entry.timestamp)
+    champion = run_summary(result)["champion"]
+    retried = sorted({e.step_key for e in events if e.event_type_value == "STEP_UP_FOR_RETRY"})
+    Path(job["result"]).write_text(
+        json.dumps(
+            {
+                "start": started,
+                "end": ended,
+                "steps": steps,
+                "champion": champion["model_kind"],
+                "roc_auc": champion["metrics"]["roc_auc"],
+                "retried": retried,
+            }
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Launching and measuring runs
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float
+    driver: int
+    jvm: int
+
+
+class MemorySampler:
+    """Polls the RSS of a process and of all its descendants from a background thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.samples: list[Sample] = []
+        self._process = psutil.Process(pid)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _poll(self) -> None:
+        while not self._done.is_set():
+            try:
+                driver = self._process.memory_info().rss
+                children = self._process.children(recursive=True)
+            except psutil.NoSuchProcess:
+                return
+            jvm = 0
+            for child in children:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    jvm += child.memory_info().rss
+            self.samples.append(Sample(time.time(), driver, jvm))
+            self._done.wait(SAMPLE_SECONDS)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One measured run: its timed window, step spans, champion and memory samples."""
+
+    name: str
+    start: float
+    end: float
+    steps: dict[str, tuple[float, float]]
+    champion: str
+    roc_auc: float
+    retried: list[str]
+    samples: list[Sample]
+
+    @property
+    def total(self) -> float:
+        return self.end - self.start
+
+    def seconds(self, layer: str | None = None, step: str | None = None) -> float:
+        """Seconds of one step, of one layer's steps, or (no argument) of all steps."""
+        return sum(
+            end - start
+            for name, (start, end) in self.steps.items()
+            if (step is None or name == step) and (layer is None or layer_of(name) == layer)
+        )
+
+    def peak_mb(self, layer: str | None = None) -> tuple[float, float]:
+        """Peak driver and JVM RSS while a layer's steps ran (or over the whole process)."""
+        windows = [span for name, span in self.steps.items() if layer_of(name) == layer]
+        pad = SAMPLE_SECONDS
+        inside = [
+            s
+            for s in self.samples
+            if layer is None or any(a - pad <= s.at <= b + pad for a, b in windows)
+        ]
+        if not inside:
+            return math.nan, math.nan
+        return max(s.driver for s in inside) / MB, max(s.jvm for s in inside) / MB
+
+    @property
+    def peak_total_mb(self) -> float:
+        return max((s.driver + s.jvm for s in self.samples), default=0) / MB
+
+
+def launch(name: str, command: list[str], env: Mapping[str, str], work: Path) -> Run:
+    """Run one benchmark process to completion while sampling its memory."""
+    log = work / f"{name}.log"
+    with log.open("w") as out:
+        child = subprocess.Popen(command, env=dict(env), stdout=out, stderr=subprocess.STDOUT)
+        with MemorySampler(child.pid) as sampler:
+            code = child.wait()
+    if code != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+        raise BenchmarkError(f"the {name} run failed (exit code {code}); end of {log}:\n{tail}")
+    result = json.loads((work / f"{name}.json").read_text())
+    return Run(
+        name=name,
+        start=result["start"],
+        end=result["end"],
+        steps={step: tuple(span) for step, span in result["steps"].items()},
+        champion=result["champion"],
+        roc_auc=result["roc_auc"],
+        retried=result.get("retried", []),
+        samples=sampler.samples,
+    )
+
+
+def child_env(home: Path) -> dict[str, str]:
+    return {**os.environ, "CHURN_HOME": str(home)}
+
+
+def resolved_params(kinds: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each model's Spark parameters as its asset resolves them: defaults, config, profile.
+
+    Ensemble bases get their merged parameters too, so the baselines need no platform defaults.
+    """
+    configs = {spec.kind: spec.config for spec in training.MODEL_SPECS}
+    params = {}
+    for kind in kinds:
+        merged = {**DEFAULT_PARAMS[kind], **training.model_params(kind, configs[kind]())}
+        if "bases" in merged:
+            overrides = merged.get("base_params") or {}
+            merged["base_params"] = {
+                base: {**DEFAULT_PARAMS[base], **overrides.get(base, {})}
+                for base in merged["bases"]
+            }
+        params[kind] = merged
+    return params
+
+
+def prepare_data(args: argparse.Namespace, target: Path, work: Path) -> tuple[int, str]:
+    """Put the benchmark's CSV where the bundled Telco spec reads it; (rows, description)."""
+    target.parent.mkdir(parents=True)
+    if args.telco:
+        source = ensure_telco_csv(load_settings().data_dir)
+        shutil.copyfile(source, target)
+        with target.open("rb") as handle:
+            rows = sum(1 for _ in handle) - 1
+        return rows, f"the IBM Telco file, {rows:,} customers"
+    command = [sys.executable, "-m", "churn_platform.cli", "generate", "--rows", str(args.rows)]
+    command += ["--seed", str(args.seed), "--output", str(target)]
+    done = subprocess.run(
+        command, env=child_env(work / "generate"), capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise BenchmarkError(f"generating the data failed:\n{done.stderr[-3000:]}")
+    return args.rows, f"{args.rows:,} synthetic customers (seed {args.seed})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def _cell(value: float, digits: int = 1) -> str:
+    return "-" if not value or math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def _rate(rows: int, seconds: float) -> str:
+    return f"{rows / seconds:,.0f}" if seconds > 0 else "-"
+
+
+def platform_table(run: Run, rows: int) -> str:
+    header = f"{'layer':<10}{'wall s':>10}{'rows/s':>12}{'driver MB':>12}{'JVM MB':>10}"
+    lines = [header, "-" * len(header)]
+    for layer in LAYERS:
+        seconds = run.seconds(layer)
+        if layer == "other" and not seconds:
+            continue
+        driver, jvm = run.peak_mb(layer)
+        lines.append(
+            f"{layer:<10}{seconds:>10.1f}{_rate(rows, seconds):>12}"
+            f"{_cell(driver, 0):>12}{_cell(jvm, 0):>10}"
+        )
+    lines.append(f"{'overhead':<10}{run.total - run.seconds():>10.1f}")
+    driver, jvm = run.peak_mb()
+    lines.append(
+        f"{'total':<10}{run.total:>10.1f}{_rate(rows, run.total):>12}"
+        f"{_cell(driver, 0):>12}{_cell(jvm, 0):>10}"
+    )
+    other = sorted(step for step in run.steps if layer_of(step) == "other")
+    lines += [
+        "rows/s: input customers / wall time. MB: peak RSS while the layer ran.",
+        "training: model_* steps, model_leaderboard, champion_model (MLflow registry).",
+        *([f"other: {', '.join(other)}."] if other else []),
+        "overhead: total minus steps: Spark start-up, Dagster run set-up, between-step work.",
+    ]
+    return "\n".join(lines)
+
+
+def compare_table(runs: Mapping[str, Run]) -> str:
+    names = list(runs)
+    platform = runs["platform"]
+    ratios = [name for name in names if name != "platform"]
+    header = (
+        f"{'seconds':<28}"
+        + "".join(f"{name:>11}" for name in names)
+        + "".join(f"{'platform/' + name:>18}" for name in ratios)
+    )
+
+    def row(label: str, values: dict[str, float]) -> str:
+        cells = "".join(f"{_cell(values[name]):>11}" for name in names)
+        cells += "".join(
+            f"{platform_ratio(values['platform'], values[name]):>18}" for name in ratios
+        )
+        return f"{label:<28}{cells}"
+
+    lines = [header, "-" * len(header)]
+    for layer in LAYERS:
+        lines.append(row(layer, {n: r.seconds(layer) for n, r in runs.items()}))
+        if layer == "training":
+            for step in (f"model_{k}" for k in MODEL_KINDS if f"model_{k}" in platform.steps):
+                lines.append(row(f"  {step}", {n: r.seconds(step=step) for n, r in runs.items()}))
+    lines.append(row("overhead", {n: r.total - r.seconds() for n, r in runs.items()}))
+    lines.append(row("total", {n: r.total for n, r in runs.items()}))
+    lines.append(
+        f"{'peak driver / JVM RSS MB':<28}"
+        + "".join(f"{'/'.join(_cell(mb, 0) for mb in r.peak_mb()):>11}" for r in runs.values())
+    )
+    champions = ", ".join(f"{n} {r.champion} ({r.roc_auc:.4f})" for n, r in runs.items())
+    lines.append(f"champion (test ROC-AUC): {champions}")
+    return "\n".join(lines)
+
+
+def platform_ratio(platform: float, other: float) -> str:
+    """platform / other, unless either side is too short (under 0.05 s) to mean anything."""
+    return f"{platform / other:.2f}x" if min(platform, other) >= 0.05 else "-"
+
+
+def summary(rows: int, runs: Mapping[str, Run]) -> dict[str, Any]:
+    """The --json line: platform throughput and peak memory, and the three totals."""
+    platform = runs["platform"]
+    etl_seconds = sum(platform.seconds(layer) for layer in ETL_LAYERS)
+    return {
+        "rows": rows,
+        "platform_s": round(platform.total, 2),
+        "pyspark_s": round(runs["pyspark"].total, 2) if "pyspark" in runs else None,
+        "pandas_s": round(runs["pandas"].total, 2) if "pandas" in runs else None,
+        "etl_rows_per_s": round(rows / etl_seconds, 1),
+        "score_rows_per_s": round(rows / platform.seconds("scoring"), 1),
+        "peak_rss_mb": round(platform.peak_total_mb, 1),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Orchestration
+
+
+def benchmark(args: argparse.Namespace, kinds: list[str], work: Path) -> None:
+    started = time.monotonic()
+
+    def progress(message: str) -> None:
+        print(f"[{time.monotonic() - started:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+    data = work / "platform" / "data" / TELCO_FILE
+    progress("preparing the data")
+    rows, described = prepare_data(args, data, work)
+    config = training.ModelConfig()
+    common = {
+        "data": str(data),
+        "models": kinds,
+        "params": resolved_params(kinds),
+        "seed": config.seed,
+        "threshold_strategy": config.threshold_strategy,
+        "train_max_rows": load_settings().train_max_rows,
+        "risk_tiers": scoring.RISK_TIERS,
+        "service_columns": etl.SERVICE_COLUMNS,
+    }
+    names = ("platform", "pyspark", "pandas") if args.compare else ("platform",)
+    runs: dict[str, Run] = {}
+    for name in names:
+        home = work / name
+        home.mkdir(exist_ok=True)
+        job = {
+            **common,
+            "result": str(work / f"{name}.json"),
+            "scores": str(home / "scores.parquet"),
+        }
+        if name == "pyspark":
+            job["spark_conf"] = spark_conf(load_settings(child_env(home)))
+        job_file = work / f"{name}-job.json"
+        job_file.write_text(json.dumps(job))
+        if name == "platform":
+            command = [sys.executable, str(Path(__file__).resolve()), "--run-platform"]
+        else:
+            command = [sys.executable, str(HERE / "pipeline_baselines.py"), name]
+        progress(f"{name} run (log: {work / f'{name}.log'})")
+        runs[name] = launch(name, [*command, str(job_file)], child_env(home), work)
+        progress(f"{name} run: {runs[name].total:.1f} s")
+
+    platform = runs["platform"]
+    print(
+        f"Pipeline benchmark: {described}; profile {args.profile}; "
+        f"{len(kinds)} model(s): {', '.join(kinds)}"
+    )
+    print(
+        f"\nPlatform (Dagster asset graph, every asset but backups), champion "
+        f"{platform.champion} with test ROC-AUC {platform.roc_auc:.4f}"
+    )
+    print(platform_table(platform, rows))
+    if platform.retried:
+        print(f"warning: retried steps (their time covers every attempt): {platform.retried}")
+    if args.compare:
+        print("\nComparison on the same file (each run in a fresh process)")
+        print(compare_table(runs))
+    if args.json:
+        print(json.dumps(summary(rows, runs)))
+
+
+def configure_environment(profile: str) -> None:
+    """Settings every run shares: the bundled Telco spec, the training profile, no servers."""
+    for name in ISOLATED_ENV:
+        os.environ.pop(name, None)
+    os.environ["CHURN_CONFIG"] = str(DEFAULT_SPEC)
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    if profile == "quick":
+        os.environ[training.PROFILE_ENV] = "quick"
+    else:
+        os.environ.pop(training.PROFILE_ENV, None)
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument("--rows", type=int, help="synthetic customers to generate")
+    data.add_argument("--telco", action="store_true", help="use the real IBM Telco CSV instead")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the synthetic data")
+    parser.add_argument("--compare", action="store_true", help="also run plain PySpark and pandas")
+    parser.add_argument("--json", action="store_true", help="end with one JSON summary line")
+    parser.add_argument(
+        "--models", default=",".join(MODEL_KINDS), help="comma list of model kinds (default: all)"
+    )
+    parser.add_argument(
+        "--profile",
+        choices=("quick", "full"),
+        default="quick",
+        help="training profile: quick = small models, no grid search (default); full = production",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work folder and logs")
+    parser.add_argument("--run-platform", metavar="JOB", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    wanted = [k for k in args.models.split(",") if k]
+    unknown = sorted(set(wanted) - set(MODEL_KINDS))
+    if unknown or not wanted:
+        parser.error(f"--models: unknown or no model kinds {unknown}; choose from {MODEL_KINDS}")
+    if not args.run_platform and not (args.telco or (args.rows and args.rows > 0)):
+        parser.error("pass --rows N (N > 0) or --telco")
+    return args, [k for k in MODEL_KINDS if k in wanted]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, kinds = parse_args(argv)
+    if args.run_platform:
+        platform_run(json.loads(Path(args.run_platform).read_text()))
+        return 0
+    configure_environment(args.profile)
+    work = Path(tempfile.mkdtemp(prefix="churn-bench-"))
+    try:
+        benchmark(args, kinds, work)
+    except BenchmarkError as exc:
+        print(f"error: {exc}\n(work folder kept: {work})", file=sys.stderr)
+        return 1
+    if args.keep:
+        print(f"work folder kept: {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
