@@ -32,6 +32,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from churn_platform import etl, modeling
+from churn_platform.assets.training import ENSEMBLE_INPUTS
 from churn_platform.config import load_spec
 from churn_platform.resources import spark_conf
 from churn_platform.settings import load_settings
@@ -136,13 +137,22 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = {**score(oof, test_pred), "seconds": time.monotonic() - began}
             _log(f"{name}: {_summary(results[name])}", started)
 
+    # As the ensemble assets do: stacking and voting reuse the base models fitted above them.
+    fitted: dict[str, modeling.BaseFit] = {}
     for kind in kinds:
         began = time.monotonic()
-        fit = modeling.fit_model(kind, features, overrides.get(kind), seed=args.seed, id_col=id_col)
+        params = {**modeling.DEFAULT_PARAMS[kind], **overrides.get(kind, {})}
+        bases = {b: fitted[b] for b in params.get("bases", ()) if b in fitted}
+        fit = modeling.fit_model(
+            kind, features, params, seed=args.seed, id_col=id_col, fitted_bases=bases
+        )
         fit.oof.cache()
         metrics = score(fit.oof, fit.model.transform(test))
         results[kind] = {**metrics, "seconds": time.monotonic() - began}
-        fit.oof.unpersist()
+        if kind in ENSEMBLE_INPUTS:
+            fitted[kind] = modeling.BaseFit(fit.model, fit.oof, fit.params)
+        else:
+            fit.oof.unpersist()
         if args.json:
             args.json.write_text(json.dumps(results, indent=2, sort_keys=True))
         chosen = {k: v for k, v in fit.params.items() if k != "base_params"}

@@ -99,9 +99,14 @@ def run_pyspark(job: Mapping[str, Any], spec: DatasetSpec, timeline: Timeline) -
         capped = etl.cap_training_rows(features, spec, job["train_max_rows"]).persist()
         test = capped.where(F.col(etl.SPLIT_COL) == "test")
     candidates = []
+    # As the ensemble assets do: bases trained earlier in the run are reused, not refitted.
+    reusable: dict[str, modeling.BaseFit] = {}
     for kind, params in job["params"].items():
         with timeline.step(f"model_{kind}"):
-            fit = modeling.fit_model(kind, capped, params, job["seed"], id_col=spec.id_column)
+            bases = {b: reusable[b] for b in params.get("bases", ()) if b in reusable}
+            fit = modeling.fit_model(
+                kind, capped, params, job["seed"], id_col=spec.id_column, fitted_bases=bases
+            )
             # The default costs are train_and_track's fallbacks; the "f1" default uses none.
             threshold, _ = modeling.choose_threshold(fit.oof, job["threshold_strategy"])
             predictions = (
@@ -126,7 +131,10 @@ def run_pyspark(job: Mapping[str, Any], spec: DatasetSpec, timeline: Timeline) -
                 )
             )
             predictions.unpersist()
-            oof.unpersist()
+            if kind in job["ensemble_inputs"]:
+                reusable[kind] = modeling.BaseFit(fit.model, oof, fit.params)
+            else:
+                oof.unpersist()
     with timeline.step("champion_model"):
         champion = champion_of(candidates)
     with timeline.step("churn_scores"):
@@ -189,9 +197,12 @@ def run_pandas(job: Mapping[str, Any], spec: DatasetSpec, timeline: Timeline) ->
         test = (table["split"] == "test").to_numpy()
         x_test, y_test = matrix[test], table["label"].to_numpy()[test]
     candidates = []
+    reusable: dict[str, tuple[Any, np.ndarray]] = {}
     for kind, params in job["params"].items():
         with timeline.step(f"model_{kind}"):
-            model, oof = _fit_model(kind, params, x_train, y_train, folds, job["seed"])
+            model, oof = _fit_model(kind, params, x_train, y_train, folds, job["seed"], reusable)
+            if kind in job["ensemble_inputs"]:
+                reusable[kind] = (model, oof)
             threshold = _f1_threshold(y_train, oof)
             test_auc = _roc_auc(y_test, model.predict_proba(x_test)[:, 1])
             cv_auc = [_roc_auc(y_train[folds == f], oof[folds == f]) for f in np.unique(folds)]
@@ -431,12 +442,24 @@ class Ensemble:
 
 
 def _fit_model(
-    kind: str, params: Mapping[str, Any], x: np.ndarray, y: np.ndarray, folds: np.ndarray, seed: int
+    kind: str,
+    params: Mapping[str, Any],
+    x: np.ndarray,
+    y: np.ndarray,
+    folds: np.ndarray,
+    seed: int,
+    reusable: Mapping[str, tuple[Any, np.ndarray]],
 ) -> tuple[Any, np.ndarray]:
-    """modeling.fit_model's work: the final model and its out-of-fold probabilities."""
+    """modeling.fit_model's work: the final model and its out-of-fold probabilities.
+
+    An ensemble takes the bases already in `reusable` (model, OOF) and fits the others.
+    """
     if "bases" not in params:
         return _fit_base(kind, params, x, y, folds, seed)
-    fitted = [_fit_base(b, params["base_params"][b], x, y, folds, seed) for b in params["bases"]]
+    fitted = [
+        reusable[b] if b in reusable else _fit_base(b, params["base_params"][b], x, y, folds, seed)
+        for b in params["bases"]
+    ]
     base_oof = np.column_stack([oof for _, oof in fitted])
     if kind == "stacking":
         reg = float(params["regParam"])

@@ -8,6 +8,7 @@ cleaning, features, training and scoring; failed monitoring checks launch a retr
 import datetime as dt
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -54,20 +55,26 @@ def layer_condition() -> dg.AutomationCondition:
     )
 
 
-def retrain_condition(cron: str) -> dg.AutomationCondition:
+def retrain_condition(cron: str, model_keys: Sequence[str] = ()) -> dg.AutomationCondition:
     """Models retrain when the features' data version or the model code changes, or on cron.
 
     Re-ingesting identical data leaves the features' content-based data version unchanged,
-    so it does not retrain.
+    so it does not retrain. An ensemble also depends on the base models it reuses
+    (`model_keys`); their new versions do not trigger it a second time, and it may be requested
+    in the same tick as they are.
     """
+    ignored = dg.AssetSelection.assets(*model_keys)
     trigger = (
-        dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
+        dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed()).ignore(
+            ignored
+        )
         | dg.AutomationCondition.code_version_changed()
         | dg.AutomationCondition.cron_tick_passed(cron)
     )
+    missing = dg.AutomationCondition.missing() & ~dg.AutomationCondition.will_be_requested()
     return (
         trigger.since_last_handled()
-        & ~dg.AutomationCondition.any_deps_missing()
+        & ~dg.AutomationCondition.any_deps_match(missing)
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()
     ).with_label("retrain on new feature data, new code or cron")

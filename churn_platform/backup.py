@@ -114,7 +114,7 @@ __all__ = [
 COMPONENT_DIRS: dict[str, tuple[str, ...]] = {
     "mlflow": ("mlflow",),
     "dagster": ("dagster",),
-    "data": ("warehouse",),
+    "data": ("warehouse", "training"),
     "config": ("config",),
     "logs": ("logs", "incidents", "changes", "secrets"),
 }
@@ -635,22 +635,27 @@ def _dagster_sources(settings: Settings, not_included: list[str]) -> Iterator[_S
 
 
 def _data_sources(settings: Settings, not_included: list[str]) -> Iterator[_Source]:
-    """Only the versions the `CURRENT` pointers name; older versions are rebuildable history."""
-    root = settings.warehouse
-    if not root.is_dir():
-        not_included.append(f"missing: {root}")
+    """Only the versions the `CURRENT` pointers name; older versions are rebuildable history.
+
+    The warehouse must exist; the base-model fits (`training/`) only once a model was trained.
+    """
+    if not settings.warehouse.is_dir():
+        not_included.append(f"missing: {settings.warehouse}")
         return
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(("v-", ".")))
-        if POINTER not in filenames:
-            continue
-        folder = Path(dirpath)
-        name = (folder / POINTER).read_text().strip()
-        if not name or "/" in name or name in (".", "..") or not (folder / name).is_dir():
-            raise BackupError(f"{folder / POINTER} names {name!r}, not a version folder beside it")
-        prefix = "/".join(("warehouse", *folder.relative_to(root).parts))
-        yield _Source(f"{prefix}/{POINTER}", "data", "bytes", content=f"{name}\n".encode())
-        yield from _tree(f"{prefix}/{name}", folder / name, "data", not_included)
+    for top, root in (("warehouse", settings.warehouse), ("training", settings.training)):
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(("v-", ".")))
+            if POINTER not in filenames:
+                continue
+            folder = Path(dirpath)
+            name = (folder / POINTER).read_text().strip()
+            if not name or "/" in name or name in (".", "..") or not (folder / name).is_dir():
+                raise BackupError(
+                    f"{folder / POINTER} names {name!r}, not a version folder beside it"
+                )
+            prefix = "/".join((top, *folder.relative_to(root).parts))
+            yield _Source(f"{prefix}/{POINTER}", "data", "bytes", content=f"{name}\n".encode())
+            yield from _tree(f"{prefix}/{name}", folder / name, "data", not_included)
 
 
 def _config_sources(
@@ -720,6 +725,8 @@ def _walk(root: Path) -> Iterator[Path]:
                 )
         for name in sorted(filenames):
             path = folder / name
+            if not path.is_symlink() and not path.exists():
+                continue  # removed since listed, e.g. an SQLite journal at commit
             if path.is_symlink() or not path.is_file():
                 raise BackupError(f"{path} is not a regular file; refusing to archive it")
             yield path

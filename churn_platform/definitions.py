@@ -42,7 +42,7 @@ def _automation(spec: dg.AssetSpec, settings: Settings) -> dg.AutomationConditio
     if name in MANUAL:
         return None
     if name in RETRAINED:
-        return automation.retrain_condition(settings.retrain_cron)
+        return automation.retrain_condition(settings.retrain_cron, training.MODEL_ASSET_KEYS)
     return automation.layer_condition()
 
 

@@ -127,15 +127,19 @@ def _clipped_logit(col: Column, epsilon: float) -> Column:
     return F.log(p / (F.lit(1.0) - p))
 
 
-class PositiveProbability(
+class _ColumnToColumn(
     Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable
 ):
-    """P(class 1) from a probability vector as a double: what metrics and ensembles consume."""
+    """A stage from one input column to one output column, persisted by its params alone."""
 
     @keyword_only
     def __init__(self, *, inputCol: str | None = None, outputCol: str | None = None) -> None:
         super().__init__()
         self._set(**self._input_kwargs)
+
+
+class PositiveProbability(_ColumnToColumn):
+    """P(class 1) from a probability vector as a double: what metrics and ensembles consume."""
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         element = vector_to_array(F.col(self.getInputCol()))[1]
@@ -269,6 +273,26 @@ class DropColumns(Transformer, DefaultParamsReadable, DefaultParamsWritable):
         return dataset.drop(*self.getOrDefault(self.columns))
 
 
+class RenameColumn(_ColumnToColumn):
+    """Renames a column: turns a reused base model's `churn_probability` into its ensemble input."""
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        return dataset.withColumnRenamed(self.getInputCol(), self.getOutputCol())
+
+
+@dataclass(frozen=True)
+class BaseFit:
+    """A base model already fitted on the same training rows, folds and seed, for an ensemble.
+
+    `model` maps the `features` vector to `churn_probability` (as `FitResult.model`); `oof` holds
+    id, fold, label and `churn_probability` for every training row, predicted out of fold.
+    """
+
+    model: PipelineModel
+    oof: DataFrame
+    params: dict[str, Any]
+
+
 @dataclass(frozen=True)
 class FitResult:
     """A fitted model with the out-of-fold predictions that choose its threshold and CV score.
@@ -322,15 +346,20 @@ def fit_model(
     seed: int = DEFAULT_SEED,
     *,
     id_col: str,
+    fitted_bases: Mapping[str, BaseFit] | None = None,
 ) -> FitResult:
     """Fit a model and its out-of-fold predictions in one pass, sharing the tuning fits.
 
     Grid winners are chosen once by CV on the whole training split and then reused for the
     per-fold refits, so the OOF scores carry the usual mild optimism of tuning on the same folds.
     `params` are the values actually used; ensembles add `weights` per base model (meta-LR
-    coefficients on log-odds for stacking, convex weights for voting).
+    coefficients on log-odds for stacking, convex weights for voting). An ensemble takes the
+    bases found in `fitted_bases` as they are (their fits and OOF predictions are exactly what it
+    would compute itself) and fits only the others.
     """
-    model, oof, fitted_params, base_oof = _fit(kind, df, params, seed, id_col=id_col, with_oof=True)
+    model, oof, fitted_params, base_oof = _fit(
+        kind, df, params, seed, id_col=id_col, with_oof=True, fitted_bases=fitted_bases
+    )
     assert oof is not None
     return FitResult(kind, model, oof, fitted_params, base_oof)
 
@@ -384,12 +413,15 @@ def _fit(
     *,
     id_col: str | None,
     with_oof: bool,
+    fitted_bases: Mapping[str, BaseFit] | None = None,
 ) -> _Fitted:
     merged = _merge_params(kind, params)
     with _cached(_train_rows(df)) as train:
         folds = _folds(train)
         if kind in ENSEMBLE_KINDS:
-            return _fit_ensemble(kind, merged, seed, train, folds, id_col, with_oof)
+            return _fit_ensemble(
+                kind, merged, seed, train, folds, id_col, with_oof, fitted_bases or {}
+            )
         part = _fit_base(kind, merged, seed, train, PROBABILITY_COL)
         model = _assemble([part])
         oof = None
@@ -557,25 +589,44 @@ def _fit_ensemble(
     folds: Sequence[int],
     id_col: str | None,
     with_oof: bool,
+    fitted_bases: Mapping[str, BaseFit],
 ) -> _Fitted:
     """Bases refit on all training rows; the combiner learns only from their OOF predictions."""
     bases = list(params["bases"])
     unknown = [b for b in bases if b not in BASE_KINDS]
     if unknown or len(set(bases)) != len(bases) or len(bases) < 2:
         raise ValueError(f"{kind}: bases must be >= 2 distinct kinds of {BASE_KINDS}, got {bases}")
+    reused = {b: fitted_bases[b] for b in bases if b in fitted_bases}
+    if reused and id_col is None:
+        raise ValueError(f"{kind}: reusing fitted bases needs the id column to align their OOF")
     overrides = params.get("base_params") or {}
+    todo = [b for b in bases if b not in reused]
     parts = {
         b: _fit_base(b, _merge_params(b, overrides.get(b)), seed, train, b + _BASE_SUFFIX)
-        for b in bases
+        for b in todo
     }
-    resolved = {b: part.params for b, part in parts.items()}
+    parts.update({b: _reused_part(b, fit) for b, fit in reused.items()})
+    resolved = {b: parts[b].params for b in bases}
 
     def fit_bases(rows: DataFrame) -> PipelineModel:
-        return _assemble([_fit_base(b, resolved[b], seed, rows, b + _BASE_SUFFIX) for b in bases])
+        return _assemble([_fit_base(b, resolved[b], seed, rows, b + _BASE_SUFFIX) for b in todo])
 
-    base_cols = [b + _BASE_SUFFIX for b in bases]
-    base_oof = _cross_fit(train, folds, fit_bases, base_cols, id_col).cache()
+    frames = [
+        fit.oof.select(*_keep(id_col), F.col(PROBABILITY_COL).alias(b + _BASE_SUFFIX))
+        for b, fit in reused.items()
+    ]
+    if todo:
+        frames.insert(
+            0, _cross_fit(train, folds, fit_bases, [b + _BASE_SUFFIX for b in todo], id_col)
+        )
+    base_oof = functools.reduce(
+        lambda left, right: left.join(right.drop(FOLD_COL, LABEL_COL), on=id_col), frames
+    ).cache()
     try:
+        if reused and base_oof.count() != train.count():
+            raise ValueError(
+                f"{kind}: the reused bases' out-of-fold predictions do not cover the training rows"
+            )
         fit_head = _head_fitter(kind, params, bases, base_oof, seed)
         head = fit_head(None)
         weights = head.weights
@@ -587,10 +638,21 @@ def _fit_ensemble(
         model = _assemble([parts[b] for b in used], head.stages, temps)
         oof = _cross_fit_head(base_oof, folds, fit_head, id_col) if with_oof else None
         base_params = {b: resolved[b] for b in bases}
-        fitted_params = {**params, "base_params": base_params, "weights": weights}
+        fitted_params = {
+            **params,
+            "base_params": base_params,
+            "weights": weights,
+            "reused_bases": sorted(reused),
+        }
         return model, oof, fitted_params, base_oof
     finally:
         base_oof.unpersist()
+
+
+def _reused_part(kind: str, fit: BaseFit) -> _Part:
+    """A fitted base model as an ensemble part whose output is `<kind>_probability`."""
+    rename = RenameColumn(inputCol=PROBABILITY_COL, outputCol=kind + _BASE_SUFFIX)
+    return _Part([*fit.model.stages, rename], [], dict(fit.params), kind + _BASE_SUFFIX)
 
 
 def _head_fitter(

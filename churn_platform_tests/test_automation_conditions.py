@@ -1,8 +1,8 @@
 """Automation conditions and the degradation sensor: data flows on, models retrain only when due.
 
 The conditions are the platform's own (`layer_condition`, `retrain_condition`), attached to tiny
-pure-Python assets shaped like the platform graph (raw batches -> cleaned -> features -> models),
-and evaluated tick by tick without a daemon. No Spark.
+pure-Python assets shaped like the platform graph (raw batches -> cleaned -> features -> models,
+and an ensemble over the models), and evaluated tick by tick without a daemon. No Spark.
 """
 
 import datetime as dt
@@ -12,13 +12,16 @@ import dagster as dg
 import pytest
 
 from churn_platform import automation
+from churn_platform.assets import training
 from churn_platform.definitions import build_definitions
 from churn_platform.settings import Settings
 
 BATCHES = dg.DynamicPartitionsDefinition(name="ingest_batches")
 RETRAIN_CRON = "0 3 * * 0"  # the platform default: Sundays 03:00 UTC
 LAYERS = {"cleaned_customers", "customer_features"}
-MODELS = {"model_logistic_regression", "model_random_forest"}
+BASES = {"model_logistic_regression", "model_random_forest"}
+ENSEMBLE = "model_stacking"
+MODELS = BASES | {ENSEMBLE}
 
 
 def platform_graph(
@@ -26,7 +29,7 @@ def platform_graph(
     model_code: dict[str, str] | None = None,
     raw_fails: bool = False,
 ) -> list[dg.AssetsDefinition]:
-    """raw batches -> cleaned -> features -> two models, carrying the platform's conditions.
+    """raw -> cleaned -> features -> two models -> an ensemble, with the platform's conditions.
 
     `features_version` is the content-based data version the features report; `model_code` the
     code version of each model.
@@ -58,8 +61,8 @@ def platform_graph(
     def model(name: str) -> dg.AssetsDefinition:
         @dg.asset(
             name=name,
-            deps=[customer_features],
-            automation_condition=automation.retrain_condition(RETRAIN_CRON),
+            deps=[customer_features, *(sorted(BASES) if name == ENSEMBLE else [])],
+            automation_condition=automation.retrain_condition(RETRAIN_CRON, sorted(MODELS)),
             code_version=code[name],
         )
         def _model() -> dg.MaterializeResult:
@@ -151,6 +154,7 @@ def test_features_with_a_new_data_version_retrain_every_model_once(platform):
 
 
 def test_a_model_code_change_retrains_only_that_model(platform):
+    """Not even the ensemble over it: a base model's new version alone does not retrain it."""
     changed = platform_graph(model_code={"model_random_forest": "2"})
     assert platform.tick(changed) == {"model_random_forest"}
     platform.run({"model_random_forest"}, model_code={"model_random_forest": "2"})
@@ -188,7 +192,7 @@ def test_platform_assets_carry_the_platform_conditions_and_automation_ships_runn
 ):
     defs = build_definitions(settings)
     graph = defs.resolve_asset_graph()
-    retrain = automation.retrain_condition(settings.retrain_cron)
+    retrain = automation.retrain_condition(settings.retrain_cron, training.MODEL_ASSET_KEYS)
     by_group: dict[str, list] = {}
     for key in graph.get_all_asset_keys():
         node = graph.get(key)

@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 from churn_platform.modeling import (
     MODEL_KINDS,
     PROBABILITY_COL,
+    BaseFit,
     FitResult,
     choose_threshold,
     evaluate,
@@ -185,6 +186,31 @@ def test_voting_weights_are_a_convex_combination(fitted: Callable[[str], FitResu
     assert math.isclose(sum(weights.values()), 1.0, abs_tol=1e-12)
     kept = dict(feature_importance(fitted("voting").model, []))
     assert kept == {b: w for b, w in weights.items() if w > 0}
+
+
+@pytest.mark.parametrize("kind", ["stacking", "voting"])
+@pytest.mark.parametrize("reused", [tuple(SMALL_BASES), ("gbt",)])
+def test_ensemble_reusing_fitted_bases_matches_fitting_them_itself(
+    kind: str,
+    reused: tuple[str, ...],
+    features: DataFrame,
+    fitted: Callable[[str], FitResult],
+) -> None:
+    """Handing an ensemble the base assets' fits and OOF predictions changes nothing but cost."""
+    bases = {}
+    for base in reused:
+        result = fit_model(base, features, SMALL_BASES[base], seed=11, id_col=ID)
+        bases[base] = BaseFit(result.model, result.oof, result.params)
+    again = fit_model(kind, features, SMALL_PARAMS[kind], seed=11, id_col=ID, fitted_bases=bases)
+    own = fitted(kind)
+    assert again.params["reused_bases"] == sorted(reused)
+    assert own.params["reused_bases"] == []
+    assert again.params["weights"] == pytest.approx(own.params["weights"], abs=1e-9)
+    for mine, theirs in zip(
+        _probabilities(again.model, features), _probabilities(own.model, features), strict=True
+    ):
+        assert mine[0] == theirs[0] and mine[1] == pytest.approx(theirs[1], abs=1e-9)
+    _assert_out_of_fold(again.oof, features)
 
 
 def test_same_seed_reproduces_probabilities_and_metrics(

@@ -84,6 +84,12 @@ def test_every_model_run_is_tracked_with_lineage_tags(first_run):
         assert tags["dagster.run_id"] == summary["run_id"]
         assert tags["data_version"] not in ("", "unknown")
         assert "roc_auc" in run.data.metrics
+    # The ensembles reuse the base assets' fits from this run; their runs name those runs.
+    by_kind = {run.data.tags["model_kind"]: run for run in runs}
+    for ensemble in ("stacking", "voting"):
+        tags = by_kind[ensemble].data.tags
+        for base in ("logistic_regression", "decision_tree"):
+            assert tags[f"churn.base_run.{base}"] == by_kind[base].info.run_id
 
 
 def test_scores_file_and_schema_mismatch(first_run, pipeline_home, capsys, tmp_path):

@@ -17,6 +17,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from churn_platform import etl, modeling, tracking
+from churn_platform.io_managers import SUMMARY, current_version, new_version_dir, publish_version
 from churn_platform.ops_log import OpsLog
 from churn_platform.resources import StateResource
 from churn_platform.tracking import MlflowResource
@@ -52,6 +53,9 @@ QUICK_PARAMS: dict[str, dict[str, Any]] = {
 }
 
 _DEFAULTS = modeling.DEFAULT_PARAMS
+# Base models whose fits and out-of-fold predictions the stacking and voting assets reuse
+# instead of refitting them 1 + k times each (the bulk of an ensemble's cost).
+ENSEMBLE_INPUTS = ("logistic_regression", "decision_tree", "random_forest", "gbt")
 
 
 class ModelConfig(dg.Config):
@@ -206,7 +210,21 @@ def train_and_track(
     params = model_params(kind, config)
     capped = etl.cap_training_rows(customer_features, spec, settings.train_max_rows)
     features = capped.persist()
-    fit = modeling.fit_model(kind, features, params, config.seed, id_col=spec.id_column)
+    fingerprint = {
+        "features_data_version": _latest_data_version(context, "customer_features"),
+        "seed": config.seed,
+        "train_max_rows": settings.train_max_rows,
+    }
+    wanted = {**_DEFAULTS[kind], **params}.get("bases", [])
+    bases = _reusable_bases(context, features, wanted, fingerprint, settings.warehouse)
+    fit = modeling.fit_model(
+        kind,
+        features,
+        params,
+        config.seed,
+        id_col=spec.id_column,
+        fitted_bases={b: base for b, (base, _) in bases.items()},
+    )
     threshold, oof_value = modeling.choose_threshold(
         fit.oof,
         config.threshold_strategy,
@@ -249,12 +267,18 @@ def train_and_track(
             dagster_run_id=context.run_id,
             asset_key=context.asset_key.to_user_string(),
             code_version=CODE_VERSION,
-            data_version=_latest_data_version(context, "customer_features"),
+            data_version=fingerprint["features_data_version"],
             git_commit=tracking.git_commit(),
             artifacts={**curves, "feature_importance": importance_file},
-            tags={"dataset": spec.name},
+            tags={
+                "dataset": spec.name,
+                **{f"churn.base_run.{b}": run_id for b, (_, run_id) in bases.items()},
+            },
         )
         images = _png_markdown(curves)
+    reuse = None
+    if kind in ENSEMBLE_INPUTS:
+        reuse = _store_fit(settings.training / kind, context.run_id, fit, fingerprint)
     predictions.unpersist()
     oof.unpersist()
     duration = time.monotonic() - started
@@ -288,7 +312,54 @@ def train_and_track(
         "threshold": threshold,
         "metrics": metrics,
         "params": fit.params,
+        "reuse": reuse,
     }
+
+
+def _store_fit(
+    folder: Path, run_id: str, fit: modeling.FitResult, fingerprint: dict[str, Any]
+) -> dict[str, Any]:
+    """Keep a base model's fit and OOF predictions (versioned) for the ensembles to reuse."""
+    folder.mkdir(parents=True, exist_ok=True)
+    version = new_version_dir(folder, run_id)
+    fit.model.write().save(str(version / "model"))
+    fit.oof.write.parquet(str(version / "oof"))
+    publish_version(folder, version)
+    return {
+        **fingerprint,
+        "model_path": str(version / "model"),
+        "oof_path": str(version / "oof"),
+    }
+
+
+def _reusable_bases(
+    context: dg.AssetExecutionContext,
+    features: DataFrame,
+    bases: list[str],
+    fingerprint: dict[str, Any],
+    warehouse: Path,
+) -> dict[str, tuple[modeling.BaseFit, str]]:
+    """Current base-model fits made on the same features, seed and row cap, with their run ids.
+
+    A base without such a fit (never materialized, trained on older features, other seed) is
+    fitted inside the ensemble, which gives the same result at the cost of 1 + k fits.
+    """
+    found: dict[str, tuple[modeling.BaseFit, str]] = {}
+    for base in bases:
+        if base not in ENSEMBLE_INPUTS:
+            continue
+        version = current_version(warehouse / f"model_{base}")
+        summary = json.loads((version / SUMMARY).read_text()) if version else {}
+        reuse = summary.get("reuse") or {}
+        stale = {k: v for k, v in fingerprint.items() if reuse.get(k) != v}
+        if stale or not Path(reuse.get("oof_path", "")).is_dir():
+            context.log.info(f"fitting base {base} here: no current fit matches {sorted(stale)}")
+            continue
+        model = PipelineModel.load(reuse["model_path"])
+        oof = features.sparkSession.read.parquet(reuse["oof_path"])
+        found[base] = (modeling.BaseFit(model, oof, summary["params"]), summary["mlflow_run_id"])
+        context.log.info(f"reusing base {base} from MLflow run {summary['mlflow_run_id']}")
+    return found
 
 
 def _model_asset(model: ModelSpec) -> dg.AssetsDefinition:
@@ -302,6 +373,9 @@ def _model_asset(model: ModelSpec) -> dg.AssetsDefinition:
         code_version=CODE_VERSION,
         retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
         tags={"churn/model_kind": model.kind},
+        deps=[f"model_{b}" for b in ENSEMBLE_INPUTS]
+        if model.kind in modeling.ENSEMBLE_KINDS
+        else None,
     )
     def _train(
         context: dg.AssetExecutionContext,
