@@ -195,8 +195,16 @@ def test_a_busy_port_fails_before_anything_starts(settings: Settings) -> None:
     assert not dagster_descendants(psutil.Process())
 
 
+LAYER_CHECKS = {
+    "cleaned_customers": ("schema_valid", "unique_ids", "quarantine_ratio_within_limit"),
+    "customer_features": ("schema_valid", "non_empty"),
+}
+FRESHNESS_RULE = re.compile(r"^Fails if more than .+ since last materialization$")
+
+
 def check_ui(url: str, shots: Path, rows_in: int) -> None:
-    """Groups in the asset graph; lineage, latest metadata and no Materialize on an asset page."""
+    """Groups in the asset graph; lineage, latest metadata and no Materialize on an asset page;
+    freshness policy and check results on the data layers' pages."""
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=UI_TIMEOUT_MS)
@@ -230,6 +238,16 @@ def check_ui(url: str, shots: Path, rows_in: int) -> None:
             expect(page.get_by_text("raw_customers", exact=True)).to_be_visible()
             expect(page.get_by_text("customer_features", exact=True)).to_have_count(0)
             page.screenshot(path=shots / "cleaned_customers_upstream.png")
+
+            # Freshness policy and asset-check status on each data layer's page.
+            for asset, checks in LAYER_CHECKS.items():
+                page.goto(f"{url}/assets/{asset}")
+                expect(page.get_by_text("Latest check results")).to_be_visible()
+                expect(page.get_by_text(FRESHNESS_RULE).first).to_be_visible()
+                page.get_by_role("tab", name=re.compile(r"^Checks")).click()
+                for check in checks:
+                    expect(page.get_by_text(check, exact=True).first).to_be_visible()
+                page.screenshot(path=shots / f"{asset}_checks.png", full_page=True)
         finally:
             browser.close()
 
