@@ -68,10 +68,7 @@ def score(oof: DataFrame, test_pred: DataFrame) -> dict[str, float]:
     """Test metrics at the OOF-F1 threshold, and the mean of the per-fold OOF ROC-AUCs."""
     threshold, _ = modeling.choose_threshold(oof, strategy="f1")
     metrics = modeling.evaluate(test_pred, threshold)
-    folds = sorted(r[0] for r in oof.select(etl.FOLD_COL).distinct().collect())
-    fold_auc = [
-        modeling.evaluate(oof.filter(F.col(etl.FOLD_COL) == f), threshold)["roc_auc"] for f in folds
-    ]
+    fold_auc = list(modeling.roc_auc_by_group(oof, etl.FOLD_COL).values())
     return {**metrics, "threshold": threshold, "cv_roc_auc": float(np.mean(fold_auc))}
 
 

@@ -37,23 +37,21 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
-from unittest import mock
 
 import dagster as dg
 import psutil
 
-from churn_platform import definitions, etl
-from churn_platform.assets import evaluation, scoring, training
+from churn_platform import etl
+from churn_platform.assets import scoring, training
 from churn_platform.cli import materialize_selection, run_summary
 from churn_platform.datasets import TELCO_FILE, ensure_telco_csv
-from churn_platform.definitions import build_definitions
 from churn_platform.modeling import DEFAULT_PARAMS, MODEL_KINDS
 from churn_platform.resources import spark_conf
-from churn_platform.settings import DEFAULT_SPEC, Settings, load_settings
+from churn_platform.settings import DEFAULT_SPEC, load_settings
 
 HERE = Path(__file__).resolve().parent
 SAMPLE_SECONDS = 0.2
@@ -95,58 +93,12 @@ def layer_of(step: str) -> str:
 # The platform run (in its own process)
 
 
-def _leaderboard_over(model_keys: Sequence[str]) -> dg.AssetsDefinition:
-    """`model_leaderboard` with inputs from the chosen model assets only."""
-
-    @dg.asset(
-        name="model_leaderboard",
-        ins={key: dg.AssetIn(key) for key in model_keys},
-        group_name="evaluation",
-        kinds={"mlflow"},
-    )
-    def model_leaderboard(context: dg.AssetExecutionContext, **models: dict) -> dict:
-        """The platform's ranking (`leaderboard_rows`) over the benchmarked models."""
-        rows = evaluation.leaderboard_rows(models)
-        context.add_output_metadata({"best_model": rows[0]["model"]})
-        return {"rows": rows, "models": models}
-
-    return model_leaderboard
-
-
-def _definitions_with_models(settings: Settings | None, kinds: Sequence[str]) -> dg.Definitions:
-    defs = build_definitions(settings)
-    dropped = {dg.AssetKey(f"model_{k}") for k in MODEL_KINDS if k not in kinds}
-    dropped.add(dg.AssetKey("model_leaderboard"))
-    assets = [a for a in defs.assets or [] if not dropped & set(a.keys)]
-    assets.append(_leaderboard_over([f"model_{k}" for k in kinds]))
-    return dg.Definitions(assets=assets, resources=defs.resources)
-
-
-@contextlib.contextmanager
-def only_models(kinds: Sequence[str]) -> Iterator[None]:
-    """Make `materialize_selection` build a graph that trains just these models.
-
-    `model_leaderboard` takes every model asset as an input, so leaving models out of the
-    selection would make it load missing inputs and fail. Instead the graph gets a leaderboard
-    over the chosen models; every other asset is the platform's own.
-    """
-    if set(kinds) == set(MODEL_KINDS):
-        yield
-        return
-    with mock.patch.object(
-        definitions,
-        "build_definitions",
-        lambda settings=None: _definitions_with_models(settings, kinds),
-    ):
-        yield
-
-
 def platform_run(job: Mapping[str, Any]) -> None:
     """Materialize the pipeline once; write each step's span, read from the event log."""
+    os.environ["CHURN_MODELS"] = ",".join(job["models"])
     settings = load_settings()
     started = time.time()
-    with only_models(job["models"]):
-        result = materialize_selection(settings, None)
+    result = materialize_selection(settings, None)
     ended = time.time()
     events = result.all_events
     if not result.success:

@@ -107,30 +107,19 @@ def run_pyspark(job: Mapping[str, Any], spec: DatasetSpec, timeline: Timeline) -
             fit = modeling.fit_model(
                 kind, capped, params, job["seed"], id_col=spec.id_column, fitted_bases=bases
             )
-            # The default costs are train_and_track's fallbacks; the "f1" default uses none.
-            threshold, _ = modeling.choose_threshold(fit.oof, job["threshold_strategy"])
-            predictions = (
-                fit.model.transform(test)
-                .select(spec.id_column, etl.LABEL_COL, modeling.PROBABILITY_COL)
-                .persist()
-            )
-            metrics = modeling.evaluate(predictions, threshold)
             oof = fit.oof.persist()
-            folds = sorted(r[0] for r in oof.select(etl.FOLD_COL).distinct().collect())
-            cv_auc = [
-                modeling.evaluate(oof.where(F.col(etl.FOLD_COL) == f), threshold)["roc_auc"]
-                for f in folds
-            ]
+            # The default costs are train_and_track's fallbacks; the "f1" default uses none.
+            judged = modeling.evaluate_fit(fit, test, spec.id_column, job["threshold_strategy"])
             candidates.append(
                 Candidate(
                     kind,
                     modeling.full_model(built.pipeline, fit.model),
-                    threshold,
-                    metrics["roc_auc"],
-                    float(np.mean(cv_auc)),
+                    judged.threshold,
+                    judged.metrics["roc_auc"],
+                    judged.metrics["cv_roc_auc_mean"],
                 )
             )
-            predictions.unpersist()
+            judged.predictions.unpersist()
             if kind in job["ensemble_inputs"]:
                 reusable[kind] = modeling.BaseFit(fit.model, oof, fit.params)
             else:

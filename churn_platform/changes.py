@@ -140,6 +140,8 @@ def public_settings(settings: Settings) -> dict[str, Any]:
         value = getattr(settings, item.name)
         if isinstance(value, Path):
             value = str(value)
+        if isinstance(value, tuple):
+            value = list(value)  # as it reads back from JSON
         if isinstance(value, str):
             value = _URL_CREDENTIALS_RE.sub("//***@", value)
         values[item.name] = value

@@ -20,35 +20,38 @@ from churn_platform.settings import Settings, load_settings
 
 OWNER = "team:ml-platform"
 
-# Group name = module name, assigned here and nowhere else. The training module's spec table
-# places its models in two groups itself ("training" for base learners, "ensembles").
+# Group name = module name, assigned here and nowhere else. The model assets and the leaderboard
+# over them are built for the enabled model kinds (CHURN_MODELS); the training module's spec
+# table places its models in two groups itself ("training" for base learners, "ensembles").
 STAGE_MODULES = {
     "ingestion": ingestion,
     "cleaning": cleaning,
     "features": features,
-    "evaluation": evaluation,
     "registry": registry,
     "scoring": scoring,
     "monitoring": monitoring,
     "audit": audit,
 }
-# Assets whose automation condition is "retrain"; every other non-root asset runs eagerly.
-RETRAINED = set(training.MODEL_ASSET_KEYS)
 MANUAL = {"raw_customers", "platform_backup", "backup_retention", "audit_report"}
 
 
-def _automation(spec: dg.AssetSpec, settings: Settings) -> dg.AutomationCondition | None:
+def _automation(
+    spec: dg.AssetSpec, settings: Settings, model_keys: list[str]
+) -> dg.AutomationCondition | None:
+    """Models retrain (new features, code or the cron); other non-root assets run eagerly."""
     name = spec.key.to_user_string()
     if name in MANUAL:
         return None
-    if name in RETRAINED:
-        return automation.retrain_condition(settings.retrain_cron, training.MODEL_ASSET_KEYS)
+    if name in model_keys:
+        return automation.retrain_condition(settings.retrain_cron, model_keys)
     return automation.layer_condition()
 
 
 def platform_assets(settings: Settings) -> list:
     """Every asset with its stage group, owner, freshness policy and automation condition."""
-    assets: list = list(training.model_assets)
+    kinds = training.enabled_kinds(settings.models)
+    model_keys = [f"model_{kind}" for kind in kinds]
+    assets: list = [*training.build_model_assets(kinds), evaluation.leaderboard_asset(model_keys)]
     for group, module in STAGE_MODULES.items():
         assets.extend(dg.load_assets_from_modules([module], group_name=group))
     assets.extend(dg.load_assets_from_modules([backups], group_name="backups"))
@@ -57,7 +60,7 @@ def platform_assets(settings: Settings) -> list:
         lambda spec: spec.replace_attributes(
             owners=[OWNER],
             freshness_policy=policy,
-            automation_condition=_automation(spec, settings),
+            automation_condition=_automation(spec, settings, model_keys),
         ),
         assets,
     )

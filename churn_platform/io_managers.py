@@ -32,6 +32,14 @@ def current_version(folder: Path) -> Path | None:
     return version if version.is_dir() else None
 
 
+def load_summary(folder: Path) -> dict | None:
+    """The current JSON summary an asset stored (a model asset's run, metrics and fit), if any."""
+    version = current_version(folder)
+    if version is None or not (version / SUMMARY).is_file():
+        return None
+    return json.loads((version / SUMMARY).read_text())
+
+
 def publish_version(folder: Path, version: Path) -> None:
     """Switch the pointer with an atomic rename, then prune old versions."""
     tmp = folder / f".{POINTER}.{os.getpid()}.tmp"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +39,10 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasInputCols, HasOutputCol, HasOutputCols
 from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql.utils import is_remote
+from pyspark.util import inheritable_thread_target
 
 PROBABILITY_COL = "churn_probability"
 DEFAULT_SEED = 42
@@ -47,6 +50,8 @@ LABEL_COL = "label"
 FEATURES_COL = "features"
 SPLIT_COL = "split"
 FOLD_COL = "fold"
+# Fold models fitted at once (threads sharing the SparkSession); results do not depend on it.
+CV_PARALLELISM = 3
 TRAIN_SPLIT = "train"
 EPSILON = 1e-6
 
@@ -447,13 +452,28 @@ def _cross_fit(
     output_cols: Sequence[str],
     id_col: str | None,
 ) -> DataFrame:
-    """For each fold f: fit on the other folds, predict fold f; the union covers each row once."""
-    frames = []
-    for fold in folds:
+    """For each fold f: fit on the other folds, predict fold f; the union covers each row once.
+
+    Folds are fitted CV_PARALLELISM at a time, as CrossValidator's `parallelism` does: on small
+    data a fit is a chain of short Spark jobs whose latency, not the cores, bounds it.
+    """
+
+    def fit_fold(fold: int) -> DataFrame:
         model = fit(train.filter(F.col(FOLD_COL) != fold))
         held_out = train.filter(F.col(FOLD_COL) == fold)
-        frames.append(model.transform(held_out).select(*_keep(id_col), *output_cols))
+        return model.transform(held_out).select(*_keep(id_col), *output_cols)
+
+    with ThreadPoolExecutor(max_workers=CV_PARALLELISM) as pool:
+        frames = list(pool.map(_thread_target(fit_fold, train.sparkSession), folds))
     return functools.reduce(DataFrame.unionByName, frames)
+
+
+def _thread_target(fn: Callable[..., Any], session: SparkSession) -> Callable[..., Any]:
+    """`fn` for a worker thread, carrying the caller's Spark job properties (and, over Spark
+    Connect, its session)."""
+    if is_remote():
+        return inheritable_thread_target(session)(fn)
+    return inheritable_thread_target(fn)
 
 
 def _assemble(
@@ -920,6 +940,69 @@ def _ranking_metrics(pred_df: DataFrame, label_col: str) -> tuple[float, float]:
             F.sum(F.when(F.col("pos") > 0, F.col("pos") * tp / (tp + fp))).alias("ap"),
         ).first()
     return sums["auc"] / (positives * negatives), sums["ap"] / positives
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A fit judged the one way every model is: threshold out of fold, metrics on test."""
+
+    threshold: float
+    threshold_value: float  # the strategy's objective at the threshold, out of fold
+    metrics: dict[str, float]  # test metrics plus cv_roc_auc_mean over the OOF folds
+    predictions: DataFrame  # test predictions (id, label, probability), persisted
+
+
+def evaluate_fit(
+    fit: FitResult,
+    test: DataFrame,
+    id_col: str,
+    strategy: str = "f1",
+    cost_missed_churner: float = 500.0,
+    cost_retention_offer: float = 50.0,
+) -> Evaluation:
+    """Choose the threshold on `fit.oof`, score `test` with it, add the CV ROC-AUC mean.
+
+    The caller unpersists `predictions`; persist `fit.oof` first, it is read twice.
+    """
+    threshold, value = choose_threshold(
+        fit.oof, strategy, cost_missed_churner, cost_retention_offer
+    )
+    predictions = fit.model.transform(test).select(id_col, LABEL_COL, PROBABILITY_COL).persist()
+    metrics = evaluate(predictions, threshold)
+    fold_auc = list(roc_auc_by_group(fit.oof, FOLD_COL).values())
+    metrics["cv_roc_auc_mean"] = sum(fold_auc) / len(fold_auc)
+    return Evaluation(threshold, value, metrics, predictions)
+
+
+def roc_auc_by_group(
+    pred_df: DataFrame, group_col: str, label_col: str = LABEL_COL
+) -> dict[Any, float]:
+    """Exact ROC-AUC (ties count one half) of each group, e.g. each CV fold, in one pass.
+
+    One window per group orders its distinct scores; groups are few and bounded (folds of the
+    capped training rows), so each fits one task. NaN for a group with one class only.
+    """
+    label = F.col(label_col).cast("long")
+    before = (
+        Window.partitionBy(group_col).orderBy("score").rowsBetween(Window.unboundedPreceding, -1)
+    )
+    rows = (
+        pred_df.groupBy(group_col, F.col(PROBABILITY_COL).cast("double").alias("score"))
+        .agg(F.sum(label).alias("pos"), F.count(F.lit(1)).alias("n"))
+        .withColumn("neg", F.col("n") - F.col("pos"))
+        .withColumn("neg_below", F.coalesce(F.sum("neg").over(before), F.lit(0)))
+        .groupBy(group_col)
+        .agg(
+            F.sum(F.col("pos") * (F.col("neg_below") + F.col("neg") * 0.5)).alias("wins"),
+            F.sum("pos").alias("pos"),
+            F.sum("neg").alias("neg"),
+        )
+        .collect()
+    )
+    return {
+        r[group_col]: r["wins"] / (r["pos"] * r["neg"]) if r["pos"] and r["neg"] else float("nan")
+        for r in rows
+    }
 
 
 def choose_threshold(

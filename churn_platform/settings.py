@@ -58,6 +58,8 @@ class Settings:
     backup_keep_daily: int = 7
     backup_keep_weekly: int = 4
     backup_keep_monthly: int = 12
+    # Model kinds to train (CHURN_MODELS, comma-separated); empty = all of them.
+    models: tuple[str, ...] = ()
 
     @property
     def warehouse(self) -> Path:
@@ -129,4 +131,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         backup_keep_daily=_int(env, "CHURN_BACKUP_KEEP_DAILY", 7),
         backup_keep_weekly=_int(env, "CHURN_BACKUP_KEEP_WEEKLY", 4),
         backup_keep_monthly=_int(env, "CHURN_BACKUP_KEEP_MONTHLY", 12),
+        models=tuple(k.strip() for k in (env.get("CHURN_MODELS") or "").split(",") if k.strip()),
     )

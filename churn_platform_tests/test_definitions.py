@@ -5,7 +5,9 @@ import os
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
+from churn_platform.assets import training
 from churn_platform.definitions import build_definitions
 from churn_platform.settings import load_settings
 
@@ -54,3 +56,26 @@ def test_asset_graph_matches_snapshot(tmp_path):
     assert current == json.loads(SNAPSHOT.read_text()), (
         "asset graph changed; if on purpose, rerun with UPDATE_SNAPSHOTS=1 and commit the file"
     )
+
+
+def test_churn_models_trains_only_the_chosen_kinds(tmp_path):
+    env = {"CHURN_HOME": str(tmp_path), "CHURN_MODELS": "stacking, logistic_regression"}
+    defs = build_definitions(load_settings(env))
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    models = {k.to_user_string() for k in graph.get_all_asset_keys()} & {
+        f"model_{kind}" for kind in training.MODEL_KINDS
+    }
+    assert models == {"model_logistic_regression", "model_stacking"}
+    parents = {k.to_user_string() for k in graph.get(dg.AssetKey("model_leaderboard")).parent_keys}
+    assert parents == models
+    # The ensemble waits for the one base it can reuse; it fits the other bases itself.
+    stacking = {k.to_user_string() for k in graph.get(dg.AssetKey("model_stacking")).parent_keys}
+    assert "model_logistic_regression" in stacking
+    assert not stacking & {"model_decision_tree", "model_random_forest", "model_gbt"}
+
+
+def test_an_unknown_model_kind_is_refused_by_name(tmp_path):
+    env = {"CHURN_HOME": str(tmp_path), "CHURN_MODELS": "logistic_regression,xgboost"}
+    with pytest.raises(ValueError, match="CHURN_MODELS names unknown model kind.*xgboost"):
+        build_definitions(load_settings(env))

@@ -28,6 +28,7 @@ from churn_platform.modeling import (
     full_model,
     out_of_fold_predictions,
     plot_curves,
+    roc_auc_by_group,
     train_model,
     vector_feature_names,
 )
@@ -114,6 +115,20 @@ def fitted(features: DataFrame) -> Callable[[str], FitResult]:
     return get
 
 
+@pytest.fixture(scope="module")
+def base_fits(features: DataFrame) -> Callable[[str], BaseFit]:
+    """Base models fitted once per module as the base model assets do, for ensembles to reuse."""
+    cache: dict[str, BaseFit] = {}
+
+    def get(kind: str) -> BaseFit:
+        if kind not in cache:
+            result = fit_model(kind, features, SMALL_BASES[kind], seed=11, id_col=ID)
+            cache[kind] = BaseFit(result.model, result.oof, result.params)
+        return cache[kind]
+
+    return get
+
+
 def _probabilities(model: PipelineModel, df: DataFrame) -> list[tuple[str, float]]:
     return [tuple(r) for r in model.transform(df).select(ID, PROBABILITY_COL).orderBy(ID).collect()]
 
@@ -195,12 +210,10 @@ def test_ensemble_reusing_fitted_bases_matches_fitting_them_itself(
     reused: tuple[str, ...],
     features: DataFrame,
     fitted: Callable[[str], FitResult],
+    base_fits: Callable[[str], BaseFit],
 ) -> None:
     """Handing an ensemble the base assets' fits and OOF predictions changes nothing but cost."""
-    bases = {}
-    for base in reused:
-        result = fit_model(base, features, SMALL_BASES[base], seed=11, id_col=ID)
-        bases[base] = BaseFit(result.model, result.oof, result.params)
+    bases = {base: base_fits(base) for base in reused}
     again = fit_model(kind, features, SMALL_PARAMS[kind], seed=11, id_col=ID, fitted_bases=bases)
     own = fitted(kind)
     assert again.params["reused_bases"] == sorted(reused)
@@ -328,6 +341,26 @@ def test_evaluate_is_exact_across_many_range_partitions(spark: SparkSession) -> 
     expected = _brute_force_metrics(scores.tolist(), labels, 0.5)
     for name in ("roc_auc", "pr_auc", "brier", "tp", "fp"):
         assert metrics[name] == pytest.approx(expected[name], abs=1e-12), name
+
+
+def test_roc_auc_by_group_matches_brute_force_per_fold(spark: SparkSession) -> None:
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 600).tolist()
+    scores = np.round(np.clip(0.25 * np.array(labels) + rng.uniform(0, 0.75, 600), 0, 1), 2)
+    folds = rng.integers(0, 4, 600).tolist()
+    rows = [
+        (f"r{i}", float(s), int(y), f)
+        for i, (s, y, f) in enumerate(zip(scores, labels, folds, strict=True))
+    ]
+    pred = spark.createDataFrame(rows, [ID, PROBABILITY_COL, "label", "fold"]).repartition(3)
+    by_fold = roc_auc_by_group(pred, "fold")
+    assert set(by_fold) == set(folds)
+    for fold, auc in by_fold.items():
+        members = [i for i, f in enumerate(folds) if f == fold]
+        expected = _brute_force_metrics(
+            [float(scores[i]) for i in members], [labels[i] for i in members], 0.5
+        )["roc_auc"]
+        assert auc == pytest.approx(expected, abs=1e-12), fold
 
 
 def test_choose_threshold_maximises_f1_on_a_hand_checked_example(spark: SparkSession) -> None:

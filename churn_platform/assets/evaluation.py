@@ -4,8 +4,6 @@ from typing import Any
 
 import dagster as dg
 
-from churn_platform.assets.training import MODEL_ASSET_KEYS
-
 LEADERBOARD_METRICS = ("roc_auc", "pr_auc", "accuracy", "precision", "recall", "f1", "brier")
 RANKING_METRIC = "roc_auc"
 
@@ -39,22 +37,29 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join([head, sep, *body])
 
 
-@dg.asset(
-    ins={key: dg.AssetIn(key) for key in MODEL_ASSET_KEYS},
-    kinds={"mlflow"},
-    code_version="1",
-)
-def model_leaderboard(context: dg.AssetExecutionContext, **models: dict) -> dict:
-    """All models ranked by test ROC-AUC on the shared held-out split."""
-    rows = leaderboard_rows(models)
-    context.add_output_metadata(
-        {
-            "table": dg.MetadataValue.md(_markdown(rows)),
-            "best_model": rows[0]["model"],
-            "best_roc_auc": rows[0]["roc_auc"],
-            "leaderboard": dg.MetadataValue.json(
-                [{"model": r["model"], **{m: r[m] for m in LEADERBOARD_METRICS}} for r in rows]
-            ),
-        }
+def leaderboard_asset(model_keys: list[str]) -> dg.AssetsDefinition:
+    """`model_leaderboard` over the models the platform trains (CHURN_MODELS)."""
+
+    @dg.asset(
+        name="model_leaderboard",
+        ins={key: dg.AssetIn(key) for key in model_keys},
+        group_name="evaluation",
+        kinds={"mlflow"},
+        code_version="1",
     )
-    return {"rows": rows, "models": models}
+    def model_leaderboard(context: dg.AssetExecutionContext, **models: dict) -> dict:
+        """All models ranked by test ROC-AUC on the shared held-out split."""
+        rows = leaderboard_rows(models)
+        context.add_output_metadata(
+            {
+                "table": dg.MetadataValue.md(_markdown(rows)),
+                "best_model": rows[0]["model"],
+                "best_roc_auc": rows[0]["roc_auc"],
+                "leaderboard": dg.MetadataValue.json(
+                    [{"model": r["model"], **{m: r[m] for m in LEADERBOARD_METRICS}} for r in rows]
+                ),
+            }
+        )
+        return {"rows": rows, "models": models}
+
+    return model_leaderboard

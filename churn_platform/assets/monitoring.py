@@ -4,7 +4,7 @@ import math
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -29,21 +29,38 @@ def _psi(expected: dict, actual: dict) -> float:
     return value
 
 
-def population_stability(reference: DataFrame, current: DataFrame, column: str) -> float:
-    """PSI of one column: decile bins of the reference for numbers, categories for text."""
-    if isinstance(reference.schema[column].dataType, T.NumericType):
-        probabilities = [i / PSI_BINS for i in range(1, PSI_BINS)]
-        cuts = sorted(set(reference.approxQuantile(column, probabilities, 0.001)))
-        bucket = sum(((F.col(column) > F.lit(cut)).cast("int") for cut in cuts), F.lit(0))
-        bucket = F.when(F.col(column).isNull(), F.lit(-1)).otherwise(bucket).cast("string")
-    else:
-        bucket = F.coalesce(F.col(column).cast("string"), F.lit("<null>"))
+def population_stability(
+    reference: DataFrame, current: DataFrame, columns: list[str]
+) -> dict[str, float]:
+    """PSI of each column: decile bins of the reference for numbers, categories for text.
 
-    def counts(df: DataFrame) -> dict:
-        rows = df.select(bucket.alias("b")).groupBy("b").count().collect()
-        return {r["b"]: r["count"] for r in rows}
+    Three Spark jobs whatever the number of columns: the reference's deciles of every numeric
+    column at once, then one (column, bin) count per side.
+    """
+    numeric = [c for c in columns if isinstance(reference.schema[c].dataType, T.NumericType)]
+    probabilities = [i / PSI_BINS for i in range(1, PSI_BINS)]
+    deciles = reference.approxQuantile(numeric, probabilities, 0.001) if numeric else []
+    cuts = {c: sorted(set(q)) for c, q in zip(numeric, deciles, strict=True)}
 
-    return _psi(counts(reference), counts(current))
+    def bucket(column: str) -> Column:
+        if column in cuts:
+            above = [(F.col(column) > F.lit(cut)).cast("int") for cut in cuts[column]]
+            index = sum(above, F.lit(0))
+            return F.when(F.col(column).isNull(), F.lit(-1)).otherwise(index).cast("string")
+        return F.coalesce(F.col(column).cast("string"), F.lit("<null>"))
+
+    def counts(df: DataFrame) -> dict[str, dict[str, int]]:
+        pairs = F.explode(
+            F.array(*[F.struct(F.lit(c).alias("c"), bucket(c).alias("b")) for c in columns])
+        )
+        rows = df.select(pairs.alias("p")).groupBy("p.c", "p.b").count().collect()
+        found: dict[str, dict[str, int]] = {c: {} for c in columns}
+        for row in rows:
+            found[row["c"]][row["b"]] = row["count"]
+        return found
+
+    expected, actual = counts(reference), counts(current)
+    return {c: _psi(expected[c], actual[c]) for c in columns}
 
 
 @dg.asset(
@@ -78,15 +95,15 @@ def model_monitoring(
     train = customer_features.where(F.col(etl.SPLIT_COL) == "train")
     current = etl.engineer_features(newest, spec)
     numeric, categorical = etl.feature_roles(train.drop(etl.FEATURES_COL), spec)
-    psi = {c: population_stability(train, current, c) for c in numeric + categorical}
+    psi = population_stability(train, current, numeric + categorical)
     train_scores = model.transform(
         etl.engineer_features(
             cleaned_customers.join(train.select(spec.id_column), spec.id_column), spec
         )
     ).select(modeling.PROBABILITY_COL)
     psi["churn_score"] = population_stability(
-        train_scores, labelled.select(modeling.PROBABILITY_COL), modeling.PROBABILITY_COL
-    )
+        train_scores, labelled.select(modeling.PROBABILITY_COL), [modeling.PROBABILITY_COL]
+    )[modeling.PROBABILITY_COL]
     stats = labelled.agg(
         F.avg(modeling.PROBABILITY_COL).alias("mean"),
         F.stddev(modeling.PROBABILITY_COL).alias("std"),

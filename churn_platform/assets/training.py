@@ -17,7 +17,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from churn_platform import etl, modeling, tracking
-from churn_platform.io_managers import SUMMARY, current_version, new_version_dir, publish_version
+from churn_platform.io_managers import load_summary, new_version_dir, publish_version
 from churn_platform.ops_log import OpsLog
 from churn_platform.resources import StateResource
 from churn_platform.tracking import MlflowResource
@@ -26,14 +26,14 @@ CODE_VERSION = "1"
 PROFILE_ENV = "CHURN_TRAINING_PROFILE"
 
 # CHURN_TRAINING_PROFILE=quick: small models with no grid search, for tests and smoke runs.
-_QUICK_LR = {"regParam": 0.01, "maxIter": 25}
+_QUICK_LR = {"regParam": 0.01, "maxIter": 10}
 QUICK_PARAMS: dict[str, dict[str, Any]] = {
     "logistic_regression": _QUICK_LR,
     "decision_tree": {"maxDepth": 4},
     "random_forest": {"numTrees": 10, "maxDepth": 4},
     "gbt": {"maxIter": 5, "maxDepth": 3},
     "gbt_tuned": {"maxIter": 5, "maxDepth": [2, 3], "stepSize": 0.2},
-    "bagged_lr": {"numModels": 3, "maxIter": 25},
+    "bagged_lr": {"numModels": 3, "maxIter": 10},
     "bagged_trees": {"numModels": 3, "maxDepth": 4},
     "stacking": {
         "bases": ["logistic_regression", "decision_tree"],
@@ -225,26 +225,17 @@ def train_and_track(
         id_col=spec.id_column,
         fitted_bases={b: base for b, (base, _) in bases.items()},
     )
-    threshold, oof_value = modeling.choose_threshold(
-        fit.oof,
+    oof = fit.oof.persist()
+    judged = modeling.evaluate_fit(
+        fit,
+        features.where(F.col(etl.SPLIT_COL) == "test"),
+        spec.id_column,
         config.threshold_strategy,
         cost_missed_churner=settings.cost_missed_churner or 500.0,
         cost_retention_offer=settings.cost_retention_offer or 50.0,
     )
-    test = features.where(F.col(etl.SPLIT_COL) == "test")
-    predictions = (
-        fit.model.transform(test)
-        .select(spec.id_column, etl.LABEL_COL, modeling.PROBABILITY_COL)
-        .persist()
-    )
-    metrics = modeling.evaluate(predictions, threshold)
-    oof = fit.oof.persist()
-    folds = sorted(r[0] for r in oof.select(etl.FOLD_COL).distinct().collect())
-    cv_auc = [
-        modeling.evaluate(oof.where(F.col(etl.FOLD_COL) == f), threshold)["roc_auc"] for f in folds
-    ]
-    metrics["cv_roc_auc_mean"] = sum(cv_auc) / len(cv_auc)
-    metrics[f"oof_{config.threshold_strategy}"] = oof_value
+    threshold, metrics, predictions = judged.threshold, judged.metrics, judged.predictions
+    metrics[f"oof_{config.threshold_strategy}"] = judged.threshold_value
     importance = modeling.feature_importance(fit.model, modeling.vector_feature_names(features))
     numeric, categorical = etl.feature_roles(features, spec)
     example = features.select(*categorical, *numeric).limit(5).toPandas()
@@ -348,12 +339,12 @@ def _reusable_bases(
     for base in bases:
         if base not in ENSEMBLE_INPUTS:
             continue
-        version = current_version(warehouse / f"model_{base}")
-        summary = json.loads((version / SUMMARY).read_text()) if version else {}
-        reuse = summary.get("reuse") or {}
-        stale = {k: v for k, v in fingerprint.items() if reuse.get(k) != v}
-        if stale or not Path(reuse.get("oof_path", "")).is_dir():
-            context.log.info(f"fitting base {base} here: no current fit matches {sorted(stale)}")
+        summary = load_summary(warehouse / f"model_{base}")
+        reuse = (summary or {}).get("reuse") or {}
+        stale = sorted(k for k, v in fingerprint.items() if reuse.get(k) != v)
+        if summary is None or stale or not Path(reuse.get("oof_path", "")).is_dir():
+            why = f"its {', '.join(stale)} differ" if summary and stale else "no stored fit"
+            context.log.info(f"fitting base {base} here: {why}")
             continue
         model = PipelineModel.load(reuse["model_path"])
         oof = features.sparkSession.read.parquet(reuse["oof_path"])
@@ -362,7 +353,7 @@ def _reusable_bases(
     return found
 
 
-def _model_asset(model: ModelSpec) -> dg.AssetsDefinition:
+def _model_asset(model: ModelSpec, base_keys: list[str]) -> dg.AssetsDefinition:
     config_cls = model.config
 
     @dg.asset(
@@ -373,9 +364,7 @@ def _model_asset(model: ModelSpec) -> dg.AssetsDefinition:
         code_version=CODE_VERSION,
         retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
         tags={"churn/model_kind": model.kind},
-        deps=[f"model_{b}" for b in ENSEMBLE_INPUTS]
-        if model.kind in modeling.ENSEMBLE_KINDS
-        else None,
+        deps=base_keys if model.kind in modeling.ENSEMBLE_KINDS else None,
     )
     def _train(
         context: dg.AssetExecutionContext,
@@ -393,5 +382,23 @@ def _model_asset(model: ModelSpec) -> dg.AssetsDefinition:
     return _train
 
 
-model_assets: list[dg.AssetsDefinition] = [_model_asset(m) for m in MODEL_SPECS]
-MODEL_ASSET_KEYS = [f"model_{m.kind}" for m in MODEL_SPECS]
+MODEL_KINDS = tuple(m.kind for m in MODEL_SPECS)
+MODEL_ASSET_KEYS = [f"model_{kind}" for kind in MODEL_KINDS]
+
+
+def enabled_kinds(wanted: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The model kinds to train, in table order; `()` means all (CHURN_MODELS unset)."""
+    unknown = sorted(set(wanted) - set(MODEL_KINDS))
+    if unknown:
+        raise ValueError(
+            f"CHURN_MODELS names unknown model kind(s) {', '.join(unknown)}; "
+            f"choose from {', '.join(MODEL_KINDS)}"
+        )
+    return tuple(k for k in MODEL_KINDS if not wanted or k in wanted)
+
+
+def build_model_assets(kinds: tuple[str, ...]) -> list[dg.AssetsDefinition]:
+    """One asset per enabled kind; an ensemble waits for the enabled bases it can reuse and
+    fits any other base itself."""
+    base_keys = [f"model_{b}" for b in ENSEMBLE_INPUTS if b in kinds]
+    return [_model_asset(m, base_keys) for m in MODEL_SPECS if m.kind in kinds]
