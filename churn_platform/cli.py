@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -481,7 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            # The platform builds on Dagster's beta and superseded APIs (declarative automation,
+            # freshness checks) on purpose; saying so on every command buries the output.
+            warnings.simplefilter("ignore", dg.BetaWarning)
+            warnings.simplefilter("ignore", dg.SupersessionWarning)
+            return args.handler(args)
     except CommandError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code

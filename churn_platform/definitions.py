@@ -50,7 +50,7 @@ def _automation(
 def platform_assets(settings: Settings) -> list:
     """Every asset with its stage group, owner, freshness policy and automation condition."""
     kinds = training.enabled_kinds(settings.models)
-    model_keys = [f"model_{kind}" for kind in kinds]
+    model_keys = [training.model_key(kind) for kind in kinds]
     assets: list = [*training.build_model_assets(kinds), evaluation.leaderboard_asset(model_keys)]
     for group, module in STAGE_MODULES.items():
         assets.extend(dg.load_assets_from_modules([module], group_name=group))

@@ -929,6 +929,15 @@ def evaluate(pred_df: DataFrame, threshold: float, label_col: str = LABEL_COL) -
     }
 
 
+def _mann_whitney_wins() -> Column:
+    """Positive-negative pairs ranked right, summed over distinct scores; a tie counts one half.
+
+    Over rows of (pos, neg, neg_below) per distinct score; divided by positives x negatives it
+    is the exact ROC-AUC.
+    """
+    return F.sum(F.col("pos") * (F.col("neg_below") + F.col("neg") * 0.5))
+
+
 def _ranking_metrics(pred_df: DataFrame, label_col: str) -> tuple[float, float]:
     with _score_steps(pred_df, label_col) as (steps, positives, negatives):
         if positives == 0 or negatives == 0:
@@ -936,7 +945,7 @@ def _ranking_metrics(pred_df: DataFrame, label_col: str) -> tuple[float, float]:
         tp = F.lit(positives) - F.col("pos_below")
         fp = F.lit(negatives) - F.col("neg_below")
         sums = steps.agg(
-            F.sum(F.col("pos") * (F.col("neg_below") + F.col("neg") * 0.5)).alias("auc"),
+            _mann_whitney_wins().alias("auc"),
             F.sum(F.when(F.col("pos") > 0, F.col("pos") * tp / (tp + fp))).alias("ap"),
         ).first()
     return sums["auc"] / (positives * negatives), sums["ap"] / positives
@@ -962,14 +971,22 @@ def evaluate_fit(
 ) -> Evaluation:
     """Choose the threshold on `fit.oof`, score `test` with it, add the CV ROC-AUC mean.
 
-    The caller unpersists `predictions`; persist `fit.oof` first, it is read twice.
+    `fit.oof` is read twice: it is cached here unless the caller already did. The caller
+    unpersists `predictions`.
     """
-    threshold, value = choose_threshold(
-        fit.oof, strategy, cost_missed_churner, cost_retention_offer
-    )
+    cached_here = not fit.oof.is_cached
+    if cached_here:
+        fit.oof.persist()
+    try:
+        threshold, value = choose_threshold(
+            fit.oof, strategy, cost_missed_churner, cost_retention_offer
+        )
+        fold_auc = list(roc_auc_by_group(fit.oof, FOLD_COL).values())
+    finally:
+        if cached_here:
+            fit.oof.unpersist()
     predictions = fit.model.transform(test).select(id_col, LABEL_COL, PROBABILITY_COL).persist()
     metrics = evaluate(predictions, threshold)
-    fold_auc = list(roc_auc_by_group(fit.oof, FOLD_COL).values())
     metrics["cv_roc_auc_mean"] = sum(fold_auc) / len(fold_auc)
     return Evaluation(threshold, value, metrics, predictions)
 
@@ -993,7 +1010,7 @@ def roc_auc_by_group(
         .withColumn("neg_below", F.coalesce(F.sum("neg").over(before), F.lit(0)))
         .groupBy(group_col)
         .agg(
-            F.sum(F.col("pos") * (F.col("neg_below") + F.col("neg") * 0.5)).alias("wins"),
+            _mann_whitney_wins().alias("wins"),
             F.sum("pos").alias("pos"),
             F.sum("neg").alias("neg"),
         )
@@ -1034,12 +1051,9 @@ def choose_threshold(
             value = F.lit(float(cost_missed_churner)) * tp - F.lit(float(cost_retention_offer)) * (
                 tp + fp
             )
-        best = (
-            steps.select("score", value.cast("double").alias("value"))
-            .orderBy(F.col("value").desc(), F.col("score").desc())
-            .first()
-        )
-        top = steps.agg(F.max("score")).first()[0]
+        # One pass: the best (value, then highest score) and the highest score overall.
+        ranked = F.struct(value.cast("double").alias("value"), F.col("score").alias("score"))
+        best, top = steps.agg(F.max(ranked), F.max("score")).first()
     if strategy == "profit" and best["value"] <= 0:
         return float(np.nextafter(top, np.inf)), 0.0
     return float(best["score"]), float(best["value"])

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 from collections.abc import Iterator
+from contextlib import redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyspark.sql import SparkSession
@@ -84,3 +89,52 @@ def telco_home(churn_home: Path, telco_csv: Path) -> Path:
     data.mkdir()
     (data / "telco_churn.csv").symlink_to(telco_csv)
     return churn_home
+
+
+# The session's end-to-end run trains two base models and the two ensembles over them: every
+# kind of model asset (a base, an ensemble reusing stored base fits) without the cost of all
+# nine. Each model kind's fitting is tested in test_modeling; `make demo` trains all nine.
+PIPELINE_MODELS = ("logistic_regression", "decision_tree", "stacking", "voting")
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """`churn-platform run --json` of the whole graph: its state root, environment and result."""
+
+    home: Path
+    env: dict[str, str]
+    exit_code: int
+    summary: dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def telco_pipeline(spark, telco_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
+    """The whole asset graph (quick training profile, PIPELINE_MODELS) materialized once per test
+    session on the real Telco data, in this session's `local[2]` SparkSession. The end-to-end
+    tests inspect its state root; the cluster tests compare their runs with its summary (the
+    local-mode reference). The environment is set only while it runs; `env` restores it."""
+    from churn_platform import cli
+    from churn_platform.resources import dagster_env
+
+    home = tmp_path_factory.mktemp("pipeline_home")
+    (home / "data").mkdir()
+    (home / "data" / "telco_churn.csv").symlink_to(telco_csv)
+    env = {
+        "CHURN_HOME": str(home),
+        "CHURN_TRAINING_PROFILE": "quick",
+        "CHURN_SHUFFLE_PARTITIONS": "2",
+        "CHURN_PSEUDONYM_KEY": "test-pseudonym-key",
+        "CHURN_MODELS": ",".join(PIPELINE_MODELS),
+    }
+    saved = dict(os.environ)
+    os.environ.pop("CHURN_CONFIG", None)
+    os.environ.update(env)
+    buffer = io.StringIO()
+    try:
+        with redirect_stdout(buffer):
+            code = cli.main(["run", "--json"])
+        env.update(dagster_env(load_settings()))  # what the CLI exported: the Dagster instance
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return PipelineRun(home, env, code, json.loads(buffer.getvalue().strip().splitlines()[-1]))

@@ -4,19 +4,19 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from churn_platform.cluster import connect_server, standalone_cluster
+from churn_platform_tests.conftest import PipelineRun
 
 pytestmark = pytest.mark.cluster
 
@@ -24,7 +24,7 @@ CLI = Path(sys.executable).with_name("churn-platform")
 DATA_LAYERS = "group:ingestion or group:cleaning or group:features"
 # The data layers plus one linear and one tree model: every kind of Spark work the platform does
 # (ETL, ML pipelines, tree binning, cross-validation, MLflow logging) at a fraction of the cost
-# of all nine models, which the end-to-end tests already cover in local mode.
+# of all nine models.
 MODELS = ("model_logistic_regression", "model_decision_tree")
 PIPELINE = " or ".join((DATA_LAYERS, *(f"key:{m}" for m in MODELS)))
 DATA_ASSETS = (
@@ -34,8 +34,8 @@ DATA_ASSETS = (
     "customer_features",
     "feature_pipeline",
 )
-# Two pipeline runs share two cores with a master, a worker and an executor; the margin is for
-# a loaded CI machine.
+# A run shares two cores with a master, a worker and an executor; the margin is for a loaded CI
+# machine.
 RUN_TIMEOUT_S = 1800
 SPARK_ENV_VARS = ("SPARK_MASTER", "SPARK_REMOTE", "DAGSTER_HOME", "CHURN_HOME")
 
@@ -87,17 +87,6 @@ def summary_of(process: subprocess.Popen[bytes], home: Path) -> dict[str, Any]:
     return json.loads((home / "run.stdout").read_text().strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def local_summary(
-    tmp_path_factory: pytest.TempPathFactory, telco_csv: Path
-) -> Iterator[Callable[[], dict[str, Any]]]:
-    """The `local[2]` reference run, started at once so that it overlaps with cluster start-up;
-    call the fixture's value to wait for its summary."""
-    home = tmp_path_factory.mktemp("local_mode")
-    with pipeline_run(home, telco_csv, PIPELINE, {"SPARK_MASTER": "local[2]"}) as process:
-        yield functools.cache(lambda: summary_of(process, home))
-
-
 def model_metrics(summary: dict[str, Any], model: str) -> dict[str, float]:
     """A model's evaluation metadata; timings differ by nature and are left out."""
     return {k: v for k, v in summary["assets"][model].items() if not k.endswith("_seconds")}
@@ -112,7 +101,11 @@ def assert_same_data_layers(summary: dict[str, Any], local: dict[str, Any]) -> N
 
 
 @pytest.mark.timeout(RUN_TIMEOUT_S + 600)
-def test_pipeline_on_standalone_cluster_matches_local_mode(tmp_path, telco_csv, local_summary):
+def test_pipeline_on_standalone_cluster_matches_local_mode(
+    tmp_path: Path, telco_csv: Path, telco_pipeline: PipelineRun
+) -> None:
+    """The reference is the session's local-mode run of the whole graph (same data, profile,
+    seed and shuffle partitions): its data layers and these two models must be identical."""
     spark_logs = tmp_path / "spark"
     with standalone_cluster(cores=2, memory="2g", log_dir=spark_logs) as master_url:
         home = tmp_path / "cluster_mode"
@@ -120,8 +113,8 @@ def test_pipeline_on_standalone_cluster_matches_local_mode(tmp_path, telco_csv, 
             summary = summary_of(run, home)
     # The executor really ran on the worker: it made the application's folder.
     assert list((spark_logs / "work").glob("app-*/0"))
-    local = local_summary()
-    assert set(summary["assets"]) == set(local["assets"])
+    local = telco_pipeline.summary
+    assert set(summary["assets"]) == {*DATA_ASSETS, *MODELS}
     assert_same_data_layers(summary, local)
     # Timings and run ids differ by nature; models and their metrics must not.
     for model in MODELS:
@@ -132,7 +125,9 @@ def test_pipeline_on_standalone_cluster_matches_local_mode(tmp_path, telco_csv, 
 
 
 @pytest.mark.timeout(RUN_TIMEOUT_S + 600)
-def test_data_layers_over_spark_connect_match_local_mode(tmp_path, telco_csv, local_summary):
+def test_data_layers_over_spark_connect_match_local_mode(
+    tmp_path: Path, telco_csv: Path, telco_pipeline: PipelineRun
+) -> None:
     """Models are left out: MLflow 3.17's Spark flavor cannot log a model over Spark Connect
     (see docs/PRODUCTION.md)."""
     server_logs = tmp_path / "connect"
@@ -144,4 +139,4 @@ def test_data_layers_over_spark_connect_match_local_mode(tmp_path, telco_csv, lo
     # The server, not a local JVM of the client, read this run's input.
     server_log = (server_logs / "connect-server.log").read_text(errors="replace")
     assert str(home / "data" / "telco_churn.csv") in server_log
-    assert_same_data_layers(summary, local_summary())
+    assert_same_data_layers(summary, telco_pipeline.summary)

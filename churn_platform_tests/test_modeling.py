@@ -23,6 +23,7 @@ from churn_platform.modeling import (
     FitResult,
     choose_threshold,
     evaluate,
+    evaluate_fit,
     feature_importance,
     fit_model,
     full_model,
@@ -103,28 +104,33 @@ def features(engineered: DataFrame, feature_pipeline: PipelineModel) -> DataFram
 
 
 @pytest.fixture(scope="module")
-def fitted(features: DataFrame) -> Callable[[str], FitResult]:
-    """Each model kind fitted once per module, on demand, with small settings."""
-    cache: dict[str, FitResult] = {}
+def fit_once(features: DataFrame) -> Callable[[str, dict], FitResult]:
+    """Each (kind, parameters) fitted once per module, on demand: the base models the
+    ensembles reuse and the models tested on their own share fits where their settings agree."""
+    cache: dict[tuple[str, str], FitResult] = {}
 
-    def get(kind: str) -> FitResult:
-        if kind not in cache:
-            cache[kind] = fit_model(kind, features, SMALL_PARAMS[kind], seed=11, id_col=ID)
-        return cache[kind]
+    def get(kind: str, params: dict) -> FitResult:
+        key = (kind, repr(sorted(params.items())))
+        if key not in cache:
+            cache[key] = fit_model(kind, features, params, seed=11, id_col=ID)
+        return cache[key]
 
     return get
 
 
 @pytest.fixture(scope="module")
-def base_fits(features: DataFrame) -> Callable[[str], BaseFit]:
-    """Base models fitted once per module as the base model assets do, for ensembles to reuse."""
-    cache: dict[str, BaseFit] = {}
+def fitted(fit_once: Callable[[str, dict], FitResult]) -> Callable[[str], FitResult]:
+    """Each model kind with the small settings of SMALL_PARAMS."""
+    return lambda kind: fit_once(kind, SMALL_PARAMS[kind])
+
+
+@pytest.fixture(scope="module")
+def base_fits(fit_once: Callable[[str, dict], FitResult]) -> Callable[[str], BaseFit]:
+    """Base models fitted as the base model assets do, for ensembles to reuse."""
 
     def get(kind: str) -> BaseFit:
-        if kind not in cache:
-            result = fit_model(kind, features, SMALL_BASES[kind], seed=11, id_col=ID)
-            cache[kind] = BaseFit(result.model, result.oof, result.params)
-        return cache[kind]
+        result = fit_once(kind, SMALL_BASES[kind])
+        return BaseFit(result.model, result.oof, result.params)
 
     return get
 
@@ -203,8 +209,11 @@ def test_voting_weights_are_a_convex_combination(fitted: Callable[[str], FitResu
     assert kept == {b: w for b, w in weights.items() if w > 0}
 
 
-@pytest.mark.parametrize("kind", ["stacking", "voting"])
-@pytest.mark.parametrize("reused", [tuple(SMALL_BASES), ("gbt",)])
+# Stacking and voting share the reuse code; mixing reused and refitted bases is checked once.
+@pytest.mark.parametrize(
+    ("kind", "reused"),
+    [("stacking", tuple(SMALL_BASES)), ("voting", tuple(SMALL_BASES)), ("voting", ("gbt",))],
+)
 def test_ensemble_reusing_fitted_bases_matches_fitting_them_itself(
     kind: str,
     reused: tuple[str, ...],
@@ -361,6 +370,26 @@ def test_roc_auc_by_group_matches_brute_force_per_fold(spark: SparkSession) -> N
             [float(scores[i]) for i in members], [labels[i] for i in members], 0.5
         )["roc_auc"]
         assert auc == pytest.approx(expected, abs=1e-12), fold
+
+
+def test_evaluate_fit_judges_out_of_fold_and_releases_what_it_cached(
+    features: DataFrame, fitted: Callable[[str], FitResult]
+) -> None:
+    """The threshold comes from the OOF predictions only, the metrics from the test rows."""
+    fit = fitted("decision_tree")
+    was_cached = fit.oof.is_cached
+    judged = evaluate_fit(fit, _test_rows(features), ID)
+    try:
+        threshold, value = choose_threshold(fit.oof, "f1")
+        folds = roc_auc_by_group(fit.oof, "fold")
+        expected = evaluate(fit.model.transform(_test_rows(features)), threshold)
+        expected["cv_roc_auc_mean"] = sum(folds.values()) / len(folds)
+        assert (judged.threshold, judged.threshold_value) == pytest.approx((threshold, value))
+        assert judged.metrics == pytest.approx(expected)
+        assert judged.predictions.count() == _test_rows(features).count()
+    finally:
+        judged.predictions.unpersist()
+    assert fit.oof.is_cached == was_cached
 
 
 def test_choose_threshold_maximises_f1_on_a_hand_checked_example(spark: SparkSession) -> None:

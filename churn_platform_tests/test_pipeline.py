@@ -4,7 +4,9 @@ import csv
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -13,33 +15,23 @@ from churn_platform import cli
 from churn_platform.config import load_spec
 from churn_platform.settings import load_settings
 from churn_platform.tracking import MlflowResource, registry_snapshot
+from churn_platform_tests.conftest import PIPELINE_MODELS, PipelineRun
 
-LEADERBOARD_SIZE = 9
+LEADERBOARD_SIZE = len(PIPELINE_MODELS)
 
 
 @pytest.fixture(scope="module")
-def pipeline_home(spark, telco_csv, tmp_path_factory):
-    """One full materialization (quick training profile) shared by this module's tests."""
-    home = tmp_path_factory.mktemp("pipeline_home")
-    (home / "data").mkdir()
-    (home / "data" / "telco_churn.csv").symlink_to(telco_csv)
+def pipeline_home(telco_pipeline: PipelineRun) -> Iterator[Path]:
+    """The session's full materialization, with its environment set for this module's tests."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CHURN_HOME", str(home))
-        mp.setenv("CHURN_TRAINING_PROFILE", "quick")
-        mp.setenv("CHURN_PSEUDONYM_KEY", "pipeline-test-key")
-        mp.delenv("CHURN_CONFIG", raising=False)
-        yield home
+        for name, value in telco_pipeline.env.items():
+            mp.setenv(name, value)
+        yield telco_pipeline.home
 
 
 @pytest.fixture(scope="module")
-def first_run(pipeline_home):
-    import io
-    from contextlib import redirect_stdout
-
-    buffer = io.StringIO()
-    with redirect_stdout(buffer):
-        code = cli.main(["run", "--json"])
-    return code, json.loads(buffer.getvalue().strip().splitlines()[-1])
+def first_run(pipeline_home: Path, telco_pipeline: PipelineRun) -> tuple[int, dict[str, Any]]:
+    return telco_pipeline.exit_code, telco_pipeline.summary
 
 
 def _mlflow() -> MlflowResource:
@@ -70,6 +62,21 @@ def test_run_ends_with_a_registered_champion_and_scores(first_run):
     aliased = {alias: m["version"] for m in models for alias in m["aliases"]}
     assert str(aliased["champion"]) == str(champion["version"])
     assert "challenger" in aliased
+
+
+def test_data_layers_of_the_real_telco_data(first_run):
+    code, summary = first_run
+    assert code == 0, summary
+    assets = summary["assets"]
+    assert assets["raw_customers"]["row_count"] == 7043
+    assert assets["cleaned_customers"]["row_count"] == 7043
+    assert summary["quarantine"] == {"total": 0, "by_reason": {}}
+    assert assets["cleaned_customers"]["blank_values_to_impute"] == 11
+    features = assets["customer_features"]
+    assert features["train_churn"] + features["test_churn"] == 1869
+    # The run is recorded in the persistent instance under the state root.
+    with dg.DagsterInstance.from_config(str(load_settings().dagster_storage)) as instance:
+        assert instance.get_run_by_id(summary["run_id"]) is not None
 
 
 def test_every_model_run_is_tracked_with_lineage_tags(first_run):

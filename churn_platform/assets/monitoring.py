@@ -77,7 +77,8 @@ def model_monitoring(
     cleaned_customers: DataFrame,
     customer_features: DataFrame,
 ):
-    """Champion ROC-AUC and calibration on the newest batch; PSI of features and scores."""
+    """Champion ROC-AUC and calibration on the newest batch; PSI of its features and scores
+    against the training sample."""
     settings, spec = state.settings(), state.spec()
     newest_order = cleaned_customers.agg(F.max(etl.BATCH_ORDER_COL)).first()[0]
     newest = cleaned_customers.where(F.col(etl.BATCH_ORDER_COL) == newest_order).persist()
@@ -92,7 +93,10 @@ def model_monitoring(
     )
     classes = labelled.select(etl.LABEL_COL).distinct().count()
     quality = modeling.evaluate(labelled, threshold) if classes == 2 else {}
-    train = customer_features.where(F.col(etl.SPLIT_COL) == "train")
+    # The reference is the training sample the models saw (CHURN_TRAIN_MAX_ROWS): the right
+    # baseline for drift, and it keeps this asset's cost flat as the customer base grows.
+    sample = etl.cap_training_rows(customer_features, spec, settings.train_max_rows)
+    train = sample.where(F.col(etl.SPLIT_COL) == "train")
     current = etl.engineer_features(newest, spec)
     numeric, categorical = etl.feature_roles(train.drop(etl.FEATURES_COL), spec)
     psi = population_stability(train, current, numeric + categorical)

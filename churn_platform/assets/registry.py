@@ -4,6 +4,7 @@ import dagster as dg
 
 from churn_platform import tracking
 from churn_platform.assets.evaluation import LEADERBOARD_METRICS
+from churn_platform.assets.training import model_key
 from churn_platform.resources import StateResource
 from churn_platform.tracking import MlflowResource
 
@@ -26,7 +27,7 @@ def champion_model(
     rows, models = model_leaderboard["rows"], model_leaderboard["models"]
     versions: dict[str, str] = {}
     for row in rows:
-        summary = models[f"model_{row['model']}"]
+        summary = models[model_key(row["model"])]
         version = tracking.register_candidate(
             mlflow,
             spec,

@@ -171,6 +171,11 @@ MODEL_SPECS = (
 )
 
 
+def model_key(kind: str) -> str:
+    """Asset key (and warehouse folder) of a model kind: the one place the name is made."""
+    return f"model_{kind}"
+
+
 def model_params(kind: str, config: ModelConfig) -> dict[str, Any]:
     """Run config over the defaults; the quick profile shrinks everything for smoke runs."""
     params = config.spark_params() if type(config) is not ModelConfig else {}
@@ -339,7 +344,7 @@ def _reusable_bases(
     for base in bases:
         if base not in ENSEMBLE_INPUTS:
             continue
-        summary = load_summary(warehouse / f"model_{base}")
+        summary = load_summary(warehouse / model_key(base))
         reuse = (summary or {}).get("reuse") or {}
         stale = sorted(k for k, v in fingerprint.items() if reuse.get(k) != v)
         if summary is None or stale or not Path(reuse.get("oof_path", "")).is_dir():
@@ -357,7 +362,7 @@ def _model_asset(model: ModelSpec, base_keys: list[str]) -> dg.AssetsDefinition:
     config_cls = model.config
 
     @dg.asset(
-        name=f"model_{model.kind}",
+        name=model_key(model.kind),
         description=model.description,
         group_name=model.group,
         kinds={"spark", "mlflow"},
@@ -383,7 +388,7 @@ def _model_asset(model: ModelSpec, base_keys: list[str]) -> dg.AssetsDefinition:
 
 
 MODEL_KINDS = tuple(m.kind for m in MODEL_SPECS)
-MODEL_ASSET_KEYS = [f"model_{kind}" for kind in MODEL_KINDS]
+MODEL_ASSET_KEYS = [model_key(kind) for kind in MODEL_KINDS]
 
 
 def enabled_kinds(wanted: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -400,5 +405,5 @@ def enabled_kinds(wanted: tuple[str, ...] = ()) -> tuple[str, ...]:
 def build_model_assets(kinds: tuple[str, ...]) -> list[dg.AssetsDefinition]:
     """One asset per enabled kind; an ensemble waits for the enabled bases it can reuse and
     fits any other base itself."""
-    base_keys = [f"model_{b}" for b in ENSEMBLE_INPUTS if b in kinds]
+    base_keys = [model_key(b) for b in ENSEMBLE_INPUTS if b in kinds]
     return [_model_asset(m, base_keys) for m in MODEL_SPECS if m.kind in kinds]
