@@ -323,10 +323,8 @@ def _encoder(table: Any, spec: DatasetSpec) -> Any:
 def _encode(encoder: Any, table: Any, chunk_rows: int = 1_000_000) -> np.ndarray:
     """The encoded feature matrix (float32), built a million rows at a time: transforming all
     rows at once would hold float64 copies of every column (about 9 GB more at 10M rows)."""
-    first = encoder.transform(table.iloc[:chunk_rows])
-    matrix = np.empty((len(table), first.shape[1]), dtype=np.float32)
-    matrix[: len(first)] = first
-    for start in range(chunk_rows, len(table), chunk_rows):
+    matrix = np.empty((len(table), len(encoder.get_feature_names_out())), dtype=np.float32)
+    for start in range(0, len(table), chunk_rows):
         stop = start + chunk_rows
         matrix[start:stop] = encoder.transform(table.iloc[start:stop])
     return matrix

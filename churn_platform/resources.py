@@ -14,6 +14,9 @@ from churn_platform.settings import PROJECT_ROOT, Settings, load_settings
 
 POSTGRES_JDBC_JAR = Path("/usr/share/java/postgresql.jar")
 LOG4J2_TEMPLATE = Path(__file__).resolve().parent / "log4j2.properties"
+# Every asset that runs Spark is in this pool; dagster.yaml lets one run holding it run at a
+# time, so two Spark runs never share the cores, while check-only runs (freshness) need no slot.
+SPARK_POOL = "spark"
 
 
 def spark_conf(settings: Settings) -> dict[str, str]:

@@ -8,6 +8,7 @@ import dagster as dg
 from churn_platform import automation
 from churn_platform.assets.ingestion import batch_order
 from churn_platform.config import load_spec
+from churn_platform.definitions import build_definitions
 from churn_platform.incidents import IncidentStore
 from churn_platform.settings import DEFAULT_SPEC
 from churn_platform_tests.conftest import TELCO_HEADER, telco_row
@@ -53,6 +54,24 @@ def test_header_only_file_is_rejected(settings):
     automation.scan_inbox(settings, spec, NOW)
     reason = (settings.inbox / automation.REJECTED / "empty.csv.reason.txt").read_text()
     assert "no data rows" in reason
+
+
+def test_the_last_batch_of_a_scan_also_rebuilds_every_data_layer(settings):
+    """Earlier batches of the same scan are ingested only; the last run, which leaves the queue
+    after them, carries cleaning and features over all of them."""
+    spec = load_spec(DEFAULT_SPEC, settings.home)
+    settings.inbox.mkdir(parents=True)
+    for name in ("a.csv", "b.csv"):
+        (settings.inbox / name).write_text(f"{TELCO_HEADER}\n{telco_row(name)}\n")
+    first, last = automation.scan_inbox(settings, spec, NOW).run_requests
+    assert first.asset_selection == [dg.AssetKey("raw_customers")]
+    graph = build_definitions(settings).resolve_asset_graph()
+    layers = dg.AssetSelection.groups("ingestion", "cleaning", "features").resolve(graph)
+    assert set(last.asset_selection) == layers
+    assert (first.partition_key, last.partition_key) == (
+        "20261127T103000Z-a.csv",
+        "20261127T103000Z-b.csv",
+    )
 
 
 def test_batch_keys_sort_by_arrival():

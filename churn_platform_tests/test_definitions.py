@@ -9,6 +9,7 @@ import pytest
 
 from churn_platform.assets import training
 from churn_platform.definitions import build_definitions
+from churn_platform.resources import SPARK_POOL, dagster_env, prepare_dagster_home
 from churn_platform.settings import load_settings
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
@@ -23,6 +24,7 @@ def graph_snapshot(defs: dg.Definitions) -> dict:
             "group": node.group_name,
             "deps": sorted(k.to_user_string() for k in node.parent_keys),
             "kinds": sorted(node.kinds),
+            "pools": sorted(node.pools),
             "owners": list(node.owners),
             "code_version": node.code_version,
             "partitioned": node.partitions_def is not None,
@@ -47,6 +49,24 @@ def test_definitions_load(tmp_path):
         assert node.group_name != "default", f"{key} has no stage group"
         assert node.owners, f"{key} has no owner"
         assert node.description, f"{key} has no description"
+
+
+def test_spark_runs_take_turns_and_check_only_runs_do_not_wait(tmp_path, monkeypatch):
+    """Every Spark asset holds the Spark pool; the instance the platform installs lets one run
+    holding it be in progress at a time, counted per run (a run's steps share one JVM)."""
+    settings = load_settings({"CHURN_HOME": str(tmp_path)})
+    graph = build_definitions(settings).resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert (SPARK_POOL in node.pools) == ("spark" in node.kinds), key
+    for name, value in dagster_env(settings).items():
+        monkeypatch.setenv(name, value)  # restored after the test; prepare_dagster_home exports
+    prepare_dagster_home(settings)
+    with dg.DagsterInstance.from_config(str(settings.dagster_storage)) as instance:
+        concurrency = instance.get_concurrency_config()
+    assert concurrency.pool_config.pool_granularity.value == "run"
+    assert concurrency.pool_config.default_pool_limit == 1
+    assert concurrency.run_queue_config.max_concurrent_runs > 1
 
 
 def test_asset_graph_matches_snapshot(tmp_path):

@@ -6,7 +6,6 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import pytest
@@ -21,17 +20,12 @@ LEADERBOARD_SIZE = len(PIPELINE_MODELS)
 
 
 @pytest.fixture(scope="module")
-def pipeline_home(telco_pipeline: PipelineRun) -> Iterator[Path]:
+def pipeline(telco_pipeline: PipelineRun) -> Iterator[PipelineRun]:
     """The session's full materialization, with its environment set for this module's tests."""
     with pytest.MonkeyPatch.context() as mp:
         for name, value in telco_pipeline.env.items():
             mp.setenv(name, value)
-        yield telco_pipeline.home
-
-
-@pytest.fixture(scope="module")
-def first_run(pipeline_home: Path, telco_pipeline: PipelineRun) -> tuple[int, dict[str, Any]]:
-    return telco_pipeline.exit_code, telco_pipeline.summary
+        yield telco_pipeline
 
 
 def _mlflow() -> MlflowResource:
@@ -41,9 +35,9 @@ def _mlflow() -> MlflowResource:
     )
 
 
-def test_run_ends_with_a_registered_champion_and_scores(first_run):
-    code, summary = first_run
-    assert code == 0, summary
+def test_run_ends_with_a_registered_champion_and_scores(pipeline):
+    summary = pipeline.summary
+    assert pipeline.exit_code == 0, summary
     champion = summary["champion"]
     assert champion["name"] == "churn-telco"
     assert set(champion["metrics"]) == {
@@ -64,9 +58,9 @@ def test_run_ends_with_a_registered_champion_and_scores(first_run):
     assert "challenger" in aliased
 
 
-def test_data_layers_of_the_real_telco_data(first_run):
-    code, summary = first_run
-    assert code == 0, summary
+def test_data_layers_of_the_real_telco_data(pipeline):
+    summary = pipeline.summary
+    assert pipeline.exit_code == 0, summary
     assets = summary["assets"]
     assert assets["raw_customers"]["row_count"] == 7043
     assert assets["cleaned_customers"]["row_count"] == 7043
@@ -79,8 +73,8 @@ def test_data_layers_of_the_real_telco_data(first_run):
         assert instance.get_run_by_id(summary["run_id"]) is not None
 
 
-def test_every_model_run_is_tracked_with_lineage_tags(first_run):
-    code, summary = first_run
+def test_every_model_run_is_tracked_with_lineage_tags(pipeline):
+    summary = pipeline.summary
     client = _mlflow().client()
     runs = client.search_runs(
         [client.get_experiment_by_name("churn-telco").experiment_id], max_results=50
@@ -91,16 +85,15 @@ def test_every_model_run_is_tracked_with_lineage_tags(first_run):
         assert tags["dagster.run_id"] == summary["run_id"]
         assert tags["data_version"] not in ("", "unknown")
         assert "roc_auc" in run.data.metrics
-    # The ensembles reuse the base assets' fits from this run; their runs name those runs.
+    # The ensemble reuses the base assets' fits from this run; its run names those runs.
     by_kind = {run.data.tags["model_kind"]: run for run in runs}
-    for ensemble in ("stacking", "voting"):
-        tags = by_kind[ensemble].data.tags
-        for base in ("logistic_regression", "decision_tree"):
-            assert tags[f"churn.base_run.{base}"] == by_kind[base].info.run_id
+    tags = by_kind["stacking"].data.tags
+    for base in ("logistic_regression", "decision_tree"):
+        assert tags[f"churn.base_run.{base}"] == by_kind[base].info.run_id
 
 
-def test_scores_file_and_schema_mismatch(first_run, pipeline_home, capsys, tmp_path):
-    sample = pipeline_home / "data" / "telco_churn.csv"
+def test_scores_file_and_schema_mismatch(pipeline, capsys, tmp_path):
+    sample = pipeline.home / "data" / "telco_churn.csv"
     subset = tmp_path / "customers.csv"
     with sample.open(newline="") as src, subset.open("w", newline="") as dst:
         rows = list(csv.reader(src))[:51]
@@ -126,27 +119,27 @@ def test_scores_file_and_schema_mismatch(first_run, pipeline_home, capsys, tmp_p
     assert "tenure" in err and "Contract" in err
 
 
-def test_no_raw_customer_id_in_logs_events_or_incidents(first_run, pipeline_home):
-    with open(pipeline_home / "data" / "telco_churn.csv", newline="") as handle:
+def test_no_raw_customer_id_in_logs_events_or_incidents(pipeline):
+    with open(pipeline.home / "data" / "telco_churn.csv", newline="") as handle:
         ids = {row["customerID"] for row in csv.DictReader(handle)}
     id_pattern = re.compile(r"\b\d{4}-[A-Z]{5}\b")
     texts = []
     for folder in ("logs", "incidents", "changes"):
-        for path in (pipeline_home / folder).rglob("*"):
+        for path in (pipeline.home / folder).rglob("*"):
             if path.is_file() and path.suffix in (".jsonl", ".json"):
                 texts.append(path.read_text(errors="replace"))
     settings = load_settings()
     with dg.DagsterInstance.from_config(str(settings.dagster_storage)) as instance:
-        for record in instance.get_records_for_run(first_run[1]["run_id"]).records:
+        for record in instance.get_records_for_run(pipeline.summary["run_id"]).records:
             texts.append(record.event_log_entry.user_message or "")
     assert texts
     leaked = {m for text in texts for m in id_pattern.findall(text) if m in ids}
     assert leaked == set()
 
 
-def test_logs_verify_passes_and_detects_a_flipped_byte(first_run, pipeline_home, capsys):
+def test_logs_verify_passes_and_detects_a_flipped_byte(pipeline, capsys):
     assert cli.main(["logs", "verify"]) == 0
-    log = sorted((pipeline_home / "logs").glob("ops-*.jsonl"))[-1]
+    log = sorted((pipeline.home / "logs").glob("ops-*.jsonl"))[-1]
     data = bytearray(log.read_bytes())
     index = data.index(b'"message"') + 12
     data[index] = ord("X") if data[index] != ord("X") else ord("Y")
@@ -155,7 +148,7 @@ def test_logs_verify_passes_and_detects_a_flipped_byte(first_run, pipeline_home,
     assert log.name in capsys.readouterr().out
 
 
-def test_status_lists_models_and_freshness(first_run, capsys):
+def test_status_lists_models_and_freshness(pipeline, capsys):
     assert cli.main(["status", "--json"]) == 0
     status = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert any("champion" in m["aliases"] for m in status["models"])
@@ -163,7 +156,7 @@ def test_status_lists_models_and_freshness(first_run, capsys):
     assert {"name", "version", "aliases"} <= set(status["models"][0])
 
 
-def test_rollback_restores_previous_champion(first_run, capsys):
+def test_rollback_restores_previous_champion(pipeline, capsys):
     os.environ["CHURN_PROMOTION_MARGIN"] = "-1"  # any challenger wins: force a second champion
     try:
         code = cli.main(["run", "--select", "model_leaderboard+", "--json"])
@@ -171,7 +164,7 @@ def test_rollback_restores_previous_champion(first_run, capsys):
         del os.environ["CHURN_PROMOTION_MARGIN"]
     second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0
-    before = first_run[1]["champion"]["version"]
+    before = pipeline.summary["champion"]["version"]
     assert second["champion"]["version"] != before
     assert cli.main(["model", "rollback", "--reason", "test"]) == 0
     settings = load_settings()
@@ -183,9 +176,7 @@ def test_rollback_restores_previous_champion(first_run, capsys):
     assert any(c["change_type"] == "standard" for c in changes)
 
 
-def test_backup_then_restore_into_an_empty_root_reproduces_the_registry(
-    first_run, pipeline_home, tmp_path, capsys
-):
+def test_backup_then_restore_into_an_empty_root_reproduces_the_registry(pipeline, tmp_path, capsys):
     import sqlite3
     import time
 
@@ -204,18 +195,16 @@ def test_backup_then_restore_into_an_empty_root_reproduces_the_registry(
     assert registry_snapshot(restored_mlflow, spec) == registry_snapshot(_mlflow(), spec)
     with sqlite3.connect(target / "dagster" / "history" / "runs.db") as db:
         run_ids = {row[0] for row in db.execute("SELECT run_id FROM runs")}
-    assert first_run[1]["run_id"] in run_ids
+    assert pipeline.summary["run_id"] in run_ids
 
 
-def test_audit_report_for_the_champion_names_source_checksum_and_runs(
-    first_run, pipeline_home, capsys
-):
+def test_audit_report_for_the_champion_names_source_checksum_and_runs(pipeline, capsys):
     import hashlib
 
     assert cli.main(["audit", "--model", "champion", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    sha = hashlib.sha256((pipeline_home / "data" / "telco_churn.csv").read_bytes()).hexdigest()
+    sha = hashlib.sha256((pipeline.home / "data" / "telco_churn.csv").read_bytes()).hexdigest()
     assert sha in json.dumps(report)
-    assert first_run[1]["run_id"] in json.dumps(report["training"])
+    assert pipeline.summary["run_id"] in json.dumps(report["training"])
     assert report["changes"], "the promotion change record is part of the story"
-    assert (pipeline_home / "audit").is_dir()
+    assert (pipeline.home / "audit").is_dir()

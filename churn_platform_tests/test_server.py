@@ -16,10 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from churn_platform.cli import materialize_selection
-from churn_platform.resources import dagster_env
 from churn_platform.server import PlatformError, running_platform, serve
 from churn_platform.settings import Settings, load_settings
+from churn_platform_tests.conftest import PipelineRun
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -43,8 +42,6 @@ SERVE = (
     "from churn_platform.settings import load_settings\n"
     "sys.exit(serve(load_settings(), port=int(sys.argv[1])))\n"
 )
-# The data layers only: "raw_customers*" would also train every model.
-DATA_LAYERS = "group:ingestion or group:cleaning or group:features"
 URL_LINE = re.compile(r"^Dagster UI .*: (http://\S+)$", re.MULTILINE)
 
 
@@ -254,23 +251,14 @@ def check_ui(url: str, shots: Path, rows_in: int) -> None:
 
 @pytest.mark.browser
 def test_read_only_ui_shows_groups_lineage_and_latest_materialization(
-    telco_home: Path, spark: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    telco_pipeline: PipelineRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # `spark` is requested so that materialize_selection reuses the test session's one JVM.
-    settings = load_settings()
-    # prepare_dagster_home exports these into os.environ; monkeypatch restores them afterwards.
-    for name, value in dagster_env(settings).items():
+    """The UI over the state root of the session's end-to-end run (Telco, whole graph)."""
+    # The platform exports these into os.environ; monkeypatch restores them afterwards.
+    for name, value in telco_pipeline.env.items():
         monkeypatch.setenv(name, value)
-    result = materialize_selection(settings, DATA_LAYERS)
-    failed = [event.step_key for event in result.all_events if event.is_step_failure]
-    assert result.success, f"materializing the data layers failed in {failed}"
-    materializations = [
-        event.event_specific_data.materialization
-        for event in result.get_asset_materialization_events()
-    ]
-    metadata = {m.asset_key.to_user_string(): m.metadata for m in materializations}
-    assert {"raw_customers", "cleaned_customers", "customer_features"} <= metadata.keys()
-    rows_in = metadata["cleaned_customers"]["rows_in"].value
+    settings = load_settings()
+    rows_in = telco_pipeline.summary["assets"]["cleaned_customers"]["rows_in"]
     shots = Path(os.environ.get("CHURN_SCREENSHOT_DIR") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
 
@@ -279,5 +267,5 @@ def test_read_only_ui_shows_groups_lineage_and_latest_materialization(
         assert any("dagster-webserver" in line and "--read-only" in line for line in lines), lines
         assert not any("dagster-daemon" in line for line in lines), lines
         check_ui(url, shots, rows_in)
-    assert_nothing_left(telco_home)
+    assert_nothing_left(telco_pipeline.home)
     print(f"screenshots: {shots}")  # noqa: T201

@@ -31,7 +31,7 @@ from churn_platform.config import DatasetSpec
 from churn_platform.incidents import IncidentStore
 from churn_platform.io_managers import current_version, new_version_dir, publish_version
 from churn_platform.ops_log import OpsLog
-from churn_platform.resources import StateResource
+from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.settings import Settings
 from churn_platform.tracking import MlflowResource
 
@@ -220,7 +220,8 @@ def _restore_drill(
 
 @dg.asset(
     partitions_def=backup_partitions,
-    kinds={"backup"},
+    pool=SPARK_POOL,
+    kinds={"backup", "spark"},
     code_version=CODE_VERSION,
     check_specs=checks.blocking_specs("platform_backup", [BACKUP_VERIFIED, RESTORE_DRILL]),
 )

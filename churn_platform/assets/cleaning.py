@@ -6,7 +6,7 @@ from pyspark.sql import DataFrame
 
 from churn_platform import checks, etl
 from churn_platform.ops_log import OpsLog
-from churn_platform.resources import StateResource
+from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.schemas import cleaned_schema
 
 CLEANED_CHECKS = [
@@ -20,6 +20,7 @@ CLEANED_CHECKS = [
 
 
 @dg.multi_asset(
+    pool=SPARK_POOL,
     outs={
         "cleaned_customers": dg.AssetOut(
             kinds={"spark", "parquet"},

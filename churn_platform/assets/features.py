@@ -8,13 +8,14 @@ from pyspark.sql import DataFrame
 
 from churn_platform import checks, etl
 from churn_platform.ops_log import OpsLog
-from churn_platform.resources import StateResource
+from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.schemas import features_schema
 
 FEATURES_CODE_VERSION = "1"
 
 
 @dg.multi_asset(
+    pool=SPARK_POOL,
     outs={
         "customer_features": dg.AssetOut(
             kinds={"spark", "parquet"},

@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 from churn_platform import checks, etl
 from churn_platform.config import DatasetSpec, SourceSpec
 from churn_platform.ops_log import OpsLog
-from churn_platform.resources import StateResource
+from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.schemas import raw_schema
 from churn_platform.settings import Settings
 
@@ -41,6 +41,7 @@ def batch_sources(spec: DatasetSpec, settings: Settings, batch: str) -> tuple[So
 
 
 @dg.asset(
+    pool=SPARK_POOL,
     partitions_def=ingest_batches,
     kinds={"spark", "parquet"},
     code_version="1",

@@ -12,7 +12,7 @@ from churn_platform import etl, modeling, tracking
 from churn_platform.assets.scoring import score_customers
 from churn_platform.automation import MONITORING_CHECKS
 from churn_platform.ops_log import OpsLog
-from churn_platform.resources import StateResource
+from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.tracking import MlflowResource
 
 PSI_BINS = 10
@@ -64,6 +64,7 @@ def population_stability(
 
 
 @dg.asset(
+    pool=SPARK_POOL,
     deps=["churn_scores"],
     kinds={"spark", "mlflow"},
     code_version="1",

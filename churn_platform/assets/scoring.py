@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from churn_platform import etl, modeling, tracking
 from churn_platform.config import DatasetSpec, SourceSpec
 from churn_platform.ops_log import OpsLog
-from churn_platform.resources import StateResource
+from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.tracking import MlflowResource
 
 # Risk tiers on the probability scale, so a tier means the same across model versions.
@@ -50,6 +50,7 @@ def score_customers(
 
 
 @dg.asset(
+    pool=SPARK_POOL,
     deps=["champion_model"],
     kinds={"spark", "parquet", "mlflow"},
     code_version="1",

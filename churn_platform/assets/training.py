@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 from churn_platform import etl, modeling, tracking
 from churn_platform.io_managers import load_summary, new_version_dir, publish_version
 from churn_platform.ops_log import OpsLog
-from churn_platform.resources import StateResource
+from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.tracking import MlflowResource
 
 CODE_VERSION = "1"
@@ -362,6 +362,7 @@ def _model_asset(model: ModelSpec, base_keys: list[str]) -> dg.AssetsDefinition:
     config_cls = model.config
 
     @dg.asset(
+        pool=SPARK_POOL,
         name=model_key(model.kind),
         description=model.description,
         group_name=model.group,
