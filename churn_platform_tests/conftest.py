@@ -100,10 +100,11 @@ def telco_home(churn_home: Path, telco_csv: Path) -> Path:
     return churn_home
 
 
-# The session's end-to-end run trains two base models and an ensemble over them: every kind of
-# model asset (a base, an ensemble reusing stored base fits) without the cost of all nine. Each
-# model kind's fitting is tested in test_modeling; `make demo` trains all nine.
-PIPELINE_MODELS = ("logistic_regression", "decision_tree", "stacking")
+# The session's end-to-end run trains a base model and a stacking ensemble over it and the
+# decision tree: every kind of model asset (a base; an ensemble that reuses one base asset's
+# stored fit and fits the other base itself) without the cost of all nine. Each model kind's
+# fitting is tested in test_modeling; `make demo` trains all nine.
+PIPELINE_MODELS = ("logistic_regression", "stacking")
 
 
 @dataclass(frozen=True)

@@ -85,11 +85,16 @@ def test_every_model_run_is_tracked_with_lineage_tags(pipeline):
         assert tags["dagster.run_id"] == summary["run_id"]
         assert tags["data_version"] not in ("", "unknown")
         assert "roc_auc" in run.data.metrics
-    # The ensemble reuses the base assets' fits from this run; its run names those runs.
+    # The ensemble reuses the LR asset's fit from this run and names that run; the decision
+    # tree has no asset in this run, so the ensemble fitted it itself.
     by_kind = {run.data.tags["model_kind"]: run for run in runs}
-    tags = by_kind["stacking"].data.tags
-    for base in ("logistic_regression", "decision_tree"):
-        assert tags[f"churn.base_run.{base}"] == by_kind[base].info.run_id
+    stacking = by_kind["stacking"].data
+    assert (
+        stacking.tags["churn.base_run.logistic_regression"]
+        == by_kind["logistic_regression"].info.run_id
+    )
+    assert "churn.base_run.decision_tree" not in stacking.tags
+    assert json.loads(stacking.params["reused_bases"]) == ["logistic_regression"]
 
 
 def test_scores_file_and_schema_mismatch(pipeline, capsys, tmp_path):
