@@ -130,13 +130,24 @@ def validate_inbox_file(path: Path, spec: DatasetSpec) -> str | None:
     return None
 
 
+def unused_name(folder: Path, name: str) -> str:
+    """`name`, or `name` with a counter before its suffix if `folder` already holds it: two
+    files that arrive under one name (or one sanitized key) never overwrite each other."""
+    stem, suffix = Path(name).stem, Path(name).suffix
+    candidate, n = name, 1
+    while (folder / candidate).exists():
+        n += 1
+        candidate = f"{stem}.{n}{suffix}"
+    return candidate
+
+
 def reject(path: Path, inbox: Path, reason: str) -> Path:
     """Move a bad file out of the inbox with a reason file, so it is never retried."""
     folder = inbox / REJECTED
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / path.name
+    target = folder / unused_name(folder, path.name)
     shutil.move(str(path), target)
-    (folder / f"{path.name}.reason.txt").write_text(reason + "\n")
+    (folder / f"{target.name}.reason.txt").write_text(reason + "\n")
     return target
 
 
@@ -157,7 +168,7 @@ def scan_inbox(settings: Settings, spec: DatasetSpec, now: dt.datetime) -> dg.Se
             reject(path, inbox, reason)
             skipped.append(f"{path.name}: {reason}")
             continue
-        key = batch_key(path, now)
+        key = unused_name(batches, batch_key(path, now))
         shutil.move(str(path), batches / key)
         keys.append(key)
     # Runs leave the queue in order, so the last one sees every batch of this scan.

@@ -47,6 +47,26 @@ def test_a_bad_file_is_rejected_once_with_a_reason(settings):
     assert automation.scan_inbox(settings, spec, NOW).run_requests == []
 
 
+def test_files_whose_names_clash_are_all_kept(settings):
+    """Names that sanitize to one batch key in the same scan, and a rejected name seen again,
+    get a counter: no batch or rejected file overwrites another."""
+    spec = load_spec(DEFAULT_SPEC, settings.home)
+    settings.inbox.mkdir(parents=True)
+    for name, customer in (("a b.csv", "1"), ("a_b.csv", "2")):
+        (settings.inbox / name).write_text(f"{TELCO_HEADER}\n{telco_row(customer)}\n")
+    keys = [r.partition_key for r in automation.scan_inbox(settings, spec, NOW).run_requests]
+    assert len(set(keys)) == 2
+    kept = {(settings.home / "batches" / key).read_text().splitlines()[1][:1] for key in keys}
+    assert kept == {"1", "2"}
+    for reason in ("first", "second"):
+        (settings.inbox / "broken.csv").write_text(f"customerID,{reason}\n1,x\n")
+        automation.scan_inbox(settings, spec, NOW)
+    rejected = settings.inbox / automation.REJECTED
+    headers = {p.read_text().splitlines()[0] for p in rejected.glob("broken*.csv")}
+    assert headers == {"customerID,first", "customerID,second"}
+    assert len(list(rejected.glob("broken*.reason.txt"))) == 2
+
+
 def test_header_only_file_is_rejected(settings):
     spec = load_spec(DEFAULT_SPEC, settings.home)
     settings.inbox.mkdir(parents=True)

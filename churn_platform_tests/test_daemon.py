@@ -43,8 +43,8 @@ def test_inbox_drop_trains_and_scores_without_a_click(spark, churn_home, telco_c
     cleaning, features, training, the promotion gate and scoring."""
     monkeypatch.setenv("CHURN_TRAINING_PROFILE", "quick")
     monkeypatch.setenv("CHURN_SHUFFLE_PARTITIONS", "2")  # 2,000 rows: one task per core
-    # One model: this test is about the daemon carrying a drop through, not the models.
-    monkeypatch.setenv("CHURN_MODELS", "logistic_regression")
+    # One model, the cheapest: this test is about the daemon carrying a drop through.
+    monkeypatch.setenv("CHURN_MODELS", "decision_tree")
     for name in ("DAGSTER_HOME", "CHURN_DAGSTER_STORAGE", "CHURN_DAGSTER_COMPUTE_LOGS"):
         monkeypatch.delenv(name, raising=False)
     with telco_csv.open(newline="") as handle:

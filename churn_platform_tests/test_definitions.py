@@ -9,8 +9,9 @@ import pytest
 
 from churn_platform.assets import training
 from churn_platform.definitions import build_definitions
-from churn_platform.resources import SPARK_POOL, dagster_env, prepare_dagster_home
+from churn_platform.resources import SPARK_POOL, prepare_dagster_home
 from churn_platform.settings import load_settings
+from churn_platform_tests.conftest import restored_environ
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
 
@@ -51,7 +52,7 @@ def test_definitions_load(tmp_path):
         assert node.description, f"{key} has no description"
 
 
-def test_spark_runs_take_turns_and_check_only_runs_do_not_wait(tmp_path, monkeypatch):
+def test_spark_runs_take_turns_and_check_only_runs_do_not_wait(tmp_path):
     """Every Spark asset holds the Spark pool; the instance the platform installs lets one run
     holding it be in progress at a time, counted per run (a run's steps share one JVM)."""
     settings = load_settings({"CHURN_HOME": str(tmp_path)})
@@ -59,11 +60,10 @@ def test_spark_runs_take_turns_and_check_only_runs_do_not_wait(tmp_path, monkeyp
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         assert (SPARK_POOL in node.pools) == ("spark" in node.kinds), key
-    for name, value in dagster_env(settings).items():
-        monkeypatch.setenv(name, value)  # restored after the test; prepare_dagster_home exports
-    prepare_dagster_home(settings)
-    with dg.DagsterInstance.from_config(str(settings.dagster_storage)) as instance:
-        concurrency = instance.get_concurrency_config()
+    with restored_environ():  # prepare_dagster_home exports the instance's variables
+        prepare_dagster_home(settings)
+        with dg.DagsterInstance.from_config(str(settings.dagster_storage)) as instance:
+            concurrency = instance.get_concurrency_config()
     assert concurrency.pool_config.pool_granularity.value == "run"
     assert concurrency.pool_config.default_pool_limit == 1
     assert concurrency.run_queue_config.max_concurrent_runs > 1

@@ -14,7 +14,7 @@ from churn_platform import cli
 from churn_platform.config import load_spec
 from churn_platform.settings import load_settings
 from churn_platform.tracking import MlflowResource, registry_snapshot
-from churn_platform_tests.conftest import PIPELINE_MODELS, PipelineRun
+from churn_platform_tests.conftest import PIPELINE_MODELS, PipelineRun, restored_environ
 
 LEADERBOARD_SIZE = len(PIPELINE_MODELS)
 
@@ -22,9 +22,8 @@ LEADERBOARD_SIZE = len(PIPELINE_MODELS)
 @pytest.fixture(scope="module")
 def pipeline(telco_pipeline: PipelineRun) -> Iterator[PipelineRun]:
     """The session's full materialization, with its environment set for this module's tests."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in telco_pipeline.env.items():
-            mp.setenv(name, value)
+    with restored_environ():
+        os.environ.update(telco_pipeline.env)
         yield telco_pipeline
 
 
@@ -85,16 +84,13 @@ def test_every_model_run_is_tracked_with_lineage_tags(pipeline):
         assert tags["dagster.run_id"] == summary["run_id"]
         assert tags["data_version"] not in ("", "unknown")
         assert "roc_auc" in run.data.metrics
-    # The ensemble reuses the LR asset's fit from this run and names that run; the decision
-    # tree has no asset in this run, so the ensemble fitted it itself.
+    # The ensemble reuses the tree asset's fit from this run and names that run; logistic
+    # regression has no asset in this run, so the ensemble fitted it itself.
     by_kind = {run.data.tags["model_kind"]: run for run in runs}
     stacking = by_kind["stacking"].data
-    assert (
-        stacking.tags["churn.base_run.logistic_regression"]
-        == by_kind["logistic_regression"].info.run_id
-    )
-    assert "churn.base_run.decision_tree" not in stacking.tags
-    assert json.loads(stacking.params["reused_bases"]) == ["logistic_regression"]
+    assert stacking.tags["churn.base_run.decision_tree"] == by_kind["decision_tree"].info.run_id
+    assert "churn.base_run.logistic_regression" not in stacking.tags
+    assert json.loads(stacking.params["reused_bases"]) == ["decision_tree"]
 
 
 def test_scores_file_and_schema_mismatch(pipeline, capsys, tmp_path):

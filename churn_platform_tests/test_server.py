@@ -18,7 +18,7 @@ import pytest
 
 from churn_platform.server import PlatformError, running_platform, serve
 from churn_platform.settings import Settings, load_settings
-from churn_platform_tests.conftest import PipelineRun
+from churn_platform_tests.conftest import PipelineRun, restored_environ
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -251,21 +251,19 @@ def check_ui(url: str, shots: Path, rows_in: int) -> None:
 
 @pytest.mark.browser
 def test_read_only_ui_shows_groups_lineage_and_latest_materialization(
-    telco_pipeline: PipelineRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    telco_pipeline: PipelineRun, tmp_path: Path
 ) -> None:
     """The UI over the state root of the session's end-to-end run (Telco, whole graph)."""
-    # The platform exports these into os.environ; monkeypatch restores them afterwards.
-    for name, value in telco_pipeline.env.items():
-        monkeypatch.setenv(name, value)
-    settings = load_settings()
-    rows_in = telco_pipeline.summary["assets"]["cleaned_customers"]["rows_in"]
-    shots = Path(os.environ.get("CHURN_SCREENSHOT_DIR") or tmp_path / "screenshots")
-    shots.mkdir(parents=True, exist_ok=True)
-
-    with running_platform(settings, free_port(), read_only=True, daemon=False) as url:
-        lines = dagster_descendants(psutil.Process()).values()
-        assert any("dagster-webserver" in line and "--read-only" in line for line in lines), lines
-        assert not any("dagster-daemon" in line for line in lines), lines
-        check_ui(url, shots, rows_in)
+    with restored_environ():  # the platform exports its variables into os.environ
+        os.environ.update(telco_pipeline.env)
+        settings = load_settings()
+        rows_in = telco_pipeline.summary["assets"]["cleaned_customers"]["rows_in"]
+        shots = Path(os.environ.get("CHURN_SCREENSHOT_DIR") or tmp_path / "screenshots")
+        shots.mkdir(parents=True, exist_ok=True)
+        with running_platform(settings, free_port(), read_only=True, daemon=False) as url:
+            lines = dagster_descendants(psutil.Process()).values()
+            assert any("dagster-webserver" in ln and "--read-only" in ln for ln in lines), lines
+            assert not any("dagster-daemon" in line for line in lines), lines
+            check_ui(url, shots, rows_in)
     assert_nothing_left(telco_pipeline.home)
     print(f"screenshots: {shots}")  # noqa: T201
