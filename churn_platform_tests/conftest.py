@@ -110,10 +110,10 @@ def telco_home(churn_home: Path, telco_csv: Path) -> Path:
     return churn_home
 
 
-# The session's end-to-end run trains a base model and a stacking ensemble over it and
-# logistic regression: every kind of model asset (a base; an ensemble that reuses one base
+# The session's end-to-end run trains the decision tree and a stacking ensemble over the tree
+# and logistic regression: every kind of model asset (a base; an ensemble that reuses one base
 # asset's stored fit and fits the other base itself) without the cost of all nine. The tree is
-# the cheapest base, so it is the one the cluster test trains again. Each model kind's fitting
+# the cheapest base, so the cluster test trains it again to compare. Each model kind's fitting
 # is tested in test_modeling; `make demo` trains all nine.
 PIPELINE_MODELS = ("decision_tree", "stacking")
 
