@@ -210,6 +210,16 @@ def _spec(settings: Settings):
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from churn_platform.core.output_files import OutputRefused, check_target
+
+    output = Path(args.output)
+    if not Path(args.input).exists():
+        raise CommandError(f"{args.input}: no such file or folder", EXIT_USAGE)
+    try:
+        check_target(output, args.overwrite)
+    except OutputRefused as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from exc
+
     from churn_platform.assets.scoring import score_file
     from churn_platform.tracking import SchemaMismatchError
 
@@ -220,8 +230,9 @@ def cmd_score(args: argparse.Namespace) -> int:
             _spec(settings),
             _mlflow(settings),
             Path(args.input),
-            Path(args.output),
+            output,
             alias=args.alias,
+            overwrite=args.overwrite,
         )
     except SchemaMismatchError as exc:
         raise CommandError(f"{args.input}: {exc}", EXIT_USAGE) from exc
@@ -430,6 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--input", required=True)
     score.add_argument("--output", required=True, help="*.csv or *.parquet")
     score.add_argument("--alias", default="champion")
+    score.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUTPUT if it is an earlier score output (anything else is never replaced)",
+    )
 
     model = add("model", cmd_model_rollback, "registry operations")
     model.add_argument("action", choices=["rollback"])

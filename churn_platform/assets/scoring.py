@@ -1,6 +1,5 @@
 """Batch scoring: churn probability, decision and risk tier for every current customer."""
 
-import shutil
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from pyspark.sql import functions as F
 
 from churn_platform import etl, modeling, tracking
 from churn_platform.config import DatasetSpec, SourceSpec
+from churn_platform.core import output_files
 from churn_platform.ops_log import OpsLog
 from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.tracking import MlflowResource
@@ -103,12 +103,15 @@ def score_file(
     input_path: Path,
     output_path: Path,
     alias: str = "champion",
+    overwrite: bool = False,
 ) -> dict:
     """Score an arbitrary CSV or Parquet file of customers into a CSV or Parquet file.
 
     Input columns are checked against the spec before any work; unusable rows are reported,
-    not scored. The output appears atomically (written next to it, then renamed).
+    not scored. The output appears atomically (staged beside it, then renamed); an existing
+    output is replaced only with `overwrite` and only if it is an earlier score output.
     """
+    output_files.check_target(output_path, overwrite, output_files.SCORE_COLUMNS)
     fmt = "parquet" if input_path.suffix == ".parquet" or input_path.is_dir() else "csv"
     source = SourceSpec(name="score_input", format=fmt, path=str(input_path))
     raw = etl.read_source(spark, source)
@@ -127,20 +130,13 @@ def score_file(
         version.name,
         str(version.version),
     )
-    staging = output_path.with_name(f".{output_path.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    if output_path.suffix == ".parquet":
-        scores.write.parquet(str(staging))
-    else:
-        scores.coalesce(1).write.option("header", True).csv(str(staging))
-        part = next(staging.glob("part-*.csv"))
-        single = staging.with_suffix(".csv.tmp")
-        part.replace(single)
-        shutil.rmtree(staging)
-        staging = single
-    if output_path.is_dir():
-        shutil.rmtree(output_path)
-    staging.replace(output_path)
+    with output_files.staged_output(output_path, overwrite, output_files.SCORE_COLUMNS) as target:
+        if output_path.suffix == ".parquet":
+            scores.write.parquet(str(target))
+        else:
+            folder = target.with_name(target.name + ".parts")
+            scores.coalesce(1).write.option("header", True).csv(str(folder))
+            next(folder.glob("part-*.csv")).replace(target)
     return {
         "output": str(output_path),
         "rows_scored": cleaned.counts["rows_out"],

@@ -1,0 +1,1 @@
+"""The platform's core: data, models and operations logic with no Dagster import."""
