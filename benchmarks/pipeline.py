@@ -9,6 +9,11 @@ nothing runs twice. `--compare` also runs, on the same file:
     pyspark  the platform's own functions (churn_platform.etl, churn_platform.modeling) in a
              plain script: no Dagster, MLflow, checks or warehouse writes; the floor of this stack
     pandas   pandas + scikit-learn (LightGBM for boosting when installed), same steps and params
+    naive    the data layers only, as a naive PySpark script: read with a schema, drop duplicate
+             ids, encode, write Parquet; no quarantine, checks, fingerprints or versions
+
+Each Spark run also reports its Spark jobs per layer (submission times from Spark's status
+store, counted inside the layer's step spans): on small data every job costs 50-130 ms.
 
 Each run gets a fresh Python process, one after the other: each pays its own Spark start-up, no
 two JVMs run at once, and memory is attributed cleanly. This process polls, every 0.2 s, the RSS
@@ -44,6 +49,7 @@ from typing import Any, Self
 
 import dagster as dg
 import psutil
+from pipeline_baselines import spark_job_times
 
 from churn_platform import etl
 from churn_platform.assets import scoring, training
@@ -68,6 +74,9 @@ STEP_LAYERS = {
     "champion_model": "training",
     "churn_scores": "scoring",
 }
+# Spark's status store keeps 1,000 jobs by default; training alone runs more, which would evict
+# the data layers' jobs before they are counted.
+JOB_HISTORY = "--conf spark.ui.retainedJobs=1000000 pyspark-shell"
 # A benchmark must never log into a real tracking server or Dagster instance: each run's
 # settings then default to its own fresh state root.
 ISOLATED_ENV = (
@@ -124,6 +133,7 @@ def platform_run(job: Mapping[str, Any]) -> None:
             steps[entry.step_key] = (starts[entry.step_key], entry.timestamp)
     champion = run_summary(result)["champion"]
     retried = sorted({e.step_key for e in events if e.event_type_value == "STEP_UP_FOR_RETRY"})
+
     Path(job["result"]).write_text(
         json.dumps(
             {
@@ -133,6 +143,7 @@ def platform_run(job: Mapping[str, Any]) -> None:
                 "champion": champion["model_kind"],
                 "roc_auc": champion["metrics"]["roc_auc"],
                 "retried": retried,
+                "jobs": spark_job_times(),
             }
         )
     )
@@ -193,6 +204,7 @@ class Run:
     roc_auc: float
     retried: list[str]
     samples: list[Sample]
+    jobs: list[float]
 
     @property
     def total(self) -> float:
@@ -205,6 +217,11 @@ class Run:
             for name, (start, end) in self.steps.items()
             if (step is None or name == step) and (layer is None or layer_of(name) == layer)
         )
+
+    def job_count(self, layer: str | None = None) -> int:
+        """Spark jobs submitted while a layer's steps ran (or in the whole run)."""
+        spans = [s for name, s in self.steps.items() if layer is None or layer_of(name) == layer]
+        return sum(1 for t in self.jobs if any(a <= t <= b for a, b in spans))
 
     def peak_mb(self, layer: str | None = None) -> tuple[float, float]:
         """Peak driver and JVM RSS while a layer's steps ran (or over the whole process)."""
@@ -244,11 +261,12 @@ def launch(name: str, command: list[str], env: Mapping[str, str], work: Path) ->
         roc_auc=result["roc_auc"],
         retried=result.get("retried", []),
         samples=sampler.samples,
+        jobs=result.get("jobs", []),
     )
 
 
 def child_env(home: Path) -> dict[str, str]:
-    return {**os.environ, "CHURN_HOME": str(home)}
+    return {**os.environ, "CHURN_HOME": str(home), "PYSPARK_SUBMIT_ARGS": JOB_HISTORY}
 
 
 def resolved_params(kinds: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -302,7 +320,7 @@ def _rate(rows: int, seconds: float) -> str:
 
 
 def platform_table(run: Run, rows: int) -> str:
-    header = f"{'layer':<10}{'wall s':>10}{'rows/s':>12}{'driver MB':>12}{'JVM MB':>10}"
+    header = f"{'layer':<10}{'wall s':>10}{'rows/s':>12}{'jobs':>7}{'driver MB':>12}{'JVM MB':>10}"
     lines = [header, "-" * len(header)]
     for layer in LAYERS:
         seconds = run.seconds(layer)
@@ -310,18 +328,19 @@ def platform_table(run: Run, rows: int) -> str:
             continue
         driver, jvm = run.peak_mb(layer)
         lines.append(
-            f"{layer:<10}{seconds:>10.1f}{_rate(rows, seconds):>12}"
+            f"{layer:<10}{seconds:>10.1f}{_rate(rows, seconds):>12}{run.job_count(layer):>7}"
             f"{_cell(driver, 0):>12}{_cell(jvm, 0):>10}"
         )
     lines.append(f"{'overhead':<10}{run.total - run.seconds():>10.1f}")
     driver, jvm = run.peak_mb()
     lines.append(
-        f"{'total':<10}{run.total:>10.1f}{_rate(rows, run.total):>12}"
+        f"{'total':<10}{run.total:>10.1f}{_rate(rows, run.total):>12}{len(run.jobs):>7}"
         f"{_cell(driver, 0):>12}{_cell(jvm, 0):>10}"
     )
     other = sorted(step for step in run.steps if layer_of(step) == "other")
     lines += [
-        "rows/s: input customers / wall time. MB: peak RSS while the layer ran.",
+        "rows/s: input customers / wall time. jobs: Spark jobs submitted in the layer's steps.",
+        "MB: peak RSS while the layer ran.",
         "training: model_* steps, model_leaderboard, champion_model (MLflow registry).",
         *([f"other: {', '.join(other)}."] if other else []),
         "overhead: total minus steps: Spark start-up, Dagster run set-up, between-step work.",
@@ -329,7 +348,7 @@ def platform_table(run: Run, rows: int) -> str:
     return "\n".join(lines)
 
 
-def compare_table(runs: Mapping[str, Run]) -> str:
+def compare_table(runs: Mapping[str, Run], rows: int) -> str:
     names = list(runs)
     platform = runs["platform"]
     ratios = [name for name in names if name != "platform"]
@@ -358,7 +377,18 @@ def compare_table(runs: Mapping[str, Run]) -> str:
         f"{'peak driver / JVM RSS MB':<28}"
         + "".join(f"{'/'.join(_cell(mb, 0) for mb in r.peak_mb()):>11}" for r in runs.values())
     )
-    champions = ", ".join(f"{n} {r.champion} ({r.roc_auc:.4f})" for n, r in runs.items())
+    lines.append(f"{'Spark jobs':<28}" + "".join(f"{'':>11}" for _ in names))
+    for layer in LAYERS:
+        lines.append(f"  {layer:<26}" + "".join(f"{r.job_count(layer):>11}" for r in runs.values()))
+    lines.append(
+        f"{'data layers rows/s':<28}"
+        + "".join(
+            f"{_rate(rows, sum(r.seconds(x) for x in ETL_LAYERS)):>11}" for r in runs.values()
+        )
+    )
+    champions = ", ".join(
+        f"{n} {r.champion} ({r.roc_auc:.4f})" for n, r in runs.items() if r.champion != "-"
+    )
     lines.append(f"champion (test ROC-AUC): {champions}")
     return "\n".join(lines)
 
@@ -410,7 +440,7 @@ def benchmark(args: argparse.Namespace, kinds: list[str], work: Path) -> None:
         "risk_tiers": scoring.RISK_TIERS,
         "service_columns": etl.SERVICE_COLUMNS,
     }
-    names = ("platform", "pyspark", "pandas") if args.compare else ("platform",)
+    names = ("platform", "pyspark", "pandas", "naive") if args.compare else ("platform",)
     runs: dict[str, Run] = {}
     for name in names:
         home = work / name
@@ -420,7 +450,7 @@ def benchmark(args: argparse.Namespace, kinds: list[str], work: Path) -> None:
             "result": str(work / f"{name}.json"),
             "scores": str(home / "scores.parquet"),
         }
-        if name == "pyspark":
+        if name in ("pyspark", "naive"):
             job["spark_conf"] = spark_conf(load_settings(child_env(home)))
         job_file = work / f"{name}-job.json"
         job_file.write_text(json.dumps(job))
@@ -446,7 +476,7 @@ def benchmark(args: argparse.Namespace, kinds: list[str], work: Path) -> None:
         print(f"warning: retried steps (their time covers every attempt): {platform.retried}")
     if args.compare:
         print("\nComparison on the same file (each run in a fresh process)")
-        print(compare_table(runs))
+        print(compare_table(runs, rows))
     if args.json:
         print(json.dumps(summary(rows, runs)))
 

@@ -1,7 +1,7 @@
-"""The two comparison runs of benchmarks/pipeline.py: plain PySpark, and pandas + scikit-learn.
+"""The comparison runs of benchmarks/pipeline.py: plain PySpark, pandas + scikit-learn, naive.
 
-Run by pipeline.py as `python pipeline_baselines.py {pyspark|pandas} JOB.json`, each in a fresh
-process, so its memory and its Spark start-up are its own. JOB.json carries everything taken
+Run by pipeline.py as `python pipeline_baselines.py {pyspark|pandas|naive} JOB.json`, each in a
+fresh process, so its memory and its Spark start-up are its own. JOB.json carries everything taken
 from the platform (resolved model parameters, Spark configuration, risk tiers): computed once by
 the benchmark, so this module imports no Dagster or MLflow and the drivers' RSS stays honest.
 For the same reason heavy imports sit in the functions that use them, and `main` loads just the
@@ -18,6 +18,7 @@ import dataclasses
 import importlib
 import itertools
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -142,6 +143,72 @@ def run_pyspark(job: Mapping[str, Any], spec: DatasetSpec, timeline: Timeline) -
             F.lit(champion.threshold).alias("threshold"),
         ).write.parquet(job["scores"])
     return champion
+
+
+def run_naive(job: Mapping[str, Any], spec: DatasetSpec, timeline: Timeline) -> Candidate:
+    """The data layers as a naive PySpark script: the floor the platform's layers are held to.
+
+    Read the CSV with a typed schema, drop duplicate ids and rows without a label, engineer and
+    encode (the same fitted pipeline the platform stores), write each layer as Parquet. No
+    quarantine, line numbers, checks, fingerprints or versioned folders; no training.
+    """
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from churn_platform import etl
+
+    builder = SparkSession.builder
+    for key, value in job["spark_conf"].items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    out = Path(job["scores"]).parent / "naive"
+    header = etl.read_csv_header(Path(job["data"]), spec.sources[0].delimiter)
+    schema = T.StructType(
+        [T.StructField(c, T.DoubleType() if c in spec.numeric else T.StringType()) for c in header]
+    )
+    with timeline.step("raw_customers"):
+        spark.read.csv(job["data"], header=True, schema=schema).write.parquet(str(out / "raw"))
+    with timeline.step("cleaned_customers"):
+        target = spec.target
+        label = F.when(F.col(target.column) == target.positive, 1).when(
+            F.col(target.column) == target.negative, 0
+        )
+        spark.read.parquet(str(out / "raw")).withColumn(etl.LABEL_COL, label).where(
+            F.col(etl.LABEL_COL).isNotNull() & F.col(spec.id_column).isNotNull()
+        ).dropDuplicates([spec.id_column]).drop(target.column, *spec.drop).write.parquet(
+            str(out / "cleaned")
+        )
+    with timeline.step("customer_features"):
+        cleaned = spark.read.parquet(str(out / "cleaned"))
+        table = etl.assign_split(etl.engineer_features(cleaned, spec), spec)
+        numeric, categorical = etl.feature_roles(table, spec)
+        pipeline = etl.fit_feature_pipeline(
+            table.where(F.col(etl.SPLIT_COL) == "train"), numeric, categorical
+        )
+        table.write.parquet(str(out / "features"))
+        pipeline.write().save(str(out / "pipeline"))
+    return Candidate("-", None, 0.0, math.nan, math.nan)
+
+
+def spark_job_times() -> list[float]:
+    """Submission time (epoch s) of every Spark job of this process's JVM, for job counts.
+
+    Read from Spark's status store, which keeps `spark.ui.retainedJobs` jobs: the benchmark
+    raises that limit (pipeline.JOB_HISTORY) so no layer's jobs are evicted.
+    """
+    from pyspark import SparkContext
+
+    context = SparkContext._active_spark_context
+    if context is None:
+        return []
+    jobs = context._jsc.sc().statusStore().jobsList(None)
+    times = []
+    for i in range(jobs.size()):
+        submitted = jobs.get(i).submissionTime()
+        if submitted.isDefined():
+            times.append(submitted.get().getTime() / 1000)
+    return times
 
 
 def _in_memory(df: Any) -> Any:
@@ -552,6 +619,7 @@ def _roc_auc(y: np.ndarray, probability: np.ndarray) -> float:
 # its driver's RSS is that stack's.
 IMPORTS = {
     "pyspark": ("pyspark.sql", "churn_platform.etl", "churn_platform.modeling"),
+    "naive": ("pyspark.sql", "churn_platform.etl", "pyspark.ml"),
     "pandas": (
         "pandas",
         "sklearn.compose",
@@ -569,6 +637,7 @@ IMPORTS = {
 RUNNERS: dict[str, Callable[[Mapping[str, Any], DatasetSpec, Timeline], Candidate]] = {
     "pyspark": run_pyspark,
     "pandas": run_pandas,
+    "naive": run_naive,
 }
 
 
@@ -592,6 +661,7 @@ def main(argv: list[str]) -> int:
         "steps": timeline.steps,
         "champion": champion.kind,
         "roc_auc": champion.roc_auc,
+        "jobs": [] if argv[0] == "pandas" else spark_job_times(),
     }
     Path(job["result"]).write_text(json.dumps(result))
     return 0
