@@ -6,6 +6,7 @@ The log lives under the state root (`$CHURN_HOME`), readable by the service grou
       ops-YYYY-MM-DD.jsonl      0640  one JSON event per line, one file per UTC day, append-only
       chain_heads.json          0640  last seq + hash per file (detects truncation; backed up)
       .ops.lock                 0640  flock held around "read chain head, append"
+    anchors/ops-chain.json      0640  copy of the chain heads outside logs/ (see core.ops.anchor)
     secrets/pseudonym.key       0600  HMAC key generated once when CHURN_PSEUDONYM_KEY is unset;
                                       back it up with the state or pseudonyms stop matching
 
@@ -41,6 +42,7 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonEncoder, JsonFormatter
 
+from churn_platform.core.ops.anchor import Link, anchor_document, compare, read_anchor
 from churn_platform.settings import Settings
 
 SCHEMA_VERSION = 1
@@ -49,6 +51,7 @@ DIR_MODE = 0o750
 FILE_MODE = 0o640
 LOCK_NAME = ".ops.lock"
 HEADS_NAME = "chain_heads.json"
+ANCHOR_FILE = Path("anchors") / "ops-chain.json"
 LOG_FILE_RE = re.compile(r"^ops-(\d{4}-\d{2}-\d{2})\.jsonl$")
 
 RECORD_FIELDS = (
@@ -275,6 +278,32 @@ def read_chain_heads(log_dir: Path) -> dict[str, ChainHead]:
         raise ValueError(f"{path} is not a valid chain-heads file: {exc}") from exc
 
 
+def anchor_path(settings: Settings) -> Path:
+    """The chain anchor of a state root: outside `logs/`, so deleting that folder spares it."""
+    return settings.home / ANCHOR_FILE
+
+
+def _anchor_or_empty(path: Path) -> dict[str, Link]:
+    """Writers go on over a damaged anchor, as over damaged heads; verify_logs reports it."""
+    try:
+        return read_anchor(path) or {}
+    except ValueError:
+        return {}
+
+
+def _write_anchor(path: Path, links: Mapping[str, Link]) -> None:
+    ensure_dir(path.parent)
+    write_json_atomic(path, anchor_document(links))
+
+
+def reanchor(settings: Settings) -> None:
+    """Anchor the chain heads as they are now; only for a restore that replaced the logs on
+    purpose (the events after the backup are in the folder the restore moved aside)."""
+    with locked(ensure_dir(settings.logs) / LOCK_NAME):
+        heads = read_chain_heads(settings.logs)
+        _write_anchor(anchor_path(settings), {n: Link(h.seq, h.hash) for n, h in heads.items()})
+
+
 def _chain_heads_or_empty(log_dir: Path) -> dict[str, ChainHead]:
     """Writers go on over damaged heads: an audit trail must not stop; verify_logs reports it."""
     try:
@@ -382,9 +411,10 @@ class _ChainedFileHandler(logging.Handler):
     Errors propagate (no `handleError`): an audit trail with silent gaps is worse than a failure.
     """
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, anchor: Path) -> None:
         super().__init__()
         self.log_dir = log_dir
+        self.anchor = anchor
         self.setFormatter(_OpsJsonFormatter())
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -393,13 +423,19 @@ class _ChainedFileHandler(logging.Handler):
             now = datetime.now(UTC)
             path = self.log_dir / f"ops-{now:%Y-%m-%d}.jsonl"
             heads = _chain_heads_or_empty(self.log_dir)
-            seq, prev_hash = _next_link(path, heads.get(path.name))
+            anchored = _anchor_or_empty(self.anchor)
+            head = heads.get(path.name)
+            if head is None and path.name in anchored:  # heads deleted: chain on, visibly
+                head = ChainHead(anchored[path.name].seq, anchored[path.name].hash, "")
+            seq, prev_hash = _next_link(path, head)
             record.__dict__.update(ts=utc_iso(now), seq=seq, prev_hash=prev_hash)
             line = self.format(record)
             entry = json.loads(line)
             _append_line(path, line)
             heads[path.name] = ChainHead(entry["seq"], entry["hash"], entry["ts"])
             _write_chain_heads(self.log_dir, heads)
+            anchored[path.name] = Link(entry["seq"], entry["hash"])  # merged: never re-based
+            _write_anchor(self.anchor, anchored)
         record.__dict__.update(_ops_line=line, _ops_entry=entry, _ops_file=str(path))
 
 
@@ -447,7 +483,7 @@ class OpsLog:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._logger = logging.Logger("churn_platform.ops")  # not getLogger: see docstring
-        self._logger.addHandler(_ChainedFileHandler(settings.logs))
+        self._logger.addHandler(_ChainedFileHandler(settings.logs, anchor_path(settings)))
         if settings.syslog_address:
             self._logger.addHandler(_syslog_handler(settings.syslog_address))
         self._key: str | None = None
@@ -642,14 +678,17 @@ def prune_logs(
     removed: list[str] = []
     with locked(log_dir / LOCK_NAME):
         heads = _chain_heads_or_empty(log_dir)
+        anchored = _anchor_or_empty(anchor_path(settings))
         for path in sorted(log_dir.iterdir()):
             match = LOG_FILE_RE.match(path.name)
             if match and date.fromisoformat(match.group(1)) < cutoff:
                 path.unlink()
                 heads.pop(path.name, None)
+                anchored.pop(path.name, None)
                 removed.append(path.name)
         if removed:
             _write_chain_heads(log_dir, heads)
+            _write_anchor(anchor_path(settings), anchored)
     if removed:
         with ops_log_scope(settings, ops_log) as ops:
             ops.event(
@@ -701,6 +740,19 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"non-JSON constant {name}")
 
 
+class _DuplicateKeyError(ValueError):
+    """A JSON object names one key twice."""
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Why: the hash covers the parsed record, where the last of two equal keys wins; a forged
+    key inserted before the original would show in the raw line yet leave the hash intact."""
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        raise _DuplicateKeyError("duplicate key")
+    return record
+
+
 def _record_problem(record: Any, prev_hash: str, expected_seq: int) -> str | None:
     if not (
         isinstance(record, dict)
@@ -723,7 +775,11 @@ def _first_break(lines: list[bytes]) -> tuple[int | None, str | None, str, int]:
     prev_hash, expected_seq = GENESIS_HASH, 1
     for lineno, raw in enumerate(lines, start=1):
         try:
-            record = json.loads(raw, parse_constant=_reject_constant)
+            record = json.loads(
+                raw, parse_constant=_reject_constant, object_pairs_hook=_reject_duplicates
+            )
+        except _DuplicateKeyError:
+            return lineno, "a key appears twice: record forged", prev_hash, 0
         except ValueError:
             return lineno, "not a valid JSON record (line altered, split or torn)", prev_hash, 0
         problem = _record_problem(record, prev_hash, expected_seq)
@@ -754,12 +810,16 @@ def _verify_file(path: Path, head: ChainHead | None) -> FileCheck:
     return FileCheck(path.name, count)
 
 
-def verify_logs(log_dir: Path) -> VerifyReport:
+def verify_logs(
+    log_dir: Path, anchor: Path | None = None, archived: Mapping[str, Link] | None = None
+) -> VerifyReport:
     """Check every ops-*.jsonl chain and its recorded head; reports the first break per file.
 
-    Detects edits, deletions, insertions, reordering, truncation and deleted files. It cannot
-    detect a rewrite that also recomputes every later hash and the heads file: the syslog copy and
-    the archived chain heads are the anchors for that.
+    Detects edits, deletions, insertions, reordering, truncation and deleted files. With the
+    state root's `anchor` file, also a deleted heads file or logs folder; `archived` (the anchor
+    in the newest backup) speaks when the anchor file is gone too. It cannot detect a rewrite
+    that also recomputes every later hash, the heads and the anchor: the syslog copy is the
+    anchor for that.
     """
     log_dir = Path(log_dir)
     checks: list[FileCheck] = []
@@ -771,6 +831,8 @@ def verify_logs(log_dir: Path) -> VerifyReport:
             checks.append(FileCheck(HEADS_NAME, 0, None, str(exc)))
         paths = sorted(p for p in log_dir.glob("ops-*.jsonl") if LOG_FILE_RE.match(p.name))
         checks.extend(_verify_file(path, heads.get(path.name)) for path in paths)
+        if anchor is not None:
+            checks.extend(_anchor_checks(anchor, heads, bool(paths), archived or {}))
     present = {path.name for path in paths}
     checks.extend(
         FileCheck(name, 0, None, f"listed in {HEADS_NAME} but missing: file deleted")
@@ -778,6 +840,21 @@ def verify_logs(log_dir: Path) -> VerifyReport:
         if name not in present
     )
     return VerifyReport(str(log_dir), checks)
+
+
+def _anchor_checks(
+    anchor: Path, heads: Mapping[str, ChainHead], has_logs: bool, archived: Mapping[str, Link]
+) -> list[FileCheck]:
+    try:
+        anchored = read_anchor(anchor)
+    except ValueError as exc:
+        return [FileCheck(anchor.name, 0, None, str(exc))]
+    if anchored is None:
+        if not (heads or has_logs or archived):
+            return []  # a state root that never logged anything
+        return [FileCheck(anchor.name, 0, None, f"chain anchor missing: {anchor} was deleted")]
+    current = {name: Link(head.seq, head.hash) for name, head in heads.items()}
+    return [FileCheck(name, 0, None, why) for name, why in compare(anchored, current).items()]
 
 
 def format_verify_report(report: VerifyReport) -> str:

@@ -3,6 +3,7 @@
 import json
 import multiprocessing
 import os
+import shutil
 import socket
 import stat
 from collections.abc import Iterator
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from churn_platform.core.ops.anchor import read_anchor
 from churn_platform.ops_log import (
     GENESIS_HASH,
     RECORD_FIELDS,
     OpsLog,
+    anchor_path,
     format_verify_report,
     prune_logs,
     pseudonym_key,
@@ -257,11 +260,14 @@ def test_prune_removes_old_files_and_logs_it(ops: OpsLog, settings: Settings) ->
     heads = json.loads(heads_path.read_text())
     heads[old.name] = heads.pop(path.name)
     heads_path.write_text(json.dumps(heads))
+    anchor = json.loads(anchor_path(settings).read_text())
+    anchor["files"][old.name] = anchor["files"].pop(path.name)
+    anchor_path(settings).write_text(json.dumps(anchor))
     assert prune_logs(settings) == [old.name]
     assert not old.exists()
     (record,) = ops_records(ops_log_file(settings))
     assert record["event_code"] == "logs.pruned" and old.name in record["message"]
-    assert verify_logs(settings.logs).ok
+    assert verify_logs(settings.logs, anchor_path(settings)).ok
 
 
 def test_events_are_forwarded_to_syslog(
@@ -297,3 +303,60 @@ def test_dagster_context_fills_run_fields_and_the_event_log(settings: Settings) 
     assert record["actor"] == "user:ana"
     messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert any("[ops] inference.batch.completed" in m and "rows=7" in m for m in messages)
+
+
+def test_a_forged_duplicate_key_before_the_original_is_reported(
+    ops: OpsLog, settings: Settings
+) -> None:
+    path = _write_events(ops, 3)
+    lines = path.read_text().splitlines()
+    lines[1] = '{"message":"FORGED",' + lines[1][1:]
+    path.write_text("\n".join(lines) + "\n")
+    line, reason = _only_broken(settings)
+    assert line == 2 and "twice" in reason
+
+
+def _verify_with_anchor(settings: Settings, archived: dict | None = None) -> list[str]:
+    report = verify_logs(settings.logs, anchor_path(settings), archived)
+    return [f"{check.file}: {check.reason}" for check in report.files if not check.ok]
+
+
+def test_deleting_the_logs_folder_is_reported_by_the_anchor(
+    ops: OpsLog, settings: Settings
+) -> None:
+    name = _write_events(ops, 3).name
+    assert _verify_with_anchor(settings) == []
+    shutil.rmtree(settings.logs)
+    assert _verify_with_anchor(settings) == [
+        f"{name}: chain head missing: the anchor records seq 3 for this file"
+    ]
+    ops.event("training.completed", "an event after the deletion does not re-base the anchor")
+    assert f"{name}: prev_hash does not match the preceding record" in "\n".join(
+        _verify_with_anchor(settings)
+    )
+
+
+def test_deleting_logs_and_anchor_is_reported_when_a_backup_anchored_them(
+    ops: OpsLog, settings: Settings
+) -> None:
+    _write_events(ops, 2)
+    archived = read_anchor(anchor_path(settings))
+    shutil.rmtree(settings.logs)
+    anchor_path(settings).unlink()
+    assert _verify_with_anchor(settings) == []  # nothing left says a log existed...
+    (problem,) = _verify_with_anchor(settings, archived)  # ...but the backup does
+    assert "chain anchor missing" in problem
+
+
+def test_a_rolled_back_heads_file_disagrees_with_the_anchor(
+    ops: OpsLog, settings: Settings
+) -> None:
+    path = _write_events(ops, 2)
+    heads_path = settings.logs / "chain_heads.json"
+    lines, heads = path.read_text().splitlines(), heads_path.read_text()
+    ops.event("training.completed", "to be cut off together with its head")
+    path.write_text("\n".join(lines) + "\n")
+    heads_path.write_text(heads)
+    assert verify_logs(settings.logs).ok  # file and heads agree with each other
+    (problem,) = _verify_with_anchor(settings)
+    assert "anchor mismatch" in problem
