@@ -26,6 +26,10 @@ setup(
         # Spark's pandas conversion (toPandas/Arrow) needs pyarrow.
         "pyarrow>=15,<22",
         "pyyaml>=6,<7",
+        # Dataset spec schema (unknown keys and wrong types refused); already a dagster dependency.
+        "pydantic>=2.7,<3",
+        # URL parsing for credential redaction (make_url); already an mlflow dependency.
+        "sqlalchemy>=2,<3",
         # JSON formatter for the operations log: a well-kept library instead of our own.
         "python-json-logger>=3.2,<5",
         # ROC/PR/calibration plots logged as images.

@@ -1,35 +1,82 @@
-"""The dataset spec: a YAML file that tells the platform how to read any customer table."""
+"""The dataset spec: a YAML file that tells the platform how to read any customer table.
+
+A pydantic schema validates it: unknown keys (a misspelt `categorial:`) and wrong types
+(`folds: 2.9`, `folds: five`) are errors naming the file and the key, never silently ignored
+or coerced. An unquoted `positive: Yes` is YAML's boolean true, not the label the user wrote,
+so a boolean label is refused with a request to quote it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import hashlib
 import os
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
 
-FORMATS = ("csv", "parquet", "jdbc")
+from churn_platform.core.privacy import redact_url
+
+_SCHEMA = ConfigDict(extra="forbid", frozen=True)
+Names = tuple[StrictStr, ...]
 
 
 class SpecError(ValueError):
     """The dataset spec is invalid; the message names the file and the offending key."""
 
 
-@dataclass(frozen=True)
+@dataclass(config=_SCHEMA)
 class SourceSpec:
     """One input table; every source is joined on the spec's id column."""
 
-    name: str
-    format: str
-    path: str | None = None
-    url: str | None = None
-    table: str | None = None
-    user: str | None = None
-    password_env: str | None = None
-    delimiter: str = ","
+    name: StrictStr
+    format: Literal["csv", "parquet", "jdbc"]
+    path: StrictStr | None = None
+    url: StrictStr | None = None
+    table: StrictStr | None = None
+    user: StrictStr | None = None
+    password_env: StrictStr | None = None
+    delimiter: StrictStr = ","
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_password(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "password" in data:
+            raise ValueError(
+                f"source {data.get('name')!r} holds a password; "
+                "name an environment variable with 'password_env' instead"
+            )
+        return data
+
+    @field_validator("path")
+    @classmethod
+    def _expand_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Relative to the spec file, `${CHURN_HOME}` to the state root (when loaded from one)."""
+        if value is None or not info.context:
+            return value
+        return _expand(value, info.context["base_dir"], info.context["home"])
+
+    @model_validator(mode="after")
+    def _location_given(self) -> SourceSpec:
+        needed = ("url", "table") if self.format == "jdbc" else ("path",)
+        for key in needed:
+            if not getattr(self, key):
+                raise ValueError(f"{self.format} source {self.name!r} needs '{key}'")
+        return self
 
     def password(self) -> str | None:
         """The JDBC password, read from the environment only (never from the spec file)."""
@@ -44,36 +91,63 @@ class SourceSpec:
 
     @property
     def location(self) -> str:
-        """Where the data comes from, safe to log (no credentials)."""
+        """Where the data comes from, safe to record anywhere (credentials masked)."""
         if self.format == "jdbc":
-            return f"{_strip_credentials(self.url or '')}#{self.table}"
+            return f"{redact_url(self.url or '')}#{self.table}"
         return str(self.path)
 
 
-@dataclass(frozen=True)
+@dataclass(config=_SCHEMA)
 class TargetSpec:
-    column: str
+    column: StrictStr
     positive: str
     negative: str | None = None
 
+    @field_validator("positive", "negative", mode="before")
+    @classmethod
+    def _label_as_written(cls, value: Any) -> Any:
+        """Integer labels (`positive: 1`) read as written; booleans are YAML guessing."""
+        if isinstance(value, bool):
+            raise ValueError(
+                f"YAML reads an unquoted {value} (Yes/No/true/false/on/off) as a boolean; "
+                "quote the label as it appears in the data, e.g. positive: 'Yes'"
+            )
+        return str(value) if isinstance(value, int) else value
 
-@dataclass(frozen=True)
+
+@dataclass(config=_SCHEMA)
 class DatasetSpec:
     """A customer table described as data, so a new dataset needs a YAML file and no code."""
 
-    name: str
+    name: Annotated[str, Field(strict=True, pattern=r"^[A-Za-z0-9_\-]+$")]
     sources: tuple[SourceSpec, ...]
-    id_column: str
+    id_column: StrictStr
     target: TargetSpec
-    categorical: tuple[str, ...] = ()
-    numeric: tuple[str, ...] = ()
-    drop: tuple[str, ...] = ()
-    engineered: tuple[str, ...] = ()
-    test_fraction: float = 0.2
-    folds: int = 5
-    seed: int = 42
+    categorical: Names = ()
+    numeric: Names = ()
+    drop: Names = ()
+    engineered: Names = ()
+    test_fraction: Annotated[float, Field(strict=True, gt=0, lt=1)] = 0.2
+    folds: Annotated[int, Field(strict=True, ge=2)] = 5
+    seed: StrictInt = 42
     spec_file: str = ""
-    spec_sha256: str = field(default="", compare=False)
+    spec_sha256: str = dataclasses.field(default="", compare=False)
+
+    @model_validator(mode="after")
+    def _roles_consistent(self) -> DatasetSpec:
+        if not self.sources:
+            raise ValueError("'sources' must list at least one source")
+        overlap = set(self.categorical) & set(self.numeric)
+        if overlap:
+            raise ValueError(f"columns both categorical and numeric: {sorted(overlap)}")
+        for role in ("categorical", "numeric"):
+            for column, what in ((self.target.column, "target"), (self.id_column, "id column")):
+                if column in getattr(self, role):
+                    raise ValueError(
+                        f"'{role}' lists {column!r}, the {what}: a model trained on it scores "
+                        "perfectly in tests and cannot score new customers (target leakage)"
+                    )
+        return self
 
     @property
     def model_name(self) -> str:
@@ -90,8 +164,10 @@ class DatasetSpec:
         return bool(self.categorical or self.numeric)
 
 
-def _strip_credentials(url: str) -> str:
-    return re.sub(r"(password|user)=[^&;]*", r"\1=***", url, flags=re.IGNORECASE)
+_KEYS = sorted(
+    {f.name for cls in (DatasetSpec, SourceSpec, TargetSpec) for f in dataclasses.fields(cls)}
+    - {"spec_file", "spec_sha256"}
+)
 
 
 def _expand(value: str, base_dir: Path, home: Path) -> str:
@@ -102,11 +178,19 @@ def _expand(value: str, base_dir: Path, home: Path) -> str:
     return str(path if path.is_absolute() else (base_dir / path).resolve())
 
 
-def _names(raw: dict[str, Any], key: str, spec_file: Path) -> tuple[str, ...]:
-    value = raw.get(key) or []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise SpecError(f"{spec_file}: '{key}' must be a list of column names")
-    return tuple(value)
+def _describe(error: Any) -> str:
+    """One pydantic error as `key 'sources[0].delimeter': unknown key; did you mean ...`."""
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
+    if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        close = difflib.get_close_matches(str(error["loc"][-1]), _KEYS, n=1)
+        message = "unknown key" + (f"; did you mean '{close[0]}'?" if close else "")
+    elif error["type"] == "missing":
+        message = "missing required key"
+    else:
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] != "value_error":
+            message += f" (got {error['input']!r})"
+    return f"key '{key}': {message}" if key else message
 
 
 def load_spec(spec_file: Path, home: Path) -> DatasetSpec:
@@ -121,74 +205,14 @@ def load_spec(spec_file: Path, home: Path) -> DatasetSpec:
         raise SpecError(f"{spec_file}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise SpecError(f"{spec_file}: the spec must be a mapping")
-    for key in ("name", "sources", "id_column", "target"):
-        if key not in raw:
-            raise SpecError(f"{spec_file}: missing required key '{key}'")
-    name = str(raw["name"])
-    if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
-        raise SpecError(f"{spec_file}: name {name!r} may hold only letters, digits, '-' and '_'")
-
-    sources = []
-    for i, src in enumerate(raw["sources"] or []):
-        if not isinstance(src, dict) or "name" not in src or "format" not in src:
-            raise SpecError(f"{spec_file}: sources[{i}] needs 'name' and 'format'")
-        fmt = src["format"]
-        if fmt not in FORMATS:
-            raise SpecError(f"{spec_file}: sources[{i}].format {fmt!r} is not one of {FORMATS}")
-        if fmt == "jdbc":
-            for key in ("url", "table"):
-                if not src.get(key):
-                    raise SpecError(f"{spec_file}: jdbc source {src['name']!r} needs '{key}'")
-            if "password" in src:
-                raise SpecError(
-                    f"{spec_file}: source {src['name']!r} holds a password; "
-                    "name an environment variable with 'password_env' instead"
-                )
-        elif not src.get("path"):
-            raise SpecError(f"{spec_file}: {fmt} source {src['name']!r} needs 'path'")
-        path = _expand(str(src["path"]), spec_file.parent, home) if src.get("path") else None
-        sources.append(
-            SourceSpec(
-                name=str(src["name"]),
-                format=fmt,
-                path=path,
-                url=src.get("url"),
-                table=src.get("table"),
-                user=src.get("user"),
-                password_env=src.get("password_env"),
-                delimiter=str(src.get("delimiter", ",")),
-            )
+    for key in ("spec_file", "spec_sha256"):
+        if key in raw:
+            raise SpecError(f"{spec_file}: key '{key}': unknown key (the platform sets it)")
+    raw |= {"spec_file": str(spec_file.resolve()), "spec_sha256": hashlib.sha256(text).hexdigest()}
+    try:
+        return TypeAdapter(DatasetSpec).validate_python(
+            raw, context={"base_dir": spec_file.parent, "home": home}
         )
-    if not sources:
-        raise SpecError(f"{spec_file}: 'sources' must list at least one source")
-
-    target = raw["target"]
-    if not isinstance(target, dict) or "column" not in target or "positive" not in target:
-        raise SpecError(f"{spec_file}: 'target' needs 'column' and 'positive'")
-    spec = DatasetSpec(
-        name=name,
-        sources=tuple(sources),
-        id_column=str(raw["id_column"]),
-        target=TargetSpec(
-            column=str(target["column"]),
-            positive=str(target["positive"]),
-            negative=None if target.get("negative") is None else str(target["negative"]),
-        ),
-        categorical=_names(raw, "categorical", spec_file),
-        numeric=_names(raw, "numeric", spec_file),
-        drop=_names(raw, "drop", spec_file),
-        engineered=_names(raw, "engineered", spec_file),
-        test_fraction=float(raw.get("test_fraction", 0.2)),
-        folds=int(raw.get("folds", 5)),
-        seed=int(raw.get("seed", 42)),
-        spec_file=str(spec_file.resolve()),
-        spec_sha256=hashlib.sha256(text).hexdigest(),
-    )
-    overlap = set(spec.categorical) & set(spec.numeric)
-    if overlap:
-        raise SpecError(f"{spec_file}: columns both categorical and numeric: {sorted(overlap)}")
-    if not 0 < spec.test_fraction < 1:
-        raise SpecError(f"{spec_file}: test_fraction must be between 0 and 1")
-    if spec.folds < 2:
-        raise SpecError(f"{spec_file}: folds must be at least 2")
-    return spec
+    except ValidationError as exc:
+        problems = "; ".join(_describe(error) for error in exc.errors())
+        raise SpecError(f"{spec_file}: {problems}") from None

@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from churn_platform.config import DatasetSpec, SourceSpec
+from churn_platform.core.privacy import redact_message
 
 # Bookkeeping columns carried from raw into quarantine; never features.
 SOURCE_COL = "_source"
@@ -105,7 +106,20 @@ def read_csv_header(path: Path, delimiter: str) -> list[str]:
     names = [n.strip() for n in names]
     if len(set(names)) != len(names) or not all(names):
         raise InputDataError(f"{path}: the header has blank or repeated column names: {names}")
+    refuse_case_duplicates(names, str(path))
     return names
+
+
+def refuse_case_duplicates(names: list[str], where: str) -> None:
+    """Spark resolves column names case-insensitively: `TENURE` beside `tenure` is ambiguous."""
+    seen: dict[str, str] = {}
+    for name in names:
+        if name.lower() in seen:
+            raise InputDataError(
+                f"{where}: columns {seen[name.lower()]!r} and {name!r} differ only in case; "
+                "rename one (Spark cannot tell them apart)"
+            )
+        seen[name.lower()] = name
 
 
 def with_line_numbers(df: DataFrame, first_line: int = 1) -> DataFrame:
@@ -190,8 +204,14 @@ def read_table_source(spark: SparkSession, source: SourceSpec) -> DataFrame:
         try:
             df = reader.load()
         except Exception as exc:  # Spark raises several types; all mean "cannot read this source"
-            first_line = str(exc).strip().splitlines()[0]
-            raise InputDataError(f"source {source.name} ({source.location}): {first_line}") from exc
+            # Only the redacted first line: the driver's own error may echo the credentials.
+            first_line = redact_message(
+                str(exc).strip().splitlines()[0], source.url or "", password
+            )
+            raise InputDataError(
+                f"source {source.name} ({source.location}): {first_line}"
+            ) from None
+    refuse_case_duplicates(df.columns, source.location)
     numbered = with_line_numbers(df)
     return numbered.select(
         *[F.col(f"`{c}`").cast("string").alias(c) for c in df.columns],

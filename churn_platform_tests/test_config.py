@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from churn_platform.config import SpecError, load_spec
+from churn_platform.config import SourceSpec, SpecError, load_spec
 from churn_platform.settings import DEFAULT_SPEC, load_settings
 
 
@@ -63,6 +63,40 @@ def test_invalid_specs_name_the_problem(tmp_path, text, message):
     assert str(path) in str(info.value)
 
 
+_BASE = (
+    "name: x\nsources: [{name: a, format: csv, path: a.csv}]\nid_column: id\n"
+    "target: {column: churn, positive: 'Yes'}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (_BASE + "categorial: [plan]\n", "'categorial': unknown key; did you mean 'categorical'"),
+        (
+            _BASE.replace("path: a.csv", "path: a.csv, delimeter: ';'"),
+            r"'sources\[0\]\.delimeter': unknown key; did you mean 'delimiter'",
+        ),
+        (_BASE.replace("'Yes'", "Yes"), "'target.positive': .*boolean; quote the label"),
+        (_BASE + "folds: 2.9\n", "'folds': .*integer"),
+        (_BASE + "folds: five\n", "'folds': .*integer.*five"),
+        (_BASE + "test_fraction: '0.2'\n", "'test_fraction'"),
+        (_BASE + "categorical: [plan, churn]\n", "'categorical' lists 'churn', the target"),
+        (_BASE + "numeric: [id, spend]\n", "'numeric' lists 'id', the id column"),
+    ],
+)
+def test_spec_mistakes_are_refused_naming_file_and_key(tmp_path, text, message):
+    path = _write(tmp_path, text)
+    with pytest.raises(SpecError, match=message) as info:
+        load_spec(path, tmp_path)
+    assert str(path) in str(info.value)
+
+
+def test_integer_labels_are_read_as_written(tmp_path):
+    spec = load_spec(_write(tmp_path, _BASE.replace("'Yes'", "1, negative: 0")), tmp_path)
+    assert (spec.target.positive, spec.target.negative) == ("1", "0")
+
+
 def test_jdbc_password_comes_only_from_the_environment(tmp_path, monkeypatch):
     path = _write(
         tmp_path,
@@ -76,6 +110,20 @@ def test_jdbc_password_comes_only_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("SPEC_TEST_PW", "s3cret")
     assert source.password() == "s3cret"
     assert "s3cret" not in source.location
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "jdbc:postgresql://churn:s3cret@db:5432/crm",
+        "jdbc:postgresql://db:5432/crm?user=churn&password=s3cret",
+        "jdbc:sqlserver://db:1433;databaseName=crm;password=s3cret",
+    ],
+)
+def test_a_source_location_never_holds_the_password(url):
+    source = SourceSpec(name="billing", format="jdbc", url=url, table="billing")
+    assert "s3cret" not in source.location
+    assert source.location.endswith("#billing") and "db" in source.location
 
 
 def test_settings_default_to_one_state_root(tmp_path):
