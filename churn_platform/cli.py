@@ -244,14 +244,17 @@ def cmd_model_rollback(args: argparse.Namespace) -> int:
     from churn_platform.tracking import rollback
 
     settings = _settings(args)
-    decision = rollback(
-        _mlflow(settings),
-        _spec(settings),
-        settings,
-        actor=_actor(),
-        reason=args.reason,
-        to_version=args.to_version,
-    )
+    try:
+        decision = rollback(
+            _mlflow(settings),
+            _spec(settings),
+            settings,
+            actor=_actor(),
+            reason=args.reason,
+            to_version=args.to_version,
+        )
+    except ValueError as exc:  # no champion, no such version, nothing earlier to restore
+        raise CommandError(str(exc)) from None
     print(f"champion is now v{decision.champion_version} ({decision.reason})")
     return EXIT_OK
 
@@ -282,9 +285,16 @@ def cmd_logs_verify(args: argparse.Namespace) -> int:
 def cmd_incidents(args: argparse.Namespace) -> int:
     from churn_platform.incidents import IncidentStore, format_incidents
 
+    if args.action == "show" and not args.id:
+        raise CommandError(
+            "incidents show needs an incident id, e.g. INC-20260101-0001", EXIT_USAGE
+        )
     store = IncidentStore(_settings(args))
     if args.action == "show":
-        incident = store.get(args.id)
+        try:
+            incident = store.get(args.id)
+        except (KeyError, ValueError) as exc:
+            raise CommandError(exc.args[0], EXIT_USAGE) from None
         print(json.dumps(incident.to_dict(), indent=None if args.json else 2))
         return EXIT_OK
     incidents = store.list(status=args.status)

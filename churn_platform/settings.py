@@ -25,6 +25,15 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(_float(env, name, default))
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"environment variable {name}={env.get(name)!r} is not true or false")
+    return raw in ("true", "1", "yes")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything that differs between a laptop, CI and production.
@@ -43,6 +52,8 @@ class Settings:
     mlflow_artifact_root: str = ""
     quarantine_max_ratio: float = 0.05
     promotion_margin: float = 0.0
+    # A test ROC-AUC this close to 1 is almost always leakage; only an explicit opt-in promotes it.
+    allow_perfect_metrics: bool = False
     train_max_rows: int = 500_000
     auc_floor: float = 0.75
     psi_threshold: float = 0.2
@@ -116,6 +127,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         mlflow_artifact_root=env.get("CHURN_MLFLOW_ARTIFACT_ROOT") or str(mlflow_dir / "artifacts"),
         quarantine_max_ratio=_float(env, "CHURN_QUARANTINE_MAX_RATIO", 0.05),
         promotion_margin=_float(env, "CHURN_PROMOTION_MARGIN", 0.0),
+        allow_perfect_metrics=_bool(env, "CHURN_ALLOW_PERFECT_METRICS", False),
         train_max_rows=_int(env, "CHURN_TRAIN_MAX_ROWS", 500_000),
         auc_floor=_float(env, "CHURN_AUC_FLOOR", 0.75),
         psi_threshold=_float(env, "CHURN_PSI_THRESHOLD", 0.2),
