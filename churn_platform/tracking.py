@@ -2,7 +2,8 @@
 
 `champion` is the version that scores customers and `challenger` the latest candidate. A
 candidate replaces the champion only when its test metric beats the champion's by more than
-`promotion_margin`; every alias move is tagged on the version, written to the operations log
+`promotion_margin` (and never with a test ROC-AUC so perfect it means leakage, unless
+`allow_perfect_metrics`); every alias move is tagged on the version, written to the operations log
 and, when the champion changes, recorded as a change. Models are loaded only from our own
 registry, after checking their files against the SHA-256 recorded when they were logged.
 """
@@ -51,6 +52,8 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"
 LOWER_IS_BETTER = frozenset({"brier"})
+# No churn model ranks customers this well on held-out data; the target or the id leaked in.
+PERFECT_ROC_AUC = 0.999
 
 TAG_DAGSTER_RUN_ID = "dagster.run_id"
 TAG_ASSET_KEY = "dagster.asset_key"
@@ -348,13 +351,24 @@ def _metric(version: ModelVersion, metric: str) -> float:
 
 
 def _gate(
-    metric: str, candidate: ModelVersion, champion: ModelVersion | None, margin: float
+    metric: str,
+    candidate: ModelVersion,
+    champion: ModelVersion | None,
+    margin: float,
+    allow_perfect: bool,
 ) -> tuple[bool, str, dict[str, Any]]:
     """(promote?, reason, gate metrics): beat the champion by more than `margin` on `metric`."""
     value = _metric(candidate, metric)
     gate: dict[str, Any] = {"metric": metric, f"candidate_{metric}": value, "margin": margin}
     if not math.isfinite(value):
         return False, f"candidate {metric} is {value}, not a finite number", gate
+    roc_auc = candidate.tags.get(f"{METRIC_TAG_PREFIX}roc_auc")
+    if not allow_perfect and roc_auc is not None and float(roc_auc) >= PERFECT_ROC_AUC:
+        reason = (
+            f"candidate roc_auc {float(roc_auc):.4f} is implausibly perfect (the target or the id "
+            "among the features?); set CHURN_ALLOW_PERFECT_METRICS=true to promote it anyway"
+        )
+        return False, reason, gate
     if champion is None:
         return True, f"first model with {metric} {value:.4f}: no champion yet", gate
     best = _metric(champion, metric)
@@ -397,7 +411,9 @@ def promote(
         new = str(candidate.version)
         if champion is not None and str(champion.version) == new:
             return PromotionDecision(False, new, None, f"v{new} is already the champion", {})
-        promoted, reason, gate = _gate(metric, candidate, champion, margin)
+        promoted, reason, gate = _gate(
+            metric, candidate, champion, margin, settings.allow_perfect_metrics
+        )
         old = None if champion is None else str(champion.version)
         client.set_registered_model_alias(name, CHALLENGER, candidate.version)
         if promoted:
@@ -443,13 +459,18 @@ def rollback(
     client = resource.client()
     name = spec.model_name
     with _registry_lock(settings, name):
-        current = _aliased(client, name, CHAMPION)
+        current = _aliased(client, name, CHAMPION) if _registered(client, name) else None
         if current is None:
             raise ValueError(f"{name} has no champion to roll back")
         target = str(to_version) if to_version is not None else _rollback_target(client, current)
         if target == str(current.version):
             raise ValueError(f"{name} v{target} is already the champion")
-        restored = client.get_model_version(name, target)
+        try:
+            restored = client.get_model_version(name, target)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
+            raise ValueError(f"{name} has no version {target!r} to roll back to") from None
         client.set_registered_model_alias(name, CHAMPION, restored.version)
         _tag(client, restored, "rollback", actor, reason, previous=str(current.version))
         _tag(client, current, "rolled_back", actor, reason)
@@ -479,6 +500,16 @@ def _registry_lock(settings: Settings, name: str) -> Iterator[None]:
     """One alias decision at a time per model, so two finishing trainings cannot both win."""
     with locked(ensure_dir(settings.home / "registry") / f"{name}.lock"):
         yield
+
+
+def _registered(client: MlflowClient, name: str) -> bool:
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return False
+    return True
 
 
 def _aliased(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
