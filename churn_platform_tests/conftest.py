@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,28 @@ from churn_platform.settings import Settings, load_settings
 
 # The data layers only (selecting "raw_customers*" would also train every model).
 DATA_LAYERS = "group:ingestion or group:cleaning or group:features"
+
+# Tolerances for floating-point model outputs (probabilities, metrics, thresholds, weights), as
+# `pytest.approx` keywords. Ids, decisions (0/1), tiers and counts are always compared exactly.
+# The same fitted model scoring the same rows again (later, after a save and load, in another
+# process): the JVM's Math.exp/log may differ by an ulp between JIT tiers and BLAS summation
+# order varies, so the last bit of a probability depends on load (2.2e-16 seen here).
+SAME_MODEL = {"abs": 1e-12}
+# The same model fitted again from the same rows and seed: those last-bit differences pass
+# through every optimizer iteration and boosting round before anything is scored.
+REFIT = {"abs": 1e-9}
+# One quantity computed two ways (Spark aggregates and a plain Python loop): the sums run in
+# different orders.
+SUMMATION_ORDER = {"abs": 1e-12}
+
+
+def assert_same_scores(
+    actual: Sequence[Sequence[Any]], expected: Sequence[Sequence[Any]], tolerance: dict[str, float]
+) -> None:
+    """Rows of (keys..., value): the keys exactly and in the same order, the value (the last
+    field: a probability, an importance) within `tolerance`, one of the constants above."""
+    assert [tuple(row[:-1]) for row in actual] == [tuple(row[:-1]) for row in expected]
+    assert [row[-1] for row in actual] == pytest.approx([row[-1] for row in expected], **tolerance)
 
 
 @pytest.fixture(scope="session")

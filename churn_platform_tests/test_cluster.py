@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from churn_platform.cluster import connect_server, standalone_cluster
-from churn_platform_tests.conftest import PipelineRun
+from churn_platform_tests.conftest import REFIT, PipelineRun
 
 pytestmark = pytest.mark.cluster
 
@@ -116,11 +116,12 @@ def test_pipeline_on_standalone_cluster_matches_local_mode(
     local = telco_pipeline.summary
     assert set(summary["assets"]) == {*DATA_ASSETS, *MODELS}
     assert_same_data_layers(summary, local)
-    # Timings and run ids differ by nature; models and their metrics must not.
+    # Timings and run ids differ by nature; models and their metrics must not, beyond the
+    # last-bit noise of fitting the model again in other JVMs (integer counts match exactly).
     for model in MODELS:
         assert "roc_auc" in model_metrics(local, model)
         assert model_metrics(summary, model) == pytest.approx(
-            model_metrics(local, model), rel=0, abs=1e-9
+            model_metrics(local, model), **REFIT
         ), model
 
 

@@ -33,6 +33,7 @@ from churn_platform.modeling import (
     train_model,
     vector_feature_names,
 )
+from churn_platform_tests.conftest import REFIT, SAME_MODEL, SUMMATION_ORDER, assert_same_scores
 
 ID = "customer_id"
 FOLDS = 3
@@ -53,6 +54,8 @@ SMALL_PARAMS: dict[str, dict] = {
     "voting": {"bases": list(SMALL_BASES), "base_params": SMALL_BASES, "weightStep": 0.1},
 }
 PIP_REQUIREMENTS = ["pyspark==4.3.0"]
+# The decisions at a threshold: compared exactly, unlike the metrics computed from them.
+COUNTS = ("tp", "fp", "tn", "fn")
 
 
 def _customers(rows: int = 480, seed: int = 7) -> pd.DataFrame:
@@ -197,13 +200,14 @@ def test_stacking_ignores_test_rows_entirely(
     )
     refit = train_model("stacking", scrambled, SMALL_PARAMS["stacking"], seed=11)
     original = fitted("stacking").model
-    assert _probabilities(refit, features) == _probabilities(original, features)
+    assert_same_scores(_probabilities(refit, features), _probabilities(original, features), REFIT)
 
 
 def test_voting_weights_are_a_convex_combination(fitted: Callable[[str], FitResult]) -> None:
     weights = fitted("voting").params["weights"]
     assert set(weights) == set(SMALL_BASES)
     assert all(w >= 0 for w in weights.values())
+    # Multiples of weightStep: their floating-point sum is 1 only up to rounding.
     assert math.isclose(sum(weights.values()), 1.0, abs_tol=1e-12)
     kept = dict(feature_importance(fitted("voting").model, []))
     assert kept == {b: w for b, w in weights.items() if w > 0}
@@ -231,11 +235,10 @@ def test_ensemble_reusing_fitted_bases_matches_fitting_them_itself(
     own = fitted(kind)
     assert again.params["reused_bases"] == sorted(reused)
     assert own.params["reused_bases"] == []
-    assert again.params["weights"] == pytest.approx(own.params["weights"], abs=1e-9)
-    for mine, theirs in zip(
-        _probabilities(again.model, features), _probabilities(own.model, features), strict=True
-    ):
-        assert mine[0] == theirs[0] and mine[1] == pytest.approx(theirs[1], abs=1e-9)
+    assert again.params["weights"] == pytest.approx(own.params["weights"], **REFIT)
+    assert_same_scores(
+        _probabilities(again.model, features), _probabilities(own.model, features), REFIT
+    )
     _assert_out_of_fold(again.oof, features)
 
 
@@ -245,15 +248,18 @@ def test_same_seed_reproduces_probabilities_and_metrics(
     for kind in ("bagged_trees",):
         first = fitted(kind)
         again = fit_model(kind, features, SMALL_PARAMS[kind], seed=11, id_col=ID)
-        assert _probabilities(again.model, features) == _probabilities(first.model, features)
+        assert_same_scores(
+            _probabilities(again.model, features), _probabilities(first.model, features), REFIT
+        )
         before = evaluate(first.model.transform(_test_rows(features)), 0.5)
         after = evaluate(again.model.transform(_test_rows(features)), 0.5)
-        assert before.keys() == after.keys()
-        assert all(math.isclose(before[k], after[k], abs_tol=1e-9) for k in before)
+        assert [after[k] for k in COUNTS] == [before[k] for k in COUNTS]
+        assert after == pytest.approx(before, **REFIT)
         oof_sort = [ID, PROBABILITY_COL]
-        assert (
-            again.oof.select(*oof_sort).orderBy(ID).collect()
-            == first.oof.select(*oof_sort).orderBy(ID).collect()
+        assert_same_scores(
+            again.oof.select(*oof_sort).orderBy(ID).collect(),
+            first.oof.select(*oof_sort).orderBy(ID).collect(),
+            REFIT,
         )
 
 
@@ -271,9 +277,12 @@ def test_pipeline_model_save_load_round_trip(
     model = fitted(kind).model
     model.write().overwrite().save(str(tmp_path / kind))
     loaded = PipelineModel.load(str(tmp_path / kind))
-    assert _probabilities(loaded, features) == _probabilities(model, features)
-    assert feature_importance(loaded, vector_feature_names(features)) == feature_importance(
-        model, vector_feature_names(features)
+    assert_same_scores(
+        _probabilities(loaded, features), _probabilities(model, features), SAME_MODEL
+    )
+    names = vector_feature_names(features)
+    assert_same_scores(
+        feature_importance(loaded, names), feature_importance(model, names), SAME_MODEL
     )
 
 
@@ -290,8 +299,9 @@ def test_full_model_mlflow_round_trip_scores_engineered_columns(
     path = str(tmp_path / "mlflow_model")
     mlflow.spark.save_model(model, path, pip_requirements=PIP_REQUIREMENTS)
     loaded = mlflow.spark.load_model(path)
-    assert _probabilities(loaded, engineered) == _probabilities(model, engineered)
-    assert _probabilities(model, engineered) == _probabilities(fitted(kind).model, features)
+    scores = _probabilities(model, engineered)
+    assert_same_scores(_probabilities(loaded, engineered), scores, SAME_MODEL)
+    assert_same_scores(scores, _probabilities(fitted(kind).model, features), SAME_MODEL)
 
 
 def _confusion(scores: list[float], labels: list[int], threshold: float) -> tuple[int, ...]:
@@ -342,7 +352,8 @@ def test_evaluate_matches_brute_force_with_ties(spark: SparkSession) -> None:
     expected = _brute_force_metrics(scores, labels, 0.6)
     assert metrics.keys() == expected.keys()
     for name, value in expected.items():
-        assert metrics[name] == pytest.approx(value, abs=1e-12), name
+        close = value if name in COUNTS else pytest.approx(value, **SUMMATION_ORDER)
+        assert metrics[name] == close, name
 
 
 def test_evaluate_is_exact_across_many_range_partitions(spark: SparkSession) -> None:
@@ -352,8 +363,9 @@ def test_evaluate_is_exact_across_many_range_partitions(spark: SparkSession) -> 
     pred = _predictions(spark, scores.tolist(), labels).repartition(5)
     metrics = evaluate(pred, threshold=0.5)
     expected = _brute_force_metrics(scores.tolist(), labels, 0.5)
-    for name in ("roc_auc", "pr_auc", "brier", "tp", "fp"):
-        assert metrics[name] == pytest.approx(expected[name], abs=1e-12), name
+    for name in ("roc_auc", "pr_auc", "brier"):
+        assert metrics[name] == pytest.approx(expected[name], **SUMMATION_ORDER), name
+    assert [metrics[k] for k in COUNTS] == [expected[k] for k in COUNTS]
 
 
 def test_roc_auc_by_group_matches_brute_force_per_fold(spark: SparkSession) -> None:
@@ -373,7 +385,7 @@ def test_roc_auc_by_group_matches_brute_force_per_fold(spark: SparkSession) -> N
         expected = _brute_force_metrics(
             [float(scores[i]) for i in members], [labels[i] for i in members], 0.5
         )["roc_auc"]
-        assert auc == pytest.approx(expected, abs=1e-12), fold
+        assert auc == pytest.approx(expected, **SUMMATION_ORDER), fold
 
 
 def test_evaluate_fit_judges_out_of_fold_and_releases_what_it_cached(
@@ -388,8 +400,10 @@ def test_evaluate_fit_judges_out_of_fold_and_releases_what_it_cached(
         folds = roc_auc_by_group(fit.oof, "fold")
         expected = evaluate(fit.model.transform(_test_rows(features)), threshold)
         expected["cv_roc_auc_mean"] = sum(folds.values()) / len(folds)
-        assert (judged.threshold, judged.threshold_value) == pytest.approx((threshold, value))
-        assert judged.metrics == pytest.approx(expected)
+        chosen = (judged.threshold, judged.threshold_value)
+        assert chosen == pytest.approx((threshold, value), **SAME_MODEL)
+        assert [judged.metrics[k] for k in COUNTS] == [expected[k] for k in COUNTS]
+        assert judged.metrics == pytest.approx(expected, **SAME_MODEL)
         assert judged.predictions.count() == _test_rows(features).count()
     finally:
         judged.predictions.unpersist()

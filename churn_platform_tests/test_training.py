@@ -11,6 +11,7 @@ from pyspark.sql import DataFrame, SparkSession
 from churn_platform import modeling
 from churn_platform.assets.training import _reusable_bases, _store_fit
 from churn_platform.io_managers import SUMMARY, new_version_dir, publish_version
+from churn_platform_tests.conftest import SAME_MODEL, assert_same_scores
 
 ID = "customer_id"
 FINGERPRINT = {"features_data_version": "abc123", "seed": 42, "train_max_rows": 500_000}
@@ -56,8 +57,8 @@ def test_a_stored_base_fit_is_reused_only_for_the_same_features_seed_and_cap(
     def probabilities(model: modeling.PipelineModel) -> list:
         return model.transform(features).select(ID, modeling.PROBABILITY_COL).collect()
 
-    assert probabilities(base.model) == probabilities(fit.model)
-    assert sorted(base.oof.collect()) == sorted(fit.oof.collect())
+    assert_same_scores(probabilities(base.model), probabilities(fit.model), SAME_MODEL)
+    assert_same_scores(sorted(base.oof.collect()), sorted(fit.oof.collect()), SAME_MODEL)
 
     for key, other in (("features_data_version", "def456"), ("seed", 7), ("train_max_rows", 10)):
         changed = {**FINGERPRINT, key: other}
