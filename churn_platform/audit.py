@@ -25,6 +25,7 @@ from churn_platform import tracking
 from churn_platform.assets.ingestion import batch_order
 from churn_platform.changes import list_changes
 from churn_platform.config import DatasetSpec
+from churn_platform.core.privacy import redact_url
 from churn_platform.ops_log import FILE_MODE, ensure_dir, utc_iso, write_json_atomic
 from churn_platform.settings import Settings
 
@@ -203,8 +204,14 @@ def _source_files(lineage: list[dict[str, Any]]) -> list[dict[str, Any]]:
         names = {
             location: name for name, location in (row["metadata"].get("sources") or {}).items()
         }
+        # Redacted again: materializations recorded before sources were redacted hold URLs.
         files += [
-            {"batch": row["partition"], "source": names.get(path), "path": path, "sha256": sha}
+            {
+                "batch": row["partition"],
+                "source": names.get(path),
+                "path": redact_url(path),
+                "sha256": sha,
+            }
             for path, sha in sorted(checksums.items())
         ]
     return files

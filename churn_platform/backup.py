@@ -66,6 +66,7 @@ from churn_platform.backup_storage import (
     local_path,
     open_target,
 )
+from churn_platform.core.privacy import redact_url
 from churn_platform.ops_log import HEADS_NAME, LOCK_NAME, locked
 from churn_platform.settings import PROJECT_ROOT, Settings, load_settings
 
@@ -547,14 +548,6 @@ def _tool_versions() -> dict[str, str | None]:
     return versions
 
 
-_URI_PASSWORD = re.compile(r"(?<=://)([^:/@\s]*):[^@/\s]*@")
-_QUERY_SECRET = re.compile(r"(?i)((?:password|secret|token|key)=)[^&\s]+")
-
-
-def _redact(text: str) -> str:
-    return _QUERY_SECRET.sub(r"\1***", _URI_PASSWORD.sub(r"\1:***@", text))
-
-
 def _settings_snapshot(settings: Settings) -> dict[str, Any]:
     """Non-secret settings; secrets are exactly the fields `Settings` hides from its repr."""
     snapshot: dict[str, Any] = {}
@@ -562,7 +555,7 @@ def _settings_snapshot(settings: Settings) -> dict[str, Any]:
         if not spec.repr:
             continue
         value = getattr(settings, spec.name)
-        snapshot[spec.name] = _redact(str(value)) if isinstance(value, str | Path) else value
+        snapshot[spec.name] = redact_url(str(value)) if isinstance(value, str | Path) else value
     return snapshot
 
 
@@ -598,12 +591,12 @@ def _mlflow_sources(settings: Settings, not_included: list[str]) -> Iterator[_So
         yield _Source("mlflow/mlflow.pgdump", "mlflow", "pg_dump", uri)
     else:
         raise UsageError(
-            f"cannot back up MLflow tracking URI {_redact(uri)!r}: only sqlite and postgresql "
+            f"cannot back up MLflow tracking URI {redact_url(uri)!r}: only sqlite and postgresql "
             "backends are supported; back up a tracking server's own database"
         )
     artifacts = _artifact_root(settings)
     if artifacts is None:
-        not_included.append(f"external: {_redact(settings.mlflow_artifact_root)}")
+        not_included.append(f"external: {redact_url(settings.mlflow_artifact_root)}")
     else:
         yield from _tree(MLFLOW_ARTIFACTS, artifacts, "mlflow", not_included)
 
@@ -797,7 +790,7 @@ def _pg_dump(uri: str, dest: Path) -> None:
     command = ["pg_dump", "--format=custom", "--no-owner", "--file", str(dest), "--dbname", dsn]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise BackupError(f"pg_dump of {_redact(uri)} failed: {done.stderr.strip()}")
+        raise BackupError(f"pg_dump of {redact_url(uri)} failed: {done.stderr.strip()}")
 
 
 def _sha256_file(path: Path) -> str:

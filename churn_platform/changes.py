@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from churn_platform.core.privacy import redact_url
 from churn_platform.ops_log import (
     OpsLog,
     canonical_json,
@@ -35,7 +36,6 @@ from churn_platform.settings import Settings
 CHANGE_TYPES = ("standard", "normal", "emergency")
 CONFIG_CI = "platform_config"
 
-_URL_CREDENTIALS_RE = re.compile(r"//[^/@\s]+@")
 _SECRET_NAME_RE = re.compile(r"key|password|secret|token", re.IGNORECASE)
 
 
@@ -143,7 +143,7 @@ def public_settings(settings: Settings) -> dict[str, Any]:
         if isinstance(value, tuple):
             value = list(value)  # as it reads back from JSON
         if isinstance(value, str):
-            value = _URL_CREDENTIALS_RE.sub("//***@", value)
+            value = redact_url(value)
         values[item.name] = value
     return values
 

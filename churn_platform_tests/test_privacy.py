@@ -2,7 +2,10 @@
 
 import pytest
 
+from churn_platform.audit import RAW_LAYER, _source_files
+from churn_platform.changes import public_settings
 from churn_platform.core.privacy import redact_message, redact_url
+from churn_platform.settings import load_settings
 
 
 @pytest.mark.parametrize(
@@ -30,6 +33,7 @@ from churn_platform.core.privacy import redact_message, redact_url
         ),
         ("jdbc:sqlite:/tmp/x.db", "jdbc:sqlite:/tmp/x.db"),
         ("/data/customers.csv", "/data/customers.csv"),
+        ("/home/ann@corp/customers.csv", "/home/ann@corp/customers.csv"),
     ],
 )
 def test_redact_url_masks_the_password_and_keeps_the_rest(url, expected):
@@ -44,3 +48,17 @@ def test_driver_message_loses_the_url_password_and_the_env_password():
     for secret in ("s3cr3t", "hunter2", "t0ken"):
         assert secret not in redacted
     assert "db.internal" in redacted
+
+
+def test_settings_records_hold_no_database_password(tmp_path):
+    uri = "postgresql://db.internal/mlflow?user=mlflow&password=s3cr3t"
+    env = {"CHURN_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": uri}
+    recorded = public_settings(load_settings(env))["mlflow_tracking_uri"]
+    assert "s3cr3t" not in recorded and "db.internal" in recorded
+
+
+def test_audit_report_redacts_sources_recorded_before_redaction():
+    url = "jdbc:postgresql://churn:s3cr3t@db:5432/crm#billing"
+    metadata = {"sources": {"billing": url}, "source_sha256": {url: "ab" * 32}}
+    (row,) = _source_files([{"layer": RAW_LAYER, "partition": "base", "metadata": metadata}])
+    assert row["source"] == "billing" and "s3cr3t" not in row["path"]

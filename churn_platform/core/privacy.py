@@ -41,10 +41,10 @@ def _mask_userinfo(text: str) -> str:
     masked part then starts after the last ':' instead.
     """
     at = text.rfind("@")
-    if at < 0:
-        return text
     scheme_end = text.find("://", 0, at)
     start = scheme_end + 3 if scheme_end >= 0 else text.rfind(":", 0, at) + 1
+    if at < 0 or start == 0:  # no '@', or a plain path such as /home/ann@corp/data.csv
+        return text
     return text[:start] + MASK + text[at:]
 
 
