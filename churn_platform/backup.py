@@ -6,6 +6,7 @@ functions, and the CLI calls them directly when Dagster itself is what needs res
 Archive layout (`<target>/<YYYY-MM-DD>/`; `.enc` is added when CHURN_BACKUP_KEY is set):
     churn-backup-<date>.tar.gz[.enc]                 the archive
     churn-backup-<date>.tar.gz[.enc].manifest.json   copy of the manifest inside the archive
+    churn-backup-<date>.tar.gz[.enc].manifest.sig    HMAC of the manifest (core.backup.signing)
     churn-backup-<date>.tar.gz[.enc].sha256          `sha256sum -c` lines: manifest, then archive
 Members mirror the state root (`mlflow/`, `dagster/`, `warehouse/`, `logs/`, `incidents/`,
 `changes/`, and `secrets/` in encrypted archives only), plus `config/` and a final `MANIFEST.json`.
@@ -36,7 +37,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -66,8 +67,18 @@ from churn_platform.backup_storage import (
     local_path,
     open_target,
 )
+from churn_platform.core.backup.scratch import OWNER, owned_tempdir, remove_abandoned
+from churn_platform.core.backup.signing import sign, signature_problem, signing_key
+from churn_platform.core.ops.anchor import Link, anchor_document, parse_anchor
 from churn_platform.core.privacy import redact_url
-from churn_platform.ops_log import HEADS_NAME, LOCK_NAME, locked
+from churn_platform.ops_log import (
+    HEADS_NAME,
+    LOCK_NAME,
+    locked,
+    pseudonym_key,
+    read_chain_heads,
+    reanchor,
+)
 from churn_platform.settings import PROJECT_ROOT, Settings, load_settings
 
 __all__ = [
@@ -138,6 +149,10 @@ _ARTIFACT_COLUMNS = (
     ("logged_models", "artifact_location"),
 )
 _GZIP_LEVEL = 1  # Parquet is already compressed; level 1 keeps ~all the gain on sqlite, 2x faster
+# Temporary folders of backups and restores; a killed run's are removed by the next one.
+_WORK_PREFIX, _RESTORE_PREFIX, _TRASH_PREFIX = ".tmp-", ".restore-", ".trash-"
+# Restored folders the manifest has no mode for (older manifests, `config/`): service group only.
+_DEFAULT_DIR_MODE = 0o750
 
 
 class UnsafeArchiveError(BackupError):
@@ -284,10 +299,11 @@ def create_backup(
     except (TypeError, ValueError) as exc:
         raise UsageError(f"golden must be JSON-serialisable: {exc}") from exc
     fernet = fernet_from_env()
+    key = signing_key(pseudonym_key(settings))
     target = open_target(settings)
     target.staging.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".tmp-{partition}-", dir=target.staging))
-    try:
+    remove_abandoned(target.staging, (_WORK_PREFIX, _TRASH_PREFIX))
+    with owned_tempdir(target.staging, f"{_WORK_PREFIX}{partition}-") as work:
         out, scratch = work / "out", work / "scratch"
         out.mkdir()
         scratch.mkdir()
@@ -306,6 +322,8 @@ def create_backup(
             "mlflow_artifact_root": str(artifact_root) if artifact_root else None,
             "not_included": not_included,
         }
+        if "logs" in wanted:
+            header["ops_chain_anchor"] = _chain_anchor(settings)
         sources = _sources(settings, wanted, project_root, fernet is not None, not_included)
         manifest, manifest_bytes = _write_archive(plain, sources, scratch, header)
         archive = plain
@@ -315,16 +333,15 @@ def create_backup(
             plain.unlink()
         files = BackupFiles(archive, str(archive))
         files.manifest.write_bytes(manifest_bytes)
+        files.signature.write_text(sign(manifest_bytes, key))
         files.checksums.write_text(
             f"{hashlib.sha256(manifest_bytes).hexdigest()}  {files.manifest.name}\n"
             f"{_sha256_file(archive)}  {archive.name}\n"
         )
         archive_bytes = archive.stat().st_size
-        for path in (archive, files.manifest, files.checksums, out):
+        for path in (archive, files.manifest, files.signature, files.checksums, out):
             fsync_path(path)
         published = target.publish(out, partition, archive.name)
-    finally:
-        shutil.rmtree(work)
     return BackupResult(
         partition=partition,
         archive=published,
@@ -352,8 +369,22 @@ def verify_backup(backup: str | Path, settings: Settings | None = None) -> Verif
     settings = settings or load_settings()
     with tempfile.TemporaryDirectory(prefix="churn-verify-") as tmp:
         files, partition = _locate(backup, settings, Path(tmp))
-        result, _ = _verify_files(files, partition, Path(tmp))
+        result, _ = _verify_files(files, partition, Path(tmp), settings)
     return result
+
+
+def archived_chain_anchor(settings: Settings) -> dict[str, Link] | None:
+    """The ops log's chain anchor as the newest backup recorded it; None without one.
+
+    Why: `logs verify` needs a witness that survives deleting both the logs and the anchor file.
+    """
+    target = open_target(settings)
+    partitions = target.partitions()
+    if not partitions:
+        return None
+    manifest = json.loads(target.read_manifest(partitions[-1].isoformat()))
+    anchor = manifest.get("ops_chain_anchor") if isinstance(manifest, dict) else None
+    return None if anchor is None else parse_anchor(anchor)
 
 
 def restore_backup(
@@ -386,9 +417,11 @@ def restore_backup(
             f"unknown component {component!r}; use one of all, {', '.join(ALL_COMPONENTS)}"
         )
     root = Path(target_dir or settings.home).expanduser().resolve()
+    if os.path.lexists(root) and not root.is_dir():
+        raise UsageError(f"restore target {root} exists and is not a folder")
     with tempfile.TemporaryDirectory(prefix="churn-restore-") as tmp:
         files, wanted_partition = _locate(partition, settings, Path(tmp))
-        result, plain = _verify_files(files, wanted_partition, Path(tmp))
+        result, plain = _verify_files(files, wanted_partition, Path(tmp), settings)
         _raise_for(files.label, result.problems)
         assert result.manifest is not None and plain is not None
         manifest = result.manifest
@@ -413,7 +446,17 @@ def restore_backup(
         restored: list[Path] = []
         moved: list[Path] = []
         if not dry_run:
-            restored, moved = _install(plain, files.label, entries, root, dirs, aside, relocation)
+            _check_space(root, entries)
+            modes = manifest.get("dirs", {})
+            restored, moved = _install(
+                plain, files.label, entries, root, dirs, aside, relocation, modes
+            )
+            if "logs" in dirs and root == settings.home:
+                reanchor(settings)
+                notes.append(
+                    "ops log chain anchor reset to the restored logs; events logged after the "
+                    f"backup are in {aside.get('logs', 'no earlier logs folder')}"
+                )
     return RestoreResult(
         partition=str(manifest["partition"]),
         archive=files.label,
@@ -730,6 +773,7 @@ def _write_archive(
 ) -> tuple[dict[str, Any], bytes]:
     """Stream every source into the tar.gz, hashing as it goes, and close with the manifest."""
     files: list[dict[str, Any]] = []
+    dirs: dict[str, int] = {}
     with tarfile.open(path, "w:gz", compresslevel=_GZIP_LEVEL) as tar:
         for source in sources:
             if source.kind == "bytes":
@@ -746,10 +790,19 @@ def _write_archive(
                 staged.unlink()
             entry = {"path": source.arcname, "size": size, "sha256": digest}
             files.append({**entry, "component": source.component})
-        manifest = {**header, "files": files}
+            if source.kind in ("file", "sqlite") and source.component != "config":
+                _record_dir_modes(source.arcname, Path(source.origin), dirs)
+        manifest = {**header, "dirs": dirs, "files": files}
         manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
         _add_bytes(tar, MANIFEST_MEMBER, manifest_bytes)
     return manifest, manifest_bytes
+
+
+def _record_dir_modes(arcname: str, origin: Path, dirs: dict[str, int]) -> None:
+    """Each folder above a member gets the mode of the folder as far above its source file."""
+    for arc, real in zip(PurePosixPath(arcname).parents, origin.parents, strict=False):
+        if arc.name and arc.as_posix() not in dirs:
+            dirs[arc.as_posix()] = stat.S_IMODE(real.stat().st_mode)
 
 
 def _tarinfo(arcname: str, size: int, mtime: float, mode: int = 0o644) -> tarfile.TarInfo:
@@ -813,7 +866,7 @@ def _locate(backup: str | Path, settings: Settings, tmp: Path) -> tuple[BackupFi
 
 
 def _verify_files(
-    files: BackupFiles, partition: str | None, tmp: Path
+    files: BackupFiles, partition: str | None, tmp: Path, settings: Settings
 ) -> tuple[VerifyResult, Path | None]:
     """Verify sidecars, archive and members; returns the plaintext archive when it is readable."""
     problems: list[Problem] = []
@@ -825,9 +878,15 @@ def _verify_files(
     manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
     _compare_sha(files.manifest.name, expected, manifest_sha, problems)
     _compare_sha(files.archive.name, expected, _sha256_file(files.archive), problems)
+    _check_signature(files, manifest_bytes, settings, problems)
     manifest = _parse_manifest(manifest_bytes, files.manifest.name, problems)
     if manifest is None:
         return VerifyResult(files.label, problems, None), None
+    cap = settings.backup_max_expanded_bytes
+    if _size(manifest["files"]) > cap:
+        detail = f"lists {_size(manifest['files'])} bytes; CHURN_BACKUP_MAX_EXPANDED_BYTES={cap}"
+        problems.append(Problem(files.manifest.name, "too-large", detail=detail))
+        return VerifyResult(files.label, problems, manifest), None
     if partition is not None and manifest.get("partition") != partition:
         problems.append(
             Problem(
@@ -847,8 +906,42 @@ def _verify_files(
         except DecryptionError as exc:
             problems.extend(exc.problems)
             return VerifyResult(files.label, problems, manifest), None
-    problems.extend(_check_members(plain, manifest, manifest_sha))
+    problems.extend(_check_members(plain, manifest, manifest_sha, len(manifest_bytes), cap))
     return VerifyResult(files.label, problems, manifest), plain
+
+
+def _verify_key(settings: Settings) -> bytes | None:
+    """The signing key, never generated here: a new key would only call every backup forged."""
+    if settings.pseudonym_key or (settings.home / PSEUDONYM_KEY_FILE).is_file():
+        return signing_key(pseudonym_key(settings))
+    return None
+
+
+def _check_signature(
+    files: BackupFiles, manifest: bytes, settings: Settings, problems: list[Problem]
+) -> None:
+    name = files.signature.name
+    if not files.signature.is_file():
+        problems.append(Problem(name, "missing", detail="unsigned manifest"))
+        return
+    key = _verify_key(settings)
+    if key is None:
+        detail = f"no platform key: set CHURN_PSEUDONYM_KEY or restore {PSEUDONYM_KEY_FILE}"
+        problems.append(Problem(name, "unverifiable", detail=detail))
+        return
+    problem = signature_problem(manifest, files.signature.read_text(errors="replace"), key)
+    if problem is not None:
+        problems.append(Problem(name, "signature-mismatch", detail=problem))
+
+
+def _chain_anchor(settings: Settings) -> dict[str, Any]:
+    """The ops log's chain heads, to witness in the manifest that these log files existed."""
+    with locked(settings.logs / LOCK_NAME, shared=True):
+        try:
+            heads = read_chain_heads(settings.logs)
+        except ValueError:  # damaged heads: the backup still goes; `logs verify` reports them
+            heads = {}
+    return anchor_document({name: Link(head.seq, head.hash) for name, head in heads.items()})
 
 
 def _read_checksums(files: BackupFiles, problems: list[Problem]) -> dict[str, str]:
@@ -905,6 +998,16 @@ def _parse_manifest(data: bytes, name: str, problems: list[Problem]) -> dict[str
             problems.append(unsafe)
         elif entry["path"].split("/", 1)[0] not in COMPONENT_DIRS[entry["component"]]:
             problems.append(Problem(entry["path"], "component-mismatch", detail=entry["component"]))
+        elif "/" not in entry["path"]:
+            detail = "a file where a component folder belongs"
+            problems.append(Problem(entry["path"], "component-mismatch", detail=detail))
+    dirs = manifest.get("dirs", {})
+    if not (
+        isinstance(dirs, dict)
+        and all(isinstance(m, int) and not isinstance(m, bool) for m in dirs.values())
+    ):
+        problems.append(Problem(name, "malformed", detail="dirs must map folders to modes"))
+        return None
     return manifest
 
 
@@ -933,13 +1036,26 @@ def _vet(member: tarfile.TarInfo) -> Problem | None:
     return None
 
 
-def _check_members(plain: Path, manifest: dict[str, Any], manifest_sha: str) -> list[Problem]:
+def _check_members(
+    plain: Path, manifest: dict[str, Any], manifest_sha: str, manifest_size: int, cap: int
+) -> list[Problem]:
+    """Every member against the manifest; reads no more than the manifest lists (and `cap`).
+
+    Why: a member's data is decompressed to hash or even to skip it, so a member larger than
+    listed (a decompression bomb) is refused from its header, before any of it is read.
+    """
     problems: list[Problem] = []
     listed = {entry["path"]: entry for entry in manifest["files"]}
     seen: set[str] = set()
+    expanded = 0
     try:
         with tarfile.open(plain, "r:gz") as tar:
             for member in tar:
+                expanded += member.size
+                if expanded > cap:
+                    detail = f"members exceed CHURN_BACKUP_MAX_EXPANDED_BYTES={cap}"
+                    problems.append(Problem(member.name, "too-large", detail=detail))
+                    break
                 problem = _vet(member)
                 if problem is None and member.name in seen:
                     problem = Problem(member.name, DuplicateMemberError.kind)
@@ -952,22 +1068,17 @@ def _check_members(plain: Path, manifest: dict[str, Any], manifest_sha: str) -> 
                 seen.add(member.name)
                 if member.isdir():
                     continue
-                size, digest = _hash_member(tar, member)
-                if member.name == MANIFEST_MEMBER:
-                    if digest != manifest_sha:
-                        problems.append(
-                            Problem(member.name, "sha256-mismatch", manifest_sha, digest)
-                        )
+                is_manifest = member.name == MANIFEST_MEMBER
+                want = manifest_size if is_manifest else listed[member.name]["size"]
+                if member.size != want:
+                    problems.append(
+                        Problem(member.name, "size-mismatch", str(want), str(member.size))
+                    )
                     continue
-                entry = listed[member.name]
-                if size != entry["size"]:
-                    problems.append(
-                        Problem(member.name, "size-mismatch", str(entry["size"]), str(size))
-                    )
-                if digest != entry["sha256"]:
-                    problems.append(
-                        Problem(member.name, "sha256-mismatch", entry["sha256"], digest)
-                    )
+                digest = _hash_member(tar, member)
+                expected = manifest_sha if is_manifest else listed[member.name]["sha256"]
+                if digest != expected:
+                    problems.append(Problem(member.name, "sha256-mismatch", expected, digest))
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         problems.append(Problem(plain.name, "unreadable", detail=str(exc)))
     for path in sorted(set(listed) - seen):
@@ -977,15 +1088,13 @@ def _check_members(plain: Path, manifest: dict[str, Any], manifest_sha: str) -> 
     return problems
 
 
-def _hash_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> tuple[int, str]:
+def _hash_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str:
     handle = tar.extractfile(member)
     assert handle is not None
     digest = hashlib.sha256()
-    size = 0
     while chunk := handle.read(CHUNK):
         digest.update(chunk)
-        size += len(chunk)
-    return size, digest.hexdigest()
+    return digest.hexdigest()
 
 
 def _raise_for(label: str, problems: list[Problem]) -> None:
@@ -1016,39 +1125,63 @@ def _install(
     dirs: list[str],
     aside: dict[str, Path],
     relocation: tuple[Path, Path] | None,
+    modes: dict[str, int],
 ) -> tuple[list[Path], list[Path]]:
     """Extract into a temp folder inside `root`, re-hash there, then swap folders in by rename.
 
     MLflow's artifact locations are rewritten in the extracted copy, after the re-hash and before
     the swap, so a crash leaves either the old folder or a relocated one in place, never a mix.
+    Folders get the modes they had when backed up (extraction would give them 0755).
     """
     created = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".restore-", dir=root))
+    root.mkdir(parents=True, exist_ok=True, mode=_DEFAULT_DIR_MODE)
+    remove_abandoned(root, (_RESTORE_PREFIX,))
     try:
-        wanted = {entry["path"]: entry for entry in entries}
-        with tarfile.open(plain, "r:gz") as tar:
-            members = [m for m in tar.getmembers() if m.name in wanted]
-            _raise_for(label, [p for p in map(_vet, members) if p is not None])
-            tar.extractall(staging, members=members, filter="data")
-        _raise_for(label, _check_tree(staging, wanted))
-        if relocation is not None:
-            _relocate_mlflow(staging / MLFLOW_DB, *relocation)
-        moved = []
-        for d in dirs:
-            if d in aside:
-                os.rename(root / d, aside[d])
-                moved.append(aside[d])
-        restored = []
-        for d in dirs:
-            os.rename(staging / d, root / d)
-            restored.append(root / d)
-        fsync_path(root)
+        with owned_tempdir(root, _RESTORE_PREFIX) as staging:
+            wanted = {entry["path"]: entry for entry in entries}
+            with tarfile.open(plain, "r:gz") as tar:
+                members = [m for m in tar.getmembers() if m.name in wanted]
+                _raise_for(label, [p for p in map(_vet, members) if p is not None])
+                tar.extractall(staging, members=members, filter="data")
+            problems = _check_tree(staging, wanted)
+            problems += [
+                Problem(d, "component-mismatch") for d in dirs if not (staging / d).is_dir()
+            ]
+            _raise_for(label, problems)
+            _apply_dir_modes(staging, modes)
+            if relocation is not None:
+                _relocate_mlflow(staging / MLFLOW_DB, *relocation)
+            moved = []
+            for d in dirs:
+                if d in aside:
+                    os.rename(root / d, aside[d])
+                    moved.append(aside[d])
+            restored = []
+            for d in dirs:
+                os.rename(staging / d, root / d)
+                restored.append(root / d)
+            fsync_path(root)
     finally:
-        shutil.rmtree(staging)
         if created and not any(root.iterdir()):
             root.rmdir()
     return restored, moved
+
+
+def _apply_dir_modes(staging: Path, modes: dict[str, int]) -> None:
+    """Recorded modes, never group- or world-writable beyond 0775 and always usable by us."""
+    for dirpath, _, _ in os.walk(staging):
+        folder = Path(dirpath)
+        if folder != staging:
+            mode = modes.get(folder.relative_to(staging).as_posix(), _DEFAULT_DIR_MODE)
+            os.chmod(folder, (mode & 0o775) | 0o700)
+
+
+def _check_space(root: Path, entries: list[dict[str, Any]]) -> None:
+    """Refuse before extracting what the disk cannot hold, rather than fill it half-way."""
+    probe = root if root.exists() else next(p for p in root.parents if p.exists())
+    free = shutil.disk_usage(probe).free
+    if _size(entries) > free:
+        raise BackupError(f"restoring {_size(entries)} bytes into {root}: only {free} bytes free")
 
 
 def _relocation(
@@ -1099,6 +1232,8 @@ def _check_tree(staging: Path, wanted: dict[str, dict[str, Any]]) -> list[Proble
         for name in filenames:
             path = Path(dirpath) / name
             rel = path.relative_to(staging).as_posix()
+            if rel == OWNER:
+                continue
             found.add(rel)
             entry = wanted.get(rel)
             if entry is None or path.is_symlink():

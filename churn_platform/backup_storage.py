@@ -115,6 +115,11 @@ class BackupFiles:
     def checksums(self) -> Path:
         return self.archive.with_name(self.archive.name + ".sha256")
 
+    @property
+    def signature(self) -> Path:
+        """The manifest's HMAC (`churn_platform.core.backup.signing`)."""
+        return self.archive.with_name(self.archive.name + ".manifest.sig")
+
 
 def fsync_path(path: Path) -> None:
     """fsync a file or folder, so a rename that publishes it survives a power cut."""
@@ -244,6 +249,10 @@ class LocalTarget:
             raise BackupNotFoundError(f"{archive} is missing (its checksums file is there)")
         return BackupFiles(archive, str(archive))
 
+    def read_manifest(self, partition: str) -> bytes:
+        """The manifest sidecar of a published partition."""
+        return self.fetch(partition, self.root).manifest.read_bytes()
+
     def delete(self, partition: str) -> None:
         """Rename away first, so a half-deleted partition is never visible as a backup."""
         trash = self.root / f".trash-{partition}-{uuid.uuid4().hex}"
@@ -314,10 +323,9 @@ class S3Target:
     def publish(self, built: Path, partition: str, archive_name: str) -> str:
         """Each PUT is atomic; the checksums object goes last and marks the backup complete."""
         files = BackupFiles(built / archive_name, archive_name)
-        new = {
-            self._key(partition, p.name) for p in (files.archive, files.manifest, files.checksums)
-        }
-        for path in (files.archive, files.manifest):
+        sealed = (files.archive, files.manifest, files.signature, files.checksums)
+        new = {self._key(partition, p.name) for p in sealed}
+        for path in (files.archive, files.manifest, files.signature):
             self.client.upload_file(str(path), self.bucket, self._key(partition, path.name))
         stale = sorted(set(self._keys(partition)) - new, key=lambda k: not k.endswith(".sha256"))
         for key in stale:
@@ -332,13 +340,22 @@ class S3Target:
             raise BackupNotFoundError(f"no published backup for {partition} at {self.describe('')}")
         name = checksums[0].rsplit("/", 1)[-1].removesuffix(".sha256")
         files = BackupFiles(tmp / name, self.describe(partition, name))
-        for path in (files.checksums, files.manifest, files.archive):
+        for path in (files.checksums, files.manifest, files.signature, files.archive):
             key = self._key(partition, path.name)
             try:
                 self.client.download_file(self.bucket, key, str(path))
             except ClientError as exc:
+                if path == files.signature:
+                    continue  # verification reports an unsigned manifest by name
                 raise BackupNotFoundError(f"s3://{self.bucket}/{key}: {exc}") from exc
         return files
+
+    def read_manifest(self, partition: str) -> bytes:
+        """The manifest sidecar alone, without downloading the archive."""
+        names = [k for k in self._keys(partition) if k.endswith(".manifest.json")]
+        if len(names) != 1:
+            raise BackupNotFoundError(f"no manifest for {partition} at {self.describe('')}")
+        return self.client.get_object(Bucket=self.bucket, Key=names[0])["Body"].read()
 
     def delete(self, partition: str) -> None:
         """The checksums object goes first, so a half-deleted partition is no longer listed."""

@@ -260,11 +260,13 @@ def cmd_model_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_logs_verify(args: argparse.Namespace) -> int:
+    from churn_platform.backup import archived_chain_anchor
     from churn_platform.incidents import IncidentStore
-    from churn_platform.ops_log import format_verify_report, verify_logs
+    from churn_platform.ops_log import anchor_path, format_verify_report, verify_logs
 
     settings = _settings(args)
-    report = verify_logs(settings.logs)
+    # The anchor outside logs/ and the newest backup's copy report a deleted log folder.
+    report = verify_logs(settings.logs, anchor_path(settings), archived_chain_anchor(settings))
     print(json.dumps(report.to_dict()) if args.json else format_verify_report(report))
     if report.ok:
         return EXIT_OK

@@ -69,6 +69,8 @@ class Settings:
     backup_keep_daily: int = 7
     backup_keep_weekly: int = 4
     backup_keep_monthly: int = 12
+    # What verify and restore may unpack at most: a bigger archive is refused unread.
+    backup_max_expanded_bytes: int = 64 * 2**30
     # Model kinds to train (CHURN_MODELS, comma-separated); empty = all of them.
     models: tuple[str, ...] = ()
 
@@ -143,5 +145,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         backup_keep_daily=_int(env, "CHURN_BACKUP_KEEP_DAILY", 7),
         backup_keep_weekly=_int(env, "CHURN_BACKUP_KEEP_WEEKLY", 4),
         backup_keep_monthly=_int(env, "CHURN_BACKUP_KEEP_MONTHLY", 12),
+        backup_max_expanded_bytes=_int(env, "CHURN_BACKUP_MAX_EXPANDED_BYTES", 64 * 2**30),
         models=tuple(k.strip() for k in (env.get("CHURN_MODELS") or "").split(",") if k.strip()),
     )

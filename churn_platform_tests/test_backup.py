@@ -25,7 +25,7 @@ import psycopg2
 import pytest
 from mlflow import MlflowClient
 
-from churn_platform import backup
+from churn_platform import backup, cli
 from churn_platform.backup import (
     ALL_COMPONENTS,
     EXIT_FAILED,
@@ -55,7 +55,9 @@ from churn_platform.backup import (
     snapshot_sqlite,
     verify_backup,
 )
-from churn_platform.ops_log import OpsLog, verify_logs
+from churn_platform.core.backup.scratch import OWNER, owned_tempdir
+from churn_platform.core.backup.signing import sign, signing_key
+from churn_platform.ops_log import OpsLog, anchor_path, verify_logs
 from churn_platform.settings import Settings, load_settings
 
 PARTITION = "2026-11-27"
@@ -342,6 +344,7 @@ def test_restore_in_place_moves_the_existing_component_aside(
     state: State, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CHURN_BACKUP_TARGET", state.settings.backup_target)
+    monkeypatch.setenv("CHURN_PSEUDONYM_KEY", SECRET)  # the platform key that signed the backup
     _backup(state)
     _write(state.home / "mlflow" / "junk.txt", b"written after the backup")
     others = {d: _tree(state.home / d) for d in ("dagster", "warehouse", "secrets")}
@@ -683,7 +686,7 @@ def test_rerunning_a_partition_is_idempotent_and_atomic(
 
     assert first.archive == second.archive
     assert [p.name for p in offsite.iterdir()] == [PARTITION]
-    assert len(list((offsite / PARTITION).iterdir())) == 3
+    assert len(list((offsite / PARTITION).iterdir())) == 4  # archive, manifest, sig, sums
     assert verify_backup(PARTITION, state.settings).ok
     assert verify_backup(second.archive, state.settings).manifest == second.manifest
     published = _tree(offsite)
@@ -770,3 +773,158 @@ def test_postgres_tracking_backend_is_dumped_with_pg_dump(
     ).stdout
     assert "TABLE public registered_models" in listing
     assert any("pg_restore" in note for note in restored.notes)
+
+
+def _sign_forgery(folder: Path) -> None:
+    """Sign a forged manifest with the platform key, so only the check under test can refuse."""
+    (manifest,) = folder.glob("*.manifest.json")
+    signature = sign(manifest.read_bytes(), signing_key(SECRET))
+    manifest.with_name(manifest.name.removesuffix(".json") + ".sig").write_text(signature)
+
+
+def test_a_forged_manifest_with_recomputed_checksums_is_refused(
+    state: State, tmp_path: Path
+) -> None:
+    archive = Path(_backup(state).archive)
+    forged = b"an attacker's parquet"
+    entries: list[dict[str, object]] = []
+
+    def edit(members: list[tuple[tarfile.TarInfo, bytes]]) -> list[tuple[tarfile.TarInfo, bytes]]:
+        manifest = json.loads(dict((i.name, d) for i, d in members)[backup.MANIFEST_MEMBER])
+        for entry in manifest["files"]:
+            if entry["path"] == PARQUET:
+                entry.update(size=len(forged), sha256=_sha(forged))
+        entries.append(manifest)
+        manifest_bytes = json.dumps(manifest).encode()
+        archive.with_name(archive.name + ".manifest.json").write_bytes(manifest_bytes)
+        replaced = {PARQUET: forged, backup.MANIFEST_MEMBER: manifest_bytes}
+        return [(i, replaced.get(i.name, d)) for i, d in members]
+
+    _rewrite(archive, edit)
+    sums = archive.with_name(archive.name + ".sha256")
+    manifest_name = f"{archive.name}.manifest.json"
+    manifest_sha = _sha(archive.with_name(manifest_name).read_bytes())
+    lines = [line for line in sums.read_text().splitlines() if not line.endswith(manifest_name)]
+    sums.write_text("\n".join([f"{manifest_sha}  {manifest_name}", *lines]) + "\n")
+    before = _tree(tmp_path)
+
+    with pytest.raises(VerificationError, match="signature-mismatch") as raised:
+        restore_backup(state.settings, PARTITION)
+
+    assert [p.kind for p in raised.value.problems] == ["signature-mismatch"]
+    assert _tree(tmp_path) == before
+
+
+def test_a_manifest_without_signature_or_key_is_refused(state: State) -> None:
+    archive = Path(_backup(state).archive)
+    unkeyed = dataclasses.replace(state.settings, pseudonym_key="")
+    shutil.rmtree(state.home / "secrets")
+    assert {p.kind for p in verify_backup(PARTITION, unkeyed).problems} == {"unverifiable"}
+    archive.with_name(archive.name + ".manifest.sig").unlink()
+    (problem,) = verify_backup(PARTITION, state.settings).problems
+    assert problem.kind == "missing" and problem.path.endswith(".manifest.sig")
+
+
+def test_a_file_named_like_a_component_folder_never_replaces_it(
+    state: State, tmp_path: Path
+) -> None:
+    offsite = tmp_path / "offsite"
+    hostile = (_info("mlflow"), b"a plain file where the folder belongs")
+    _forge(offsite / PARTITION, [hostile], [("mlflow", hostile[1])])
+    _sign_forgery(offsite / PARTITION)
+    before = _tree(state.home)
+
+    with pytest.raises(VerificationError, match="component-mismatch"):
+        restore_backup(state.settings, PARTITION, "mlflow")
+
+    assert (state.home / "mlflow").is_dir() and _tree(state.home) == before
+
+
+def test_restored_folders_keep_their_restrictive_modes(state: State, tmp_path: Path) -> None:
+    (state.home / "incidents").chmod(0o700)
+    (state.home / "warehouse" / "customers").chmod(0o700)
+    (state.home / "dagster").chmod(0o750)
+    _backup(state)
+
+    restore_backup(state.settings, PARTITION, target_dir=tmp_path / "restored")
+
+    for rel in ("incidents", "warehouse/customers", "dagster", "logs"):
+        original = (state.home / rel).stat().st_mode & 0o777
+        assert (tmp_path / "restored" / rel).stat().st_mode & 0o777 == original, rel
+    # `config/` has no folder of its own in the state root: service group only, not 0755.
+    assert (tmp_path / "restored" / "config").stat().st_mode & 0o777 == 0o750
+
+
+def test_restore_target_that_is_a_file_is_a_usage_error(
+    state: State, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    _backup(state)
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("precious")
+    for name, value in (("CHURN_HOME", state.home), ("CHURN_PSEUDONYM_KEY", SECRET)):
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setenv("CHURN_BACKUP_TARGET", state.settings.backup_target)
+
+    code = cli.main(["restore", "--partition", PARTITION, "--target", str(a_file)])
+
+    assert code == EXIT_USAGE
+    assert "is not a folder" in capsys.readouterr().err
+    assert a_file.read_text() == "precious"
+
+
+def test_an_archive_may_not_expand_past_the_cap(state: State, tmp_path: Path) -> None:
+    result = _backup(state)
+    capped = dataclasses.replace(state.settings, backup_max_expanded_bytes=result.bytes - 1)
+    assert "too-large" in {p.kind for p in verify_backup(PARTITION, capped).problems}
+    with pytest.raises(VerificationError, match="too-large"):
+        restore_backup(capped, PARTITION, target_dir=tmp_path / "restored")
+    assert not (tmp_path / "restored").exists()
+
+
+def test_a_member_larger_than_listed_is_refused_unread(state: State, tmp_path: Path) -> None:
+    offsite = tmp_path / "offsite"
+    _forge(offsite / PARTITION, [(_info(GOOD[0]), b"\0" * 1_000_000)], [GOOD])
+    _sign_forgery(offsite / PARTITION)
+    problems = verify_backup(PARTITION, state.settings).problems
+    assert [(p.path, p.kind, p.actual) for p in problems] == [(GOOD[0], "size-mismatch", "1000000")]
+
+
+def test_a_killed_backup_or_restore_leaves_no_temporary_folder_behind(
+    state: State, tmp_path: Path
+) -> None:
+    offsite, restored = tmp_path / "offsite", tmp_path / "restored"
+    killed_backup = offsite / f".tmp-{PARTITION}-killed"
+    killed_restore = restored / ".restore-killed"
+    for folder in (killed_backup, killed_restore):
+        _write(folder / OWNER, b"")  # its creator died, so nobody holds the lock
+        _write(folder / "out" / "half.tar.gz", b"half")
+    with owned_tempdir(offsite, f".tmp-{PARTITION}-") as running:
+        _backup(state)
+        restore_backup(state.settings, PARTITION, "config", target_dir=restored)
+        assert running.is_dir()  # a live backup's folder is left alone
+    assert not killed_backup.exists() and not killed_restore.exists()
+    assert [p.name for p in offsite.iterdir()] == [PARTITION]
+
+
+def test_logs_verify_reports_deleted_logs_from_the_backup_anchor(
+    state: State, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    _backup(state, components=("logs",))
+    shutil.rmtree(state.home / "logs")
+    shutil.rmtree(state.home / "anchors")
+    shutil.rmtree(state.home / "incidents")  # the template's stub is no incident record
+    for name, value in (("CHURN_HOME", state.home), ("CHURN_PSEUDONYM_KEY", SECRET)):
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setenv("CHURN_BACKUP_TARGET", state.settings.backup_target)
+
+    code = cli.main(["logs", "verify"])
+
+    assert code == 3
+    assert "chain anchor missing" in capsys.readouterr().out
+
+
+def test_restoring_the_logs_re_anchors_them(state: State) -> None:
+    _backup(state, components=("logs",))
+    OpsLog(state.settings).event("training.completed", "after the backup")
+    restore_backup(state.settings, PARTITION, "logs")
+    assert verify_logs(state.settings.logs, anchor_path(state.settings)).ok
