@@ -2,7 +2,8 @@
 
 Each materialization writes a new `v-<time>-<run>` folder; only after Spark's `_SUCCESS` marker
 (or the ML `metadata/` folder) exists is the `CURRENT` pointer replaced atomically. A run killed
-mid-write therefore leaves the previous good version readable.
+mid-write therefore leaves the previous good version readable, and its half-written folder is
+neither counted among the kept versions nor kept once it is stale.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from pyspark.sql import DataFrame, SparkSession
 POINTER = "CURRENT"
 SUMMARY = "summary.json"
 KEEP_VERSIONS = 3
+# Written into a version as it is published; Spark and MLlib readers skip `_` files.
+PUBLISHED = "_PUBLISHED"
+# An unpublished version untouched this long belongs to a killed run, not a running one.
+ABANDONED_AFTER_SECONDS = 3600.0
 
 
 def current_version(folder: Path) -> Path | None:
@@ -41,13 +46,28 @@ def load_summary(folder: Path) -> dict | None:
 
 
 def publish_version(folder: Path, version: Path) -> None:
-    """Switch the pointer with an atomic rename, then prune old versions."""
+    """Mark the version published, switch the pointer with an atomic rename, then prune.
+
+    Only published versions count towards `KEEP_VERSIONS`: a folder a killed run half wrote
+    must never push out a complete one. Unpublished folders go once they are abandoned.
+    """
+    (version / PUBLISHED).touch()
     tmp = folder / f".{POINTER}.{os.getpid()}.tmp"
     tmp.write_text(version.name + "\n")
     os.replace(tmp, folder / POINTER)
-    versions = sorted(p for p in folder.glob("v-*") if p.is_dir() and p != version)
-    for old in versions[: max(0, len(versions) - (KEEP_VERSIONS - 1))]:
+    others = sorted(p for p in folder.glob("v-*") if p.is_dir() and p != version)
+    published = [p for p in others if (p / PUBLISHED).exists()]
+    doomed = published[: max(0, len(published) - (KEEP_VERSIONS - 1))]
+    doomed += [p for p in others if p not in published and _abandoned(p)]
+    for old in doomed:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _abandoned(version: Path) -> bool:
+    """Nothing in the folder changed for a while: its writer is gone (Spark writes steadily)."""
+    newest = max((p.stat().st_mtime for p in version.rglob("*")), default=0.0)
+    newest = max(newest, version.stat().st_mtime)
+    return time.time() - newest > ABANDONED_AFTER_SECONDS
 
 
 def new_version_dir(folder: Path, run_id: str) -> Path:

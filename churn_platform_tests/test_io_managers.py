@@ -1,5 +1,7 @@
 """Versioned Parquet storage: a failed write never replaces the previous good version."""
 
+import os
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -7,7 +9,13 @@ import pytest
 from dagster_pyspark import PySparkResource
 from pyspark.sql import DataFrame
 
-from churn_platform.io_managers import POINTER, VersionedParquetIOManager, current_version
+from churn_platform.io_managers import (
+    POINTER,
+    SUMMARY,
+    VersionedParquetIOManager,
+    current_version,
+    publish_version,
+)
 
 
 def _manager(base: Path) -> VersionedParquetIOManager:
@@ -44,3 +52,37 @@ def test_a_failed_write_leaves_the_previous_version_readable(spark, tmp_path):
 def test_loading_before_any_write_names_the_asset(spark, tmp_path):
     with pytest.raises(FileNotFoundError, match="never_built"):
         _manager(tmp_path).load_input(dg.build_input_context(asset_key=dg.AssetKey("never_built")))
+
+
+def _half_written(folder: Path, name: str, age_seconds: float) -> Path:
+    """A version folder a killed run left behind, last touched `age_seconds` ago."""
+    version = folder / name
+    (version / "_temporary").mkdir(parents=True)
+    (version / "_temporary" / "part-0.parquet").write_bytes(b"half")
+    stamp = time.time() - age_seconds
+    for path in (version / "_temporary" / "part-0.parquet", version / "_temporary", version):
+        os.utime(path, (stamp, stamp))
+    return version
+
+
+def test_half_written_versions_never_count_and_abandoned_ones_go(tmp_path: Path) -> None:
+    folder = tmp_path / "summary_asset"
+    complete = []
+    for n in range(3):
+        version = folder / f"v-2026010{n}T000000-000-run{n}"
+        version.mkdir(parents=True)
+        (version / SUMMARY).write_text("{}")
+        publish_version(folder, version)
+        complete.append(version)
+    abandoned = _half_written(folder, "v-20260103T000000-000-killed", age_seconds=2 * 3600)
+    running = _half_written(folder, "v-20260104T000000-000-running", age_seconds=5)
+    newest = folder / "v-20260105T000000-000-run5"
+    newest.mkdir()
+    (newest / SUMMARY).write_text("{}")
+
+    publish_version(folder, newest)
+
+    assert sorted(p.name for p in folder.glob("v-*")) == sorted(
+        [complete[1].name, complete[2].name, running.name, newest.name]
+    )
+    assert not abandoned.exists() and current_version(folder) == newest
