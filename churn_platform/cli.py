@@ -43,9 +43,13 @@ def _progress(message: str, started: float) -> None:
 
 def _instance(settings: Settings) -> dg.DagsterInstance:
     from churn_platform.resources import prepare_dagster_home
+    from churn_platform.run_recovery import fail_abandoned_runs
 
     prepare_dagster_home(settings)
-    return dg.DagsterInstance.get()
+    instance = dg.DagsterInstance.get()
+    for run_id in fail_abandoned_runs(settings, instance):
+        print(f"marked run {run_id} failed: its CLI process is gone", file=sys.stderr)
+    return instance
 
 
 def _root_error(error: Any) -> str:
@@ -71,7 +75,9 @@ def materialize_selection(
 ) -> dg.ExecuteInProcessResult:
     """Materialize the selected assets in this process (one JVM) and record the run."""
     from churn_platform.assets.ingestion import BASE_BATCH, ingest_batches
+    from churn_platform.core.process_identity import process_token
     from churn_platform.definitions import build_definitions
+    from churn_platform.run_recovery import PROCESS_TAG
 
     instance = _instance(settings)
     defs = build_definitions(settings)
@@ -95,7 +101,12 @@ def materialize_selection(
         selection=asset_selection,
         partition_key=partition_key,
         raise_on_error=False,
-        tags={"churn/trigger": "cli", "churn/actor": _actor(), **(tags or {})},
+        tags={
+            "churn/trigger": "cli",
+            "churn/actor": _actor(),
+            PROCESS_TAG: process_token(),
+            **(tags or {}),
+        },
         run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
     )
 
