@@ -1,6 +1,6 @@
 """Accuracy benchmark: every churn model on the real Telco data beside scikit-learn references.
 
-Runs the platform's own ETL (`etl.build_features`), so the fixed test split and the 5 CV folds
+Runs the platform's own ETL (`core.features.build_features`), so the fixed test split and the 5
 are the ones the pipeline uses. Each model is fitted on the training split with `fit_model`;
 its threshold is chosen by F1 on out-of-fold predictions, then applied once to the test split.
 The scikit-learn references (LogisticRegression, HistGradientBoosting) get the same feature
@@ -34,6 +34,8 @@ from sklearn.preprocessing import StandardScaler
 from churn_platform import etl, modeling
 from churn_platform.assets.training import ENSEMBLE_INPUTS
 from churn_platform.config import load_spec
+from churn_platform.core import cleaning, sources
+from churn_platform.core.features import build_features
 from churn_platform.resources import spark_conf
 from churn_platform.settings import load_settings
 
@@ -57,9 +59,10 @@ def load_features(spark: SparkSession, data: Path) -> tuple[DataFrame, str]:
     spec = load_spec(settings.spec_path, settings.home)
     source = dataclasses.replace(spec.sources[0], path=str(data))
     spec = dataclasses.replace(spec, sources=(source,))
-    raw = etl.read_batch(spark, spec, spec.sources, batch="benchmark", batch_order=0)
-    cleaned = etl.clean_customers(raw, spec).cleaned
-    features = etl.build_features(cleaned, spec).features
+    raw = sources.read_batch(spark, spec, spec.sources, batch="benchmark", batch_order=0).frame
+    cleaned = cleaning.clean_customers(raw, spec).cleaned
+    built = build_features(cleaned, spec)
+    features = built.pipeline.transform(built.features)
     keep = [spec.id_column, etl.LABEL_COL, etl.SPLIT_COL, etl.FOLD_COL, etl.FEATURES_COL]
     return features.select(*keep).cache(), spec.id_column
 

@@ -11,7 +11,7 @@ import pytest
 from dagster_pyspark import PySparkResource
 from pyspark.sql import SparkSession
 
-from churn_platform import backup, etl, modeling, tracking
+from churn_platform import backup, modeling, tracking
 from churn_platform.assets import backups
 from churn_platform.assets.backups import (
     BACKUP_VERIFIED,
@@ -22,6 +22,8 @@ from churn_platform.assets.backups import (
     platform_backup,
 )
 from churn_platform.config import DatasetSpec, load_spec
+from churn_platform.core import cleaning, sources
+from churn_platform.core.features import build_features
 from churn_platform.incidents import IncidentStore
 from churn_platform.io_managers import current_version, new_version_dir, publish_version
 from churn_platform.resources import StateResource, spark_conf
@@ -66,12 +68,14 @@ def platform(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> I
         patch.delenv(backup.KEY_ENV, raising=False)
         settings, spec = load_settings(), load_spec(DEFAULT_SPEC, home)
         write_customers(generate_customers(spark, 400, seed=5), home / "data" / "telco_churn.csv")
-        raw = etl.read_batch(spark, spec, spec.sources, "base", 0)
-        cleaned = etl.clean_customers(raw, spec).cleaned
+        raw = sources.read_batch(spark, spec, spec.sources, "base", 0).frame
+        cleaned = cleaning.clean_customers(raw, spec).cleaned
         _publish(cleaned, settings.warehouse / "cleaned_customers")
-        features = etl.build_features(cleaned, spec)
+        features = build_features(cleaned, spec)
         fitted = modeling.train_model(
-            "logistic_regression", features.features, {"regParam": 0.01, "maxIter": 20}
+            "logistic_regression",
+            features.pipeline.transform(features.features),
+            {"regParam": 0.01, "maxIter": 20},
         )
         mlflow = MlflowResource.from_settings(settings)
         example = features.features.select(*features.categorical, *features.numeric)

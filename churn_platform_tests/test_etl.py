@@ -8,6 +8,8 @@ from pyspark.sql import functions as F
 
 from churn_platform import etl
 from churn_platform.config import DatasetSpec, SourceSpec, TargetSpec, load_spec
+from churn_platform.core import cleaning, features, sources
+from churn_platform.schemas import cleaned_schema, features_schema
 from churn_platform.settings import DEFAULT_SPEC
 from churn_platform_tests.conftest import TELCO_HEADER, telco_row
 
@@ -24,7 +26,7 @@ def _write(path: Path, lines: list[str], newline: str = "\n", bom: bool = False)
 
 def _read(spark: SparkSession, spec: DatasetSpec, path: Path):
     source = SourceSpec(name="customers", format="csv", path=str(path))
-    return etl.read_batch(spark, spec, (source,), "base", 0)
+    return sources.read_batch(spark, spec, (source,), "base", 0).frame
 
 
 def _reasons(quarantined) -> dict[int, str]:
@@ -50,7 +52,7 @@ def test_bad_rows_are_quarantined_with_reason_and_line(spark, tmp_path):
             telco_row("0012-L"),  # line 12: good
         ],
     )
-    result = etl.clean_customers(_read(spark, spec, path), spec)
+    result = cleaning.clean_customers(_read(spark, spec, path), spec)
     reasons = _reasons(result.quarantined)
     assert reasons == {
         3: etl.WRONG_FIELD_COUNT,
@@ -78,7 +80,7 @@ def test_bad_rows_are_quarantined_with_reason_and_line(spark, tmp_path):
 def test_blank_numeric_is_missing_not_an_error(spark, tmp_path):
     spec = _spec(tmp_path)
     path = _write(tmp_path / "blank.csv", [TELCO_HEADER, telco_row("1", tenure="0", total=" ")])
-    result = etl.clean_customers(_read(spark, spec, path), spec)
+    result = cleaning.clean_customers(_read(spark, spec, path), spec)
     assert result.quarantined.count() == 0
     row = result.cleaned.first()
     assert row["TotalCharges"] is None and row["tenure"] == 0.0
@@ -89,7 +91,7 @@ def test_bom_and_crlf_read_correctly(spark, tmp_path):
     spec = _spec(tmp_path)
     lines = [TELCO_HEADER, telco_row("1"), telco_row("2", churn="Yes")]
     path = _write(tmp_path / "crlf.csv", lines, newline="\r\n", bom=True)
-    result = etl.clean_customers(_read(spark, spec, path), spec)
+    result = cleaning.clean_customers(_read(spark, spec, path), spec)
     assert result.quarantined.count() == 0
     rows = {r["customerID"]: r[etl.LABEL_COL] for r in result.cleaned.collect()}
     assert rows == {"1": 0, "2": 1}
@@ -103,7 +105,7 @@ def test_non_utf8_bytes_are_quarantined(spark, tmp_path):
         + telco_row("2").replace("Female", "F\xe9male").encode("latin-1")
         + b"\n"
     )
-    result = etl.clean_customers(_read(spark, spec, path), spec)
+    result = cleaning.clean_customers(_read(spark, spec, path), spec)
     assert _reasons(result.quarantined) == {3: etl.INVALID_ENCODING}
 
 
@@ -141,10 +143,12 @@ def test_newest_batch_wins_and_older_records_are_superseded(spark, tmp_path):
     spec = _spec(tmp_path)
     first = _write(tmp_path / "b1.csv", [TELCO_HEADER, telco_row("1"), telco_row("2")])
     second = _write(tmp_path / "b2.csv", [TELCO_HEADER, telco_row("2", churn="Yes")])
-    raw = etl.read_batch(
+    raw = sources.read_batch(
         spark, spec, (SourceSpec("b1", "csv", str(first)),), "base", 0
-    ).unionByName(etl.read_batch(spark, spec, (SourceSpec("b2", "csv", str(second)),), "b2", 1))
-    result = etl.clean_customers(raw, spec)
+    ).frame.unionByName(
+        sources.read_batch(spark, spec, (SourceSpec("b2", "csv", str(second)),), "b2", 1).frame
+    )
+    result = cleaning.clean_customers(raw, spec)
     rows = {r["customerID"]: (r[etl.LABEL_COL], r[etl.BATCH_COL]) for r in result.cleaned.collect()}
     assert rows == {"1": (0, "base"), "2": (1, "b2")}
     assert result.counts["rows_superseded"] == 1
@@ -159,17 +163,17 @@ def test_roles_are_inferred_when_the_spec_has_none(spark, tmp_path):
         id_column="id",
         target=TargetSpec("left", "1", "0"),
     )
-    result = etl.clean_customers(_read(spark, spec, path), spec)
+    result = cleaning.clean_customers(_read(spark, spec, path), spec)
     assert result.numeric == ["spend"] and result.categorical == ["plan"]
-    features = etl.build_features(result.cleaned, spec)
-    assert features.numeric == ["spend"] and features.categorical == ["plan"]
-    assert features.features.select(etl.FEATURES_COL).count() == 2
+    built = features.build_features(result.cleaned, spec)
+    assert built.numeric == ["spend"] and built.categorical == ["plan"]
+    assert built.pipeline.transform(built.features).select(etl.FEATURES_COL).count() == 2
 
 
 def test_engineered_features(spark, tmp_path):
     spec = _spec(tmp_path)
     path = _write(tmp_path / "f.csv", [TELCO_HEADER, telco_row("1", tenure="0", total=" ")])
-    cleaned = etl.clean_customers(_read(spark, spec, path), spec).cleaned
+    cleaned = cleaning.clean_customers(_read(spark, spec, path), spec).cleaned
     row = etl.engineer_features(cleaned, spec).first()
     # DSL internet + PhoneService + OnlineSecurity are the "Yes"/active services of telco_row.
     assert row["num_services"] == 3.0
@@ -222,9 +226,68 @@ def test_feature_pipeline_is_fitted_on_training_rows_only(spark, tmp_path):
     spec = _spec(tmp_path)
     rows = [TELCO_HEADER] + [telco_row(f"id{i}", tenure=str(i % 70)) for i in range(300)]
     path = _write(tmp_path / "t.csv", rows)
-    cleaned = etl.clean_customers(_read(spark, spec, path), spec).cleaned
-    result = etl.build_features(cleaned, spec)
+    cleaned = cleaning.clean_customers(_read(spark, spec, path), spec).cleaned
+    result = features.build_features(cleaned, spec)
     imputer = result.pipeline.stages[0]
     train = result.features.where(F.col(etl.SPLIT_COL) == "train")
     median_train = train.approxQuantile("tenure", [0.5], 0.001)[0]
     assert imputer.surrogateDF.first()["tenure"] == pytest.approx(median_train)
+
+
+def test_valid_csv_parses_as_the_standard_says_and_bad_rows_keep_their_line(spark, tmp_path):
+    """Issue 19.2: a 2,000+ character quoted field threw StackOverflowError in the old reader."""
+    spec = _spec(tmp_path)
+    long_text = "word, " * 2000
+    lines = [
+        TELCO_HEADER,
+        telco_row("1").replace("Electronic check", f'"{long_text}"'),  # line 2
+        telco_row("2").replace("Electronic check", '"two\nlines"'),  # lines 3-4
+        telco_row("3").replace("Electronic check", '"say ""hi"", twice"'),  # line 5
+        telco_row("4", total="abc"),  # line 6
+    ]
+    result = cleaning.clean_customers(_read(spark, spec, _write(tmp_path / "q.csv", lines)), spec)
+    assert _reasons(result.quarantined) == {6: etl.UNPARSEABLE_NUMBER}
+    payment = {r["customerID"]: r["PaymentMethod"] for r in result.cleaned.collect()}
+    assert payment == {"1": long_text.strip(), "2": "two\nlines", "3": 'say "hi", twice'}
+
+
+def test_non_finite_and_out_of_range_numbers_are_quarantined(spark, tmp_path):
+    """Issue 19.6: Infinity, 1e309 and NaN were cleaned and scored; a declared range applies."""
+    spec = _spec(tmp_path)
+    lines = [
+        TELCO_HEADER,
+        telco_row("1", total="Infinity"),
+        telco_row("2", total="1e309"),
+        telco_row("3", tenure="NaN"),
+        telco_row("4", total="-1e300"),
+        telco_row("5"),
+    ]
+    raw = _read(spark, spec, _write(tmp_path / "n.csv", lines))
+    result = cleaning.clean_customers(raw, spec, ranges={"TotalCharges": (0, None)})
+    rows = {
+        r[etl.LINE_COL]: (r[etl.REASON_COL], r[etl.DETAIL_COL])
+        for r in result.quarantined.collect()
+    }
+    assert rows == {
+        2: (etl.NON_FINITE_NUMBER, "TotalCharges"),
+        3: (etl.NON_FINITE_NUMBER, "TotalCharges"),
+        4: (etl.NON_FINITE_NUMBER, "tenure"),
+        5: (etl.OUT_OF_RANGE, "TotalCharges"),
+    }
+    assert [r["customerID"] for r in result.cleaned.collect()] == ["5"]
+
+
+def test_checks_and_fingerprint_come_from_the_layer_aggregate(spark, tmp_path):
+    spec = _spec(tmp_path)
+    lines = [TELCO_HEADER, telco_row("1"), telco_row("2", churn="Yes"), telco_row("2")]
+    raw = _read(spark, spec, _write(tmp_path / "c.csv", lines))
+    result = cleaning.clean_customers(raw, spec, schema=lambda n, c: cleaned_schema(spec, n, c))
+    assert result.stats["quality:rows"] == 2 and result.stats["quality:ids"] == 2
+    assert result.stats["schema_problems"] == {}
+    again = cleaning.clean_customers(raw.orderBy(F.rand()), spec)
+    assert again.fingerprint == result.fingerprint
+    built = features.build_features(result.cleaned, spec, features_schema(spec))
+    assert built.cleaned_fingerprint == result.fingerprint
+    assert built.stats["schema_problems"] == {}
+    assert etl.FEATURES_COL not in built.features.columns
+    assert sum(built.split_counts.values()) == 2

@@ -7,6 +7,7 @@ import pytest
 
 from churn_platform import etl
 from churn_platform.config import load_spec
+from churn_platform.core import cleaning, sources
 from churn_platform_tests.conftest import TELCO_HEADER, telco_row
 
 PG_DSN = os.environ.get(
@@ -64,8 +65,8 @@ def test_csv_joined_with_jdbc_billing(spark, tmp_path, monkeypatch, billing_tabl
     )
     monkeypatch.setenv("CHURN_TEST_PG_PASSWORD", "churn")
     spec = load_spec(spec_file, tmp_path)
-    raw = etl.read_batch(spark, spec, spec.sources, "base", 0)
-    result = etl.clean_customers(raw, spec)
+    raw = sources.read_batch(spark, spec, spec.sources, "base", 0).frame
+    result = cleaning.clean_customers(raw, spec)
     cleaned = {r["customerID"]: r for r in result.cleaned.collect()}
     assert len(cleaned) == 20
     assert cleaned["c5"]["MonthlyCharges"] == pytest.approx(25.0)
@@ -87,7 +88,7 @@ def test_wrong_password_names_the_source(spark, tmp_path, monkeypatch, billing_t
     monkeypatch.setenv("CHURN_TEST_PG_PASSWORD", "wrong")
     spec = load_spec(spec_file, tmp_path)
     with pytest.raises(etl.InputDataError, match=f"source billing .*{billing_table}.*JDBC"):
-        etl.read_batch(spark, spec, spec.sources, "base", 0)
+        sources.read_batch(spark, spec, spec.sources, "base", 0)
 
 
 def test_credentials_in_the_url_never_reach_the_error(spark, tmp_path, billing_table):
@@ -100,6 +101,6 @@ def test_credentials_in_the_url_never_reach_the_error(spark, tmp_path, billing_t
     )
     spec = load_spec(spec_file, tmp_path)
     with pytest.raises(etl.InputDataError, match=f"source billing .*{billing_table}") as info:
-        etl.read_batch(spark, spec, spec.sources, "base", 0)
+        sources.read_batch(spark, spec, spec.sources, "base", 0)
     assert "Wr0ngS3cret" not in str(info.value) and info.value.__cause__ is None
     assert "churn:***@" in str(info.value)

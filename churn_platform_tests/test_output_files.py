@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from churn_platform import cli
+from churn_platform.core import output_files
 from churn_platform.core.output_files import MARKER, OutputRefused, staged_output
 
 HEADER = "customerID,churn_probability,churn_predicted,risk_tier,model_name,model_version\n"
@@ -66,3 +67,14 @@ def test_score_refuses_an_existing_folder_before_starting_spark(tmp_path, capsys
     # The state root itself, the probe's worst case, is refused the same way.
     code = cli.main(["score", "--input", str(customers), "--output", str(churn_home)])
     assert code == cli.EXIT_USAGE and churn_home.is_dir()
+
+
+def test_score_csv_cells_a_spreadsheet_would_execute_are_quoted(spark):
+    """Issue 19.6: ids like `=cmd|' /C calc'!A0` reached score CSVs unescaped."""
+    ids = ["=cmd|' /C calc'!A0", "@SUM(1+1)", "+1", "-2", "\tx", "\rx", "0001-A"]
+    df = spark.createDataFrame(
+        [(i, 0.5) for i in ids], "customerID string, churn_probability double"
+    )
+    safe = {r["customerID"] for r in output_files.formula_safe(df).collect()}
+    assert safe == {"'" + i for i in ids[:-1]} | {"0001-A"}
+    assert output_files.formula_safe(df).schema == df.schema

@@ -1,13 +1,19 @@
 """Cleaned layer: typed, de-duplicated customers, and every unusable row in quarantine."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 from dagster_pyspark import PySparkResource
 from pyspark.sql import DataFrame
 
-from churn_platform import checks, etl
+from churn_platform import checks
+from churn_platform.config import DatasetSpec
+from churn_platform.core import cleaning
+from churn_platform.core.columns import LABEL_COL
 from churn_platform.ops_log import OpsLog
 from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.schemas import cleaned_schema
+from churn_platform.settings import Settings
 
 CLEANED_CHECKS = [
     checks.SCHEMA,
@@ -44,7 +50,22 @@ def cleaned_customers(
 ):
     """Clean every ingested batch; the run fails if too many rows are quarantined."""
     spec, settings = state.spec(), state.settings()
-    result = etl.clean_customers(raw_customers, spec)
+    result = cleaning.clean_customers(
+        raw_customers, spec, schema=lambda n, c: cleaned_schema(spec, n, c)
+    )
+    try:
+        yield from _outputs(context, settings, spec, result)
+    finally:
+        result.release()
+
+
+def _outputs(
+    context: dg.AssetExecutionContext,
+    settings: Settings,
+    spec: DatasetSpec,
+    result: cleaning.CleanResult,
+) -> Iterator[dg.Output | dg.AssetCheckResult]:
+    """The two outputs and the checks; written while the cleaned rows are still cached."""
     counts = result.counts
     ratio = counts["rows_quarantined"] / counts["rows_in"] if counts["rows_in"] else 0.0
     OpsLog(settings).event(
@@ -62,7 +83,7 @@ def cleaned_customers(
         },
         context=context,
     )
-    version = etl.content_fingerprint(result.cleaned, (etl.BATCH_COL, etl.BATCH_ORDER_COL))
+    version = result.fingerprint
     yield dg.Output(
         result.cleaned,
         output_name="cleaned_customers",
@@ -87,11 +108,12 @@ def cleaned_customers(
         },
     )
     yield checks.schema_result(
-        result.cleaned,
+        result.stats["schema_problems"],
         cleaned_schema(spec, result.numeric, result.categorical),
         "cleaned_customers",
     )
-    yield from checks.quality_results(result.cleaned, "cleaned_customers", spec.id_column)
+    content = [spec.id_column, LABEL_COL, *result.categorical, *result.numeric]
+    yield from checks.quality_results(result.stats, "cleaned_customers", content)
     yield dg.AssetCheckResult(
         asset_key="cleaned_customers",
         check_name=checks.QUARANTINE_RATIO,

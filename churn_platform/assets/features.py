@@ -1,4 +1,4 @@
-"""Feature layer: engineered columns, split/fold assignment and the model-ready vector."""
+"""Feature layer: engineered columns, split/fold assignment and the fitted encoding pipeline."""
 
 import hashlib
 
@@ -6,12 +6,14 @@ import dagster as dg
 from dagster_pyspark import PySparkResource
 from pyspark.sql import DataFrame
 
-from churn_platform import checks, etl
+from churn_platform import checks
+from churn_platform.core import features
 from churn_platform.ops_log import OpsLog
 from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.schemas import features_schema
 
-FEATURES_CODE_VERSION = "1"
+# 2: the table stores columns; the `features` vector is assembled where it is used.
+FEATURES_CODE_VERSION = "2"
 
 
 @dg.multi_asset(
@@ -20,7 +22,7 @@ FEATURES_CODE_VERSION = "1"
         "customer_features": dg.AssetOut(
             kinds={"spark", "parquet"},
             code_version=FEATURES_CODE_VERSION,
-            description="One row per customer: engineered features, split, fold, feature vector.",
+            description="One row per customer: engineered features, split and fold (no vector).",
         ),
         "feature_pipeline": dg.AssetOut(
             kinds={"spark"},
@@ -40,47 +42,41 @@ def customer_features(
 ):
     """Build features from the cleaned customers; the encoders see training rows only."""
     spec, settings = state.spec(), state.settings()
-    result = etl.build_features(cleaned_customers, spec)
-    # Same cleaned content, code and spec give the same version: retraining keys off this.
-    cleaned_version = etl.content_fingerprint(
-        cleaned_customers, (etl.BATCH_COL, etl.BATCH_ORDER_COL)
-    )
-    version = hashlib.sha256(
-        f"{cleaned_version}|{FEATURES_CODE_VERSION}|{spec.spec_sha256}".encode()
-    ).hexdigest()[:24]
-    split_counts = {
-        f"{row[etl.SPLIT_COL]}_{'churn' if row[etl.LABEL_COL] else 'stay'}": int(row["count"])
-        for row in result.features.groupBy(etl.SPLIT_COL, etl.LABEL_COL).count().collect()
-    }
-    vector_size = result.features.schema[etl.FEATURES_COL].metadata["ml_attr"]["num_attrs"]
-    OpsLog(settings).event(
-        "etl.features.completed",
-        f"features built: {len(result.numeric)} numeric, {len(result.categorical)} categorical",
-        component="features",
-        configuration_item="asset:customer_features",
-        outcome="success",
-        metrics={"vector_size": vector_size, **split_counts},
-        context=context,
-    )
-    yield dg.Output(
-        result.features,
-        output_name="customer_features",
-        data_version=dg.DataVersion(version),
-        metadata={
-            "numeric_features": dg.MetadataValue.json(result.numeric),
-            "categorical_features": dg.MetadataValue.json(result.categorical),
-            "engineered_features": dg.MetadataValue.json(
-                [c for c in spec.engineered if c in result.features.columns]
-            ),
-            "vector_size": vector_size,
-            **split_counts,
-        },
-    )
+    schema = features_schema(spec)
+    result = features.build_features(cleaned_customers, spec, schema)
+    try:
+        # Same cleaned content, code and spec give the same version: retraining keys off this.
+        version = hashlib.sha256(
+            f"{result.cleaned_fingerprint}|{FEATURES_CODE_VERSION}|{spec.spec_sha256}".encode()
+        ).hexdigest()[:24]
+        vector_size = result.vector_size
+        OpsLog(settings).event(
+            "etl.features.completed",
+            f"features built: {len(result.numeric)} numeric, {len(result.categorical)} categorical",
+            component="features",
+            configuration_item="asset:customer_features",
+            outcome="success",
+            metrics={"vector_size": vector_size, **result.split_counts},
+            context=context,
+        )
+        yield dg.Output(
+            result.features,
+            output_name="customer_features",
+            data_version=dg.DataVersion(version),
+            metadata={
+                "numeric_features": dg.MetadataValue.json(result.numeric),
+                "categorical_features": dg.MetadataValue.json(result.categorical),
+                "engineered_features": dg.MetadataValue.json(
+                    [c for c in spec.engineered if c in result.features.columns]
+                ),
+                "vector_size": vector_size,
+                **result.split_counts,
+            },
+        )
+    finally:
+        result.release()
     yield dg.Output(
         result.pipeline, output_name="feature_pipeline", data_version=dg.DataVersion(version)
     )
-    features = result.features.drop(etl.FEATURES_COL)
-    yield checks.schema_result(features, features_schema(spec), "customer_features")
-    yield from checks.quality_results(
-        features, "customer_features", spec.id_column, label_col=None
-    )[:2]
+    yield checks.schema_result(result.stats["schema_problems"], schema, "customer_features")
+    yield from checks.quality_results(result.stats, "customer_features", [], label=False)

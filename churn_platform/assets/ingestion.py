@@ -11,6 +11,8 @@ from pyspark.sql import functions as F
 
 from churn_platform import checks, etl
 from churn_platform.config import DatasetSpec, SourceSpec
+from churn_platform.core import quality
+from churn_platform.core import sources as sources_core
 from churn_platform.ops_log import OpsLog
 from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.schemas import raw_schema
@@ -61,44 +63,54 @@ def raw_customers(
                 f"{source.path}: file not found (for the default Telco data run "
                 "`churn-platform fetch-data`; for your own data pass --config SPEC.yaml)"
             )
-    raw = etl.read_batch(spark, spec, sources, batch, batch_order(batch)).persist()
-    counts = raw.agg(
-        F.count(F.lit(1)).alias("rows"),
-        F.sum(F.col(etl.ERROR_COL).isNotNull().cast("long")).alias("malformed"),
-    ).first()
-    rows = int(counts["rows"])
-    if rows == 0:
-        raise etl.InputDataError(
-            f"{', '.join(s.location for s in sources)}: no data rows (empty file or header only)"
+    read = sources_core.read_batch(spark, spec, sources, batch, batch_order(batch))
+    try:
+        raw = read.frame
+        schema = raw_schema(spec)
+        stats = raw.agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.count(etl.ERROR_COL).alias("malformed"),
+            *quality.schema_aggregates(schema),
+        ).first()
+        rows, malformed = int(stats["rows"]), int(stats["malformed"])
+        if rows == 0:
+            raise etl.InputDataError(
+                f"{', '.join(s.location for s in sources)}: no data rows "
+                "(empty file or header only)"
+            )
+        OpsLog(settings).event(
+            "etl.ingest.completed",
+            f"batch {batch}: {rows} rows read, {malformed} malformed",
+            component="ingestion",
+            configuration_item="asset:raw_customers",
+            outcome="success",
+            metrics={"rows_in": rows, "rows_malformed": malformed},
+            context=context,
         )
-    checksums = {s.location: etl.source_fingerprint(spark, s) for s in sources}
-    OpsLog(settings).event(
-        "etl.ingest.completed",
-        f"batch {batch}: {rows} rows read, {int(counts['malformed'] or 0)} malformed",
-        component="ingestion",
-        configuration_item="asset:raw_customers",
-        outcome="success",
-        metrics={"rows_in": rows, "rows_malformed": int(counts["malformed"] or 0)},
-        context=context,
+        version = hashlib.sha256(json.dumps(read.checksums, sort_keys=True).encode()).hexdigest()
+        yield dg.Output(
+            raw,
+            data_version=dg.DataVersion(version[:24]),
+            metadata={
+                "rows_read": rows,
+                "rows_malformed": malformed,
+                "batch": batch,
+                "sources": dg.MetadataValue.json({s.name: s.location for s in sources}),
+                "source_sha256": dg.MetadataValue.json(read.checksums),
+                "schema": dg.MetadataValue.table_schema(
+                    dg.TableSchema(
+                        columns=[
+                            dg.TableColumn(f.name, f.dataType.simpleString()) for f in raw.schema
+                        ]
+                    )
+                ),
+            },
+        )
+    finally:
+        read.release()
+    yield checks.schema_result(
+        quality.schema_problems(raw, schema, stats.asDict()), schema, "raw_customers"
     )
-    version = hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()
-    yield dg.Output(
-        raw,
-        data_version=dg.DataVersion(version[:24]),
-        metadata={
-            "rows_read": rows,
-            "rows_malformed": int(counts["malformed"] or 0),
-            "batch": batch,
-            "sources": dg.MetadataValue.json({s.name: s.location for s in sources}),
-            "source_sha256": dg.MetadataValue.json(checksums),
-            "schema": dg.MetadataValue.table_schema(
-                dg.TableSchema(
-                    columns=[dg.TableColumn(f.name, f.dataType.simpleString()) for f in raw.schema]
-                )
-            ),
-        },
-    )
-    yield checks.schema_result(raw, raw_schema(spec), "raw_customers")
     yield dg.AssetCheckResult(
         asset_key="raw_customers",
         check_name=checks.NON_EMPTY,

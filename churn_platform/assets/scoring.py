@@ -9,9 +9,10 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from churn_platform import etl, modeling, tracking
+from churn_platform import etl, tracking
 from churn_platform.config import DatasetSpec, SourceSpec
-from churn_platform.core import output_files
+from churn_platform.core import cleaning, output_files, sources
+from churn_platform.core.models.fitting import PROBABILITY_COL
 from churn_platform.ops_log import OpsLog
 from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.tracking import MlflowResource
@@ -37,7 +38,7 @@ def score_customers(
 ) -> DataFrame:
     """Scores from cleaned customers: the logged model holds the feature pipeline itself."""
     scored = model.transform(etl.engineer_features(cleaned, spec))
-    probability = F.col(modeling.PROBABILITY_COL)
+    probability = F.col(PROBABILITY_COL)
     return scored.select(
         F.col(spec.id_column),
         probability.alias("churn_probability"),
@@ -114,29 +115,41 @@ def score_file(
     output_files.check_target(output_path, overwrite, output_files.SCORE_COLUMNS)
     fmt = "parquet" if input_path.suffix == ".parquet" or input_path.is_dir() else "csv"
     source = SourceSpec(name="score_input", format=fmt, path=str(input_path))
-    raw = etl.read_source(spark, source)
-    required = [c for c in spec.declared_columns if c not in (spec.target.column, *spec.drop)]
-    tracking.check_input_columns(raw.columns, required)
-    raw = raw.withColumn(etl.BATCH_COL, F.lit("score")).withColumn(
-        etl.BATCH_ORDER_COL, F.lit(0).cast("long")
-    )
-    cleaned = etl.clean_customers(raw, spec, require_target=False)
-    model, version = tracking.load_model(mlflow, spec, alias=alias)
-    scores = score_customers(
-        cleaned.cleaned,
-        spec,
-        model,
-        tracking.model_threshold(version),
-        version.name,
-        str(version.version),
-    )
-    with output_files.staged_output(output_path, overwrite, output_files.SCORE_COLUMNS) as target:
-        if output_path.suffix == ".parquet":
-            scores.write.parquet(str(target))
-        else:
-            folder = target.with_name(target.name + ".parts")
-            scores.coalesce(1).write.option("header", True).csv(str(folder))
-            next(folder.glob("part-*.csv")).replace(target)
+    read = sources.read_source(spark, source)
+    try:
+        required = [c for c in spec.declared_columns if c not in (spec.target.column, *spec.drop)]
+        tracking.check_input_columns(read.frame.columns, required)
+        raw = read.frame.withColumn(etl.BATCH_COL, F.lit("score")).withColumn(
+            etl.BATCH_ORDER_COL, F.lit(0).cast("long")
+        )
+        cleaned = cleaning.clean_customers(raw, spec, require_target=False)
+    except Exception:
+        read.release()
+        raise
+    try:
+        model, version = tracking.load_model(mlflow, spec, alias=alias)
+        scores = score_customers(
+            cleaned.cleaned,
+            spec,
+            model,
+            tracking.model_threshold(version),
+            version.name,
+            str(version.version),
+        )
+        with output_files.staged_output(
+            output_path, overwrite, output_files.SCORE_COLUMNS
+        ) as target:
+            if output_path.suffix == ".parquet":
+                scores.write.parquet(str(target))
+            else:
+                folder = target.with_name(target.name + ".parts")
+                output_files.formula_safe(scores).coalesce(1).write.option("header", True).csv(
+                    str(folder)
+                )
+                next(folder.glob("part-*.csv")).replace(target)
+    finally:
+        cleaned.release()
+        read.release()
     return {
         "output": str(output_path),
         "rows_scored": cleaned.counts["rows_out"],

@@ -15,11 +15,34 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
 # Written into every Parquet score folder; its presence is what "our own output" means there.
 MARKER = "_CHURN_SCORES"
 SUFFIXES = (".csv", ".parquet")
 # Columns every score output carries after the id: how an earlier CSV output is recognised.
 SCORE_COLUMNS = ("churn_probability", "churn_predicted", "risk_tier", "model_version")
+
+
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP: CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def formula_safe(df: DataFrame) -> DataFrame:
+    """Text cells a spreadsheet would execute get a leading single quote, as OWASP advises.
+
+    An id such as `=cmd|' /C calc'!A0` in an input file must reach a score CSV as data.
+    """
+    columns = []
+    for fld in df.schema.fields:
+        value = F.col(f"`{fld.name}`")
+        if isinstance(fld.dataType, T.StringType):
+            risky = F.substring(value, 1, 1).isin(*FORMULA_STARTS)
+            value = F.when(risky, F.concat(F.lit("'"), value)).otherwise(value)
+        columns.append(value.alias(fld.name))
+    return df.select(*columns)
 
 
 class OutputRefused(ValueError):

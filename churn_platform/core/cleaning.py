@@ -1,0 +1,281 @@
+"""The cleaned layer: typed, de-duplicated customers and every unusable row with a reason.
+
+One window over the id (valid rows first, newest batch first, last line first) decides which
+record is current, which is a duplicate and which is superseded; the annotated rows are cached
+once, and one aggregate over that cache gives the quarantine counts by reason, the blank
+counts, the layer's checks and its content fingerprint. Both outputs are written from the cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandera.pyspark as pa
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from churn_platform.config import DatasetSpec
+from churn_platform.core import quality
+from churn_platform.core.columns import (
+    BATCH_COL,
+    BATCH_ORDER_COL,
+    DETAIL_COL,
+    DUPLICATE_ID,
+    ERROR_COL,
+    FILE_COL,
+    INVALID_ENCODING,
+    LABEL_COL,
+    LINE_COL,
+    MALFORMED_LINE,
+    META_COLS,
+    MISSING_ID,
+    MISSING_TARGET,
+    NON_FINITE_NUMBER,
+    OUT_OF_RANGE,
+    REASON_COL,
+    SOURCE_COL,
+    UNKNOWN_TARGET,
+    UNPARSEABLE_NUMBER,
+    WRONG_FIELD_COUNT,
+)
+from churn_platform.etl import InputDataError, require_columns
+
+REASONS = (
+    MALFORMED_LINE,
+    WRONG_FIELD_COUNT,
+    INVALID_ENCODING,
+    MISSING_ID,
+    MISSING_TARGET,
+    UNKNOWN_TARGET,
+    UNPARSEABLE_NUMBER,
+    NON_FINITE_NUMBER,
+    OUT_OF_RANGE,
+    DUPLICATE_ID,
+)
+QUARANTINE_COLS = (REASON_COL, DETAIL_COL, SOURCE_COL, FILE_COL, LINE_COL, BATCH_COL)
+# Where the cleaned frame's own columns (id, label, typed values) sit in the cached frame.
+_TYPED = "__typed__"
+
+
+@dataclass
+class CleanResult:
+    """Both outputs, the roles, the counts and the checks' numbers, from one aggregate."""
+
+    cleaned: DataFrame
+    quarantined: DataFrame
+    numeric: list[str]
+    categorical: list[str]
+    counts: dict[str, int] = field(default_factory=dict)
+    by_reason: dict[str, int] = field(default_factory=dict)
+    blanks: dict[str, int] = field(default_factory=dict)
+    fingerprint: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+    cached: list[DataFrame] = field(default_factory=list)
+
+    def release(self) -> None:
+        for frame in self.cached:
+            frame.unpersist()
+
+
+def infer_roles(raw: DataFrame, spec: DatasetSpec) -> tuple[list[str], list[str]]:
+    """Numeric and categorical columns: from the spec, or inferred from the values.
+
+    A column is numeric when every non-blank value parses as a number.
+    """
+    if spec.roles_declared:
+        return list(spec.numeric), list(spec.categorical)
+    skip = {spec.id_column, spec.target.column, *spec.drop, *META_COLS}
+    candidates = [c for c in raw.columns if c not in skip]
+    valid = raw.where(F.col(ERROR_COL).isNull())
+    aggs = []
+    for c in candidates:
+        value = F.trim(F.col(f"`{c}`"))
+        present = value.isNotNull() & (value != "")
+        aggs.append(F.sum(F.when(present, 1).otherwise(0)).alias(f"p_{c}"))
+        aggs.append(
+            F.sum(F.when(present & value.try_cast("double").isNull(), 1).otherwise(0)).alias(
+                f"f_{c}"
+            )
+        )
+    row = valid.agg(*aggs).first() if aggs else None
+    numeric, categorical = [], []
+    for c in candidates:
+        present, failed = (row[f"p_{c}"] or 0, row[f"f_{c}"] or 0) if row else (0, 0)
+        (numeric if present > 0 and failed == 0 else categorical).append(c)
+    return numeric, categorical
+
+
+def _first_column(flags: list[Column]) -> Column:
+    return F.coalesce(*flags) if flags else F.lit(None).cast("string")
+
+
+def _number_problems(
+    numeric: list[str], ranges: Mapping[str, tuple[float | None, float | None]]
+) -> tuple[Column, Column, Column]:
+    """The first numeric column that does not parse, is not finite, or is out of its range."""
+    unparseable, non_finite, outside = [], [], []
+    for c in numeric:
+        text, number = F.col(f"`{c}`"), F.col(f"`{_TYPED}{c}`")
+        unparseable.append(F.when(text.isNotNull() & number.isNull(), F.lit(c)))
+        non_finite.append(F.when(F.isnan(number) | (F.abs(number) == float("inf")), F.lit(c)))
+        low, high = ranges.get(c, (None, None))
+        if low is not None:
+            outside.append(F.when(number < F.lit(float(low)), F.lit(c)))
+        if high is not None:
+            outside.append(F.when(number > F.lit(float(high)), F.lit(c)))
+    return _first_column(unparseable), _first_column(non_finite), _first_column(outside)
+
+
+def clean_customers(
+    raw: DataFrame,
+    spec: DatasetSpec,
+    require_target: bool = True,
+    schema: Callable[[list[str], list[str]], pa.DataFrameSchema] | None = None,
+    ranges: Mapping[str, tuple[float | None, float | None]] | None = None,
+) -> CleanResult:
+    """Typed, trimmed, de-duplicated customers plus every unusable row with a reason.
+
+    A blank numeric value is a missing value (imputed downstream, counted here); text that does
+    not parse as a finite number, or a number outside the column's declared range, quarantines
+    the row. Within a batch a repeated id is a duplicate (the last line wins); across batches
+    the newest batch's record supersedes older ones. Scoring input may lack the target
+    (`require_target=False`); its label is then null. `schema(numeric, categorical)` gives the
+    pandera schema whose rules join the aggregate. The caller calls `release()` when done.
+    """
+    has_target = spec.target.column in raw.columns
+    if require_target or has_target:
+        require_columns(raw, spec, f"raw batch(es) of {spec.name}")
+    else:
+        missing = [c for c in spec.declared_columns if c not in raw.columns]
+        missing.remove(spec.target.column)
+        if missing:
+            raise InputDataError(f"input lacks column(s) {missing} named in the dataset spec")
+    numeric, categorical = infer_roles(raw, spec)
+    id_col, target = spec.id_column, spec.target
+    keep_categorical = [c for c in categorical if c not in spec.drop]
+    keep_numeric = [c for c in numeric if c not in spec.drop]
+    raw_columns = [c for c in raw.columns if c not in META_COLS]
+    trimmed = raw.select(
+        *[
+            F.col(c) if c in META_COLS else F.nullif(F.trim(F.col(f"`{c}`")), F.lit("")).alias(c)
+            for c in raw.columns
+        ]
+    )
+    typed = trimmed.select(
+        "*", *[F.col(f"`{c}`").try_cast("double").alias(f"{_TYPED}{c}") for c in numeric]
+    )
+    if has_target:
+        label_value = F.col(f"`{target.column}`")
+        label = F.when(label_value == target.positive, F.lit(1))
+        label = (
+            label.when(label_value == target.negative, F.lit(0))
+            if target.negative is not None
+            else label.otherwise(F.lit(0))
+        )
+    else:
+        label_value = label = F.lit(None).cast("int")
+    unparseable, non_finite, outside = _number_problems(numeric, ranges or {})
+    reason = F.when(F.col(ERROR_COL).isNotNull(), F.split(F.col(ERROR_COL), ":")[0]).when(
+        F.col(f"`{id_col}`").isNull(), F.lit(MISSING_ID)
+    )
+    if has_target:
+        reason = reason.when(label_value.isNull(), F.lit(MISSING_TARGET)).when(
+            label.isNull(), F.lit(UNKNOWN_TARGET)
+        )
+    reason = (
+        reason.when(unparseable.isNotNull(), F.lit(UNPARSEABLE_NUMBER))
+        .when(non_finite.isNotNull(), F.lit(NON_FINITE_NUMBER))
+        .when(outside.isNotNull(), F.lit(OUT_OF_RANGE))
+    )
+    detail = (
+        F.when(F.col(ERROR_COL).contains(":"), F.split(F.col(ERROR_COL), ":")[1])
+        .when(reason == UNPARSEABLE_NUMBER, unparseable)
+        .when(reason == NON_FINITE_NUMBER, non_finite)
+        .when(reason == OUT_OF_RANGE, outside)
+        .when(reason == UNKNOWN_TARGET, F.lit(target.column))
+    )
+    annotated = typed.withColumn(REASON_COL, reason).withColumn(DETAIL_COL, detail)
+
+    valid = F.col(REASON_COL).isNull()
+    order = Window.partitionBy(F.col(f"`{id_col}`")).orderBy(
+        valid.desc(), F.col(BATCH_ORDER_COL).desc(), F.col(LINE_COL).desc()
+    )
+    ranked = annotated.withColumn("_rank", F.row_number().over(order)).withColumn(
+        "_newer_batch", F.lag(BATCH_COL).over(order)
+    )
+    later = valid & (F.col("_rank") > 1)
+    duplicate = later & (F.col("_newer_batch") == F.col(BATCH_COL))
+    marked = (
+        ranked.withColumn("_kept", valid & (F.col("_rank") == 1))
+        .withColumn("_superseded", later & ~duplicate)
+        .withColumn("_valid", valid)
+        .withColumn(
+            DETAIL_COL,
+            F.when(duplicate, F.lit("a later line of the same batch has this id")).otherwise(
+                F.col(DETAIL_COL)
+            ),
+        )
+        .withColumn(REASON_COL, F.when(duplicate, F.lit(DUPLICATE_ID)).otherwise(F.col(REASON_COL)))
+        .withColumn(f"{_TYPED}{LABEL_COL}", label.cast("int"))
+        .drop("_rank", "_newer_batch")
+        .persist()
+    )
+    cleaned_columns = [
+        F.col(f"`{id_col}`").alias(id_col),
+        F.col(f"`{_TYPED}{LABEL_COL}`").alias(LABEL_COL),
+        *[F.col(f"`{c}`").alias(c) for c in keep_categorical],
+        *[F.col(f"`{_TYPED}{c}`").alias(c) for c in keep_numeric],
+    ]
+    batch_columns = [F.col(BATCH_COL), F.col(BATCH_ORDER_COL)]
+    view = marked.select(
+        *cleaned_columns, "_kept", "_superseded", "_valid", F.col(REASON_COL).alias("_reason")
+    )
+    content = [id_col, LABEL_COL, *keep_categorical, *keep_numeric]
+    kept = F.col("_kept")
+    layer_schema = schema(keep_numeric, keep_categorical) if schema else None
+    aggregates = [
+        F.count(F.lit(1)).alias("rows_in"),
+        F.sum(kept.cast("long")).alias("rows_out"),
+        F.sum(F.col("_superseded").cast("long")).alias("rows_superseded"),
+        *[F.sum((F.col("_reason") == r).cast("long")).alias(f"reason:{r}") for r in REASONS],
+        *[
+            F.sum((F.col("_valid") & F.col(f"`{c}`").isNull()).cast("long")).alias(f"blank:{c}")
+            for c in keep_numeric
+        ],
+        *quality.quality_aggregates(content, id_col, LABEL_COL, where=kept),
+        *quality.fingerprint_aggregates(content, where=kept),
+        *(quality.schema_aggregates(layer_schema, where=kept) if layer_schema else []),
+    ]
+    try:
+        row = view.agg(*aggregates).first().asDict()
+    except Exception:
+        marked.unpersist()
+        raise
+    by_reason = {r: int(row[f"reason:{r}"] or 0) for r in REASONS if row[f"reason:{r}"]}
+    cleaned = marked.where(kept).select(*cleaned_columns, *batch_columns)
+    quarantined = marked.where(F.col(REASON_COL).isNotNull()).select(
+        *QUARANTINE_COLS, *[F.col(f"`{c}`") for c in raw_columns]
+    )
+    if layer_schema:
+        row["schema_problems"] = quality.schema_problems(
+            cleaned.select(*[F.col(f"`{c}`") for c in content]), layer_schema, row
+        )
+    return CleanResult(
+        cleaned=cleaned,
+        quarantined=quarantined,
+        numeric=keep_numeric,
+        categorical=keep_categorical,
+        counts={
+            "rows_in": int(row["rows_in"] or 0),
+            "rows_out": int(row["rows_out"] or 0),
+            "rows_quarantined": sum(by_reason.values()),
+            "rows_superseded": int(row["rows_superseded"] or 0),
+        },
+        by_reason=dict(sorted(by_reason.items())),
+        blanks={c: int(row[f"blank:{c}"] or 0) for c in keep_numeric},
+        fingerprint=quality.fingerprint(content, row),
+        stats=row,
+        cached=[marked],
+    )

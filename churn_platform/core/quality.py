@@ -1,0 +1,110 @@
+"""A layer's checks, statistics and content fingerprint as aggregate columns of one Spark job.
+
+pandera.pyspark runs one job per non-nullable column and per check; here the schema's column
+types are compared with the frame's schema (no job) and its null and value rules become sums in
+the aggregate the layer runs anyway, next to row counts, null rates and the fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandera.pyspark as pa
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+HASH_MODULUS = 1_000_000_007
+
+
+def _rule_violation(column: Column, check: pa.Check) -> Column:
+    stats = check.statistics
+    if check.name == "isin":
+        return ~column.isin(list(stats["allowed_values"]))
+    if check.name == "greater_than":
+        return column <= F.lit(stats["min_value"])
+    if check.name == "in_range":
+        low, high = stats["min_value"], stats["max_value"]
+        return (column < F.lit(low)) | (column > F.lit(high))
+    raise ValueError(f"no aggregate form for the pandera check {check.name!r}")
+
+
+def schema_aggregates(schema: pa.DataFrameSchema, where: Column | None = None) -> list[Column]:
+    """Per rule: rows with a null in a non-nullable column, rows failing a value check."""
+    aggs = []
+    for name, column in schema.columns.items():
+        value = F.col(f"`{name}`")
+        if not column.nullable:
+            aggs.append(_count(value.isNull(), where).alias(f"schema:{name}:not_nullable"))
+        for check in column.checks:
+            aggs.append(
+                _count(_rule_violation(value, check), where).alias(f"schema:{name}:{check.name}")
+            )
+    return aggs
+
+
+def schema_problems(
+    df: DataFrame, schema: pa.DataFrameSchema, row: Mapping[str, Any]
+) -> dict[str, str]:
+    """Missing columns, wrong types (from the frame's schema) and failed rules (from `row`)."""
+    problems = {}
+    types = {f.name: f.dataType for f in df.schema.fields}
+    for name, column in schema.columns.items():
+        if name not in types:
+            problems[name] = "column missing"
+        elif column.dtype is not None and str(column.dtype) != str(pa.Column(types[name]).dtype):
+            problems[name] = f"type {types[name].simpleString()}, expected {column.dtype}"
+    for key, value in row.items():
+        if key.startswith("schema:") and value:
+            _, name, rule = key.split(":", 2)
+            problems[f"{name}:{rule}"] = f"{int(value)} row(s) fail"
+    return problems
+
+
+def _count(condition: Column, where: Column | None) -> Column:
+    if where is not None:
+        condition = where & condition
+    return F.sum(F.when(condition, 1).otherwise(0)).cast("long")
+
+
+def quality_aggregates(
+    columns: Sequence[str],
+    id_col: str,
+    label_col: str | None,
+    where: Column | None = None,
+    distinct_ids: bool = True,
+) -> list[Column]:
+    """Rows, distinct ids, nulls per column and the positive rate, among rows `where` holds."""
+    keep = F.lit(True) if where is None else where
+    aggs = [
+        _count(F.lit(True), where).alias("quality:rows"),
+        *[_count(F.col(f"`{c}`").isNull(), where).alias(f"quality:null:{c}") for c in columns],
+    ]
+    if distinct_ids:
+        aggs.append(F.count_distinct(F.when(keep, F.col(f"`{id_col}`"))).alias("quality:ids"))
+    if label_col:
+        aggs.append(F.avg(F.when(keep, F.col(label_col).cast("double"))).alias("quality:rate"))
+    return aggs
+
+
+def fingerprint_aggregates(columns: Sequence[str], where: Column | None = None) -> list[Column]:
+    """Order-free row hashes of `columns` (sorted by name): equal content, equal fingerprint."""
+    ordered = sorted(columns)
+    row_hash = F.xxhash64(*[F.col(f"`{c}`") for c in ordered])
+    if where is not None:
+        row_hash = F.when(where, row_hash)
+    return [
+        F.count(row_hash).alias("fingerprint:n"),
+        F.sum(F.pmod(row_hash, F.lit(HASH_MODULUS))).alias("fingerprint:h1"),  # no overflow
+        F.bit_xor(row_hash).alias("fingerprint:h2"),
+    ]
+
+
+def fingerprint(columns: Sequence[str], row: Mapping[str, Any]) -> str:
+    """The content fingerprint from the aggregate row of `fingerprint_aggregates`."""
+    text = (
+        f"{','.join(sorted(columns))}|{row['fingerprint:n']}|{row['fingerprint:h1']}|"
+        f"{row['fingerprint:h2']}"
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:24]

@@ -1,0 +1,110 @@
+"""Generated CSV files through raw -> cleaned: every row is cleaned or quarantined, never lost."""
+
+import csv
+import io
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from churn_platform import etl
+from churn_platform.config import SourceSpec, load_spec
+from churn_platform.core import cleaning, sources
+from churn_platform.settings import DEFAULT_SPEC
+from churn_platform_tests.conftest import TELCO_HEADER
+
+COLUMNS = TELCO_HEADER.split(",")
+NUMERIC = ("tenure", "MonthlyCharges", "TotalCharges")
+GOOD_NUMBERS = ("12", " 3.5 ", "0", "", "1e3")
+BAD_NUMBERS = {"abc": etl.UNPARSEABLE_NUMBER, "Infinity": etl.NON_FINITE_NUMBER}
+BAD_NUMBERS |= {"1e309": etl.NON_FINITE_NUMBER, "NaN": etl.NON_FINITE_NUMBER}
+# Text that CSV must carry intact: delimiters, quotes, newlines, long values, non-ASCII.
+TEXT = st.one_of(
+    st.sampled_from(["Yes", "No", "DSL", 'say "hi", twice', "two\nlines", "é ü ß", " padded "]),
+    st.integers(1, 6000).map(lambda n: "x" * n),
+    st.text(
+        st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"], exclude_characters="\ufffd"),
+        max_size=30,
+    ),
+)
+
+
+@st.composite
+def rows(draw: st.DrawFn) -> tuple[list[str], str, bool]:
+    """Fields of one record, the reason it must be quarantined ("" if none), its encoding."""
+    number_values = {c: draw(st.sampled_from([*GOOD_NUMBERS, *BAD_NUMBERS])) for c in NUMERIC}
+    churn = draw(st.sampled_from(["Yes", "No", "Maybe", ""]))
+    fields = [draw(TEXT) if c not in NUMERIC else number_values[c] for c in COLUMNS]
+    fields[-1] = churn
+    latin1 = draw(st.booleans()) and draw(st.booleans())
+    if latin1:
+        fields[1] = "Fémale"
+    shape = draw(st.sampled_from(["ok", "ok", "ok", "short", "long"]))
+    if shape == "short":
+        fields = fields[:-2]
+    elif shape == "long":
+        fields = [*fields, "extra"]
+    # A number that does not parse outranks one that is not finite, whichever column it is in.
+    bad = sorted(
+        (BAD_NUMBERS[v] for v in number_values.values() if v in BAD_NUMBERS),
+        key=[etl.UNPARSEABLE_NUMBER, etl.NON_FINITE_NUMBER].index,
+    )
+    reason = (
+        etl.INVALID_ENCODING
+        if latin1
+        else etl.WRONG_FIELD_COUNT
+        if shape != "ok"
+        else etl.MISSING_TARGET
+        if churn == ""
+        else etl.UNKNOWN_TARGET
+        if churn == "Maybe"
+        else (bad[0] if bad else "")
+    )
+    return fields, reason, latin1
+
+
+def _line(fields: list[str]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(fields)
+    return out.getvalue()
+
+
+# Each example costs a few Spark jobs (seconds): few examples, and no shrinking, whose dozens of
+# extra runs would only shorten a failing example that is already small.
+@settings(
+    max_examples=12,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(st.lists(rows(), min_size=1, max_size=8), st.booleans())
+def test_every_generated_row_is_cleaned_or_quarantined_with_its_reason(spark, records, blank):
+    spec = load_spec(DEFAULT_SPEC, Path(tempfile.gettempdir()))
+    body, expected, line = bytearray((TELCO_HEADER + "\n").encode()), {}, 2
+    for i, (fields, reason, latin1) in enumerate(records):
+        fields[0] = f"id{i}"
+        text = _line(fields)
+        body += text.encode("latin-1", errors="replace") if latin1 else text.encode()
+        expected[line] = reason
+        line += text.count("\n")
+        if blank and i == 0:
+            body += b"\n"
+            expected[line] = etl.MALFORMED_LINE
+            line += 1
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "generated.csv"
+        path.write_bytes(bytes(body))
+        source = SourceSpec(name="customers", format="csv", path=str(path))
+        read = sources.read_batch(spark, spec, (source,), "base", 0)
+        result = cleaning.clean_customers(read.frame, spec)
+        try:
+            quarantined = {r[etl.LINE_COL]: r[etl.REASON_COL] for r in result.quarantined.collect()}
+            cleaned = {r["customerID"] for r in result.cleaned.collect()}
+        finally:
+            result.release()
+            read.release()
+    assert quarantined == {n: r for n, r in expected.items() if r}
+    assert cleaned == {f"id{i}" for i, (_, reason, _) in enumerate(records) if not reason}
+    assert result.counts["rows_in"] == len(expected)
+    assert result.counts["rows_out"] + result.counts["rows_quarantined"] == len(expected)
