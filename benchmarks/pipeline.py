@@ -6,8 +6,8 @@ materialized on it by `materialize_selection`, as `churn-platform run` does, in 
 root. Layer times come from that run's event log (a step's STEP_START to its STEP_SUCCESS), so
 nothing runs twice. `--compare` also runs, on the same file:
 
-    pyspark  the platform's own functions (churn_platform.etl, churn_platform.modeling) in a
-             plain script: no Dagster, MLflow, checks or warehouse writes; the floor of this stack
+    pyspark  the platform's own functions (churn_platform.core, churn_platform.core.models) in
+             a plain script: no Dagster, MLflow, checks or warehouse writes; the floor of this stack
     pandas   pandas + scikit-learn (LightGBM for boosting when installed), same steps and params
     naive    the data layers only, as a naive PySpark script: read with a schema, drop duplicate
              ids, encode, write Parquet; no quarantine, checks, fingerprints or versions
@@ -28,6 +28,7 @@ through to every run.
     .venv/bin/python benchmarks/pipeline.py --rows 20000 --compare
     .venv/bin/python benchmarks/pipeline.py --telco --compare --json
     .venv/bin/python benchmarks/pipeline.py --rows 1000000 --models logistic_regression,gbt
+    .venv/bin/python benchmarks/pipeline.py --rows 1000000 --compare --data-only
 """
 
 # No `from __future__ import annotations`: Dagster reads the asset's context annotation.
@@ -54,8 +55,8 @@ from pipeline_baselines import spark_job_times
 from churn_platform import etl
 from churn_platform.assets import scoring, training
 from churn_platform.cli import materialize_selection, run_summary
+from churn_platform.core.models.kinds import MODEL_KINDS, merged_params
 from churn_platform.datasets import TELCO_FILE, ensure_telco_csv
-from churn_platform.modeling import DEFAULT_PARAMS, MODEL_KINDS
 from churn_platform.resources import spark_conf
 from churn_platform.settings import DEFAULT_SPEC, load_settings
 
@@ -64,6 +65,10 @@ SAMPLE_SECONDS = 0.2
 MB = 2**20
 LAYERS = ("raw", "cleaned", "features", "training", "scoring", "other")
 ETL_LAYERS = ("raw", "cleaned", "features")
+# The data layers' asset selection (--data-only), as `churn-platform run --select` takes it.
+DATA_LAYERS = "group:ingestion or group:cleaning or group:features"
+# The setting (read by settings.load_settings) that selects the training profile of each run.
+PROFILE_ENV = "CHURN_TRAINING_PROFILE"
 # Step names of the asset graph; the baselines use the same names for the same work.
 STEP_LAYERS = {
     "raw_customers": "raw",
@@ -107,7 +112,7 @@ def platform_run(job: Mapping[str, Any]) -> None:
     os.environ["CHURN_MODELS"] = ",".join(job["models"])
     settings = load_settings()
     started = time.time()
-    result = materialize_selection(settings, None)
+    result = materialize_selection(settings, DATA_LAYERS if job["data_only"] else None)
     ended = time.time()
     events = result.all_events
     if not result.success:
@@ -131,7 +136,11 @@ def platform_run(job: Mapping[str, Any]) -> None:
             starts.setdefault(entry.step_key, entry.timestamp)
         else:
             steps[entry.step_key] = (starts[entry.step_key], entry.timestamp)
-    champion = run_summary(result)["champion"]
+    champion = (
+        {"model_kind": "-", "metrics": {"roc_auc": math.nan}}
+        if job["data_only"]
+        else run_summary(result)["champion"]
+    )
     retried = sorted({e.step_key for e in events if e.event_type_value == "STEP_UP_FOR_RETRY"})
 
     Path(job["result"]).write_text(
@@ -274,15 +283,15 @@ def resolved_params(kinds: Sequence[str]) -> dict[str, dict[str, Any]]:
 
     Ensemble bases get their merged parameters too, so the baselines need no platform defaults.
     """
-    configs = {spec.kind: spec.config for spec in training.MODEL_SPECS}
+    profile = load_settings().training_profile
     params = {}
     for kind in kinds:
-        merged = {**DEFAULT_PARAMS[kind], **training.model_params(kind, configs[kind]())}
+        config = training.CONFIGS.get(kind, training.ModelConfig)()
+        merged = training.model_params(kind, config, profile)
         if "bases" in merged:
             overrides = merged.get("base_params") or {}
             merged["base_params"] = {
-                base: {**DEFAULT_PARAMS[base], **overrides.get(base, {})}
-                for base in merged["bases"]
+                base: merged_params(base, overrides.get(base)) for base in merged["bases"]
             }
         params[kind] = merged
     return params
@@ -389,7 +398,8 @@ def compare_table(runs: Mapping[str, Run], rows: int) -> str:
     champions = ", ".join(
         f"{n} {r.champion} ({r.roc_auc:.4f})" for n, r in runs.items() if r.champion != "-"
     )
-    lines.append(f"champion (test ROC-AUC): {champions}")
+    if champions:
+        lines.append(f"champion (test ROC-AUC): {champions}")
     return "\n".join(lines)
 
 
@@ -436,6 +446,7 @@ def benchmark(args: argparse.Namespace, kinds: list[str], work: Path) -> None:
         "seed": config.seed,
         "threshold_strategy": config.threshold_strategy,
         "train_max_rows": load_settings().train_max_rows,
+        "data_only": args.data_only,
         "ensemble_inputs": list(training.ENSEMBLE_INPUTS),
         "risk_tiers": scoring.RISK_TIERS,
         "service_columns": etl.SERVICE_COLUMNS,
@@ -463,14 +474,15 @@ def benchmark(args: argparse.Namespace, kinds: list[str], work: Path) -> None:
         progress(f"{name} run: {runs[name].total:.1f} s")
 
     platform = runs["platform"]
-    print(
-        f"Pipeline benchmark: {described}; profile {args.profile}; "
-        f"{len(kinds)} model(s): {', '.join(kinds)}"
-    )
-    print(
-        f"\nPlatform (Dagster asset graph, every asset but backups), champion "
-        f"{platform.champion} with test ROC-AUC {platform.roc_auc:.4f}"
-    )
+    scope = "data layers only" if args.data_only else f"{len(kinds)} model(s): {', '.join(kinds)}"
+    print(f"Pipeline benchmark: {described}; profile {args.profile}; {scope}")
+    if args.data_only:
+        print("\nPlatform (Dagster asset graph, the data layers)")
+    else:
+        print(
+            f"\nPlatform (Dagster asset graph, every asset but backups), champion "
+            f"{platform.champion} with test ROC-AUC {platform.roc_auc:.4f}"
+        )
     print(platform_table(platform, rows))
     if platform.retried:
         print(f"warning: retried steps (their time covers every attempt): {platform.retried}")
@@ -488,9 +500,9 @@ def configure_environment(profile: str) -> None:
     os.environ["CHURN_CONFIG"] = str(DEFAULT_SPEC)
     os.environ["PYSPARK_PYTHON"] = sys.executable
     if profile == "quick":
-        os.environ[training.PROFILE_ENV] = "quick"
+        os.environ[PROFILE_ENV] = "quick"
     else:
-        os.environ.pop(training.PROFILE_ENV, None)
+        os.environ.pop(PROFILE_ENV, None)
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -509,6 +521,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         choices=("quick", "full"),
         default="quick",
         help="training profile: quick = small models, no grid search (default); full = production",
+    )
+    parser.add_argument(
+        "--data-only",
+        action="store_true",
+        help="only the data layers (raw, cleaned, features) in every run; no training or scoring",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder and logs")
     parser.add_argument("--run-platform", metavar="JOB", help=argparse.SUPPRESS)
