@@ -40,6 +40,8 @@ setup(
         "boto3>=1.34,<2",
         "cryptography>=42",
         "psutil>=5.9",
+        # Driver-side metrics on collected predictions (ROC-AUC, average precision, curves).
+        "scikit-learn>=1.5,<2",
     ],
     extras_require={
         "test": [
@@ -49,11 +51,12 @@ setup(
             "moto[server]>=5,<6",
             # Headless Chromium driven through Playwright, using Debian's /usr/bin/chromium.
             "playwright>=1.50,<2",
+            # Property-based tests: generated CSV rows through raw -> cleaned (test_csv_properties).
+            "hypothesis>=6.100,<7",
             "ruff>=0.8",
         ],
         "bench": [
             # References inside benchmarks only: what a user would pick instead of Spark.
-            "scikit-learn>=1.5,<2",
             "lightgbm>=4,<5",
         ],
     },

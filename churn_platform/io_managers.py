@@ -15,17 +15,31 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 from dagster_pyspark import PySparkResource
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 
 POINTER = "CURRENT"
 SUMMARY = "summary.json"
+# Small driver-side tables inside a summary (a model's out-of-fold predictions) are stored
+# beside it as Parquet and come back as pandas DataFrames.
+TABLE_SUFFIX = ".table.parquet"
+
 KEEP_VERSIONS = 3
 # Written into a version as it is published; Spark and MLlib readers skip `_` files.
 PUBLISHED = "_PUBLISHED"
 # An unpublished version untouched this long belongs to a killed run, not a running one.
 ABANDONED_AFTER_SECONDS = 3600.0
+
+
+def read_summary(version: Path) -> dict:
+    """A stored summary with its tables read back in."""
+    summary = json.loads((version / SUMMARY).read_text())
+    return {
+        k: pd.read_parquet(version / v) if isinstance(v, str) and v.endswith(TABLE_SUFFIX) else v
+        for k, v in summary.items()
+    }
 
 
 def current_version(folder: Path) -> Path | None:
@@ -42,7 +56,7 @@ def load_summary(folder: Path) -> dict | None:
     version = current_version(folder)
     if version is None or not (version / SUMMARY).is_file():
         return None
-    return json.loads((version / SUMMARY).read_text())
+    return read_summary(version)
 
 
 def publish_version(folder: Path, version: Path) -> None:
@@ -111,7 +125,13 @@ class VersionedParquetIOManager(dg.ConfigurableIOManager):
             metadata = {"stages": dg.MetadataValue.int(len(obj.stages))}
         elif isinstance(obj, dict):
             version.mkdir()
-            (version / SUMMARY).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+            tables = {k: v for k, v in obj.items() if isinstance(v, pd.DataFrame)}
+            for name, table in tables.items():
+                table.to_parquet(version / f"{name}{TABLE_SUFFIX}", index=False)
+            summary = {**obj, **{k: f"{k}{TABLE_SUFFIX}" for k in tables}}
+            (version / SUMMARY).write_text(
+                json.dumps(summary, indent=2, sort_keys=True, default=str)
+            )
             metadata = {}
         else:
             raise TypeError(f"cannot store a {type(obj).__name__}; expected a Spark DataFrame")
@@ -138,7 +158,7 @@ class VersionedParquetIOManager(dg.ConfigurableIOManager):
                 "no stored version yet and are left out"
             )
         if (versions[0] / SUMMARY).is_file():
-            return json.loads((versions[0] / SUMMARY).read_text())
+            return read_summary(versions[0])
         if (versions[0] / "metadata").is_dir():
             return PipelineModel.load(str(versions[0]))
         spark = self._spark()

@@ -558,6 +558,12 @@ class OpsLog:
             handler.close()
             self._logger.removeHandler(handler)
 
+    def __enter__(self) -> OpsLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 @contextlib.contextmanager
 def ops_log_scope(settings: Settings, ops_log: OpsLog | None) -> Iterator[OpsLog]:

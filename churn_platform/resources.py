@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
+from pydantic import PrivateAttr
+from pyspark.ml import PipelineModel
+from pyspark.sql import DataFrame
 
 from churn_platform.config import DatasetSpec, load_spec
+from churn_platform.core.models.fitting import TrainingFrame, training_frame
 from churn_platform.settings import PROJECT_ROOT, Settings, load_settings
 
 POSTGRES_JDBC_JAR = Path("/usr/share/java/postgresql.jar")
@@ -61,6 +67,41 @@ class StateResource(dg.ConfigurableResource):
         return load_spec(Path(self.spec_path), Path(self.home))
 
 
+class TrainingFrames(dg.ConfigurableResource):
+    """The cached training frame every model asset of a run shares; released when it ends.
+
+    Building it (read, assemble the vectors, cache, count) costs the same for every model, so a
+    run of nine models pays it once per features version.
+    """
+
+    _key: tuple[Any, ...] | None = PrivateAttr(default=None)
+    _frame: TrainingFrame | None = PrivateAttr(default=None)
+    _stack: ExitStack | None = PrivateAttr(default=None)
+
+    def frame(
+        self,
+        key: tuple[Any, ...],
+        features: DataFrame,
+        id_col: str,
+        feature_pipeline: PipelineModel,
+    ) -> TrainingFrame:
+        """The frame for `key` (features version, row cap), built on first use."""
+        if self._frame is None or self._key != key:
+            self.release()
+            stack = ExitStack()
+            self._frame = stack.enter_context(training_frame(features, id_col, feature_pipeline))
+            self._stack, self._key = stack, key
+        return self._frame
+
+    def release(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+        self._stack = self._frame = self._key = None
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.release()
+
+
 def build_spark_resource(settings: Settings) -> PySparkResource:
     return PySparkResource(spark_config=spark_conf(settings))
 
@@ -76,6 +117,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, object]:
         "pyspark": pyspark,
         "state": StateResource(home=str(settings.home), spec_path=str(settings.spec_path)),
         "io_manager": VersionedParquetIOManager(base_path=str(settings.warehouse), pyspark=pyspark),
+        "training_frames": TrainingFrames(),
         "mlflow": MlflowResource(
             tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
         ),
@@ -90,6 +132,8 @@ def dagster_env(settings: Settings) -> dict[str, str]:
         "DAGSTER_HOME": str(settings.dagster_storage),
         "CHURN_DAGSTER_STORAGE": str(settings.dagster_storage),
         "CHURN_DAGSTER_COMPUTE_LOGS": str(settings.dagster_storage / "compute_logs"),
+        # MLflow draws a progress bar per artifact download: most of a run's output otherwise.
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }
 
 

@@ -21,6 +21,10 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ValueError(f"environment variable {name}={raw!r} is not a number") from exc
 
 
+def _optional_float(env: Mapping[str, str], name: str) -> float | None:
+    return None if env.get(name) in (None, "") else _float(env, name, 0.0)
+
+
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(_float(env, name, default))
 
@@ -32,6 +36,12 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw not in ("true", "false", "1", "0", "yes", "no"):
         raise ValueError(f"environment variable {name}={env.get(name)!r} is not true or false")
     return raw in ("true", "1", "yes")
+
+
+def _profile(raw: str) -> str:
+    if raw not in ("default", "quick"):
+        raise ValueError(f"CHURN_TRAINING_PROFILE={raw!r}: expected 'default' or 'quick'")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -57,8 +67,19 @@ class Settings:
     train_max_rows: int = 500_000
     auc_floor: float = 0.75
     psi_threshold: float = 0.2
-    cost_missed_churner: float = 0.0
-    cost_retention_offer: float = 0.0
+    # Placeholders (an offer at a tenth of a churner's lost margin): set the business's own.
+    cost_missed_churner: float = 500.0
+    cost_retention_offer: float = 50.0
+    # Risk tiers: "high" from this multiple of the champion's decision threshold (1.0: exactly
+    # the predicted churners); "medium" from this probability, or, when unset, from the point
+    # where a contact pays for itself (cost_retention_offer / cost_missed_churner).
+    tier_high_ratio: float = 1.0
+    tier_medium_probability: float | None = None
+    # Shares of scored customers with a category value unseen in training: warn, then fail.
+    unseen_warn_share: float = 0.01
+    unseen_fail_share: float = 0.05
+    # "quick": small models and no grid search, for tests and smoke runs; "default" otherwise.
+    training_profile: str = "default"
     freshness_warn_hours: float = 24.0
     freshness_fail_hours: float = 72.0
     retrain_cron: str = "0 3 * * 0"
@@ -133,8 +154,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         train_max_rows=_int(env, "CHURN_TRAIN_MAX_ROWS", 500_000),
         auc_floor=_float(env, "CHURN_AUC_FLOOR", 0.75),
         psi_threshold=_float(env, "CHURN_PSI_THRESHOLD", 0.2),
-        cost_missed_churner=_float(env, "CHURN_COST_MISSED_CHURNER", 0.0),
-        cost_retention_offer=_float(env, "CHURN_COST_RETENTION_OFFER", 0.0),
+        cost_missed_churner=_float(env, "CHURN_COST_MISSED_CHURNER", 500.0),
+        cost_retention_offer=_float(env, "CHURN_COST_RETENTION_OFFER", 50.0),
+        tier_high_ratio=_float(env, "CHURN_TIER_HIGH_RATIO", 1.0),
+        tier_medium_probability=_optional_float(env, "CHURN_TIER_MEDIUM_PROBABILITY"),
+        unseen_warn_share=_float(env, "CHURN_UNSEEN_WARN_SHARE", 0.01),
+        unseen_fail_share=_float(env, "CHURN_UNSEEN_FAIL_SHARE", 0.05),
+        training_profile=_profile(env.get("CHURN_TRAINING_PROFILE") or "default"),
         freshness_warn_hours=_float(env, "CHURN_FRESHNESS_WARN_HOURS", 24.0),
         freshness_fail_hours=_float(env, "CHURN_FRESHNESS_FAIL_HOURS", 72.0),
         retrain_cron=env.get("CHURN_RETRAIN_CRON") or "0 3 * * 0",

@@ -32,18 +32,31 @@ from typing import Any
 import dagster as dg
 import mlflow
 import mlflow.spark
-import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model, infer_signature
+from mlflow.models import Model, ModelSignature
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+from mlflow.types import ColSpec, Schema
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import (
+    BooleanType,
+    DoubleType,
+    FloatType,
+    IntegerType,
+    LongType,
+    ShortType,
+    StringType,
+    StructType,
+)
+from pyspark.sql.utils import is_remote
 from sqlalchemy.engine import make_url
 
 from churn_platform.changes import record_change
 from churn_platform.config import DatasetSpec
-from churn_platform.modeling import PROBABILITY_COL
+from churn_platform.core.models.fitting import PROBABILITY_COL
 from churn_platform.ops_log import OpsLog, default_actor, ensure_dir, locked, ops_log_scope, utc_iso
 from churn_platform.settings import PROJECT_ROOT, Settings
 
@@ -206,7 +219,7 @@ def log_training_run(
     params: Mapping[str, Any],
     metrics: Mapping[str, float],
     threshold: float,
-    input_example: pd.DataFrame,
+    input_schema: StructType,
     dagster_run_id: str,
     asset_key: str | dg.AssetKey,
     code_version: str,
@@ -218,11 +231,11 @@ def log_training_run(
 ) -> TrainingRun:
     """Record one trained model as one MLflow run, ended FINISHED or, on any error, FAILED.
 
-    `model` goes from the engineered customer columns of `input_example` to
-    `churn_probability`; its signature is inferred from that example and the model's output.
-    `artifacts` (e.g. the curves of `modeling.plot_curves`) are stored as `evaluation/<key>`.
+    `model` goes from the engineered customer columns of `input_schema` to
+    `churn_probability`; its signature is built from that schema, so nothing is scored here.
+    `artifacts` (e.g. the curves of `evaluation.plot_curves`) are stored as `evaluation/<key>`.
     """
-    signature = infer_signature(input_example, _score(model, input_example))
+    signature = model_signature(input_schema)
     if isinstance(asset_key, dg.AssetKey):
         asset_key = asset_key.to_user_string()
     run_tags = {
@@ -250,19 +263,31 @@ def log_training_run(
             model, MODEL_ARTIFACT, signature=signature, pip_requirements=pip_requirements()
         )
         with tempfile.TemporaryDirectory(prefix="churn-model-") as tmp:
-            local = mlflow.artifacts.download_artifacts(
-                run_id=run.info.run_id,
-                artifact_path=MODEL_ARTIFACT,
-                dst_path=tmp,
-                tracking_uri=resource.tracking_uri,
-            )
-            mlflow.set_tag(TAG_MODEL_SHA256, _model_digest(Path(local)))
+            uri = mlflow.get_artifact_uri(MODEL_ARTIFACT)
+            local = local_artifacts(uri, resource.tracking_uri, tmp)
+            mlflow.set_tag(TAG_MODEL_SHA256, _model_digest(local))
+    _LOGGED[_cache_key(info.model_uri)] = model
     return TrainingRun(run.info.run_id, info.model_uri)
 
 
-def _score(model: PipelineModel, frame: pd.DataFrame) -> pd.DataFrame:
-    scored = model.transform(SparkSession.active().createDataFrame(frame))
-    return scored.select(PROBABILITY_COL).toPandas()
+_MLFLOW_TYPES = {
+    StringType: "string",
+    DoubleType: "double",
+    FloatType: "float",
+    IntegerType: "integer",
+    LongType: "long",
+    ShortType: "integer",
+    BooleanType: "boolean",
+}
+
+
+def model_signature(input_schema: StructType) -> ModelSignature:
+    """The logged signature: the engineered columns in, `churn_probability` (double) out."""
+    inputs = []
+    for fld in input_schema.fields:
+        mlflow_type = _MLFLOW_TYPES.get(type(fld.dataType), "double")
+        inputs.append(ColSpec(mlflow_type, fld.name))
+    return ModelSignature(Schema(inputs), Schema([ColSpec("double", PROBABILITY_COL)]))
 
 
 def _flat_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -291,6 +316,20 @@ def _log_evaluation(
             ranked = [{"feature": name, "importance": value} for name, value in feature_importance]
             (Path(tmp) / "feature_importance.json").write_text(json.dumps(ranked, indent=2))
         mlflow.log_artifacts(tmp, "evaluation")
+
+
+def local_artifacts(artifact_uri: str, tracking_uri: str, tmp: str) -> Path:
+    """A local folder holding the artifacts: in place for a local store, else copied into tmp.
+
+    Hashing or loading a model from the sqlite + local-folder default needs no copy of it.
+    """
+    repository = get_artifact_repository(artifact_uri)
+    if isinstance(repository, LocalArtifactRepository):
+        return Path(repository.download_artifacts(""))
+    downloaded = mlflow.artifacts.download_artifacts(
+        artifact_uri=artifact_uri, dst_path=tmp, tracking_uri=tracking_uri
+    )
+    return Path(downloaded)
 
 
 def _model_digest(model_dir: Path) -> str:
@@ -590,11 +629,7 @@ def load_model(
         raise ModelIntegrityError(f"{version.name} v{version.version} records no model hash")
     source = client.get_model_version_download_uri(version.name, version.version)
     with tempfile.TemporaryDirectory(prefix="churn-model-") as tmp:
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=source, dst_path=tmp, tracking_uri=resource.tracking_uri
-            )
-        )
+        local = local_artifacts(source, resource.tracking_uri, tmp)
         actual = _model_digest(local)
         if actual != expected:
             raise ModelIntegrityError(
@@ -602,6 +637,26 @@ def load_model(
                 f"but {expected} was recorded when it was logged"
             )
         return mlflow.spark.load_model(str(local)), version
+
+
+# Models this process logged, by model URI: an ensemble in the same run reuses the fitted
+# objects instead of loading them back (a URI names one immutable logged model).
+_LOGGED: dict[tuple[str, str], PipelineModel] = {}
+
+
+def _cache_key(model_uri: str) -> tuple[str, str]:
+    session = SparkSession.active()
+    owner = str(id(session)) if is_remote() else session.sparkContext.applicationId
+    return (owner, model_uri)
+
+
+def load_run_model(resource: MlflowResource, model_uri: str) -> PipelineModel:
+    """A model this platform logged in one of its runs (an ensemble reusing a base model)."""
+    cached = _LOGGED.get(_cache_key(model_uri))
+    if cached is not None:
+        return cached
+    with _fluent_tracking(resource.tracking_uri):
+        return mlflow.spark.load_model(model_uri)
 
 
 def model_threshold(version: ModelVersion) -> float:

@@ -11,7 +11,7 @@ import pytest
 from dagster_pyspark import PySparkResource
 from pyspark.sql import SparkSession
 
-from churn_platform import backup, modeling, tracking
+from churn_platform import backup, tracking
 from churn_platform.assets import backups
 from churn_platform.assets.backups import (
     BACKUP_VERIFIED,
@@ -24,6 +24,8 @@ from churn_platform.assets.backups import (
 from churn_platform.config import DatasetSpec, load_spec
 from churn_platform.core import cleaning, sources
 from churn_platform.core.features import build_features
+from churn_platform.core.models.fitting import full_model, training_frame
+from churn_platform.core.models.training import fit_model
 from churn_platform.incidents import IncidentStore
 from churn_platform.io_managers import current_version, new_version_dir, publish_version
 from churn_platform.resources import StateResource, spark_conf
@@ -72,22 +74,19 @@ def platform(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> I
         cleaned = cleaning.clean_customers(raw, spec).cleaned
         _publish(cleaned, settings.warehouse / "cleaned_customers")
         features = build_features(cleaned, spec)
-        fitted = modeling.train_model(
-            "logistic_regression",
-            features.pipeline.transform(features.features),
-            {"regParam": 0.01, "maxIter": 20},
-        )
+        with training_frame(features.features, spec.id_column, features.pipeline) as frame:
+            fitted = fit_model("logistic_regression", frame, {"regParam": 0.01, "maxIter": 20})
         mlflow = MlflowResource.from_settings(settings)
         example = features.features.select(*features.categorical, *features.numeric)
         run = tracking.log_training_run(
             mlflow,
             spec,
             model_kind="logistic_regression",
-            model=modeling.full_model(features.pipeline, fitted),
+            model=full_model(features.pipeline, fitted.model),
             params={"regParam": 0.01},
             metrics={"roc_auc": 0.8},
             threshold=0.5,
-            input_example=example.limit(5).toPandas(),
+            input_schema=example.schema,
             dagster_run_id="test",
             asset_key="model_logistic_regression",
             code_version="1",

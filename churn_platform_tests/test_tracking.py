@@ -20,14 +20,10 @@ from pyspark.sql import functions as F
 
 from churn_platform.changes import list_changes
 from churn_platform.config import DatasetSpec, SourceSpec, TargetSpec
-from churn_platform.modeling import (
-    PROBABILITY_COL,
-    feature_importance,
-    full_model,
-    plot_curves,
-    train_model,
-    vector_feature_names,
-)
+from churn_platform.core.evaluation import plot_curves
+from churn_platform.core.models.explain import feature_importance, vector_feature_names
+from churn_platform.core.models.fitting import PROBABILITY_COL, full_model, training_frame
+from churn_platform.core.models.training import fit_model
 from churn_platform.settings import Settings
 from churn_platform.tracking import (
     MlflowResource,
@@ -122,15 +118,18 @@ def trained(
         assembler = VectorAssembler(inputCols=columns, outputCol="features")
         features_pipeline = Pipeline(stages=[assembler]).fit(customers)
         features = features_pipeline.transform(customers)
-        fitted = train_model("logistic_regression", features, {"regParam": 0.01, "maxIter": 10})
-        model = full_model(features_pipeline, fitted)
+        with training_frame(features, ID) as frame:
+            fit = fit_model("logistic_regression", frame, {"regParam": 0.01, "maxIter": 10})
+        model = full_model(features_pipeline, fit.model)
         test_predictions = model.transform(customers.filter(F.col("split") == "test"))
         metrics = {"roc_auc": _roc_auc(test_predictions), "test_rows": 100}
         evaluation = {}
         if name == "strong":
             evaluation = {
-                "artifacts": plot_curves(test_predictions, tmp_path_factory.mktemp(name), bins=20),
-                "feature_importance": feature_importance(fitted, vector_feature_names(features)),
+                "artifacts": plot_curves(
+                    *_labels_and_scores(test_predictions), tmp_path_factory.mktemp(name)
+                ),
+                "feature_importance": feature_importance(fit.model, vector_feature_names(features)),
             }
         run = log_training_run(
             resource,
@@ -140,7 +139,7 @@ def trained(
             params={"regParam": 0.01, "features": columns, "base_params": {"lr": {"maxIter": 10}}},
             metrics=metrics,
             threshold=0.5,
-            input_example=_customers().loc[:4, INPUT_COLUMNS],
+            input_schema=customers.select(*INPUT_COLUMNS).schema,
             dagster_run_id=f"dagster-{name}",
             asset_key="training/model",
             code_version="cv-1",
@@ -151,6 +150,11 @@ def trained(
         )
         result[name] = Trained(model, metrics, run)
     return result
+
+
+def _labels_and_scores(predictions: DataFrame) -> tuple[pd.Series, pd.Series]:
+    frame = predictions.select("label", PROBABILITY_COL).toPandas()
+    return frame["label"], frame[PROBABILITY_COL]
 
 
 def _roc_auc(predictions: DataFrame) -> float:
@@ -212,14 +216,14 @@ def test_training_run_records_provenance_metrics_and_a_signed_model(
 
 
 def test_a_failing_training_run_is_ended_failed(
-    resource: MlflowResource, trained: dict[str, Trained], tmp_path: Path
+    resource: MlflowResource, trained: dict[str, Trained], customers: DataFrame, tmp_path: Path
 ) -> None:
     spec = _spec()
     with pytest.raises(FileNotFoundError, match="roc"):
         log_training_run(
             resource, spec, model_kind="logistic_regression", model=trained["weak"].model,
             params={}, metrics={"roc_auc": 0.5}, threshold=0.5,
-            input_example=_customers().loc[:2, INPUT_COLUMNS], dagster_run_id="dagster-fail",
+            input_schema=customers.select(*INPUT_COLUMNS).schema, dagster_run_id="dagster-fail",
             asset_key="training/model", code_version="cv-1", data_version="d", git_commit="abc",
             artifacts={"roc": tmp_path / "missing.png"},
         )  # fmt: skip

@@ -60,6 +60,8 @@ def leaderboard_asset(model_keys: list[str]) -> dg.AssetsDefinition:
                 ),
             }
         )
-        return {"rows": rows, "models": models}
+        # The base models' out-of-fold tables stay with their own assets.
+        kept = {key: {k: v for k, v in m.items() if k != "oof"} for key, m in models.items()}
+        return {"rows": rows, "models": kept}
 
     return model_leaderboard

@@ -9,9 +9,10 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from churn_platform import etl, modeling, tracking
+from churn_platform import etl, tracking
 from churn_platform.config import DatasetSpec, SourceSpec
 from churn_platform.core import cleaning, output_files, sources
+from churn_platform.core.models.fitting import PROBABILITY_COL
 from churn_platform.ops_log import OpsLog
 from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.tracking import MlflowResource
@@ -37,7 +38,7 @@ def score_customers(
 ) -> DataFrame:
     """Scores from cleaned customers: the logged model holds the feature pipeline itself."""
     scored = model.transform(etl.engineer_features(cleaned, spec))
-    probability = F.col(modeling.PROBABILITY_COL)
+    probability = F.col(PROBABILITY_COL)
     return scored.select(
         F.col(spec.id_column),
         probability.alias("churn_probability"),

@@ -1,0 +1,1 @@
+"""MLlib churn models: the kinds table, fitting with out-of-fold predictions, ensembles."""

@@ -1,0 +1,164 @@
+"""The one table of model kinds: what each is, its family, group and default parameters.
+
+Spark parameter names pass straight to the estimators; a list value is a grid whose winner is
+chosen on out-of-fold ROC-AUC by the same fold fits that give the out-of-fold predictions.
+Defaults were chosen on the Telco training split only (never its test split), and cut where
+they bought no accuracy: see docs/BENCHMARKS.md for the measured cost of each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# Families: how a kind is fitted. The four MLlib classifiers, bagging (bootstrap members
+# averaged), and the two ensembles over other kinds' out-of-fold predictions.
+CLASSIFIER_FAMILIES = ("logistic_regression", "decision_tree", "random_forest", "gbt")
+ENSEMBLE_FAMILIES = ("stacking", "voting")
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """One row of the table; a kind becomes the asset `model_<name>`."""
+
+    name: str
+    family: str
+    group: str
+    description: str
+    defaults: Mapping[str, Any]
+    quick: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.family in ENSEMBLE_FAMILIES
+
+
+_QUICK_LR = {"regParam": 0.01, "maxIter": 10}
+_QUICK_BASES = {
+    "bases": ["logistic_regression", "decision_tree"],
+    "base_params": {"logistic_regression": _QUICK_LR, "decision_tree": {"maxDepth": 4}},
+}
+
+KINDS: dict[str, ModelKind] = {
+    kind.name: kind
+    for kind in (
+        ModelKind(
+            "logistic_regression",
+            "logistic_regression",
+            "training",
+            "Logistic regression, regularisation chosen out of fold.",
+            {"regParam": [0.003, 0.01, 0.03], "elasticNetParam": 0.0, "tol": 1e-4},
+            _QUICK_LR,
+        ),
+        ModelKind(
+            "decision_tree",
+            "decision_tree",
+            "training",
+            "A single decision tree.",
+            {"maxDepth": 6, "minInstancesPerNode": 20},
+            {"maxDepth": 4},
+        ),
+        ModelKind(
+            "random_forest",
+            "random_forest",
+            "training",
+            "Random forest.",
+            {
+                "numTrees": 50,
+                "maxDepth": 8,
+                "minInstancesPerNode": 10,
+                "featureSubsetStrategy": "sqrt",
+            },
+            {"numTrees": 10, "maxDepth": 4},
+        ),
+        ModelKind(
+            "gbt",
+            "gbt",
+            "training",
+            "Gradient-boosted trees.",
+            {"maxIter": 60, "maxDepth": 2, "stepSize": 0.1, "subsamplingRate": 0.8},
+            {"maxIter": 5, "maxDepth": 3},
+        ),
+        ModelKind(
+            "gbt_tuned",
+            "gbt",
+            "ensembles",
+            "Boosting: GBT with tree depth chosen out of fold.",
+            {"maxIter": 40, "maxDepth": [2, 3], "stepSize": 0.15, "subsamplingRate": 0.8},
+            {"maxIter": 5, "maxDepth": [2, 3], "stepSize": 0.2},
+        ),
+        ModelKind(
+            "bagged_lr",
+            "bagging",
+            "ensembles",
+            "Bagging: bootstrap-aggregated logistic regressions.",
+            {"base": "logistic_regression", "numModels": 3, "regParam": 0.03, "tol": 1e-4},
+            {"numModels": 3, "maxIter": 10},
+        ),
+        ModelKind(
+            # Bagged trees are a random forest that considers every feature at every split:
+            # one Spark fit grows all members level by level instead of one fit per member.
+            "bagged_trees",
+            "random_forest",
+            "ensembles",
+            "Bagging: bootstrap-aggregated decision trees (all features at every split).",
+            {
+                "numTrees": 30,
+                "maxDepth": 8,
+                "minInstancesPerNode": 10,
+                "featureSubsetStrategy": "all",
+                "bootstrap": True,
+                "subsamplingRate": 1.0,
+            },
+            {"numTrees": 3, "maxDepth": 4},
+        ),
+        ModelKind(
+            "stacking",
+            "stacking",
+            "ensembles",
+            "Stacking: a logistic regression over out-of-fold base-model probabilities.",
+            {
+                "bases": ["logistic_regression", "random_forest", "gbt"],
+                "base_params": {"logistic_regression": {"regParam": 0.03}},
+                "regParam": 0.001,
+            },
+            _QUICK_BASES,
+        ),
+        ModelKind(
+            "voting",
+            "voting",
+            "ensembles",
+            "Soft voting: weighted calibrated probabilities, weights chosen out of fold.",
+            {
+                "bases": ["logistic_regression", "random_forest", "gbt"],
+                "base_params": {"logistic_regression": {"regParam": 0.03}},
+                "weightStep": 0.05,
+                "maxSampleRows": 200_000,
+            },
+            {**_QUICK_BASES, "weightStep": 0.25},
+        ),
+    )
+}
+
+MODEL_KINDS = tuple(KINDS)
+BASE_KINDS = tuple(k for k, v in KINDS.items() if not v.is_ensemble)
+ENSEMBLE_KINDS = tuple(k for k, v in KINDS.items() if v.is_ensemble)
+
+
+def kind(name: str) -> ModelKind:
+    if name not in KINDS:
+        raise ValueError(f"unknown model kind {name!r}; choose from {', '.join(MODEL_KINDS)}")
+    return KINDS[name]
+
+
+def merged_params(
+    name: str,
+    config: Mapping[str, Any] | None = None,
+    *,
+    quick: bool = False,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The one precedence rule: defaults < run config < quick profile < extra JSON params."""
+    row = kind(name)
+    return {**row.defaults, **(config or {}), **(row.quick if quick else {}), **(extra or {})}

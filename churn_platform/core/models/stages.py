@@ -1,0 +1,179 @@
+"""Custom Spark ML stages of the platform's models, built only from JVM column functions.
+
+They persist by their params alone (`DefaultParamsWritable`), so a model saved with
+`PipelineModel.save` or `mlflow.spark` loads again and scores 10M rows without a Python UDF.
+The class path is part of every saved model: moving a class breaks loading older models.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from pyspark import keyword_only
+from pyspark.ml import Transformer
+from pyspark.ml.functions import vector_to_array
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasInputCol, HasInputCols, HasOutputCol, HasOutputCols
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+EPSILON = 1e-6
+
+
+def _clipped_logit(col: Column, epsilon: float) -> Column:
+    p = F.least(F.greatest(col, F.lit(epsilon)), F.lit(1.0 - epsilon))
+    return F.log(p / (F.lit(1.0) - p))
+
+
+class _ColumnToColumn(
+    Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable
+):
+    """A stage from one input column to one output column, persisted by its params alone."""
+
+    @keyword_only
+    def __init__(self, *, inputCol: str | None = None, outputCol: str | None = None) -> None:
+        super().__init__()
+        self._set(**self._input_kwargs)
+
+
+class PositiveProbability(_ColumnToColumn):
+    """P(class 1) from a probability vector as a double: what metrics and ensembles consume."""
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        element = vector_to_array(F.col(self.getInputCol()))[1]
+        return dataset.withColumn(self.getOutputCol(), element)
+
+
+class Logit(Transformer, HasInputCols, HasOutputCols, DefaultParamsReadable, DefaultParamsWritable):
+    """Log-odds of probability columns: the scale on which a meta-learner combines models."""
+
+    epsilon = Param(
+        Params._dummy(),
+        "epsilon",
+        "probabilities are clipped to [epsilon, 1 - epsilon] so the log-odds stay finite",
+        typeConverter=TypeConverters.toFloat,
+    )
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        inputCols: list[str] | None = None,
+        outputCols: list[str] | None = None,
+        epsilon: float = EPSILON,
+    ) -> None:
+        super().__init__()
+        self._setDefault(epsilon=EPSILON)
+        self._set(**self._input_kwargs)
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        eps = self.getOrDefault(self.epsilon)
+        return dataset.withColumns(
+            {
+                out: _clipped_logit(F.col(inp), eps)
+                for inp, out in zip(self.getInputCols(), self.getOutputCols(), strict=True)
+            }
+        )
+
+
+class PlattScaler(
+    Transformer, HasInputCols, HasOutputCols, DefaultParamsReadable, DefaultParamsWritable
+):
+    """sigmoid(slope * logit(p) + intercept) per column: puts models on one probability scale."""
+
+    slopes = Param(
+        Params._dummy(), "slopes", "one slope per input column", TypeConverters.toListFloat
+    )
+    intercepts = Param(
+        Params._dummy(), "intercepts", "one intercept per input column", TypeConverters.toListFloat
+    )
+    epsilon = Param(
+        Params._dummy(),
+        "epsilon",
+        "probabilities are clipped to [epsilon, 1 - epsilon] before the log-odds",
+        typeConverter=TypeConverters.toFloat,
+    )
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        inputCols: list[str] | None = None,
+        outputCols: list[str] | None = None,
+        slopes: list[float] | None = None,
+        intercepts: list[float] | None = None,
+        epsilon: float = EPSILON,
+    ) -> None:
+        super().__init__()
+        self._setDefault(epsilon=EPSILON)
+        self._set(**self._input_kwargs)
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        eps = self.getOrDefault(self.epsilon)
+        columns = zip(
+            self.getInputCols(),
+            self.getOutputCols(),
+            self.getOrDefault(self.slopes),
+            self.getOrDefault(self.intercepts),
+            strict=True,
+        )
+        return dataset.withColumns(
+            {
+                out: F.lit(1.0)
+                / (F.lit(1.0) + F.exp(-(F.lit(a) * _clipped_logit(F.col(inp), eps) + F.lit(b))))
+                for inp, out, a, b in columns
+            }
+        )
+
+
+class WeightedAverage(
+    Transformer, HasInputCols, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable
+):
+    """Weighted mean of probability columns: the combiner of bagging and soft voting."""
+
+    weights = Param(
+        Params._dummy(), "weights", "one weight per input column", TypeConverters.toListFloat
+    )
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        inputCols: list[str] | None = None,
+        weights: list[float] | None = None,
+        outputCol: str | None = None,
+    ) -> None:
+        super().__init__()
+        self._set(**self._input_kwargs)
+
+    def getWeights(self) -> list[float]:
+        return self.getOrDefault(self.weights)
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        terms = [
+            F.lit(w) * F.col(c) for c, w in zip(self.getInputCols(), self.getWeights(), strict=True)
+        ]
+        return dataset.withColumn(self.getOutputCol(), functools.reduce(Column.__add__, terms))
+
+
+class DropColumns(Transformer, DefaultParamsReadable, DefaultParamsWritable):
+    """Removes a model's intermediate columns so scoring output is the input plus one column."""
+
+    columns = Param(Params._dummy(), "columns", "columns to drop", TypeConverters.toListString)
+
+    @keyword_only
+    def __init__(self, *, columns: list[str] | None = None) -> None:
+        super().__init__()
+        self._setDefault(columns=[])
+        self._set(**self._input_kwargs)
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        return dataset.drop(*self.getOrDefault(self.columns))
+
+
+class RenameColumn(_ColumnToColumn):
+    """Renames a column: turns a reused base model's `churn_probability` into its ensemble input."""
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        return dataset.withColumnRenamed(self.getInputCol(), self.getOutputCol())
