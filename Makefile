@@ -22,8 +22,7 @@ demo: install services
 	$(BIN)/churn-platform fetch-data
 	$(BIN)/churn-platform run
 
-test: install services
-	$(BIN)/python -m ruff check churn_platform churn_platform_tests benchmarks
+test: install services lint
 	$(BIN)/python -m pytest
 
 test-fast: install
@@ -35,9 +34,11 @@ ui: install
 audit-ui: install
 	$(BIN)/churn-platform serve --read-only
 
+# Style, formatting and the layers (import-linter contracts in pyproject.toml).
 lint: install
 	$(BIN)/python -m ruff check churn_platform churn_platform_tests benchmarks
 	$(BIN)/python -m ruff format --check churn_platform churn_platform_tests benchmarks
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python benchmarks/accuracy.py

@@ -54,6 +54,8 @@ setup(
             # Property-based tests: generated CSV rows through raw -> cleaned (test_csv_properties).
             "hypothesis>=6.100,<7",
             "ruff>=0.8",
+            # Layer contracts (core without Dagster) checked by `make lint` in CI.
+            "import-linter>=2,<3",
         ],
         "bench": [
             # References inside benchmarks only: what a user would pick instead of Spark.

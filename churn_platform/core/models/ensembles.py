@@ -21,6 +21,7 @@ from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from churn_platform.core.columns import FOLD_COL, LABEL_COL
 from churn_platform.core.models.fitting import (
     PROBABILITY_COL,
     BaseFit,
@@ -40,7 +41,6 @@ from churn_platform.core.models.stages import (
     RenameColumn,
     WeightedAverage,
 )
-from churn_platform.etl import FOLD_COL, LABEL_COL
 
 META_FEATURES = "stacking_features"
 BASE_SUFFIX = "_probability"

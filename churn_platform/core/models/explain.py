@@ -15,10 +15,10 @@ from pyspark.ml.classification import (
 from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame
 
+from churn_platform.core.columns import FEATURES_COL
 from churn_platform.core.models.ensembles import CALIBRATED_SUFFIX, LOGIT_SUFFIX, META_FEATURES
 from churn_platform.core.models.fitting import PROBABILITY_COL
 from churn_platform.core.models.stages import WeightedAverage
-from churn_platform.etl import FEATURES_COL
 
 _CLASSIFIER_MODELS = (
     LogisticRegressionModel,

@@ -31,8 +31,8 @@ from pyspark.sql import functions as F
 from pyspark.util import inheritable_thread_target
 
 from churn_platform.core import evaluation
+from churn_platform.core.columns import FEATURES_COL, FOLD_COL, LABEL_COL, SPLIT_COL
 from churn_platform.core.models.stages import DropColumns, PositiveProbability, WeightedAverage
-from churn_platform.etl import FEATURES_COL, FOLD_COL, LABEL_COL, SPLIT_COL
 
 PROBABILITY_COL = "churn_probability"
 DEFAULT_SEED = 42
