@@ -4,25 +4,7 @@ from typing import Any
 
 import dagster as dg
 
-LEADERBOARD_METRICS = ("roc_auc", "pr_auc", "accuracy", "precision", "recall", "f1", "brier")
-RANKING_METRIC = "roc_auc"
-
-
-def leaderboard_rows(models: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per model, best test ROC-AUC first (ties: better CV mean, then name)."""
-    rows = [
-        {
-            "model": summary["kind"],
-            "threshold": summary["threshold"],
-            "cv_roc_auc_mean": summary["metrics"].get("cv_roc_auc_mean"),
-            **{m: summary["metrics"][m] for m in LEADERBOARD_METRICS},
-            "mlflow_run_id": summary["mlflow_run_id"],
-        }
-        for summary in models.values()
-    ]
-    return sorted(
-        rows, key=lambda r: (-r[RANKING_METRIC], -(r["cv_roc_auc_mean"] or 0.0), r["model"])
-    )
+from churn_platform.core.evaluation import LEADERBOARD_METRICS, leaderboard_rows
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:

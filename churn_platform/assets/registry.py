@@ -3,8 +3,8 @@
 import dagster as dg
 
 from churn_platform import tracking
-from churn_platform.assets.evaluation import LEADERBOARD_METRICS
-from churn_platform.assets.training import model_key
+from churn_platform.core.evaluation import LEADERBOARD_METRICS
+from churn_platform.core.models.kinds import model_key
 from churn_platform.resources import StateResource
 from churn_platform.tracking import MlflowResource
 

@@ -28,7 +28,7 @@ from churn_platform.core.models.fitting import (
     full_model,
     predict,
 )
-from churn_platform.core.models.kinds import KINDS, MODEL_KINDS, merged_params
+from churn_platform.core.models.kinds import KINDS, MODEL_KINDS, merged_params, model_key
 from churn_platform.core.models.training import fit_model
 from churn_platform.ops_log import OpsLog
 from churn_platform.resources import SPARK_POOL, StateResource, TrainingFrames
@@ -111,11 +111,6 @@ CONFIGS: dict[str, type[ModelConfig]] = {
     "random_forest": RandomForestConfig,
     "gbt": GBTConfig,
 }
-
-
-def model_key(kind: str) -> str:
-    """Asset key (and warehouse folder) of a model kind: the one place the name is made."""
-    return f"model_{kind}"
 
 
 def model_params(kind: str, config: ModelConfig, profile: str = "default") -> dict[str, Any]:

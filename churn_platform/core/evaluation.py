@@ -22,6 +22,8 @@ from sklearn.metrics import (
 )
 
 THRESHOLD_STRATEGIES = ("f1", "profit")
+LEADERBOARD_METRICS = ("roc_auc", "pr_auc", "accuracy", "precision", "recall", "f1", "brier")
+RANKING_METRIC = "roc_auc"
 
 
 def _as_arrays(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -189,3 +191,20 @@ def judge(
     folds = roc_auc_by_group(oof["label"], oof["churn_probability"], oof["fold"])
     metrics["cv_roc_auc_mean"] = float(np.mean(list(folds.values())))
     return threshold, value, metrics
+
+
+def leaderboard_rows(models: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per model, best test ROC-AUC first (ties: better CV mean, then name)."""
+    rows = [
+        {
+            "model": summary["kind"],
+            "threshold": summary["threshold"],
+            "cv_roc_auc_mean": summary["metrics"].get("cv_roc_auc_mean"),
+            **{m: summary["metrics"][m] for m in LEADERBOARD_METRICS},
+            "mlflow_run_id": summary["mlflow_run_id"],
+        }
+        for summary in models.values()
+    ]
+    return sorted(
+        rows, key=lambda r: (-r[RANKING_METRIC], -(r["cv_roc_auc_mean"] or 0.0), r["model"])
+    )

@@ -146,6 +146,11 @@ BASE_KINDS = tuple(k for k, v in KINDS.items() if not v.is_ensemble)
 ENSEMBLE_KINDS = tuple(k for k, v in KINDS.items() if v.is_ensemble)
 
 
+def model_key(kind: str) -> str:
+    """Asset key (and warehouse folder) of a model kind: the one place the name is made."""
+    return f"model_{kind}"
+
+
 def kind(name: str) -> ModelKind:
     if name not in KINDS:
         raise ValueError(f"unknown model kind {name!r}; choose from {', '.join(MODEL_KINDS)}")
