@@ -126,7 +126,7 @@ __all__ = [
 COMPONENT_DIRS: dict[str, tuple[str, ...]] = {
     "mlflow": ("mlflow",),
     "dagster": ("dagster",),
-    "data": ("warehouse", "training"),
+    "data": ("warehouse",),
     "config": ("config",),
     "logs": ("logs", "incidents", "changes", "secrets"),
 }
@@ -673,12 +673,12 @@ def _dagster_sources(settings: Settings, not_included: list[str]) -> Iterator[_S
 def _data_sources(settings: Settings, not_included: list[str]) -> Iterator[_Source]:
     """Only the versions the `CURRENT` pointers name; older versions are rebuildable history.
 
-    The warehouse must exist; the base-model fits (`training/`) only once a model was trained.
+    The warehouse must exist (the base-model fits the ensembles reuse are model assets in it).
     """
     if not settings.warehouse.is_dir():
         not_included.append(f"missing: {settings.warehouse}")
         return
-    for top, root in (("warehouse", settings.warehouse), ("training", settings.training)):
+    for top, root in (("warehouse", settings.warehouse),):
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(("v-", ".")))
             if POINTER not in filenames:

@@ -100,11 +100,6 @@ class Settings:
         return self.home / "warehouse"
 
     @property
-    def training(self) -> Path:
-        """Base-model fits and out-of-fold predictions, kept for the ensembles to reuse."""
-        return self.home / "training"
-
-    @property
     def logs(self) -> Path:
         return self.home / "logs"
 

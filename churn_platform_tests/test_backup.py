@@ -118,11 +118,10 @@ def _build_state(root: Path) -> None:
     _write(warehouse / "customers/.CURRENT.99.tmp", b"v-3\n")
     _write(warehouse / "scores/2026-11-26/CURRENT", b"v-a\n")
     _write(warehouse / "scores/2026-11-26/v-a/part-0.parquet", os.urandom(512))
-    training = home / "training"
-    _write(training / "gbt/CURRENT", b"v-new\n")
-    _write(training / "gbt/v-old/oof/part-0.parquet", b"old fit")
-    _write(training / "gbt/v-new/oof/part-0.parquet", os.urandom(256))
-    _write(training / "gbt/v-new/model/metadata/part-00000", b'{"class": "PipelineModel"}')
+    _write(warehouse / "model_gbt/CURRENT", b"v-new\n")
+    _write(warehouse / "model_gbt/v-old/oof.table.parquet", b"old fit")
+    _write(warehouse / "model_gbt/v-new/oof.table.parquet", os.urandom(256))
+    _write(warehouse / "model_gbt/v-new/summary.json", b'{"kind": "gbt"}')
 
     ops = OpsLog(load_settings({"CHURN_HOME": str(home), "CHURN_PSEUDONYM_KEY": SECRET}))
     for code in ("ingestion.completed", "training.completed", "registry.promoted"):
@@ -242,9 +241,9 @@ def test_round_trip_restores_same_files_and_registry(state: State, tmp_path: Pat
         "warehouse/customers/CURRENT",
         "warehouse/customers/v-2/part-0.parquet",
         "warehouse/scores/2026-11-26/v-a/part-0.parquet",
-        "training/gbt/CURRENT",
-        "training/gbt/v-new/oof/part-0.parquet",
-        "training/gbt/v-new/model/metadata/part-00000",
+        "warehouse/model_gbt/CURRENT",
+        "warehouse/model_gbt/v-new/oof.table.parquet",
+        "warehouse/model_gbt/v-new/summary.json",
         "logs/chain_heads.json",
         "incidents/INC-0001.json",
         "config/dagster.yaml",
@@ -253,7 +252,7 @@ def test_round_trip_restores_same_files_and_registry(state: State, tmp_path: Pat
     } <= paths
     assert any(p.startswith("mlflow/artifacts/") and p.endswith("model.pkl") for p in paths)
     excluded = {"warehouse/customers/v-1/part-0.parquet", "logs/spark-driver.log"}
-    excluded |= {"training/gbt/v-old/oof/part-0.parquet"}
+    excluded |= {"warehouse/model_gbt/v-old/oof.table.parquet"}
     excluded |= {"changes/notes.txt", "warehouse/customers/.CURRENT.99.tmp", PSEUDONYM_KEY_FILE}
     assert not paths & excluded
     assert any(PSEUDONYM_KEY_FILE in line for line in manifest["not_included"])
