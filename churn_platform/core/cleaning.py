@@ -244,17 +244,18 @@ def clean_customers(
             F.sum((F.col("_valid") & F.col(f"`{c}`").isNull()).cast("long")).alias(f"blank:{c}")
             for c in keep_numeric
         ],
-        *quality.quality_aggregates(content, id_col, LABEL_COL, where=kept),
+        *quality.quality_aggregates(content, LABEL_COL, where=kept),
         *quality.fingerprint_aggregates(content, where=kept),
         *(quality.schema_aggregates(layer_schema, where=kept) if layer_schema else []),
     ]
+    cleaned = marked.where(kept).select(*cleaned_columns, *batch_columns)
     try:
         row = view.agg(*aggregates).first().asDict()
+        row["quality:ids"] = quality.distinct_ids(cleaned, id_col)
     except Exception:
         marked.unpersist()
         raise
     by_reason = {r: int(row[f"reason:{r}"] or 0) for r in REASONS if row[f"reason:{r}"]}
-    cleaned = marked.where(kept).select(*cleaned_columns, *batch_columns)
     quarantined = marked.where(F.col(REASON_COL).isNotNull()).select(
         *QUARANTINE_COLS, *[F.col(f"`{c}`") for c in raw_columns]
     )

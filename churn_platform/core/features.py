@@ -228,13 +228,14 @@ def build_features(
         row = (
             engineered.agg(
                 *splits.values(),
-                *quality.quality_aggregates([], spec.id_column, None),
+                *quality.quality_aggregates([], None),
                 *quality.fingerprint_aggregates(content),
                 *(quality.schema_aggregates(schema) if schema else []),
             )
             .first()
             .asDict()
         )
+        row["quality:ids"] = quality.distinct_ids(engineered, spec.id_column)
         if schema:
             row["schema_problems"] = quality.schema_problems(engineered, schema, row)
         pipeline = fit_feature_pipeline(
