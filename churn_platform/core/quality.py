@@ -75,8 +75,8 @@ def quality_aggregates(
 ) -> list[Column]:
     """Rows, nulls per column and the positive rate, among rows `where` holds.
 
-    Distinct ids are counted apart (`distinct_ids`): a distinct count inside this aggregate
-    makes Spark group every row by id with all the other buffers, far costlier than both.
+    Distinct ids are counted apart (`distinct_ids`), which keeps this a plain global aggregate;
+    at 200k rows both forms cost the same (measured), so this is for clarity, not speed.
     """
     keep = F.lit(True) if where is None else where
     aggs = [
