@@ -141,7 +141,26 @@ def run_summary(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
         for extra in ("champion", "leaderboard"):
             if extra in materialization.metadata:
                 summary[extra] = materialization.metadata[extra].value
+        if key == "churn_scores" and "path" in materialization.metadata:
+            summary["scores_path"] = str(materialization.metadata["path"].value)
     return summary
+
+
+def next_steps(summary: dict[str, Any]) -> str:
+    """The end of a run that scored customers: where the scores are and what to try next."""
+    scored = summary["assets"].get("churn_scores", {})
+    return "\n".join(
+        [
+            f"scores: {scored.get('population_scored', '?')} customers who can still churn "
+            f"({scored.get('population_excluded', '?')} excluded), in {summary['scores_path']}",
+            "next:",
+            "  churn-platform top --n 20                               "
+            "the 20 highest-risk customers, with reasons and contact value",
+            "  churn-platform score --input FILE --output scores.csv  score a file of customers",
+            "  make ui  (churn-platform serve)                         "
+            "the UI at http://127.0.0.1:3000, churn_scores shows the top customers",
+        ]
+    )
 
 
 def _failure_message(result: dg.ExecuteInProcessResult) -> str:
@@ -177,6 +196,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         champion = summary["champion"]
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in champion.get("metrics", {}).items())
         print(f"champion: {champion.get('name')} v{champion.get('version')} ({metrics})")
+    if result.success and "scores_path" in summary:
+        print(next_steps(summary))
     if args.json:
         print(json.dumps(summary, default=str))
     if not result.success:
@@ -231,24 +252,126 @@ def cmd_score(args: argparse.Namespace) -> int:
     except OutputRefused as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
 
-    from churn_platform.assets.scoring import score_file
+    from churn_platform.assets.scoring import score_file, scoring_policy, training_reference
+    from churn_platform.io_managers import current_version
     from churn_platform.tracking import SchemaMismatchError
 
     settings = _settings(args)
+    spark, spec = _spark(settings), _spec(settings)
+    # Reasons are measured from the training customers when the warehouse has them.
+    stored = current_version(settings.warehouse / "cleaned_customers")
+    reference = training_reference(spark.read.parquet(str(stored)), spec) if stored else None
     try:
         result = score_file(
-            _spark(settings),
-            _spec(settings),
+            spark,
+            spec,
             _mlflow(settings),
             Path(args.input),
             output,
             alias=args.alias,
             overwrite=args.overwrite,
+            policy=scoring_policy(settings),
+            reference=reference,
         )
     except SchemaMismatchError as exc:
         raise CommandError(f"{args.input}: {exc}", EXIT_USAGE) from exc
     print(json.dumps(result))
     return EXIT_OK
+
+
+TOP_COLUMNS = ("churn_probability", "risk_tier", "expected_value", "reasons")
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    """The highest-risk current customers from the stored churn_scores, without starting Spark."""
+    if args.n < 1:
+        raise CommandError("--n must be at least 1", EXIT_USAGE)
+    output = Path(args.output) if args.output else None
+    if output is not None:
+        from churn_platform.core.output_files import OutputRefused, check_target
+
+        if output.suffix != ".csv":
+            raise CommandError(f"{output}: top writes CSV; give a .csv path", EXIT_USAGE)
+        try:
+            check_target(output, args.overwrite, ("churn_probability", "risk_tier"))
+        except OutputRefused as exc:
+            raise CommandError(str(exc), EXIT_USAGE) from exc
+
+    import pyarrow.parquet as pq
+
+    from churn_platform.io_managers import current_version
+
+    settings = _settings(args)
+    spec = _spec(settings)
+    stored = current_version(settings.warehouse / "churn_scores")
+    if stored is None:
+        raise CommandError(
+            f"no churn_scores under {settings.warehouse}; run `churn-platform run` first"
+        )
+    table = pq.read_table(stored, columns=[spec.id_column, *TOP_COLUMNS]).to_pandas()
+    if args.tier:
+        table = table[table["risk_tier"] == args.tier]
+    top = table.sort_values("churn_probability", ascending=False, kind="stable").head(args.n)
+    records = [
+        {
+            "customer_id": str(row[spec.id_column]),
+            "churn_probability": float(row["churn_probability"]),
+            "risk_tier": row["risk_tier"],
+            "expected_value": float(row["expected_value"]),
+            "reasons": [
+                {
+                    "feature": r["feature"],
+                    "value": r["value"],
+                    "contribution": float(r["contribution"]),
+                }
+                for r in (row["reasons"] if row["reasons"] is not None else [])
+            ],
+        }
+        for _, row in top.iterrows()
+    ]
+    if output is not None:
+        _write_top_csv(records, output, args.overwrite)
+        print(f"{len(records)} customers written to {output}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(records))
+    elif output is None:
+        print(_top_table(records))
+    return EXIT_OK
+
+
+def _reason_cells(record: dict[str, Any]) -> list[str]:
+    cells = [f"{r['feature']}={r['value']} ({r['contribution']:+.2f})" for r in record["reasons"]]
+    return cells + [""] * (3 - len(cells))
+
+
+def _top_table(records: list[dict[str, Any]]) -> str:
+    lines = [f"{'customer':<14} {'prob':>6} {'tier':<6} {'value':>7}  reasons"]
+    for r in records:
+        reasons = "; ".join(c for c in _reason_cells(r) if c)
+        lines.append(
+            f"{r['customer_id']:<14} {r['churn_probability']:>6.3f} {r['risk_tier']:<6} "
+            f"{r['expected_value']:>7.0f}  {reasons}"
+        )
+    return "\n".join(lines)
+
+
+def _write_top_csv(records: list[dict[str, Any]], output: Path, overwrite: bool) -> None:
+    """Spreadsheet-safe CSV (formula-looking cells quoted), swapped in when complete."""
+    import csv
+
+    from churn_platform.core.output_files import FORMULA_STARTS, staged_output
+
+    def safe(value: object) -> object:
+        text = str(value)
+        return f"'{text}" if isinstance(value, str) and text.startswith(FORMULA_STARTS) else value
+
+    header = ["customer_id", "churn_probability", "risk_tier", "expected_value"]
+    with staged_output(output, overwrite, ("churn_probability", "risk_tier")) as target:
+        with target.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow([*header, "reason_1", "reason_2", "reason_3"])
+            for r in records:
+                writer.writerow([safe(r[c]) for c in header] + list(map(safe, _reason_cells(r))))
 
 
 def cmd_model_rollback(args: argparse.Namespace) -> int:
@@ -469,6 +592,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace OUTPUT if it is an earlier score output (anything else is never replaced)",
     )
+
+    top = add("top", cmd_top, "the highest-risk current customers: tier, reasons, contact value")
+    top.add_argument("--n", type=int, default=100, help="how many customers (default 100)")
+    top.add_argument("--tier", choices=["high", "medium", "low"], help="only this risk tier")
+    top.add_argument("--output", help="also write them to this CSV file")
+    top.add_argument("--overwrite", action="store_true", help="replace an earlier top CSV")
+    top.add_argument("--json", action="store_true", help="print one JSON list of customers")
 
     model = add("model", cmd_model_rollback, "registry operations")
     model.add_argument("action", choices=["rollback"])

@@ -106,13 +106,36 @@ class TargetSpec:
     @field_validator("positive", "negative", mode="before")
     @classmethod
     def _label_as_written(cls, value: Any) -> Any:
-        """Integer labels (`positive: 1`) read as written; booleans are YAML guessing."""
-        if isinstance(value, bool):
-            raise ValueError(
-                f"YAML reads an unquoted {value} (Yes/No/true/false/on/off) as a boolean; "
-                "quote the label as it appears in the data, e.g. positive: 'Yes'"
-            )
-        return str(value) if isinstance(value, int) else value
+        return _as_written(value)
+
+
+def _as_written(value: Any) -> Any:
+    """Integer labels (`positive: 1`) read as written; booleans are YAML guessing."""
+    if isinstance(value, bool):
+        raise ValueError(
+            f"YAML reads an unquoted {value} (Yes/No/true/false/on/off) as a boolean; "
+            "quote the label as it appears in the data, e.g. positive: 'Yes'"
+        )
+    return str(value) if isinstance(value, int) else value
+
+
+@dataclass(config=_SCHEMA)
+class ScorePopulationSpec:
+    """Who is scored: the customers whose `column` holds one of `values` (say, status: active).
+
+    Without it the scored customers are those whose target is the negative class or absent.
+    """
+
+    column: StrictStr
+    values: Annotated[tuple[StrictStr, ...], Field(min_length=1)]
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _values_as_written(cls, value: Any) -> Any:
+        """Numbers read as written (`values: [1]`); booleans are YAML guessing, as for labels."""
+        if isinstance(value, list | tuple):
+            return tuple(_as_written(v) for v in value)
+        return value
 
 
 @dataclass(config=_SCHEMA)
@@ -130,6 +153,7 @@ class DatasetSpec:
     test_fraction: Annotated[float, Field(strict=True, gt=0, lt=1)] = 0.2
     folds: Annotated[int, Field(strict=True, ge=2)] = 5
     seed: StrictInt = 42
+    score_population: ScorePopulationSpec | None = None
     spec_file: str = ""
     spec_sha256: str = dataclasses.field(default="", compare=False)
 
@@ -147,7 +171,28 @@ class DatasetSpec:
                         f"'{role}' lists {column!r}, the {what}: a model trained on it scores "
                         "perfectly in tests and cannot score new customers (target leakage)"
                     )
+        if self.score_population is not None:
+            self._check_population(self.score_population)
         return self
+
+    def _check_population(self, rule: ScorePopulationSpec) -> None:
+        """The rule's column must reach the cleaned layer: a feature column or the target."""
+        column = rule.column
+        if column == self.id_column or column in self.drop:
+            where = "the id column" if column == self.id_column else "dropped ('drop')"
+            raise ValueError(f"'score_population' column {column!r} is {where}")
+        if column == self.target.column:
+            labels = {self.target.positive, self.target.negative} - {None}
+            unknown = [v for v in rule.values if v not in labels]
+            if unknown and self.target.negative is not None:
+                raise ValueError(
+                    f"'score_population' values {unknown} are not target labels {sorted(labels)}"
+                )
+        elif self.roles_declared and column not in (*self.categorical, *self.numeric):
+            raise ValueError(
+                f"'score_population' column {column!r} is not in 'categorical' or 'numeric' "
+                "(only those and the target reach the cleaned layer)"
+            )
 
     @property
     def model_name(self) -> str:
@@ -165,7 +210,11 @@ class DatasetSpec:
 
 
 _KEYS = sorted(
-    {f.name for cls in (DatasetSpec, SourceSpec, TargetSpec) for f in dataclasses.fields(cls)}
+    {
+        f.name
+        for cls in (DatasetSpec, SourceSpec, TargetSpec, ScorePopulationSpec)
+        for f in dataclasses.fields(cls)
+    }
     - {"spec_file", "spec_sha256"}
 )
 

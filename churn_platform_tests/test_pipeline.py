@@ -49,7 +49,10 @@ def test_run_ends_with_a_registered_champion_and_scores(pipeline):
     }
     assert 0.75 < champion["metrics"]["roc_auc"] <= 1.0
     assert len(summary["leaderboard"]) == LEADERBOARD_SIZE
-    assert summary["assets"]["churn_scores"]["row_count"] == 7043
+    # Only the customers who can still churn are scored; the 1,869 churners are counted.
+    scores = summary["assets"]["churn_scores"]
+    assert scores["row_count"] == scores["population_scored"] == 7043 - 1869
+    assert scores["population_excluded"] == 1869
     settings = load_settings()
     models = registry_snapshot(_mlflow(), load_spec(settings.spec_path, settings.home))
     aliased = {alias: m["version"] for m in models for alias in m["aliases"]}
@@ -108,6 +111,7 @@ def test_scores_file_and_schema_mismatch(pipeline, capsys, tmp_path):
     assert len(scored) == 50
     assert all(0.0 <= float(r["churn_probability"]) <= 1.0 for r in scored)
     assert {r["risk_tier"] for r in scored} <= {"low", "medium", "high"}
+    assert all(r["reason_1"] and r["reason_2"] and r["reason_3"] for r in scored)
 
     bad = tmp_path / "bad.csv"
     header = rows[0]

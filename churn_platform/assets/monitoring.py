@@ -1,4 +1,5 @@
-"""Model monitoring: champion quality and data drift on the newest labelled batch."""
+"""Model monitoring: champion quality on the newest batch's known outcomes, and drift of the
+customers it scores (those who can still churn) against the same customers in training."""
 
 import math
 
@@ -9,9 +10,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from churn_platform import etl, tracking
-from churn_platform.assets.scoring import score_customers
 from churn_platform.automation import MONITORING_CHECKS
 from churn_platform.core import evaluation
+from churn_platform.core import scoring as core_scoring
 from churn_platform.core.models.fitting import PROBABILITY_COL
 from churn_platform.ops_log import OpsLog
 from churn_platform.resources import SPARK_POOL, StateResource
@@ -102,10 +103,14 @@ def model_monitoring(
     batch = newest.select(etl.BATCH_COL).first()[0]
     model, version = tracking.load_model(mlflow, spec, alias="champion")
     threshold = tracking.model_threshold(version)
-    scored = score_customers(newest, spec, model, threshold, version.name, str(version.version))
+    in_population = core_scoring.population_filter(spec)
+    scored = model.transform(etl.engineer_features(newest, spec)).select(
+        etl.LABEL_COL, PROBABILITY_COL, in_population.alias("in_population")
+    )
+    # Quality needs known outcomes: every labelled customer of the batch, churned or not.
     labelled = (
-        scored.join(newest.select(spec.id_column, etl.LABEL_COL), spec.id_column)
-        .select(etl.LABEL_COL, F.col("churn_probability").alias(PROBABILITY_COL))
+        scored.where(F.col(etl.LABEL_COL).isNotNull())
+        .select(etl.LABEL_COL, PROBABILITY_COL)
         .persist()
     )
     classes = labelled.select(etl.LABEL_COL).distinct().count()
@@ -114,7 +119,13 @@ def model_monitoring(
     # baseline for drift, and it keeps this asset's cost flat as the customer base grows.
     sample = etl.cap_training_rows(customer_features, spec, settings.train_max_rows)
     train = sample.where(F.col(etl.SPLIT_COL) == "train")
-    current = etl.engineer_features(newest, spec)
+    # Drift compares like with like: the batch's scored population against the training
+    # customers under the same rule (the whole batch if nobody in it can still churn).
+    drift_rows = newest.where(in_population).count()
+    if drift_rows:
+        train = train.where(in_population)
+        scored = scored.where(F.col("in_population"))
+    current = etl.engineer_features(newest.where(in_population) if drift_rows else newest, spec)
     numeric, categorical = etl.feature_roles(train.drop(etl.FEATURES_COL), spec)
     psi = population_stability(train, current, numeric + categorical)
     train_scores = model.transform(
@@ -123,7 +134,7 @@ def model_monitoring(
         )
     ).select(PROBABILITY_COL)
     psi["churn_score"] = population_stability(
-        train_scores, labelled.select(PROBABILITY_COL), [PROBABILITY_COL]
+        train_scores, scored.select(PROBABILITY_COL), [PROBABILITY_COL]
     )[PROBABILITY_COL]
     stats = labelled.agg(
         F.avg(PROBABILITY_COL).alias("mean"),
@@ -135,6 +146,8 @@ def model_monitoring(
     metrics = {
         "batch": batch,
         "rows": newest.count(),
+        "drift_population": core_scoring.population_rule(spec) if drift_rows else "whole batch",
+        "drift_rows": drift_rows,
         "model_version": str(version.version),
         "roc_auc": auc if auc is not None else float("nan"),
         "brier": quality.get("brier", float("nan")),

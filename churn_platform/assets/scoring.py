@@ -1,52 +1,79 @@
-"""Batch scoring: churn probability, decision and risk tier for every current customer."""
+"""Batch scoring: probability, decision, tier, contact value and reasons per customer who can
+still churn (see churn_platform.core.scoring)."""
 
 import time
 from pathlib import Path
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
-from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from churn_platform import etl, tracking
 from churn_platform.config import DatasetSpec, SourceSpec
 from churn_platform.core import cleaning, output_files, sources
-from churn_platform.core.models.fitting import PROBABILITY_COL
+from churn_platform.core import scoring as core_scoring
 from churn_platform.ops_log import OpsLog
 from churn_platform.resources import SPARK_POOL, StateResource
+from churn_platform.settings import Settings
 from churn_platform.tracking import MlflowResource
 
-# Risk tiers on the probability scale, so a tier means the same across model versions.
-RISK_TIERS = ((0.6, "high"), (0.3, "medium"))
+UNSEEN_CHECK = "unseen_values_within_limit"
+PREVIEW_ROWS = 10
 
 
-def risk_tier(probability: F.Column) -> F.Column:
-    tier = F.when(probability >= RISK_TIERS[0][0], RISK_TIERS[0][1])
-    for bound, name in RISK_TIERS[1:]:
-        tier = tier.when(probability >= bound, name)
-    return tier.otherwise("low")
+def scoring_policy(settings: Settings) -> core_scoring.ScoringPolicy:
+    return core_scoring.ScoringPolicy(
+        tier_high_ratio=settings.tier_high_ratio,
+        tier_medium_probability=settings.tier_medium_probability,
+        cost_missed_churner=settings.cost_missed_churner,
+        cost_retention_offer=settings.cost_retention_offer,
+    )
 
 
-def score_customers(
-    cleaned: DataFrame,
-    spec: DatasetSpec,
-    model: PipelineModel,
-    threshold: float,
-    model_name: str,
-    model_version: str,
-) -> DataFrame:
-    """Scores from cleaned customers: the logged model holds the feature pipeline itself."""
-    scored = model.transform(etl.engineer_features(cleaned, spec))
-    probability = F.col(PROBABILITY_COL)
-    return scored.select(
-        F.col(spec.id_column),
-        probability.alias("churn_probability"),
-        (probability >= F.lit(threshold)).cast("int").alias("churn_predicted"),
-        risk_tier(probability).alias("risk_tier"),
-        F.lit(model_name).alias("model_name"),
-        F.lit(str(model_version)).alias("model_version"),
-        F.lit(float(threshold)).alias("threshold"),
+def training_reference(cleaned: DataFrame, spec: DatasetSpec) -> DataFrame:
+    """The cleaned customers of the training split: reasons are measured from their mean."""
+    split = etl.assign_split(cleaned, spec)
+    return split.where(F.col(etl.SPLIT_COL) == "train").drop(etl.SPLIT_COL, etl.FOLD_COL)
+
+
+def _cell(value: object) -> str:
+    return str(value).replace("|", "\\|")
+
+
+def preview(scores: DataFrame, id_column: str) -> str:
+    """The highest-risk customers and their reasons, as a Markdown table for the asset page."""
+    rows = scores.orderBy(F.desc("churn_probability")).limit(PREVIEW_ROWS).collect()
+    lines = [
+        "| customer | probability | tier | expected value | reasons |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        why = "; ".join(
+            f"{r['feature']}={r['value']} ({r['contribution']:+.2f})" for r in row["reasons"] or []
+        )
+        lines.append(
+            f"| {_cell(row[id_column])} | {row['churn_probability']:.3f} | {row['risk_tier']} "
+            f"| {row['expected_value']:.0f} | {_cell(why)} |"
+        )
+    return "\n".join(lines)
+
+
+def unseen_check(summary: dict, settings: Settings) -> dg.AssetCheckResult:
+    """Warns above CHURN_UNSEEN_WARN_SHARE of customers with an unseen value in one column,
+    fails above CHURN_UNSEEN_FAIL_SHARE."""
+    share = summary["unseen_worst_share"]
+    failed = share > settings.unseen_fail_share
+    return dg.AssetCheckResult(
+        check_name=UNSEEN_CHECK,
+        passed=share <= settings.unseen_warn_share,
+        severity=dg.AssetCheckSeverity.ERROR if failed else dg.AssetCheckSeverity.WARN,
+        metadata={
+            "worst_column_share": share,
+            "warn_above": settings.unseen_warn_share,
+            "fail_above": settings.unseen_fail_share,
+            "unseen_by_column": dg.MetadataValue.json(summary["unseen_by_column"]),
+        },
     )
 
 
@@ -54,8 +81,9 @@ def score_customers(
     pool=SPARK_POOL,
     deps=["champion_model"],
     kinds={"spark", "parquet", "mlflow"},
-    code_version="1",
+    code_version="2",
     retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
+    check_specs=[dg.AssetCheckSpec(UNSEEN_CHECK, asset="churn_scores")],
 )
 def churn_scores(
     context: dg.AssetExecutionContext,
@@ -63,38 +91,68 @@ def churn_scores(
     state: StateResource,
     mlflow: MlflowResource,
     cleaned_customers: DataFrame,
-) -> DataFrame:
-    """Churn probability, decision and risk tier per current customer, from the champion."""
+):
+    """Churn probability, decision, risk tier, contact value and top three reasons per customer
+    who can still churn, from the champion."""
     started = time.monotonic()
     settings, spec = state.settings(), state.spec()
     model, version = tracking.load_model(mlflow, spec, alias="champion")
     threshold = tracking.model_threshold(version)
-    scores = score_customers(
-        cleaned_customers, spec, model, threshold, version.name, str(version.version)
-    ).persist()
-    tiers = {r["risk_tier"]: r["count"] for r in scores.groupBy("risk_tier").count().collect()}
-    rows = sum(tiers.values())
-    duration = time.monotonic() - started
-    OpsLog(settings).event(
-        "inference.batch.completed",
-        f"scored {rows} customers with {version.name} v{version.version}",
-        component="inference",
-        configuration_item=f"model:{version.name}:v{version.version}",
-        outcome="success",
-        metrics={"rows_out": rows, "duration_s": duration},
-        model_version=str(version.version),
-        context=context,
+    in_population = core_scoring.population_filter(spec)
+    counted = cleaned_customers.agg(
+        F.count(F.lit(1)).alias("all"), F.sum(in_population.cast("long")).alias("in")
+    ).first()
+    result = core_scoring.score_customers(
+        cleaned_customers.where(in_population),
+        spec,
+        model,
+        (version.name, str(version.version), threshold),
+        scoring_policy(settings),
+        training_reference(cleaned_customers, spec),
     )
-    context.add_output_metadata(
-        {
-            "model_name": version.name,
-            "model_version": str(version.version),
-            "threshold": threshold,
-            "predicted_churners": int(scores.agg(F.sum("churn_predicted")).first()[0] or 0),
-            **{f"tier_{name}": int(count) for name, count in tiers.items()},
-        }
-    )
-    return scores
+    try:
+        summary = core_scoring.summarize(result)
+        rows, unseen = summary["rows"], summary["unseen_by_column"]
+        excluded = int(counted["all"] or 0) - int(counted["in"] or 0)
+        OpsLog(settings).event(
+            "inference.batch.completed",
+            f"scored {rows} customers with {version.name} v{version.version} ({excluded} not in "
+            f"the scoring population; unseen category values: "
+            f"{', '.join(f'{c}={n}' for c, n in unseen.items()) or 'none'})",
+            level="WARNING" if unseen else "INFO",
+            component="inference",
+            configuration_item=f"model:{version.name}:v{version.version}",
+            outcome="success",
+            metrics={
+                "rows_out": rows,
+                "rows_excluded": excluded,
+                "unseen_rows": summary["unseen_rows"],
+                **{f"unseen:{c}": n for c, n in unseen.items()},
+                "duration_s": time.monotonic() - started,
+            },
+            model_version=str(version.version),
+            context=context,
+        )
+        yield dg.Output(
+            result.frame,
+            metadata={
+                "model_name": version.name,
+                "model_version": str(version.version),
+                "threshold": threshold,
+                "population_rule": core_scoring.population_rule(spec),
+                "population_scored": rows,
+                "population_excluded": excluded,
+                "predicted_churners": summary["predicted_churners"],
+                **{f"tier_{name}": count for name, count in summary["tiers"].items()},
+                **result.metadata(),
+                "unseen_rows": summary["unseen_rows"],
+                "unseen_by_column": dg.MetadataValue.json(unseen),
+                "top_customers": dg.MetadataValue.md(preview(result.frame, spec.id_column)),
+            },
+        )
+        yield unseen_check(summary, settings)
+    finally:
+        result.release()
 
 
 def score_file(
@@ -105,11 +163,15 @@ def score_file(
     output_path: Path,
     alias: str = "champion",
     overwrite: bool = False,
+    policy: core_scoring.ScoringPolicy | None = None,
+    reference: DataFrame | None = None,
 ) -> dict:
     """Score an arbitrary CSV or Parquet file of customers into a CSV or Parquet file.
 
     Input columns are checked against the spec before any work; unusable rows are reported,
-    not scored. The output appears atomically (staged beside it, then renamed); an existing
+    not scored. Every row is scored (the file is the population); `reference` holds the cleaned
+    customers reasons are measured from (the warehouse's training split). The output appears
+    atomically (staged beside it, then renamed); an existing
     output is replaced only with `overwrite` and only if it is an earlier score output.
     """
     output_files.check_target(output_path, overwrite, output_files.SCORE_COLUMNS)
@@ -126,16 +188,19 @@ def score_file(
     except Exception:
         read.release()
         raise
+    result: core_scoring.Scores | None = None
     try:
         model, version = tracking.load_model(mlflow, spec, alias=alias)
-        scores = score_customers(
+        result = core_scoring.score_customers(
             cleaned.cleaned,
             spec,
             model,
-            tracking.model_threshold(version),
-            version.name,
-            str(version.version),
+            (version.name, str(version.version), tracking.model_threshold(version)),
+            policy or core_scoring.ScoringPolicy(),
+            reference,
         )
+        summary = core_scoring.summarize(result)
+        scores = core_scoring.flat(result.frame)
         with output_files.staged_output(
             output_path, overwrite, output_files.SCORE_COLUMNS
         ) as target:
@@ -148,6 +213,8 @@ def score_file(
                 )
                 next(folder.glob("part-*.csv")).replace(target)
     finally:
+        if result is not None:
+            result.release()
         cleaned.release()
         read.release()
     return {
@@ -156,4 +223,6 @@ def score_file(
         "rows_quarantined": cleaned.counts["rows_quarantined"],
         "quarantine_by_reason": cleaned.by_reason,
         "model": f"{version.name} v{version.version}",
+        "unseen_values": summary["unseen_by_column"],
+        **result.metadata(),
     }

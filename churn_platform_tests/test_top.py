@@ -1,0 +1,90 @@
+"""`churn-platform top`: the retention team's action list, read from the stored churn_scores."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from churn_platform import cli
+
+
+def _reason(feature: str, value: str, contribution: float) -> dict:
+    return {"feature": feature, "value": value, "contribution": contribution}
+
+
+def _store_scores(home: Path) -> None:
+    """A published churn_scores version, as the IO manager leaves it."""
+    folder = home / "warehouse" / "churn_scores"
+    version = folder / "v-20260101T000000-000-run"
+    version.mkdir(parents=True)
+    rows = [
+        ("a", 0.91, "high", 405.0, [_reason("Contract", "Month-to-month", 0.8)]),
+        ("=b", 0.42, "high", 160.0, [_reason("tenure", "2", 0.5), _reason("auto_pay", "0", 0.1)]),
+        ("c", 0.20, "medium", 50.0, [_reason("Contract", "Two year", -0.9)]),
+        ("d", 0.05, "low", -25.0, []),
+    ]
+    table = pa.Table.from_pylist(
+        [
+            {
+                "customerID": i,
+                "churn_probability": p,
+                "churn_predicted": int(p >= 0.4),
+                "risk_tier": t,
+                "expected_value": v,
+                "reasons": r,
+                "model_version": "3",
+            }
+            for i, p, t, v, r in rows
+        ]
+    )
+    pq.write_table(table, version / "part-00000.parquet")
+    (folder / "CURRENT").write_text(version.name + "\n")
+
+
+def test_top_lists_the_highest_risk_customers_first_with_reasons(churn_home, capsys) -> None:
+    _store_scores(churn_home)
+    assert cli.main(["top", "--n", "2", "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)
+    assert [c["customer_id"] for c in top] == ["a", "=b"]
+    assert top[0]["risk_tier"] == "high" and top[0]["churn_probability"] == pytest.approx(0.91)
+    assert top[1]["reasons"] == [
+        {"feature": "tenure", "value": "2", "contribution": 0.5},
+        {"feature": "auto_pay", "value": "0", "contribution": 0.1},
+    ]
+
+
+def test_top_filters_by_tier_and_writes_a_spreadsheet_safe_csv(churn_home, capsys) -> None:
+    _store_scores(churn_home)
+    out = churn_home / "calls.csv"
+    assert cli.main(["top", "--tier", "high", "--output", str(out)]) == 0
+    with out.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["customer_id"] for r in rows] == ["a", "'=b"]
+    assert rows[0]["reason_1"] == "Contract=Month-to-month (+0.80)"
+    assert rows[1]["expected_value"] == "160.0"
+    # An existing file is replaced only when asked.
+    assert cli.main(["top", "--output", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert cli.main(["top", "--output", str(out), "--overwrite", "--tier", "low"]) == 0
+    assert out.read_text().count("\n") == 2
+
+
+def test_top_before_any_scores_says_what_to_run(churn_home, capsys) -> None:
+    assert cli.main(["top"]) == 1
+    assert "churn-platform run" in capsys.readouterr().err
+
+
+def test_a_run_that_scored_ends_with_where_the_scores_are_and_what_to_try() -> None:
+    summary = {
+        "assets": {"churn_scores": {"population_scored": 5174, "population_excluded": 1869}},
+        "scores_path": "/home/warehouse/churn_scores/v-1",
+    }
+    message = cli.next_steps(summary)
+    assert "5174 customers" in message and "/home/warehouse/churn_scores/v-1" in message
+    for command in ("churn-platform top --n 20", "churn-platform score --input", "make ui"):
+        assert command in message
