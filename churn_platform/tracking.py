@@ -32,6 +32,7 @@ from typing import Any
 import dagster as dg
 import mlflow
 import mlflow.spark
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -318,17 +319,31 @@ def _log_evaluation(
         mlflow.log_artifacts(tmp, "evaluation")
 
 
+def reference_scores(resource: MlflowResource, version: ModelVersion) -> pd.DataFrame:
+    """The version's out-of-fold scores (label, fold, churn_probability; no customer ids).
+
+    What the model scored on customers it had not seen when trained: the reference that
+    monitoring compares today's score distribution with.
+    """
+    uri = f"runs:/{version.run_id}/evaluation/oof_scores.parquet"
+    with tempfile.TemporaryDirectory(prefix="churn-oof-") as tmp:
+        return pd.read_parquet(local_artifacts(uri, resource.tracking_uri, tmp))
+
+
 def local_artifacts(artifact_uri: str, tracking_uri: str, tmp: str) -> Path:
-    """A local folder holding the artifacts: in place for a local store, else copied into tmp.
+    """A local path holding the artifacts: in place for a local store, else copied into tmp.
 
     Hashing or loading a model from the sqlite + local-folder default needs no copy of it.
+    `runs:/` and `models:/` URIs are resolved against our tracking server, not MLflow's default.
     """
-    repository = get_artifact_repository(artifact_uri)
-    if isinstance(repository, LocalArtifactRepository):
-        return Path(repository.download_artifacts(""))
-    downloaded = mlflow.artifacts.download_artifacts(
-        artifact_uri=artifact_uri, dst_path=tmp, tracking_uri=tracking_uri
-    )
+    with _fluent_tracking(tracking_uri):
+        repository = get_artifact_repository(artifact_uri)
+        underlying = getattr(repository, "repo", repository)
+        if isinstance(underlying, LocalArtifactRepository):
+            return Path(underlying.download_artifacts(""))
+        downloaded = mlflow.artifacts.download_artifacts(
+            artifact_uri=artifact_uri, dst_path=tmp, tracking_uri=tracking_uri
+        )
     return Path(downloaded)
 
 

@@ -188,6 +188,9 @@ def train_and_track(
     input_schema = customer_features.select(*categorical, *numeric).schema
     with tempfile.TemporaryDirectory() as tmp:
         curves = evaluation.plot_curves(test["label"], test["churn_probability"], tmp)
+        # Out-of-fold scores without customer ids: monitoring's drift reference for this model.
+        reference = Path(tmp) / "oof_scores.parquet"
+        fit.oof[[etl.LABEL_COL, etl.FOLD_COL, "churn_probability"]].to_parquet(reference)
         run = tracking.log_training_run(
             mlflow,
             spec,
@@ -202,7 +205,7 @@ def train_and_track(
             code_version=CODE_VERSION,
             data_version=fingerprint["features_data_version"],
             git_commit=tracking.git_commit(),
-            artifacts=curves,
+            artifacts={**curves, "oof_scores": reference},
             feature_importance=importance,
             tags={
                 "dataset": spec.name,
