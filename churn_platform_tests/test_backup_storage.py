@@ -131,7 +131,10 @@ def test_s3_target_round_trip(state: State, tmp_path: Path, s3: Any) -> None:
     names = sorted(item["Key"].rsplit("/", 1)[1] for item in listed["Contents"])
     archive = f"churn-backup-{PARTITION}.tar.gz"
     assert names == [
-        archive, f"{archive}.manifest.json", f"{archive}.manifest.sig", f"{archive}.sha256"
+        archive,
+        f"{archive}.manifest.json",
+        f"{archive}.manifest.sig",
+        f"{archive}.sha256",
     ]
     assert not settings.backups.exists() or not list(settings.backups.iterdir())
     assert verify_backup(PARTITION, settings).ok
