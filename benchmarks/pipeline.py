@@ -6,8 +6,8 @@ materialized on it by `materialize_selection`, as `churn-platform run` does, in 
 root. Layer times come from that run's event log (a step's STEP_START to its STEP_SUCCESS), so
 nothing runs twice. `--compare` also runs, on the same file:
 
-    pyspark  the platform's own functions (churn_platform.etl, churn_platform.modeling) in a
-             plain script: no Dagster, MLflow, checks or warehouse writes; the floor of this stack
+    pyspark  the platform's own functions (churn_platform.core, churn_platform.core.models) in
+             a plain script: no Dagster, MLflow, checks or warehouse writes; the floor of this stack
     pandas   pandas + scikit-learn (LightGBM for boosting when installed), same steps and params
     naive    the data layers only, as a naive PySpark script: read with a schema, drop duplicate
              ids, encode, write Parquet; no quarantine, checks, fingerprints or versions
@@ -55,8 +55,8 @@ from pipeline_baselines import spark_job_times
 from churn_platform import etl
 from churn_platform.assets import scoring, training
 from churn_platform.cli import materialize_selection, run_summary
+from churn_platform.core.models.kinds import MODEL_KINDS, merged_params
 from churn_platform.datasets import TELCO_FILE, ensure_telco_csv
-from churn_platform.modeling import DEFAULT_PARAMS, MODEL_KINDS
 from churn_platform.resources import spark_conf
 from churn_platform.settings import DEFAULT_SPEC, load_settings
 
@@ -67,6 +67,8 @@ LAYERS = ("raw", "cleaned", "features", "training", "scoring", "other")
 ETL_LAYERS = ("raw", "cleaned", "features")
 # The data layers' asset selection (--data-only), as `churn-platform run --select` takes it.
 DATA_LAYERS = "group:ingestion or group:cleaning or group:features"
+# The setting (read by settings.load_settings) that selects the training profile of each run.
+PROFILE_ENV = "CHURN_TRAINING_PROFILE"
 # Step names of the asset graph; the baselines use the same names for the same work.
 STEP_LAYERS = {
     "raw_customers": "raw",
@@ -281,15 +283,15 @@ def resolved_params(kinds: Sequence[str]) -> dict[str, dict[str, Any]]:
 
     Ensemble bases get their merged parameters too, so the baselines need no platform defaults.
     """
-    configs = {spec.kind: spec.config for spec in training.MODEL_SPECS}
+    profile = load_settings().training_profile
     params = {}
     for kind in kinds:
-        merged = {**DEFAULT_PARAMS[kind], **training.model_params(kind, configs[kind]())}
+        config = training.CONFIGS.get(kind, training.ModelConfig)()
+        merged = training.model_params(kind, config, profile)
         if "bases" in merged:
             overrides = merged.get("base_params") or {}
             merged["base_params"] = {
-                base: {**DEFAULT_PARAMS[base], **overrides.get(base, {})}
-                for base in merged["bases"]
+                base: merged_params(base, overrides.get(base)) for base in merged["bases"]
             }
         params[kind] = merged
     return params
@@ -498,9 +500,9 @@ def configure_environment(profile: str) -> None:
     os.environ["CHURN_CONFIG"] = str(DEFAULT_SPEC)
     os.environ["PYSPARK_PYTHON"] = sys.executable
     if profile == "quick":
-        os.environ[training.PROFILE_ENV] = "quick"
+        os.environ[PROFILE_ENV] = "quick"
     else:
-        os.environ.pop(training.PROFILE_ENV, None)
+        os.environ.pop(PROFILE_ENV, None)
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:

@@ -29,10 +29,9 @@ from typing import Any
 import numpy as np
 
 from churn_platform.config import DatasetSpec, load_spec
+from churn_platform.core.models.kinds import KINDS
 from churn_platform.settings import load_settings
 
-# modeling._FAMILY: which scikit-learn learner stands in for each derived model kind.
-FAMILY = {"gbt_tuned": "gbt", "bagged_lr": "bagging", "bagged_trees": "bagging"}
 BAGGING_KEYS = ("base", "numModels", "sampleFraction")
 MAX_FEATURES = {"auto": "sqrt", "sqrt": "sqrt", "log2": "log2", "all": None, "onethird": 1 / 3}
 EPSILON = 1e-6
@@ -81,9 +80,17 @@ def run_pyspark(job: Mapping[str, Any], spec: DatasetSpec, timeline: Timeline) -
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
-    from churn_platform import etl, modeling
-    from churn_platform.core import cleaning, sources
+    from churn_platform import etl
+    from churn_platform.core import cleaning, evaluation, sources
     from churn_platform.core.features import build_features
+    from churn_platform.core.models.fitting import (
+        PROBABILITY_COL,
+        BaseFit,
+        full_model,
+        predict,
+        training_frame,
+    )
+    from churn_platform.core.models.training import fit_model
 
     builder = SparkSession.builder
     for key, value in job["spark_conf"].items():
@@ -104,41 +111,38 @@ def run_pyspark(job: Mapping[str, Any], spec: DatasetSpec, timeline: Timeline) -
     raw.unpersist()
     if job["data_only"]:
         return Candidate("-", None, 0.0, math.nan, math.nan)
-    with timeline.step("training_sample"):
-        capped = etl.cap_training_rows(features, spec, job["train_max_rows"]).persist()
-        test = capped.where(F.col(etl.SPLIT_COL) == "test")
     candidates = []
     # As the ensemble assets do: bases trained earlier in the run are reused, not refitted.
-    reusable: dict[str, modeling.BaseFit] = {}
-    for kind, params in job["params"].items():
-        with timeline.step(f"model_{kind}"):
-            bases = {b: reusable[b] for b in params.get("bases", ()) if b in reusable}
-            fit = modeling.fit_model(
-                kind, capped, params, job["seed"], id_col=spec.id_column, fitted_bases=bases
-            )
-            oof = fit.oof.persist()
-            # The default costs are train_and_track's fallbacks; the "f1" default uses none.
-            judged = modeling.evaluate_fit(fit, test, spec.id_column, job["threshold_strategy"])
-            candidates.append(
-                Candidate(
-                    kind,
-                    modeling.full_model(built.pipeline, fit.model),
-                    judged.threshold,
-                    judged.metrics["roc_auc"],
-                    judged.metrics["cv_roc_auc_mean"],
+    reusable: dict[str, BaseFit] = {}
+    with contextlib.ExitStack() as cached:
+        with timeline.step("training_sample"):
+            capped = etl.cap_training_rows(features, spec, job["train_max_rows"])
+            frame = cached.enter_context(training_frame(capped, spec.id_column))
+        for kind, params in job["params"].items():
+            with timeline.step(f"model_{kind}"):
+                bases = {b: reusable[b] for b in params.get("bases", ()) if b in reusable}
+                fit = fit_model(kind, frame, params, job["seed"], fitted_bases=bases)
+                # The default costs are train_and_track's fallbacks; the "f1" default uses none.
+                threshold, _, metrics = evaluation.judge(
+                    fit.oof, predict(fit.model, frame), job["threshold_strategy"]
                 )
-            )
-            judged.predictions.unpersist()
-            if kind in job["ensemble_inputs"]:
-                reusable[kind] = modeling.BaseFit(fit.model, oof, fit.params)
-            else:
-                oof.unpersist()
+                candidates.append(
+                    Candidate(
+                        kind,
+                        full_model(built.pipeline, fit.model),
+                        threshold,
+                        metrics["roc_auc"],
+                        metrics["cv_roc_auc_mean"],
+                    )
+                )
+                if kind in job["ensemble_inputs"]:
+                    reusable[kind] = fit.as_base()
     with timeline.step("champion_model"):
         champion = champion_of(candidates)
     with timeline.step("churn_scores"):
         # assets/scoring.py score_customers, written once as Parquet like the IO manager does.
         scored = champion.model.transform(etl.engineer_features(cleaned, spec))
-        probability = F.col(modeling.PROBABILITY_COL)
+        probability = F.col(PROBABILITY_COL)
         (high, high_name), (medium, medium_name) = job["risk_tiers"]
         tier = F.when(probability >= high, high_name).when(probability >= medium, medium_name)
         scored.select(
@@ -487,7 +491,7 @@ def _learner(
     from sklearn.ensemble import BaggingClassifier
     from sklearn.model_selection import ParameterGrid, cross_val_score
 
-    family = FAMILY.get(kind, kind)
+    family = KINDS[kind].family
     if family == "bagging":
         learner = {k: v for k, v in params.items() if k not in BAGGING_KEYS}
         return BaggingClassifier(
@@ -543,7 +547,7 @@ def _fit_model(
     seed: int,
     reusable: Mapping[str, tuple[Any, np.ndarray]],
 ) -> tuple[Any, np.ndarray]:
-    """modeling.fit_model's work: the final model and its out-of-fold probabilities.
+    """core.models.training.fit_model's work: the final model and its out-of-fold probabilities.
 
     An ensemble takes the bases already in `reusable` (model, OOF) and fits the others.
     """
@@ -598,7 +602,7 @@ def _voting_head(z: np.ndarray, y: np.ndarray, step: float) -> Callable[[np.ndar
         return np.column_stack(columns)
 
     sample = calibrated(z)
-    units = round(1.0 / step)  # the simplex grid of modeling._simplex_grid
+    units = round(1.0 / step)  # the simplex grid of core.models.ensembles.simplex_grid
     grid = [
         np.diff([-1, *cuts, units + z.shape[1] - 1]) - 1
         for cuts in itertools.combinations(range(units + z.shape[1] - 1), z.shape[1] - 1)
@@ -628,7 +632,11 @@ def _roc_auc(y: np.ndarray, probability: np.ndarray) -> float:
 # What each run imports, loaded before its clock starts; each run loads only its own stack, so
 # its driver's RSS is that stack's.
 IMPORTS = {
-    "pyspark": ("pyspark.sql", "churn_platform.core.cleaning", "churn_platform.modeling"),
+    "pyspark": (
+        "pyspark.sql",
+        "churn_platform.core.cleaning",
+        "churn_platform.core.models.training",
+    ),
     "naive": ("pyspark.sql", "churn_platform.etl", "pyspark.ml"),
     "pandas": (
         "pandas",

@@ -29,7 +29,8 @@ from sklearn.linear_model import LogisticRegression
 
 from churn_platform import etl
 from churn_platform.config import load_spec
-from churn_platform.core import evaluation
+from churn_platform.core import cleaning, evaluation, sources
+from churn_platform.core.features import build_features
 from churn_platform.core.models.fitting import BaseFit, predict, training_frame
 from churn_platform.core.models.kinds import BASE_KINDS, MODEL_KINDS
 from churn_platform.core.models.training import fit_model
@@ -65,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         spark = builder.getOrCreate()
         spec = load_spec(args.spec, home)
         started = time.perf_counter()
-        raw = etl.read_batch(spark, spec, spec.sources, "benchmark", 0)
-        built = etl.build_features(etl.clean_customers(raw, spec).cleaned, spec)
+        raw = sources.read_batch(spark, spec, spec.sources, "benchmark", 0)
+        clean = cleaning.clean_customers(raw.frame, spec)
+        built = build_features(clean.cleaned, spec)
         rows: list[dict] = []
         fitted: dict[str, BaseFit] = {}
         with training_frame(built.features, spec.id_column, built.pipeline) as frame:
@@ -95,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
             reference = _sklearn(frame)
+        for layer in (built, clean, raw):
+            layer.release()
         total = sum(r["seconds"] for r in rows)
         print(f"{'all models':<20} {total:>8.1f} {sum(r['jobs'] for r in rows):>6}")
         for name, seconds in reference.items():

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -72,11 +73,16 @@ def materialize_selection(
     selection: str | None,
     tags: dict[str, str] | None = None,
     partition_key: str | None = None,
+    progress: bool = False,
 ) -> dg.ExecuteInProcessResult:
-    """Materialize the selected assets in this process (one JVM) and record the run."""
+    """Materialize the selected assets in this process (one JVM) and record the run.
+
+    With `progress`, a line per finished asset replaces Dagster's INFO log on the console.
+    """
     from churn_platform.assets.ingestion import BASE_BATCH, ingest_batches
     from churn_platform.core.process_identity import process_token
     from churn_platform.definitions import build_definitions
+    from churn_platform.progress import RunProgress
     from churn_platform.run_recovery import PROCESS_TAG
 
     instance = _instance(settings)
@@ -94,21 +100,32 @@ def materialize_selection(
         if not instance.has_dynamic_partition(ingest_batches.name, BASE_BATCH):
             instance.add_dynamic_partitions(ingest_batches.name, [BASE_BATCH])
         partition_key = BASE_BATCH
-    return dg.materialize(
-        list(defs.assets or []),
-        instance=instance,
-        resources=defs.resources,
-        selection=asset_selection,
-        partition_key=partition_key,
-        raise_on_error=False,
-        tags={
-            "churn/trigger": "cli",
-            "churn/actor": _actor(),
-            PROCESS_TAG: process_token(),
-            **(tags or {}),
-        },
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-    )
+    token = uuid.uuid4().hex
+    run_tags = {
+        "churn/trigger": "cli",
+        "churn/actor": _actor(),
+        "churn/cli_run": token,
+        PROCESS_TAG: process_token(),
+        **(tags or {}),
+    }
+    level = "WARNING" if progress else "INFO"
+
+    def run() -> dg.ExecuteInProcessResult:
+        return dg.materialize(
+            list(defs.assets or []),
+            instance=instance,
+            resources=defs.resources,
+            selection=asset_selection,
+            partition_key=partition_key,
+            raise_on_error=False,
+            tags=run_tags,
+            run_config={"loggers": {"console": {"config": {"log_level": level}}}},
+        )
+
+    if not progress:
+        return run()
+    with RunProgress(instance, ("churn/cli_run", token), total=len(keys)):
+        return run()
 
 
 def _actor() -> str:
@@ -185,12 +202,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not (settings.data_dir / TELCO_FILE).exists():
             ensure_telco_csv(settings.data_dir)
     _progress(f"materializing {args.select or 'all assets'} (state root {settings.home})", started)
-    result = materialize_selection(settings, args.select)
+    result = materialize_selection(settings, args.select, progress=True)
     summary = run_summary(result)
     _record_outcome(settings, result)
-    for key, numeric in summary["assets"].items():
-        rows = numeric.get("row_count")
-        _progress(f"{key}: materialized" + (f", {rows} rows" if rows is not None else ""), started)
+    _progress(f"{len(summary['assets'])} assets materialized", started)
     summary["wall_time_s"] = round(time.monotonic() - started, 2)
     if "champion" in summary:
         champion = summary["champion"]
