@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -119,6 +120,14 @@ class MlflowResource(dg.ConfigurableResource):
         return cls(
             tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
         )
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Create a new sqlite backend's schema in the background, beside the data layers.
+
+        MLflow's first use migrates a new database (about 5 s); started here, the first model
+        asset finds it ready instead of paying for it. `client()` waits for it under the lock.
+        """
+        threading.Thread(target=_initialise_backend, args=(self.tracking_uri,), daemon=True).start()
 
     def client(self) -> MlflowClient:
         """A client whose tracking and registry are both this resource's backend."""

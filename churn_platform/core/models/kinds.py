@@ -48,7 +48,7 @@ KINDS: dict[str, ModelKind] = {
             "logistic_regression",
             "training",
             "Logistic regression, regularisation chosen out of fold.",
-            {"regParam": [0.003, 0.01, 0.03], "elasticNetParam": 0.0, "tol": 1e-4},
+            {"regParam": [0.01, 0.03], "elasticNetParam": 0.0, "tol": 1e-4},
             _QUICK_LR,
         ),
         ModelKind(
