@@ -154,6 +154,11 @@ class DatasetSpec:
     folds: Annotated[int, Field(strict=True, ge=2)] = 5
     seed: StrictInt = 42
     score_population: ScorePopulationSpec | None = None
+    # Plausible values of numeric columns, `{column: [low, high]}` (either may be null): a value
+    # outside is quarantined as `out_of_range`, like a non-finite number.
+    ranges: dict[StrictStr, tuple[float | None, float | None]] = dataclasses.field(
+        default_factory=dict
+    )
     spec_file: str = ""
     spec_sha256: str = dataclasses.field(default="", compare=False)
 
@@ -173,6 +178,11 @@ class DatasetSpec:
                     )
         if self.score_population is not None:
             self._check_population(self.score_population)
+        for column, (low, high) in self.ranges.items():
+            if self.roles_declared and column not in self.numeric:
+                raise ValueError(f"'ranges' names {column!r}, which is not a 'numeric' column")
+            if low is not None and high is not None and low > high:
+                raise ValueError(f"'ranges' of {column!r}: low {low} is above high {high}")
         return self
 
     def _check_population(self, rule: ScorePopulationSpec) -> None:

@@ -83,6 +83,9 @@ _BASE = (
         (_BASE + "test_fraction: '0.2'\n", "'test_fraction'"),
         (_BASE + "categorical: [plan, churn]\n", "'categorical' lists 'churn', the target"),
         (_BASE + "numeric: [id, spend]\n", "'numeric' lists 'id', the id column"),
+        (_BASE + "numeric: [spend]\nranges: {plan: [0, 1]}\n", "'ranges' names 'plan'"),
+        (_BASE + "numeric: [spend]\nranges: {spend: [5, 1]}\n", "low 5.0 is above high 1.0"),
+        (_BASE + "numeric: [spend]\nranges: {spend: [0, lots]}\n", "'ranges"),
     ],
 )
 def test_spec_mistakes_are_refused_naming_file_and_key(tmp_path, text, message):
@@ -90,6 +93,12 @@ def test_spec_mistakes_are_refused_naming_file_and_key(tmp_path, text, message):
     with pytest.raises(SpecError, match=message) as info:
         load_spec(path, tmp_path)
     assert str(path) in str(info.value)
+
+
+def test_declared_ranges_reach_the_spec(tmp_path):
+    text = _BASE + "numeric: [spend, tenure]\nranges: {spend: [0, 10000], tenure: [0, null]}\n"
+    spec = load_spec(_write(tmp_path, text), tmp_path)
+    assert spec.ranges == {"spend": (0.0, 10000.0), "tenure": (0.0, None)}
 
 
 def test_integer_labels_are_read_as_written(tmp_path):

@@ -51,7 +51,7 @@ def cleaned_customers(
     """Clean every ingested batch; the run fails if too many rows are quarantined."""
     spec, settings = state.spec(), state.settings()
     result = cleaning.clean_customers(
-        raw_customers, spec, schema=lambda n, c: cleaned_schema(spec, n, c)
+        raw_customers, spec, schema=lambda n, c: cleaned_schema(spec, n, c), ranges=spec.ranges
     )
     try:
         yield from _outputs(context, settings, spec, result)

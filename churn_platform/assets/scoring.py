@@ -184,7 +184,7 @@ def score_file(
         raw = read.frame.withColumn(etl.BATCH_COL, F.lit("score")).withColumn(
             etl.BATCH_ORDER_COL, F.lit(0).cast("long")
         )
-        cleaned = cleaning.clean_customers(raw, spec, require_target=False)
+        cleaned = cleaning.clean_customers(raw, spec, require_target=False, ranges=spec.ranges)
     except Exception:
         read.release()
         raise
