@@ -401,10 +401,15 @@ def cmd_model_rollback(args: argparse.Namespace) -> int:
             actor=_actor(),
             reason=args.reason,
             to_version=args.to_version,
+            force=args.force,
         )
-    except ValueError as exc:  # no champion, no such version, nothing earlier to restore
+    except ValueError as exc:  # no champion, no such version, worse without --force
         raise CommandError(str(exc)) from None
     print(f"champion is now v{decision.champion_version} ({decision.reason})")
+    print(
+        "customers are not re-scored yet; to score them with this champion run:\n"
+        "  churn-platform run --select churn_scores"
+    )
     return EXIT_OK
 
 
@@ -619,6 +624,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("action", choices=["rollback"])
     model.add_argument("--to-version", help="version to make champion (default: the previous one)")
     model.add_argument("--reason", default="manual rollback")
+    model.add_argument(
+        "--force",
+        action="store_true",
+        help="roll back even to a version clearly worse than the champion (test ROC-AUC)",
+    )
 
     logs = add("logs", cmd_logs_verify, "operations log tools")
     logs.add_argument("action", choices=["verify"])

@@ -81,7 +81,9 @@ def render_status(status: dict[str, Any]) -> str:
     lines.append("MODELS")
     for model in status["models"]:
         aliases = ",".join(model.get("aliases", [])) or "-"
-        lines.append(f"  {model.get('name')} v{model.get('version')} [{aliases}]")
+        auc = model.get("roc_auc")
+        detail = f"{model.get('model_kind') or '?'}, test ROC-AUC {float(auc):.4f}" if auc else ""
+        lines.append(f"  {model.get('name')} v{model.get('version')} [{aliases}] {detail}".rstrip())
     lines.append("OPEN INCIDENTS" + ("" if status["incidents"] else ": none"))
     lines += [f"  {i['id']} {i['priority']} {i['summary']}" for i in status["incidents"]]
     return "\n".join(lines)

@@ -79,6 +79,8 @@ TAG_MODEL_KIND = "model_kind"
 TAG_MODEL_SHA256 = "model_sha256"
 TAG_THRESHOLD = "threshold"
 METRIC_TAG_PREFIX = "metric."
+# A rollback to a version this much worse (test ROC-AUC) than the champion needs --force.
+ROLLBACK_MARGIN = 0.01
 TAG_DECISION = "promotion.decision"
 TAG_BY = "promotion.by"
 TAG_REASON = "promotion.reason"
@@ -515,10 +517,15 @@ def rollback(
     reason: str,
     to_version: str | int | None = None,
     *,
+    force: bool = False,
     ops_log: OpsLog | None = None,
     context: Any = None,
 ) -> PromotionDecision:
-    """Move `champion` back to the previous champion (or `to_version`): an emergency change."""
+    """Move `champion` back to the previous champion (or `to_version`): an emergency change.
+
+    A version whose test ROC-AUC is worse than the champion's by more than ROLLBACK_MARGIN is
+    refused unless `force`: an operator should not make the worst model champion by a typo.
+    """
     client = resource.client()
     name = spec.model_name
     with _registry_lock(settings, name):
@@ -534,6 +541,8 @@ def rollback(
             if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 raise
             raise ValueError(f"{name} has no version {target!r} to roll back to") from None
+        if not force:
+            _refuse_a_worse_model(current, restored)
         client.set_registered_model_alias(name, CHAMPION, restored.version)
         _tag(client, restored, "rollback", actor, reason, previous=str(current.version))
         _tag(client, current, "rolled_back", actor, reason)
@@ -556,6 +565,23 @@ def rollback(
                 context=context,
             )
     return PromotionDecision(True, target, str(current.version), reason, why)
+
+
+def _refuse_a_worse_model(current: ModelVersion, restored: ModelVersion) -> None:
+    """A rollback target clearly worse than the champion (test ROC-AUC) needs --force."""
+    auc = {
+        v.version: float(v.tags[f"{METRIC_TAG_PREFIX}roc_auc"])
+        for v in (current, restored)
+        if f"{METRIC_TAG_PREFIX}roc_auc" in v.tags
+    }
+    if len(auc) < 2 or auc[current.version] - auc[restored.version] <= ROLLBACK_MARGIN:
+        return
+    raise ValueError(
+        f"{restored.name} v{restored.version} ({restored.tags.get(TAG_MODEL_KIND)}, test "
+        f"ROC-AUC {auc[restored.version]:.4f}) is worse than the champion v{current.version} "
+        f"({current.tags.get(TAG_MODEL_KIND)}, {auc[current.version]:.4f}) by more than "
+        f"{ROLLBACK_MARGIN}; pass --force to roll back anyway"
+    )
 
 
 @contextlib.contextmanager
@@ -747,6 +773,8 @@ def registry_snapshot(resource: MlflowResource, spec: DatasetSpec) -> list[dict[
             "name": name,
             "version": str(v.version),
             "aliases": sorted(by_version.get(str(v.version), [])),
+            "model_kind": v.tags.get(TAG_MODEL_KIND),
+            "roc_auc": v.tags.get(f"{METRIC_TAG_PREFIX}roc_auc"),
         }
         for v in sorted(_versions(client, name), key=lambda v: int(v.version))
     ]

@@ -172,6 +172,8 @@ def test_rollback_restores_previous_champion(pipeline, capsys):
     before = pipeline.summary["champion"]["version"]
     assert second["champion"]["version"] != before
     assert cli.main(["model", "rollback", "--reason", "test"]) == 0
+    # The operator is told how to re-score with the restored champion (scores are not redone).
+    assert "churn-platform run --select churn_scores" in capsys.readouterr().out
     settings = load_settings()
     models = registry_snapshot(_mlflow(), load_spec(settings.spec_path, settings.home))
     champion = [m for m in models if "champion" in m["aliases"]]

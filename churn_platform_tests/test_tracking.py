@@ -295,9 +295,21 @@ def test_rollback_restores_the_previous_champion_as_an_emergency_change(
     resource: MlflowResource, trained: dict[str, Trained], settings: Settings
 ) -> None:
     spec = _spec()
-    promote(resource, spec, _register(resource, spec, trained["medium"]), settings=settings)
-    promote(resource, spec, _register(resource, spec, trained["strong"]), settings=settings)
-    decision = rollback(resource, spec, settings, "user:oncall", "complaints about scores")
+    medium = _register(resource, spec, trained["medium"], roc_auc=0.80)
+    promote(resource, spec, medium, settings=settings)
+    promote(
+        resource,
+        spec,
+        _register(resource, spec, trained["strong"], roc_auc=0.85),
+        settings=settings,
+    )
+    # A clearly worse model (0.05 below the champion) needs an explicit --force.
+    with pytest.raises(ValueError, match=r"v1 .*worse than the champion v2.*--force"):
+        rollback(resource, spec, settings, "user:oncall", "complaints about scores")
+    assert resource.client().get_registered_model(spec.model_name).aliases["champion"] == 2
+    decision = rollback(
+        resource, spec, settings, "user:oncall", "complaints about scores", force=True
+    )
     assert decision.promoted
     assert (decision.champion_version, decision.previous_champion) == ("1", "2")
     client = resource.client()
@@ -324,7 +336,7 @@ def test_scoring_by_alias_loads_that_version_and_reproduces_its_predictions(
     spec = _spec()
     promote(resource, spec, _register(resource, spec, trained["medium"]), settings=settings)
     promote(resource, spec, _register(resource, spec, trained["strong"]), settings=settings)
-    rollback(resource, spec, settings, "user:oncall", "drill")
+    rollback(resource, spec, settings, "user:oncall", "drill", force=True)
 
     model, version = load_model(resource, spec)
     assert str(version.version) == "1" and model_threshold(version) == 0.42
@@ -334,10 +346,14 @@ def test_scoring_by_alias_loads_that_version_and_reproduces_its_predictions(
     assert golden_prediction_hash(model, golden, id_col=ID) == golden_prediction_hash(
         trained["medium"].model, golden, id_col=ID
     )
-    assert registry_snapshot(resource, spec) == [
-        {"name": spec.model_name, "version": "1", "aliases": ["champion"]},
-        {"name": spec.model_name, "version": "2", "aliases": ["challenger"]},
+    snapshot = registry_snapshot(resource, spec)
+    assert [(m["name"], m["version"], m["aliases"]) for m in snapshot] == [
+        (spec.model_name, "1", ["champion"]),
+        (spec.model_name, "2", ["challenger"]),
     ]
+    # What `status` shows per version: the kind and the test ROC-AUC it was registered with.
+    assert [m["model_kind"] for m in snapshot] == ["logistic_regression"] * 2
+    assert float(snapshot[0]["roc_auc"]) == trained["medium"].metrics["roc_auc"]
 
 
 def test_a_model_whose_files_changed_is_refused(
