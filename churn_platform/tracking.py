@@ -33,7 +33,6 @@ from typing import Any
 import dagster as dg
 import mlflow
 import mlflow.spark
-import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -328,17 +327,6 @@ def _log_evaluation(
             ranked = [{"feature": name, "importance": value} for name, value in feature_importance]
             (Path(tmp) / "feature_importance.json").write_text(json.dumps(ranked, indent=2))
         mlflow.log_artifacts(tmp, "evaluation")
-
-
-def reference_scores(resource: MlflowResource, version: ModelVersion) -> pd.DataFrame:
-    """The version's out-of-fold scores (label, fold, churn_probability; no customer ids).
-
-    What the model scored on customers it had not seen when trained: the reference that
-    monitoring compares today's score distribution with.
-    """
-    uri = f"runs:/{version.run_id}/evaluation/oof_scores.parquet"
-    with tempfile.TemporaryDirectory(prefix="churn-oof-") as tmp:
-        return pd.read_parquet(local_artifacts(uri, resource.tracking_uri, tmp))
 
 
 def local_artifacts(artifact_uri: str, tracking_uri: str, tmp: str) -> Path:
