@@ -134,6 +134,8 @@ def dagster_env(settings: Settings) -> dict[str, str]:
         "CHURN_DAGSTER_COMPUTE_LOGS": str(settings.dagster_storage / "compute_logs"),
         # MLflow draws a progress bar per artifact download: most of a run's output otherwise.
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        # MLflow's INFO lines (schema creation, "already on DFS") say nothing a user acts on.
+        "MLFLOW_LOGGING_LEVEL": "WARNING",
     }
 
 
