@@ -79,13 +79,15 @@ def materialize_selection(
 
     With `progress`, a line per finished asset replaces Dagster's INFO log on the console.
     """
+    # First: the platform's environment (Dagster home, MLflow's log level) must be in place
+    # before the asset modules import MLflow.
+    instance = _instance(settings)
     from churn_platform.assets.ingestion import BASE_BATCH, ingest_batches
     from churn_platform.core.process_identity import process_token
     from churn_platform.definitions import build_definitions
     from churn_platform.progress import RunProgress
     from churn_platform.run_recovery import PROCESS_TAG
 
-    instance = _instance(settings)
     defs = build_definitions(settings)
     graph = defs.resolve_asset_graph()
     # "Everything" is the pipeline; backups are their own daily-partitioned job.
