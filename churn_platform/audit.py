@@ -23,10 +23,10 @@ from mlflow.exceptions import MlflowException
 
 from churn_platform import tracking
 from churn_platform.assets.ingestion import batch_order
-from churn_platform.changes import list_changes
 from churn_platform.config import DatasetSpec
-from churn_platform.core.privacy import redact_url
-from churn_platform.ops_log import FILE_MODE, ensure_dir, utc_iso, write_json_atomic
+from churn_platform.core.ops.changes import list_changes
+from churn_platform.core.ops.files import FILE_MODE, ensure_dir, utc_iso, write_json_atomic
+from churn_platform.core.ops.privacy import redact_url
 from churn_platform.settings import Settings
 
 # Materialization tags Dagster writes; the names are stable but not exported publicly.

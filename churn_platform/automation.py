@@ -19,7 +19,7 @@ from churn_platform import etl
 from churn_platform.assets import cleaning, features
 from churn_platform.assets.ingestion import ingest_batches, raw_customers
 from churn_platform.config import DatasetSpec, load_spec
-from churn_platform.incidents import IncidentStore
+from churn_platform.core.ops.incidents import IncidentStore
 from churn_platform.settings import Settings, load_settings
 
 INBOX_SUFFIXES = (".csv", ".parquet")

@@ -70,15 +70,9 @@ from churn_platform.backup_storage import (
 from churn_platform.core.backup.scratch import OWNER, owned_tempdir, remove_abandoned
 from churn_platform.core.backup.signing import sign, signature_problem, signing_key
 from churn_platform.core.ops.anchor import Link, anchor_document, parse_anchor
-from churn_platform.core.privacy import redact_url
-from churn_platform.ops_log import (
-    HEADS_NAME,
-    LOCK_NAME,
-    locked,
-    pseudonym_key,
-    read_chain_heads,
-    reanchor,
-)
+from churn_platform.core.ops.chain import HEADS_NAME, LOCK_NAME, read_chain_heads, reanchor
+from churn_platform.core.ops.files import locked
+from churn_platform.core.ops.privacy import pseudonym_key, redact_url
 from churn_platform.settings import PROJECT_ROOT, Settings, load_settings
 
 __all__ = [
@@ -136,7 +130,7 @@ FORMAT = "churn-backup/1"
 POINTER = "CURRENT"
 MLFLOW_DB = "mlflow/mlflow.db"
 MLFLOW_ARTIFACTS = "mlflow/artifacts"
-# Where `ops_log.pseudonym_key` keeps the key; ops_log has the path inline, not as a constant.
+# Where `core.ops.privacy.pseudonym_key` keeps the key (the path is inline there).
 PSEUDONYM_KEY_FILE = "secrets/pseudonym.key"
 
 _SQLITE_SIDECARS = ("-wal", "-shm", "-journal")

@@ -417,8 +417,9 @@ def cmd_model_rollback(args: argparse.Namespace) -> int:
 
 def cmd_logs_verify(args: argparse.Namespace) -> int:
     from churn_platform.backup import archived_chain_anchor
-    from churn_platform.incidents import IncidentStore
-    from churn_platform.ops_log import anchor_path, format_verify_report, verify_logs
+    from churn_platform.core.ops.chain import anchor_path
+    from churn_platform.core.ops.incidents import IncidentStore
+    from churn_platform.core.ops.verify import format_verify_report, verify_logs
 
     settings = _settings(args)
     # The anchor outside logs/ and the newest backup's copy report a deleted log folder.
@@ -441,7 +442,7 @@ def cmd_logs_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_incidents(args: argparse.Namespace) -> int:
-    from churn_platform.incidents import IncidentStore, format_incidents
+    from churn_platform.core.ops.incidents import IncidentStore, format_incidents
 
     if args.action == "show" and not args.id:
         raise CommandError(

@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass
 
-from churn_platform.core.privacy import redact_url
+from churn_platform.core.ops.privacy import redact_url
 
 _SCHEMA = ConfigDict(extra="forbid", frozen=True)
 Names = tuple[StrictStr, ...]

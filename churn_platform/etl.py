@@ -53,7 +53,7 @@ from churn_platform.core.features import (  # noqa: F401
     feature_roles,
     fit_feature_pipeline,
 )
-from churn_platform.core.privacy import redact_message
+from churn_platform.core.ops.privacy import redact_message
 
 
 class InputDataError(ValueError):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from churn_platform.core.ops.log import ops_log_scope
 from churn_platform.core.process_identity import process_alive
-from churn_platform.ops_log import ops_log_scope
 from churn_platform.settings import Settings
 
 PROCESS_TAG = "churn/process"

@@ -55,10 +55,11 @@ from pyspark.sql.types import (
 from pyspark.sql.utils import is_remote
 from sqlalchemy.engine import make_url
 
-from churn_platform.changes import record_change
 from churn_platform.config import DatasetSpec
 from churn_platform.core.models.fitting import PROBABILITY_COL
-from churn_platform.ops_log import OpsLog, default_actor, ensure_dir, locked, ops_log_scope, utc_iso
+from churn_platform.core.ops.changes import record_change
+from churn_platform.core.ops.files import ensure_dir, locked, utc_iso
+from churn_platform.core.ops.log import OpsLog, default_actor, ops_log_scope
 from churn_platform.settings import PROJECT_ROOT, Settings
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"

@@ -11,8 +11,8 @@ import pytest
 
 from churn_platform import audit
 from churn_platform.assets.audit import audit_report
-from churn_platform.changes import record_change
 from churn_platform.config import DatasetSpec, load_spec
+from churn_platform.core.ops.changes import record_change
 from churn_platform.resources import StateResource
 from churn_platform.settings import Settings, load_settings
 from churn_platform.tracking import MlflowResource

@@ -57,7 +57,9 @@ from churn_platform.backup import (
 )
 from churn_platform.core.backup.scratch import OWNER, owned_tempdir
 from churn_platform.core.backup.signing import sign, signing_key
-from churn_platform.ops_log import OpsLog, anchor_path, verify_logs
+from churn_platform.core.ops.chain import anchor_path
+from churn_platform.core.ops.log import OpsLog
+from churn_platform.core.ops.verify import verify_logs
 from churn_platform.settings import Settings, load_settings
 
 PARTITION = "2026-11-27"

@@ -26,7 +26,7 @@ from churn_platform.core import cleaning, sources
 from churn_platform.core.features import build_features
 from churn_platform.core.models.fitting import full_model, training_frame
 from churn_platform.core.models.training import fit_model
-from churn_platform.incidents import IncidentStore
+from churn_platform.core.ops.incidents import IncidentStore
 from churn_platform.io_managers import current_version, new_version_dir, publish_version
 from churn_platform.resources import StateResource, spark_conf
 from churn_platform.settings import DEFAULT_SPEC, Settings, load_settings

@@ -5,7 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from churn_platform.changes import list_changes, record_change, record_config_change_if_any
+from churn_platform.core.ops.changes import (
+    list_changes,
+    record_change,
+    record_config_change_if_any,
+)
 from churn_platform.settings import Settings, load_settings
 from churn_platform_tests.test_ops_log import clear_ambient_ops_env, ops_log_file, ops_records
 

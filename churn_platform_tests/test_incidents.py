@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from churn_platform.incidents import Incident, IncidentStore, format_incidents
+from churn_platform.core.ops.incidents import Incident, IncidentStore, format_incidents
 from churn_platform.settings import Settings
 from churn_platform_tests.test_ops_log import clear_ambient_ops_env, ops_log_file, ops_records
 

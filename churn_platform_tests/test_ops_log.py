@@ -13,19 +13,10 @@ from pathlib import Path
 import pytest
 
 from churn_platform.core.ops.anchor import read_anchor
-from churn_platform.ops_log import (
-    GENESIS_HASH,
-    RECORD_FIELDS,
-    OpsLog,
-    anchor_path,
-    format_verify_report,
-    prune_logs,
-    pseudonym_key,
-    pseudonymize,
-    read_chain_heads,
-    sanitize,
-    verify_logs,
-)
+from churn_platform.core.ops.chain import GENESIS_HASH, anchor_path, read_chain_heads
+from churn_platform.core.ops.log import RECORD_FIELDS, OpsLog, prune_logs
+from churn_platform.core.ops.privacy import pseudonym_key, pseudonymize, sanitize
+from churn_platform.core.ops.verify import format_verify_report, verify_logs
 from churn_platform.settings import Settings, load_settings
 
 RAW_ID = "7590-VHVEG"

@@ -3,8 +3,8 @@
 import pytest
 
 from churn_platform.audit import RAW_LAYER, _source_files
-from churn_platform.changes import public_settings
-from churn_platform.core.privacy import redact_message, redact_url
+from churn_platform.core.ops.changes import public_settings
+from churn_platform.core.ops.privacy import redact_message, redact_url
 from churn_platform.settings import load_settings
 
 

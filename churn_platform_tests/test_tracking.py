@@ -18,12 +18,12 @@ from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from churn_platform.changes import list_changes
 from churn_platform.config import DatasetSpec, SourceSpec, TargetSpec
 from churn_platform.core.evaluation import plot_curves
 from churn_platform.core.models.explain import feature_importance, vector_feature_names
 from churn_platform.core.models.fitting import PROBABILITY_COL, full_model, training_frame
 from churn_platform.core.models.training import fit_model
+from churn_platform.core.ops.changes import list_changes
 from churn_platform.settings import Settings
 from churn_platform.tracking import (
     MlflowResource,

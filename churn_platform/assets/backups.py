@@ -28,9 +28,9 @@ from churn_platform.backup import (
     verify_backup,
 )
 from churn_platform.config import DatasetSpec
-from churn_platform.incidents import IncidentStore
+from churn_platform.core.ops.incidents import IncidentStore
+from churn_platform.core.ops.log import OpsLog
 from churn_platform.io_managers import current_version, new_version_dir, publish_version
-from churn_platform.ops_log import OpsLog
 from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.settings import Settings
 from churn_platform.tracking import MlflowResource

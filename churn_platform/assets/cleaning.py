@@ -10,7 +10,7 @@ from churn_platform import checks
 from churn_platform.config import DatasetSpec
 from churn_platform.core import cleaning
 from churn_platform.core.columns import LABEL_COL
-from churn_platform.ops_log import OpsLog
+from churn_platform.core.ops.log import OpsLog
 from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.schemas import cleaned_schema
 from churn_platform.settings import Settings

@@ -8,7 +8,7 @@ from pyspark.sql import DataFrame
 
 from churn_platform import checks
 from churn_platform.core import features
-from churn_platform.ops_log import OpsLog
+from churn_platform.core.ops.log import OpsLog
 from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.schemas import features_schema
 

@@ -13,7 +13,7 @@ from churn_platform import checks, etl
 from churn_platform.config import DatasetSpec, SourceSpec
 from churn_platform.core import quality
 from churn_platform.core import sources as sources_core
-from churn_platform.ops_log import OpsLog
+from churn_platform.core.ops.log import OpsLog
 from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.schemas import raw_schema
 from churn_platform.settings import Settings

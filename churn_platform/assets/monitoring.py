@@ -14,7 +14,7 @@ from churn_platform.automation import MONITORING_CHECKS
 from churn_platform.core import evaluation
 from churn_platform.core import scoring as core_scoring
 from churn_platform.core.models.fitting import PROBABILITY_COL
-from churn_platform.ops_log import OpsLog
+from churn_platform.core.ops.log import OpsLog
 from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.tracking import MlflowResource
 

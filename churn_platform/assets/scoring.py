@@ -13,7 +13,7 @@ from churn_platform import etl, tracking
 from churn_platform.config import DatasetSpec, SourceSpec
 from churn_platform.core import cleaning, output_files, sources
 from churn_platform.core import scoring as core_scoring
-from churn_platform.ops_log import OpsLog
+from churn_platform.core.ops.log import OpsLog
 from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.settings import Settings
 from churn_platform.tracking import MlflowResource

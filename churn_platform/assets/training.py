@@ -30,7 +30,7 @@ from churn_platform.core.models.fitting import (
 )
 from churn_platform.core.models.kinds import KINDS, MODEL_KINDS, merged_params, model_key
 from churn_platform.core.models.training import fit_model
-from churn_platform.ops_log import OpsLog
+from churn_platform.core.ops.log import OpsLog
 from churn_platform.resources import SPARK_POOL, StateResource, TrainingFrames
 from churn_platform.tracking import MlflowResource
 

@@ -20,17 +20,9 @@ from typing import Any
 
 import yaml
 
-from churn_platform.ops_log import (
-    OpsLog,
-    default_actor,
-    ensure_dir,
-    locked,
-    next_id,
-    ops_log_scope,
-    sanitize,
-    utc_iso,
-    write_json_atomic,
-)
+from churn_platform.core.ops.files import ensure_dir, locked, next_id, utc_iso, write_json_atomic
+from churn_platform.core.ops.log import OpsLog, default_actor, ops_log_scope
+from churn_platform.core.ops.privacy import sanitize
 from churn_platform.settings import Settings
 
 PRIORITY_MATRIX_ENV = "CHURN_PRIORITY_MATRIX"

@@ -18,19 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from churn_platform.core.privacy import redact_url
-from churn_platform.ops_log import (
-    OpsLog,
-    canonical_json,
-    default_actor,
-    ensure_dir,
-    locked,
-    next_id,
-    ops_log_scope,
-    sanitize,
-    utc_iso,
-    write_json_atomic,
-)
+from churn_platform.core.ops.chain import canonical_json
+from churn_platform.core.ops.files import ensure_dir, locked, next_id, utc_iso, write_json_atomic
+from churn_platform.core.ops.log import OpsLog, default_actor, ops_log_scope
+from churn_platform.core.ops.privacy import redact_url, sanitize
 from churn_platform.settings import Settings
 
 CHANGE_TYPES = ("standard", "normal", "emergency")
