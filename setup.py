@@ -27,7 +27,11 @@ setup(
         "pyarrow>=15,<22",
         "pyyaml>=6,<7",
         # Dataset spec schema (unknown keys and wrong types refused); already a dagster dependency.
-        "pydantic>=2.7,<3",
+        # 2.11: the settings' defaults derived from other fields and validate_by_name.
+        "pydantic>=2.11,<3",
+        # The settings object: environment variables into typed, validated fields, SecretStr for
+        # secrets; NoDecode (comma-separated CHURN_MODELS) needs 2.7.
+        "pydantic-settings>=2.7,<3",
         # URL parsing for credential redaction (make_url); already an mlflow dependency.
         "sqlalchemy>=2,<3",
         # JSON formatter for the operations log: a well-kept library instead of our own.

@@ -18,7 +18,6 @@ errors defined there are re-exported here, so callers need only this module.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import io
 import json
@@ -585,17 +584,6 @@ def _tool_versions() -> dict[str, str | None]:
     return versions
 
 
-def _settings_snapshot(settings: Settings) -> dict[str, Any]:
-    """Non-secret settings; secrets are exactly the fields `Settings` hides from its repr."""
-    snapshot: dict[str, Any] = {}
-    for spec in dataclasses.fields(settings):
-        if not spec.repr:
-            continue
-        value = getattr(settings, spec.name)
-        snapshot[spec.name] = redact_url(str(value)) if isinstance(value, str | Path) else value
-    return snapshot
-
-
 def _sources(
     settings: Settings,
     wanted: tuple[str, ...],
@@ -701,7 +689,7 @@ def _config_sources(
             yield _Source(arcname, "config", "file", str(path))
         else:
             not_included.append(f"missing: {path}")
-    snapshot = json.dumps(_settings_snapshot(settings), indent=2, sort_keys=True) + "\n"
+    snapshot = json.dumps(settings.public_values(), indent=2, sort_keys=True) + "\n"
     yield _Source("config/settings.json", "config", "bytes", content=snapshot.encode())
 
 

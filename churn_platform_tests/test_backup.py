@@ -24,6 +24,7 @@ import pandas as pd
 import psycopg2
 import pytest
 from mlflow import MlflowClient
+from pydantic import SecretStr
 
 from churn_platform import backup, cli
 from churn_platform.backup import (
@@ -590,8 +591,8 @@ def test_apply_retention_deletes_old_and_keeps_newest_verified(state: State) -> 
             state.settings, day.isoformat(), None, ("config",), project_root=state.project
         )
     offsite = Path(state.settings.backup_target)
-    settings = dataclasses.replace(
-        state.settings, backup_keep_daily=2, backup_keep_weekly=0, backup_keep_monthly=0
+    settings = state.settings.model_copy(
+        update={"backup_keep_daily": 2, "backup_keep_weekly": 0, "backup_keep_monthly": 0}
     )
 
     assert apply_retention(settings, dry_run=True) == days[:4]
@@ -601,7 +602,7 @@ def test_apply_retention_deletes_old_and_keeps_newest_verified(state: State) -> 
 
     newest = offsite / days[-1].isoformat() / f"churn-backup-{days[-1]}.tar.gz"
     _flip(newest, 40)
-    one_daily = dataclasses.replace(settings, backup_keep_daily=1)
+    one_daily = settings.model_copy(update={"backup_keep_daily": 1})
     assert apply_retention(one_daily) == []
     _flip(offsite / days[-2].isoformat() / f"churn-backup-{days[-2]}.tar.gz", 40)
     with pytest.raises(VerificationError, match="no-verified-backup"):
@@ -758,7 +759,7 @@ def test_postgres_tracking_backend_is_dumped_with_pg_dump(
     with closing(psycopg2.connect(postgres)) as conn, conn, conn.cursor() as cursor:
         cursor.execute("CREATE TABLE registered_models (name TEXT PRIMARY KEY)")
         cursor.execute("INSERT INTO registered_models VALUES (%s)", (MODEL,))
-    settings = dataclasses.replace(state.settings, mlflow_tracking_uri=postgres)
+    settings = state.settings.model_copy(update={"mlflow_tracking_uri": postgres})
 
     components = ("mlflow", "config")
     result = create_backup(settings, PARTITION, None, components, project_root=state.project)
@@ -818,7 +819,7 @@ def test_a_forged_manifest_with_recomputed_checksums_is_refused(
 
 def test_a_manifest_without_signature_or_key_is_refused(state: State) -> None:
     archive = Path(_backup(state).archive)
-    unkeyed = dataclasses.replace(state.settings, pseudonym_key="")
+    unkeyed = state.settings.model_copy(update={"pseudonym_key": SecretStr("")})
     shutil.rmtree(state.home / "secrets")
     assert {p.kind for p in verify_backup(PARTITION, unkeyed).problems} == {"unverifiable"}
     archive.with_name(archive.name + ".manifest.sig").unlink()
@@ -875,7 +876,7 @@ def test_restore_target_that_is_a_file_is_a_usage_error(
 
 def test_an_archive_may_not_expand_past_the_cap(state: State, tmp_path: Path) -> None:
     result = _backup(state)
-    capped = dataclasses.replace(state.settings, backup_max_expanded_bytes=result.bytes - 1)
+    capped = state.settings.model_copy(update={"backup_max_expanded_bytes": result.bytes - 1})
     assert "too-large" in {p.kind for p in verify_backup(PARTITION, capped).problems}
     with pytest.raises(VerificationError, match="too-large"):
         restore_backup(capped, PARTITION, target_dir=tmp_path / "restored")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 from collections.abc import Iterator
@@ -120,7 +119,7 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 
 def test_s3_target_round_trip(state: State, tmp_path: Path, s3: Any) -> None:
-    settings = dataclasses.replace(state.settings, backup_target="s3://churn-backups/prod")
+    settings = state.settings.model_copy(update={"backup_target": "s3://churn-backups/prod"})
     registry = _registry(state.home / "mlflow" / "mlflow.db")
 
     result = create_backup(settings, PARTITION, None, project_root=state.project)

@@ -3,7 +3,6 @@
 import pytest
 
 from churn_platform.audit import RAW_LAYER, _source_files
-from churn_platform.core.ops.changes import public_settings
 from churn_platform.core.ops.privacy import redact_message, redact_url
 from churn_platform.settings import load_settings
 
@@ -53,7 +52,7 @@ def test_driver_message_loses_the_url_password_and_the_env_password():
 def test_settings_records_hold_no_database_password(tmp_path):
     uri = "postgresql://db.internal/mlflow?user=mlflow&password=s3cr3t"
     env = {"CHURN_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": uri}
-    recorded = public_settings(load_settings(env))["mlflow_tracking_uri"]
+    recorded = load_settings(env).public_values()["mlflow_tracking_uri"]
     assert "s3cr3t" not in recorded and "db.internal" in recorded
 
 

@@ -1,7 +1,5 @@
 """The gate never crowns a model whose test metrics are too perfect to be honest."""
 
-import dataclasses
-
 import pytest
 
 from churn_platform.config import DatasetSpec, SourceSpec, TargetSpec
@@ -48,7 +46,7 @@ def test_a_perfect_first_model_is_not_promoted(settings: Settings) -> None:
 
 
 def test_perfect_metrics_are_promoted_when_explicitly_allowed(settings: Settings) -> None:
-    allowed = dataclasses.replace(settings, allow_perfect_metrics=True)
+    allowed = settings.model_copy(update={"allow_perfect_metrics": True})
     resource, spec, version = _candidate(allowed, roc_auc=1.0)
     assert promote(resource, spec, version, settings=allowed).promoted
 

@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import numbers
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,13 +20,11 @@ from typing import Any
 from churn_platform.core.ops.chain import canonical_json
 from churn_platform.core.ops.files import ensure_dir, locked, next_id, utc_iso, write_json_atomic
 from churn_platform.core.ops.log import OpsLog, default_actor, ops_log_scope
-from churn_platform.core.ops.privacy import redact_url, sanitize
+from churn_platform.core.ops.privacy import sanitize
 from churn_platform.settings import Settings
 
 CHANGE_TYPES = ("standard", "normal", "emergency")
 CONFIG_CI = "platform_config"
-
-_SECRET_NAME_RE = re.compile(r"key|password|secret|token", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -122,23 +119,6 @@ def list_changes(settings: Settings, configuration_item: str | None = None) -> l
     )
 
 
-def public_settings(settings: Settings) -> dict[str, Any]:
-    """Settings without secrets (key/password/secret/token fields; credentials inside URLs)."""
-    values: dict[str, Any] = {}
-    for item in dataclasses.fields(settings):
-        if _SECRET_NAME_RE.search(item.name):
-            continue
-        value = getattr(settings, item.name)
-        if isinstance(value, Path):
-            value = str(value)
-        if isinstance(value, tuple):
-            value = list(value)  # as it reads back from JSON
-        if isinstance(value, str):
-            value = redact_url(value)
-        values[item.name] = value
-    return values
-
-
 def _config_version(spec_sha: str, settings_sha: str) -> str:
     return f"spec:{spec_sha[:12]} settings:{settings_sha[:12]}"
 
@@ -152,7 +132,7 @@ def record_config_change_if_any(
     records the baseline. Returns None when nothing changed.
     """
     spec_sha = hashlib.sha256(Path(spec_path).read_bytes()).hexdigest()
-    values = public_settings(settings)
+    values = settings.public_values()
     settings_sha = hashlib.sha256(canonical_json(values).encode("ascii")).hexdigest()
     directory = _changes_dir(settings)
     state_path = directory / "config_state.json"

@@ -148,7 +148,7 @@ def pseudonym_key(settings: Settings) -> str:
     agree because the key is published with `os.link`, which never overwrites.
     """
     if settings.pseudonym_key:
-        return settings.pseudonym_key
+        return settings.pseudonym_key.get_secret_value()
     path = settings.home / "secrets" / "pseudonym.key"
     if not path.exists():
         ensure_dir(path.parent, 0o700)
