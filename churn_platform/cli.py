@@ -568,7 +568,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from churn_platform.synthetic import generate_customers, write_customers
+    from churn_platform.core.synthetic.generate import generate_customers
+    from churn_platform.core.synthetic.write import write_customers
 
     spark = _spark(_settings(args))
     df = generate_customers(

@@ -43,7 +43,8 @@ def simulate(
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     if synthetic_rows:
         from churn_platform.cli import _spark
-        from churn_platform.synthetic import generate_customers, write_customers
+        from churn_platform.core.synthetic.generate import generate_customers
+        from churn_platform.core.synthetic.write import write_customers
 
         spark = _spark(settings)
         for i in range(batches):

@@ -27,10 +27,11 @@ from churn_platform.core.features import build_features
 from churn_platform.core.models.fitting import full_model, training_frame
 from churn_platform.core.models.training import fit_model
 from churn_platform.core.ops.incidents import IncidentStore
+from churn_platform.core.synthetic.generate import generate_customers
+from churn_platform.core.synthetic.write import write_customers
 from churn_platform.io_managers import current_version, new_version_dir, publish_version
 from churn_platform.resources import StateResource, spark_conf
 from churn_platform.settings import DEFAULT_SPEC, Settings, load_settings
-from churn_platform.synthetic import generate_customers, write_customers
 from churn_platform.tracking import MlflowResource
 
 PARTITION = "2026-11-27"

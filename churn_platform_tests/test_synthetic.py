@@ -14,7 +14,8 @@ from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from churn_platform.synthetic import generate_customers, write_customers
+from churn_platform.core.synthetic.generate import generate_customers
+from churn_platform.core.synthetic.write import write_customers
 from churn_platform_tests.conftest import TELCO_HEADER
 
 TELCO_COLUMNS = TELCO_HEADER.split(",")

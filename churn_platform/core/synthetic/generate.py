@@ -5,72 +5,26 @@ Every value is a pure function of (seed, customer index, purpose): it comes from
 `rand()`, so the output is identical however Spark partitions the work, and it is computed by
 Spark expressions alone (no UDFs, no driver loops): about ten CPU seconds per million rows.
 
-Categories stay small integer codes until the final projection, and probability tables are looked
-up with CASE over those codes, which keeps Spark's generated code small and free of null checks.
+Categories stay small integer codes until the final projection, and probability tables
+(`core.synthetic.telco`) are looked up with CASE over those codes, which keeps Spark's generated
+code small and free of null checks.
 
-Marginals, service bundles, prices and the churn mechanism were calibrated once against the public
-Telco file; the project never reads that file. A customer is an index in `[0, ID_SPACE)`: the same
-index always yields the same `customerID`, gender and senior flag, while the account (tenure,
-services, charges, churn) depends on the seed, so a batch whose index range overlaps an earlier
-one carries updates of existing customers next to new ones.
+A customer is an index in `[0, ID_SPACE)`: the same index always yields the same `customerID`,
+gender and senior flag, while the account (tenure, services, charges, churn) depends on the
+seed, so a batch whose index range overlaps an earlier one carries updates of existing customers
+next to new ones.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import uuid
 import zlib
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Literal
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-TELCO_COLUMNS: tuple[str, ...] = (
-    "customerID",
-    "gender",
-    "SeniorCitizen",
-    "Partner",
-    "Dependents",
-    "tenure",
-    "PhoneService",
-    "MultipleLines",
-    "InternetService",
-    "OnlineSecurity",
-    "OnlineBackup",
-    "DeviceProtection",
-    "TechSupport",
-    "StreamingTV",
-    "StreamingMovies",
-    "Contract",
-    "PaperlessBilling",
-    "PaymentMethod",
-    "MonthlyCharges",
-    "TotalCharges",
-    "Churn",
-)
-ADD_ONS: tuple[str, ...] = (
-    "OnlineSecurity",
-    "OnlineBackup",
-    "DeviceProtection",
-    "TechSupport",
-    "StreamingTV",
-    "StreamingMovies",
-)
-CONTRACTS: tuple[str, ...] = ("Month-to-month", "One year", "Two year")
-INTERNET_SERVICES: tuple[str, ...] = ("DSL", "Fiber optic", "No")
-PAYMENT_METHODS: tuple[str, ...] = (
-    "Electronic check",
-    "Mailed check",
-    "Bank transfer (automatic)",
-    "Credit card (automatic)",
-)
-_MONTH_TO_MONTH, _TWO_YEAR = 0, 2
-_DSL, _FIBER, _NO_INTERNET = 0, 1, 2
-_ELECTRONIC_CHECK = 0
+from churn_platform.core.synthetic import telco
 
 _ID_DIGITS = 10**4
 _ID_LETTERS = 26**5
@@ -84,102 +38,6 @@ ID_SPACE = _ID_DIGITS * _ID_LETTERS
 _ID_PERMUTATION = ((48_271_031, 7_919_304_627), (69_069_011, 104_729_000_003))
 
 _NO_OP_COALESCE_PARTITIONS = 1 << 30
-_COPY_BUFFER_BYTES = 16 << 20
-
-_MAX_TENURE = 72
-# Tenure = 1 + floor(scale * u^power), capped at 72, per contract: short for month-to-month,
-# long for two-year contracts (with the Telco pile-up at 72 months). Only customers on a term
-# contract can be brand new (tenure 0, no bill yet, blank TotalCharges).
-_TENURE_SHAPE = ((72.0, 2.6), (72.0, 0.8), (76.0, 0.3))
-_NEW_TERM_CONTRACT_RATE = 0.0035
-
-# Probability tables, one row per value of the key noted, one column per category code.
-_GENDER_MALE = 0.505
-_SENIOR = 0.162
-_PARTNER = 0.483
-_DEPENDENTS_BY_PARTNER = (0.099, 0.514)
-_CONTRACT_BY_PARTNER = ((0.685, 0.177, 0.138), (0.405, 0.244, 0.351))
-_INTERNET_BY_SENIOR_CONTRACT = (
-    (0.347, 0.486, 0.167),
-    (0.405, 0.323, 0.272),
-    (0.373, 0.231, 0.396),
-    (0.197, 0.788, 0.015),
-    (0.263, 0.653, 0.084),
-    (0.345, 0.490, 0.165),
-)
-_DSL_WITHOUT_PHONE = 0.28
-_PAPERLESS_BY_INTERNET = (0.55, 0.77, 0.29)
-_PAYMENT_BY_CONTRACT = (
-    (0.477, 0.231, 0.152, 0.140),
-    (0.236, 0.229, 0.265, 0.270),
-    (0.099, 0.225, 0.333, 0.343),
-)
-# P(service | internet, tenure share t) = base + slope * t per internet code: long-standing
-# customers buy more. Add-ons need internet; multiple lines need phone service.
-_SERVICE_RATE = {
-    "MultipleLines": ((0.12, 0.60), (0.38, 0.50), (0.06, 0.45)),
-    "OnlineSecurity": ((0.22, 0.55), (0.07, 0.45), (0.0, 0.0)),
-    "OnlineBackup": ((0.25, 0.40), (0.25, 0.40), (0.0, 0.0)),
-    "DeviceProtection": ((0.25, 0.40), (0.25, 0.40), (0.0, 0.0)),
-    "TechSupport": ((0.22, 0.55), (0.07, 0.45), (0.0, 0.0)),
-    "StreamingTV": ((0.18, 0.45), (0.35, 0.43), (0.0, 0.0)),
-    "StreamingMovies": ((0.18, 0.45), (0.35, 0.43), (0.0, 0.0)),
-}
-# Monthly tariff in dollars: the Telco charges are this list price plus about a dollar of noise,
-# and total charges are tenure x monthly within about 5 %.
-_PRICE_PHONE = 20.0
-_PRICE_INTERNET = (25.0, 50.0, 0.0)
-_PRICE_SERVICE = {
-    "MultipleLines": 5.0,
-    "OnlineSecurity": 5.0,
-    "OnlineBackup": 5.0,
-    "DeviceProtection": 5.0,
-    "TechSupport": 5.0,
-    "StreamingTV": 10.0,
-    "StreamingMovies": 10.0,
-}
-_CHARGE_NOISE, _CHARGE_NOISE_CAP = 1.0, 1.75
-_TOTAL_NOISE, _TOTAL_RATIO_RANGE = 0.05, (0.7, 1.5)
-
-# Churn log-odds = intercept + sum(coefficient * feature). `drift` interpolates linearly from a
-# Telco-like mechanism (contract, short tenure, fiber, electronic check, no security or support,
-# seniors) to a market where a cheaper competitor poaches price-sensitive, long-standing and DSL
-# customers, so a model fitted on undrifted data ranks drifted customers poorly.
-_CHURN_UNDRIFTED = {
-    "intercept": -1.46,
-    "month_to_month": 0.8,
-    "two_year": -0.9,
-    "log_tenure": -0.55,
-    "charges_per_100": 0.8,
-    "fiber": 0.5,
-    "no_internet": -0.5,
-    "electronic_check": 0.45,
-    "no_security": 0.35,
-    "no_support": 0.35,
-    "senior": 0.3,
-    "paperless": 0.3,
-    "dependents": -0.2,
-}
-_CHURN_DRIFTED = {
-    "intercept": -5.3,
-    "month_to_month": 0.4,
-    "two_year": -0.4,
-    "log_tenure": 0.7,
-    "charges_per_100": 4.0,
-    "fiber": -2.0,
-    "no_internet": -0.5,
-    "electronic_check": 0.0,
-    "no_security": 0.0,
-    "no_support": 0.0,
-    "senior": 0.0,
-    "paperless": 0.0,
-    "dependents": 0.0,
-}
-# How far drift=1 tilts the population: this share of the other customers moves to
-# month-to-month and to fiber, and list prices rise.
-_DRIFT_MONTH_TO_MONTH = 0.2
-_DRIFT_FIBER = 0.3
-_DRIFT_PRICE_RISE = 0.12
 
 
 class _Draws:
@@ -285,34 +143,36 @@ def _household_and_contract(df: DataFrame, draw: _Draws, drift: float) -> DataFr
     """Who the customer is, the contract they signed and how long they have stayed."""
     contract = F.col("contract")
     staying = F.least(
-        F.lit(_MAX_TENURE),
+        F.lit(telco.MAX_TENURE),
         (
             F.lit(1.0)
             + F.floor(
-                _at([s for s, _ in _TENURE_SHAPE], contract)
-                * F.pow(draw.uniform("tenure"), _at([p for _, p in _TENURE_SHAPE], contract))
+                _at([s for s, _ in telco.TENURE_SHAPE], contract)
+                * F.pow(draw.uniform("tenure"), _at([p for _, p in telco.TENURE_SHAPE], contract))
             )
         ).cast("int"),
     )
-    just_signed = (contract != _MONTH_TO_MONTH) & (
-        draw.uniform("tenure/new") < _NEW_TERM_CONTRACT_RATE
+    just_signed = (contract != telco.MONTH_TO_MONTH) & (
+        draw.uniform("tenure/new") < telco.NEW_TERM_CONTRACT_RATE
     )
-    contract_table = _tilt(_CONTRACT_BY_PARTNER, _MONTH_TO_MONTH, _DRIFT_MONTH_TO_MONTH * drift)
+    contract_table = _tilt(
+        telco.CONTRACT_BY_PARTNER, telco.MONTH_TO_MONTH, telco.DRIFT_MONTH_TO_MONTH * drift
+    )
     return (
         df.withColumns(
             {
                 "customerID": _customer_id(F.col("idx")),
-                "gender": F.when(draw.identity("gender") < _GENDER_MALE, "Male").otherwise(
+                "gender": F.when(draw.identity("gender") < telco.GENDER_MALE, "Male").otherwise(
                     "Female"
                 ),
-                "senior": _flag(draw.identity("senior") < _SENIOR),
-                "partner": _flag(draw.uniform("partner") < _PARTNER),
+                "senior": _flag(draw.identity("senior") < telco.SENIOR),
+                "partner": _flag(draw.uniform("partner") < telco.PARTNER),
             }
         )
         .withColumns(
             {
                 "dependents": _flag(
-                    draw.uniform("dependents") < _at(_DEPENDENTS_BY_PARTNER, F.col("partner"))
+                    draw.uniform("dependents") < _at(telco.DEPENDENTS_BY_PARTNER, F.col("partner"))
                 ),
                 "contract": _category(draw.uniform("contract"), contract_table, F.col("partner")),
             }
@@ -324,38 +184,41 @@ def _household_and_contract(df: DataFrame, draw: _Draws, drift: float) -> DataFr
 def _services(df: DataFrame, draw: _Draws, drift: float) -> DataFrame:
     """Internet type, phone lines, add-ons and billing, consistent with each other."""
     internet = F.col("internet")
-    tenure_share = F.col("tenure") / F.lit(float(_MAX_TENURE))
+    tenure_share = F.col("tenure") / F.lit(float(telco.MAX_TENURE))
 
     def has(service: str) -> Column:
-        rates = _SERVICE_RATE[service]
+        rates = telco.SERVICE_RATE[service]
         probability = (
             _at([b for b, _ in rates], internet)
             + _at([s for _, s in rates], internet) * tenure_share
         )
         return _flag(draw.uniform(service) < probability)
 
-    internet_table = _tilt(_INTERNET_BY_SENIOR_CONTRACT, _FIBER, _DRIFT_FIBER * drift)
+    internet_table = _tilt(
+        telco.INTERNET_BY_SENIOR_CONTRACT, telco.FIBER, telco.DRIFT_FIBER * drift
+    )
     return (
         df.withColumn(
             "internet",
             _category(
                 draw.uniform("internet"),
                 internet_table,
-                F.col("senior") * len(CONTRACTS) + F.col("contract"),
+                F.col("senior") * len(telco.CONTRACTS) + F.col("contract"),
             ),
         )
         .withColumn(
-            "phone", _flag((internet != _DSL) | (draw.uniform("phone") >= _DSL_WITHOUT_PHONE))
+            "phone",
+            _flag((internet != telco.DSL) | (draw.uniform("phone") >= telco.DSL_WITHOUT_PHONE)),
         )
         .withColumns(
             {
                 "MultipleLines": F.col("phone") * has("MultipleLines"),
-                **{service: has(service) for service in ADD_ONS},
+                **{service: has(service) for service in telco.ADD_ONS},
                 "paperless": _flag(
-                    draw.uniform("paperless") < _at(_PAPERLESS_BY_INTERNET, internet)
+                    draw.uniform("paperless") < _at(telco.PAPERLESS_BY_INTERNET, internet)
                 ),
                 "payment": _category(
-                    draw.uniform("payment"), _PAYMENT_BY_CONTRACT, F.col("contract")
+                    draw.uniform("payment"), telco.PAYMENT_BY_CONTRACT, F.col("contract")
                 ),
             }
         )
@@ -365,17 +228,17 @@ def _services(df: DataFrame, draw: _Draws, drift: float) -> DataFrame:
 def _charges(df: DataFrame, draw: _Draws, drift: float) -> DataFrame:
     """Monthly charges from the tariff plus noise; total = tenure x monthly with usage noise."""
     list_price = sum(
-        (F.col(service) * price for service, price in _PRICE_SERVICE.items()),
-        F.col("phone") * _PRICE_PHONE + _at(_PRICE_INTERNET, F.col("internet")),
+        (F.col(service) * price for service, price in telco.PRICE_SERVICE.items()),
+        F.col("phone") * telco.PRICE_PHONE + _at(telco.PRICE_INTERNET, F.col("internet")),
     )
     noise = F.greatest(
-        F.lit(-_CHARGE_NOISE_CAP),
-        F.least(F.lit(_CHARGE_NOISE_CAP), draw.normal("charges") * _CHARGE_NOISE),
+        F.lit(-telco.CHARGE_NOISE_CAP),
+        F.least(F.lit(telco.CHARGE_NOISE_CAP), draw.normal("charges") * telco.CHARGE_NOISE),
     )
-    monthly = (list_price + noise) * (1.0 + _DRIFT_PRICE_RISE * drift)
-    low, high = _TOTAL_RATIO_RANGE
+    monthly = (list_price + noise) * (1.0 + telco.DRIFT_PRICE_RISE * drift)
+    low, high = telco.TOTAL_RATIO_RANGE
     usage = F.when(F.col("tenure") == 1, F.lit(1.0)).otherwise(
-        F.greatest(F.lit(low), F.least(F.lit(high), 1.0 + draw.normal("total") * _TOTAL_NOISE))
+        F.greatest(F.lit(low), F.least(F.lit(high), 1.0 + draw.normal("total") * telco.TOTAL_NOISE))
     )
     return df.withColumn("monthly_cents", (F.rint(monthly * 20.0) * 5).cast("long")).withColumn(
         "total_cents",
@@ -385,15 +248,15 @@ def _charges(df: DataFrame, draw: _Draws, drift: float) -> DataFrame:
 
 def _churn(df: DataFrame, draw: _Draws, drift: float) -> DataFrame:
     """Churn drawn from a logistic model whose coefficients move with `drift`."""
-    has_internet = _flag(F.col("internet") != _NO_INTERNET)
+    has_internet = _flag(F.col("internet") != telco.NO_INTERNET)
     features = {
-        "month_to_month": _flag(F.col("contract") == _MONTH_TO_MONTH),
-        "two_year": _flag(F.col("contract") == _TWO_YEAR),
+        "month_to_month": _flag(F.col("contract") == telco.MONTH_TO_MONTH),
+        "two_year": _flag(F.col("contract") == telco.TWO_YEAR),
         "log_tenure": F.log1p(F.col("tenure")),
         "charges_per_100": F.col("monthly_cents") / 10_000.0,
-        "fiber": _flag(F.col("internet") == _FIBER),
+        "fiber": _flag(F.col("internet") == telco.FIBER),
         "no_internet": 1 - has_internet,
-        "electronic_check": _flag(F.col("payment") == _ELECTRONIC_CHECK),
+        "electronic_check": _flag(F.col("payment") == telco.ELECTRONIC_CHECK),
         "no_security": has_internet * (1 - F.col("OnlineSecurity")),
         "no_support": has_internet * (1 - F.col("TechSupport")),
         "senior": F.col("senior"),
@@ -401,8 +264,8 @@ def _churn(df: DataFrame, draw: _Draws, drift: float) -> DataFrame:
         "dependents": F.col("dependents"),
     }
     coefficient = {
-        name: (1.0 - drift) * _CHURN_UNDRIFTED[name] + drift * _CHURN_DRIFTED[name]
-        for name in _CHURN_UNDRIFTED
+        name: (1.0 - drift) * telco.CHURN_UNDRIFTED[name] + drift * telco.CHURN_DRIFTED[name]
+        for name in telco.CHURN_UNDRIFTED
     }
     log_odds = sum(
         (value * coefficient[name] for name, value in features.items()),
@@ -416,7 +279,7 @@ def _churn(df: DataFrame, draw: _Draws, drift: float) -> DataFrame:
 def _as_telco_text(df: DataFrame) -> DataFrame:
     """The 21 Telco columns, in order, as the strings the public CSV holds."""
     yes_no = ("No", "Yes")
-    no_internet = 2 * _flag(F.col("internet") == _NO_INTERNET)
+    no_internet = 2 * _flag(F.col("internet") == telco.NO_INTERNET)
     return df.select(
         "customerID",
         "gender",
@@ -428,14 +291,14 @@ def _as_telco_text(df: DataFrame) -> DataFrame:
         _at((*yes_no, "No phone service"), F.col("MultipleLines") + 2 * (1 - F.col("phone"))).alias(
             "MultipleLines"
         ),
-        _at(INTERNET_SERVICES, F.col("internet")).alias("InternetService"),
+        _at(telco.INTERNET_SERVICES, F.col("internet")).alias("InternetService"),
         *(
             _at((*yes_no, "No internet service"), F.col(service) + no_internet).alias(service)
-            for service in ADD_ONS
+            for service in telco.ADD_ONS
         ),
-        _at(CONTRACTS, F.col("contract")).alias("Contract"),
+        _at(telco.CONTRACTS, F.col("contract")).alias("Contract"),
         _at(yes_no, F.col("paperless")).alias("PaperlessBilling"),
-        _at(PAYMENT_METHODS, F.col("payment")).alias("PaymentMethod"),
+        _at(telco.PAYMENT_METHODS, F.col("payment")).alias("PaymentMethod"),
         _money(F.col("monthly_cents")).alias("MonthlyCharges"),
         F.when(F.col("tenure") == 0, F.lit(" "))
         .otherwise(_money(F.col("total_cents")))
@@ -506,88 +369,3 @@ def generate_customers(
     customers = _services(_household_and_contract(customers, draw, drift), draw, drift)
     customers = _churn(_charges(_codegen_barrier(customers), draw, drift), draw, drift)
     return _as_telco_text(_codegen_barrier(customers))
-
-
-def write_customers(
-    df: DataFrame, path: str | Path, fmt: Literal["csv", "parquet"] = "csv"
-) -> Path:
-    """Write `df` as ONE file at `path`, replacing any previous file atomically.
-
-    Spark writes into a hidden staging folder next to `path` (same file system); the result is
-    assembled under a temporary name there and renamed onto `path` with `os.replace`, so readers
-    see the old file or the new one, never half a file.
-
-    CSV: every partition is written in parallel, then the part files are joined in partition
-    order (byte copies, keeping the first header), which is twice as fast on two cores as
-    funnelling all rows through one task. One header, LF line endings and values verbatim
-    (Spark's default CSV write trims whitespace, which would empty the Telco blank
-    `TotalCharges`).
-
-    Parquet: a single file (snappy, all columns strings) from one Spark task. Spark reads a file
-    path like a folder and splits it by row group, and one file keeps the same atomic
-    replacement and `--output FILE` contract as CSV.
-
-    The path must be on a file system that the Spark driver and executors share (local mode or
-    a common mount).
-
-    Returns:
-        The absolute path of the written file.
-    """
-    if fmt not in ("csv", "parquet"):
-        raise ValueError(f"write_customers: fmt must be 'csv' or 'parquet', got {fmt!r}")
-    target = Path(path).absolute()
-    if target.is_dir():
-        raise IsADirectoryError(f"write_customers: {target} is a directory, expected a file path")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    hidden = f".{target.name}.{uuid.uuid4().hex}"
-    staging, assembled = target.parent / f"{hidden}.parts", target.parent / f"{hidden}.tmp"
-    try:
-        if fmt == "csv":
-            df.write.options(
-                header=True,
-                lineSep="\n",
-                ignoreLeadingWhiteSpace=False,
-                ignoreTrailingWhiteSpace=False,
-            ).csv(str(staging))
-            _join_csv_parts(_part_files(staging), assembled)
-        else:
-            df.coalesce(1).write.parquet(str(staging))
-            parts = _part_files(staging)
-            if len(parts) != 1:
-                raise RuntimeError(
-                    f"write_customers: expected one parquet part in {staging}, found {len(parts)}"
-                )
-            os.replace(parts[0], assembled)
-        _fsync(assembled)
-        os.replace(assembled, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        assembled.unlink(missing_ok=True)
-    return target
-
-
-def _part_files(folder: Path) -> list[Path]:
-    """Spark's part files in partition order (`part-00002` before `part-00010`)."""
-    parts = sorted(folder.glob("part-*"), key=lambda part: int(part.name.split("-")[1]))
-    if not parts:
-        raise RuntimeError(f"write_customers: Spark wrote no part file into {folder}")
-    return parts
-
-
-def _join_csv_parts(parts: Sequence[Path], destination: Path) -> None:
-    """Concatenate CSV part files, keeping only the first one's header line."""
-    with destination.open("wb") as out:
-        for number, part in enumerate(parts):
-            with part.open("rb") as source:
-                if number:
-                    source.readline()
-                shutil.copyfileobj(source, out, _COPY_BUFFER_BYTES)
-
-
-def _fsync(path: Path) -> None:
-    """Flush to disk before the rename, so a crash cannot leave a truncated file at `path`."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -1,0 +1,1 @@
+"""Synthetic Telco-shaped customers: the calibrated tables, the Spark generator, the writer."""
