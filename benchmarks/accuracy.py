@@ -263,8 +263,7 @@ def run_dataset(
         notes.append(f"{HGB}: {chosen}, best of {_grid_size()} on the folds' mean ROC-AUC")
         _log(f"{dataset.name} references done", started)
     finally:
-        for layer in (built, clean, raw):
-            layer.release()
+        raw.release()
     return {"results": results, "notes": notes}
 
 

@@ -97,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
             reference = _sklearn(frame)
-        for layer in (built, clean, raw):
-            layer.release()
+        raw.release()
         total = sum(r["seconds"] for r in rows)
         print(f"{'all models':<20} {total:>8.1f} {sum(r['jobs'] for r in rows):>6}")
         for name, seconds in reference.items():

@@ -8,10 +8,13 @@ neither counted among the kept versions nor kept once it is stale.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -89,6 +92,48 @@ def new_version_dir(folder: Path, run_id: str) -> Path:
     return folder / f"v-{stamp}-{int(time.time() * 1000) % 1000:03d}-{run_id[:8]}"
 
 
+def asset_folder(base_path: Path, key: dg.AssetKey, partition: str | None) -> Path:
+    """Where an asset's (partition's) versions live under the warehouse."""
+    folder = base_path.joinpath(*key.path)
+    return folder / partition if partition else folder
+
+
+def stage_version(base_path: Path, context: dg.AssetExecutionContext, output: str) -> Path:
+    """An unpublished version folder for an asset that writes its own Parquet (see StagedParquet).
+
+    Until the IO manager publishes it, it is invisible to readers and pruned once abandoned.
+    """
+    key = context.asset_key_for_output(output)
+    partitioned = context.assets_def.partitions_def is not None
+    partition = context.partition_key if partitioned else None
+    folder = asset_folder(base_path, key, partition)
+    folder.mkdir(parents=True, exist_ok=True)
+    return new_version_dir(folder, context.run_id)
+
+
+@contextlib.contextmanager
+def staged_versions(
+    base_path: Path, context: dg.AssetExecutionContext, *outputs: str
+) -> Iterator[list[Path]]:
+    """One staged version per output, removed again if the writing fails."""
+    paths = [stage_version(base_path, context, output) for output in outputs]
+    try:
+        yield paths
+    except BaseException:
+        for path in paths:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+@dataclass(frozen=True)
+class StagedParquet:
+    """Parquet an asset wrote itself into a staged version (`stage_version`), to compute the
+    layer's statistics in the same pass as the write (Spark's `observe`); published as is."""
+
+    path: Path
+    rows: int
+
+
 class VersionedParquetIOManager(dg.ConfigurableIOManager):
     """Stores DataFrames as Parquet and PipelineModels with MLlib persistence, versioned."""
 
@@ -96,8 +141,7 @@ class VersionedParquetIOManager(dg.ConfigurableIOManager):
     pyspark: PySparkResource
 
     def _folder(self, key: dg.AssetKey, partition: str | None) -> Path:
-        folder = Path(self.base_path).joinpath(*key.path)
-        return folder / partition if partition else folder
+        return asset_folder(Path(self.base_path), key, partition)
 
     def _spark(self) -> SparkSession:
         return self.pyspark.spark_session
@@ -109,7 +153,12 @@ class VersionedParquetIOManager(dg.ConfigurableIOManager):
         folder = self._folder(context.asset_key, partition)
         folder.mkdir(parents=True, exist_ok=True)
         version = new_version_dir(folder, context.run_id)
-        if isinstance(obj, DataFrame):
+        if isinstance(obj, StagedParquet):
+            version = obj.path
+            if version.parent != folder or not (version / "_SUCCESS").exists():
+                raise RuntimeError(f"{version} is not a complete staged version of {folder}")
+            metadata = {"row_count": dg.MetadataValue.int(obj.rows)}
+        elif isinstance(obj, DataFrame):
             obj.write.mode("error").parquet(str(version))
             if not (version / "_SUCCESS").exists():
                 raise RuntimeError(f"Spark wrote {version} without a _SUCCESS marker")

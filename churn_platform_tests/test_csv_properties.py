@@ -101,10 +101,10 @@ def test_every_generated_row_is_cleaned_or_quarantined_with_its_reason(spark, re
         try:
             quarantined = {r[etl.LINE_COL]: r[etl.REASON_COL] for r in result.quarantined.collect()}
             cleaned = {r["customerID"] for r in result.cleaned.collect()}
+            counts = result.counts
         finally:
-            result.release()
             read.release()
     assert quarantined == {n: r for n, r in expected.items() if r}
     assert cleaned == {f"id{i}" for i, (_, reason, _) in enumerate(records) if not reason}
-    assert result.counts["rows_in"] == len(expected)
-    assert result.counts["rows_out"] + result.counts["rows_quarantined"] == len(expected)
+    assert counts["rows_in"] == len(expected)
+    assert counts["rows_out"] + counts["rows_quarantined"] == len(expected)

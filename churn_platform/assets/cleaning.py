@@ -1,6 +1,7 @@
 """Cleaned layer: typed, de-duplicated customers, and every unusable row in quarantine."""
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
@@ -11,6 +12,7 @@ from churn_platform.config import DatasetSpec
 from churn_platform.core import cleaning
 from churn_platform.core.columns import LABEL_COL
 from churn_platform.core.ops.log import OpsLog
+from churn_platform.io_managers import StagedParquet, staged_versions
 from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.schemas import cleaned_schema
 from churn_platform.settings import Settings
@@ -53,10 +55,10 @@ def cleaned_customers(
     result = cleaning.clean_customers(
         raw_customers, spec, schema=lambda n, c: cleaned_schema(spec, n, c), ranges=spec.ranges
     )
-    try:
-        yield from _outputs(context, settings, spec, result)
-    finally:
-        result.release()
+    outputs = ("cleaned_customers", "quarantined_customers")
+    with staged_versions(settings.warehouse, context, *outputs) as paths:
+        result.write(*paths)
+    yield from _outputs(context, settings, spec, result, paths)
 
 
 def _outputs(
@@ -64,8 +66,9 @@ def _outputs(
     settings: Settings,
     spec: DatasetSpec,
     result: cleaning.CleanResult,
+    paths: list[Path],
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
-    """The two outputs and the checks; written while the cleaned rows are still cached."""
+    """The two written outputs, published by the IO manager, and the checks."""
     counts = result.counts
     ratio = counts["rows_quarantined"] / counts["rows_in"] if counts["rows_in"] else 0.0
     OpsLog(settings).event(
@@ -84,8 +87,9 @@ def _outputs(
         context=context,
     )
     version = result.fingerprint
+    cleaned_path, quarantine_path = paths
     yield dg.Output(
-        result.cleaned,
+        StagedParquet(cleaned_path, counts["rows_out"]),
         output_name="cleaned_customers",
         data_version=dg.DataVersion(version),
         metadata={
@@ -97,7 +101,7 @@ def _outputs(
         },
     )
     yield dg.Output(
-        result.quarantined,
+        StagedParquet(quarantine_path, counts["rows_quarantined"]),
         output_name="quarantined_customers",
         data_version=dg.DataVersion(f"{version}-{counts['rows_quarantined']}"),
         metadata={

@@ -9,6 +9,7 @@ from pyspark.sql import DataFrame
 from churn_platform import checks
 from churn_platform.core import features
 from churn_platform.core.ops.log import OpsLog
+from churn_platform.io_managers import StagedParquet, staged_versions
 from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.schemas import features_schema
 
@@ -44,37 +45,36 @@ def customer_features(
     spec, settings = state.spec(), state.settings()
     schema = features_schema(spec)
     result = features.build_features(cleaned_customers, spec, schema)
-    try:
-        # Same cleaned content, code and spec give the same version: retraining keys off this.
-        version = hashlib.sha256(
-            f"{result.cleaned_fingerprint}|{FEATURES_CODE_VERSION}|{spec.spec_sha256}".encode()
-        ).hexdigest()[:24]
-        vector_size = result.vector_size
-        OpsLog(settings).event(
-            "etl.features.completed",
-            f"features built: {len(result.numeric)} numeric, {len(result.categorical)} categorical",
-            component="features",
-            configuration_item="asset:customer_features",
-            outcome="success",
-            metrics={"vector_size": vector_size, **result.split_counts},
-            context=context,
-        )
-        yield dg.Output(
-            result.features,
-            output_name="customer_features",
-            data_version=dg.DataVersion(version),
-            metadata={
-                "numeric_features": dg.MetadataValue.json(result.numeric),
-                "categorical_features": dg.MetadataValue.json(result.categorical),
-                "engineered_features": dg.MetadataValue.json(
-                    [c for c in spec.engineered if c in result.features.columns]
-                ),
-                "vector_size": vector_size,
-                **result.split_counts,
-            },
-        )
-    finally:
-        result.release()
+    with staged_versions(settings.warehouse, context, "customer_features") as (path,):
+        result.write(path)
+    # Same cleaned content, code and spec give the same version: retraining keys off this.
+    version = hashlib.sha256(
+        f"{result.cleaned_fingerprint}|{FEATURES_CODE_VERSION}|{spec.spec_sha256}".encode()
+    ).hexdigest()[:24]
+    vector_size = result.vector_size
+    OpsLog(settings).event(
+        "etl.features.completed",
+        f"features built: {len(result.numeric)} numeric, {len(result.categorical)} categorical",
+        component="features",
+        configuration_item="asset:customer_features",
+        outcome="success",
+        metrics={"vector_size": vector_size, **result.split_counts},
+        context=context,
+    )
+    yield dg.Output(
+        StagedParquet(path, int(result.stats["quality:rows"] or 0)),
+        output_name="customer_features",
+        data_version=dg.DataVersion(version),
+        metadata={
+            "numeric_features": dg.MetadataValue.json(result.numeric),
+            "categorical_features": dg.MetadataValue.json(result.categorical),
+            "engineered_features": dg.MetadataValue.json(
+                [c for c in spec.engineered if c in result.features.columns]
+            ),
+            "vector_size": vector_size,
+            **result.split_counts,
+        },
+    )
     yield dg.Output(
         result.pipeline, output_name="feature_pipeline", data_version=dg.DataVersion(version)
     )

@@ -14,6 +14,7 @@ from churn_platform.config import DatasetSpec, SourceSpec
 from churn_platform.core import quality
 from churn_platform.core import sources as sources_core
 from churn_platform.core.ops.log import OpsLog
+from churn_platform.io_managers import StagedParquet, staged_versions
 from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.schemas import raw_schema
 from churn_platform.settings import Settings
@@ -64,53 +65,54 @@ def raw_customers(
                 "`churn-platform fetch-data`; for your own data pass --config SPEC.yaml)"
             )
     read = sources_core.read_batch(spark, spec, sources, batch, batch_order(batch))
+    raw, schema = read.frame, raw_schema(spec)
     try:
-        raw = read.frame
-        schema = raw_schema(spec)
-        stats = raw.agg(
-            F.count(F.lit(1)).alias("rows"),
-            F.count(etl.ERROR_COL).alias("malformed"),
-            *quality.schema_aggregates(schema),
-        ).first()
-        rows, malformed = int(stats["rows"]), int(stats["malformed"])
-        if rows == 0:
-            raise etl.InputDataError(
-                f"{', '.join(s.location for s in sources)}: no data rows "
-                "(empty file or header only)"
+        with staged_versions(settings.warehouse, context, "result") as (path,):
+            observed, observation = quality.observed(
+                raw,
+                [
+                    F.count(F.lit(1)).alias("rows"),
+                    F.count(etl.ERROR_COL).alias("malformed"),
+                    *quality.schema_aggregates(schema),
+                ],
             )
-        OpsLog(settings).event(
-            "etl.ingest.completed",
-            f"batch {batch}: {rows} rows read, {malformed} malformed",
-            component="ingestion",
-            configuration_item="asset:raw_customers",
-            outcome="success",
-            metrics={"rows_in": rows, "rows_malformed": malformed},
-            context=context,
-        )
-        version = hashlib.sha256(json.dumps(read.checksums, sort_keys=True).encode()).hexdigest()
-        yield dg.Output(
-            raw,
-            data_version=dg.DataVersion(version[:24]),
-            metadata={
-                "rows_read": rows,
-                "rows_malformed": malformed,
-                "batch": batch,
-                "sources": dg.MetadataValue.json({s.name: s.location for s in sources}),
-                "source_sha256": dg.MetadataValue.json(read.checksums),
-                "schema": dg.MetadataValue.table_schema(
-                    dg.TableSchema(
-                        columns=[
-                            dg.TableColumn(f.name, f.dataType.simpleString()) for f in raw.schema
-                        ]
-                    )
-                ),
-            },
-        )
+            observed.write.mode("error").parquet(str(path))
+            stats = dict(observation.get)
+            rows, malformed = int(stats["rows"]), int(stats["malformed"])
+            if rows == 0:
+                raise etl.InputDataError(
+                    f"{', '.join(s.location for s in sources)}: no data rows "
+                    "(empty file or header only)"
+                )
     finally:
         read.release()
-    yield checks.schema_result(
-        quality.schema_problems(raw, schema, stats.asDict()), schema, "raw_customers"
+    OpsLog(settings).event(
+        "etl.ingest.completed",
+        f"batch {batch}: {rows} rows read, {malformed} malformed",
+        component="ingestion",
+        configuration_item="asset:raw_customers",
+        outcome="success",
+        metrics={"rows_in": rows, "rows_malformed": malformed},
+        context=context,
     )
+    version = hashlib.sha256(json.dumps(read.checksums, sort_keys=True).encode()).hexdigest()
+    yield dg.Output(
+        StagedParquet(path, rows),
+        data_version=dg.DataVersion(version[:24]),
+        metadata={
+            "rows_read": rows,
+            "rows_malformed": malformed,
+            "batch": batch,
+            "sources": dg.MetadataValue.json({s.name: s.location for s in sources}),
+            "source_sha256": dg.MetadataValue.json(read.checksums),
+            "schema": dg.MetadataValue.table_schema(
+                dg.TableSchema(
+                    columns=[dg.TableColumn(f.name, f.dataType.simpleString()) for f in raw.schema]
+                )
+            ),
+        },
+    )
+    yield checks.schema_result(quality.schema_problems(raw, schema, stats), schema, "raw_customers")
     yield dg.AssetCheckResult(
         asset_key="raw_customers",
         check_name=checks.NON_EMPTY,

@@ -1,15 +1,17 @@
 """The cleaned layer: typed, de-duplicated customers and every unusable row with a reason.
 
 One window over the id (valid rows first, newest batch first, last line first) decides which
-record is current, which is a duplicate and which is superseded; the annotated rows are cached
-once, and one aggregate over that cache gives the quarantine counts by reason, the blank
-counts, the layer's checks and its content fingerprint. Both outputs are written from the cache.
+record is current, which is a duplicate and which is superseded; when no id occurs twice (one
+cheap job over the id column says so) the window is skipped. The layer's counts by reason,
+blank counts, checks and content fingerprint are observed while the cleaned rows are written
+(`CleanResult.write`), so the data is read once for the cleaned rows and once for quarantine.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandera.pyspark as pa
@@ -61,22 +63,70 @@ _TYPED = "__typed__"
 
 @dataclass
 class CleanResult:
-    """Both outputs, the roles, the counts and the checks' numbers, from one aggregate."""
+    """Both outputs (lazy frames), the roles, and the layer's numbers.
+
+    `write` stores both outputs and takes the numbers from the same pass; without a write,
+    reading `stats` runs the aggregate as a job of its own (small inputs, tests).
+    """
 
     cleaned: DataFrame
     quarantined: DataFrame
     numeric: list[str]
     categorical: list[str]
-    counts: dict[str, int] = field(default_factory=dict)
-    by_reason: dict[str, int] = field(default_factory=dict)
-    blanks: dict[str, int] = field(default_factory=dict)
-    fingerprint: str = ""
-    stats: dict[str, Any] = field(default_factory=dict)
-    cached: list[DataFrame] = field(default_factory=list)
+    id_column: str
+    content: list[str]
+    marked: DataFrame
+    aggregates: list[Column]
+    schema: pa.DataFrameSchema | None = None
+    _stats: dict[str, Any] | None = field(default=None, repr=False)
 
-    def release(self) -> None:
-        for frame in self.cached:
-            frame.unpersist()
+    def write(self, cleaned_path: Path, quarantine_path: Path) -> None:
+        """Write both outputs as Parquet; the statistics are observed during the first write."""
+        observed, observation = quality.observed(self.marked, self.aggregates)
+        observed.where(F.col("_kept")).select(*self.cleaned.columns).write.mode("error").parquet(
+            str(cleaned_path)
+        )
+        self.quarantined.write.mode("error").parquet(str(quarantine_path))
+        written = self.cleaned.sparkSession.read.parquet(str(cleaned_path))
+        self._stats = self._finish(dict(observation.get), written)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        if self._stats is None:
+            row = self.marked.agg(*self.aggregates).first().asDict()
+            self._stats = self._finish(row, self.cleaned)
+        return self._stats
+
+    def _finish(self, row: dict[str, Any], cleaned: DataFrame) -> dict[str, Any]:
+        row["quality:ids"] = quality.distinct_ids(cleaned, self.id_column)
+        if self.schema:
+            row["schema_problems"] = quality.schema_problems(
+                cleaned.select(*[F.col(f"`{c}`") for c in self.content]), self.schema, row
+            )
+        return row
+
+    @property
+    def by_reason(self) -> dict[str, int]:
+        row = self.stats
+        return {r: int(row[f"reason:{r}"]) for r in REASONS if row[f"reason:{r}"]}
+
+    @property
+    def counts(self) -> dict[str, int]:
+        row = self.stats
+        return {
+            "rows_in": int(row["rows_in"] or 0),
+            "rows_out": int(row["rows_out"] or 0),
+            "rows_quarantined": sum(self.by_reason.values()),
+            "rows_superseded": int(row["rows_superseded"] or 0),
+        }
+
+    @property
+    def blanks(self) -> dict[str, int]:
+        return {c: int(self.stats[f"blank:{c}"] or 0) for c in self.numeric}
+
+    @property
+    def fingerprint(self) -> str:
+        return quality.fingerprint(self.content, self.stats)
 
 
 def infer_roles(raw: DataFrame, spec: DatasetSpec) -> tuple[list[str], list[str]]:
@@ -142,7 +192,7 @@ def clean_customers(
     the row. Within a batch a repeated id is a duplicate (the last line wins); across batches
     the newest batch's record supersedes older ones. Scoring input may lack the target
     (`require_target=False`); its label is then null. `schema(numeric, categorical)` gives the
-    pandera schema whose rules join the aggregate. The caller calls `release()` when done.
+    pandera schema whose rules join the aggregate.
     """
     has_target = spec.target.column in raw.columns
     if require_target or has_target:
@@ -199,12 +249,17 @@ def clean_customers(
     annotated = typed.withColumn(REASON_COL, reason).withColumn(DETAIL_COL, detail)
 
     valid = F.col(REASON_COL).isNull()
-    order = Window.partitionBy(F.col(f"`{id_col}`")).orderBy(
-        valid.desc(), F.col(BATCH_ORDER_COL).desc(), F.col(LINE_COL).desc()
-    )
-    ranked = annotated.withColumn("_rank", F.row_number().over(order)).withColumn(
-        "_newer_batch", F.lag(BATCH_COL).over(order)
-    )
+    if _ids_repeat(annotated, id_col):
+        order = Window.partitionBy(F.col(f"`{id_col}`")).orderBy(
+            valid.desc(), F.col(BATCH_ORDER_COL).desc(), F.col(LINE_COL).desc()
+        )
+        ranked = annotated.withColumn("_rank", F.row_number().over(order)).withColumn(
+            "_newer_batch", F.lag(BATCH_COL).over(order)
+        )
+    else:  # every id occurs once: each row is first of its id, no shuffle needed
+        ranked = annotated.withColumn("_rank", F.lit(1)).withColumn(
+            "_newer_batch", F.lit(None).cast("string")
+        )
     later = valid & (F.col("_rank") > 1)
     duplicate = later & (F.col("_newer_batch") == F.col(BATCH_COL))
     marked = (
@@ -220,7 +275,6 @@ def clean_customers(
         .withColumn(REASON_COL, F.when(duplicate, F.lit(DUPLICATE_ID)).otherwise(F.col(REASON_COL)))
         .withColumn(f"{_TYPED}{LABEL_COL}", label.cast("int"))
         .drop("_rank", "_newer_batch")
-        .persist()
     )
     cleaned_columns = [
         F.col(f"`{id_col}`").alias(id_col),
@@ -229,12 +283,18 @@ def clean_customers(
         *[F.col(f"`{_TYPED}{c}`").alias(c) for c in keep_numeric],
     ]
     batch_columns = [F.col(BATCH_COL), F.col(BATCH_ORDER_COL)]
-    view = marked.select(
-        *cleaned_columns, "_kept", "_superseded", "_valid", F.col(REASON_COL).alias("_reason")
-    )
     content = [id_col, LABEL_COL, *keep_categorical, *keep_numeric]
-    kept = F.col("_kept")
     layer_schema = schema(keep_numeric, keep_categorical) if schema else None
+    # Over the marked rows, in the names of the cleaned columns (kept rows only where it says).
+    view = marked.select(
+        *cleaned_columns,
+        *batch_columns,
+        "_kept",
+        "_superseded",
+        "_valid",
+        F.col(REASON_COL).alias("_reason"),
+    )
+    kept = F.col("_kept")
     aggregates = [
         F.count(F.lit(1)).alias("rows_in"),
         F.sum(kept.cast("long")).alias("rows_out"),
@@ -248,35 +308,22 @@ def clean_customers(
         *quality.fingerprint_aggregates(content, where=kept),
         *(quality.schema_aggregates(layer_schema, where=kept) if layer_schema else []),
     ]
-    cleaned = marked.where(kept).select(*cleaned_columns, *batch_columns)
-    try:
-        row = view.agg(*aggregates).first().asDict()
-        row["quality:ids"] = quality.distinct_ids(cleaned, id_col)
-    except Exception:
-        marked.unpersist()
-        raise
-    by_reason = {r: int(row[f"reason:{r}"] or 0) for r in REASONS if row[f"reason:{r}"]}
-    quarantined = marked.where(F.col(REASON_COL).isNotNull()).select(
-        *QUARANTINE_COLS, *[F.col(f"`{c}`") for c in raw_columns]
-    )
-    if layer_schema:
-        row["schema_problems"] = quality.schema_problems(
-            cleaned.select(*[F.col(f"`{c}`") for c in content]), layer_schema, row
-        )
     return CleanResult(
-        cleaned=cleaned,
-        quarantined=quarantined,
+        cleaned=view.where(kept).select(*content, BATCH_COL, BATCH_ORDER_COL),
+        quarantined=marked.where(F.col(REASON_COL).isNotNull()).select(
+            *QUARANTINE_COLS, *[F.col(f"`{c}`") for c in raw_columns]
+        ),
         numeric=keep_numeric,
         categorical=keep_categorical,
-        counts={
-            "rows_in": int(row["rows_in"] or 0),
-            "rows_out": int(row["rows_out"] or 0),
-            "rows_quarantined": sum(by_reason.values()),
-            "rows_superseded": int(row["rows_superseded"] or 0),
-        },
-        by_reason=dict(sorted(by_reason.items())),
-        blanks={c: int(row[f"blank:{c}"] or 0) for c in keep_numeric},
-        fingerprint=quality.fingerprint(content, row),
-        stats=row,
-        cached=[marked],
+        id_column=id_col,
+        content=content,
+        marked=view,
+        aggregates=aggregates,
+        schema=layer_schema,
     )
+
+
+def _ids_repeat(annotated: DataFrame, id_col: str) -> bool:
+    """Whether any id occurs on more than one row: one job over the id column alone."""
+    ids = annotated.select(F.col(f"`{id_col}`").alias("_id")).where(F.col("_id").isNotNull())
+    return bool(ids.groupBy("_id").count().where(F.col("count") > 1).limit(1).collect())

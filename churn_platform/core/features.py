@@ -8,6 +8,7 @@ vector (training, scoring) applies the stored `PipelineModel` where it is used.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandera.pyspark as pa
@@ -180,16 +181,21 @@ def fit_feature_pipeline(
 
 @dataclass
 class FeatureResult:
-    """The engineered table (cached: `release()` after writing), its pipeline and statistics."""
+    """The engineered table (lazy), its fitted pipeline, and the layer's numbers.
+
+    `write` stores the table and observes the numbers in the same pass; without a write,
+    reading `stats` runs the aggregate as a job of its own (small inputs, tests).
+    """
 
     features: DataFrame
     pipeline: PipelineModel
     numeric: list[str]
     categorical: list[str]
-    cleaned_fingerprint: str = ""
-    split_counts: dict[str, int] = field(default_factory=dict)
-    stats: dict[str, Any] = field(default_factory=dict)
-    cached: list[DataFrame] = field(default_factory=list)
+    id_column: str
+    content: list[str]
+    aggregates: list[Column]
+    schema: pa.DataFrameSchema | None = None
+    _stats: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def vector_size(self) -> int:
@@ -197,9 +203,39 @@ class FeatureResult:
         schema = self.pipeline.transform(self.features).schema
         return int(schema[FEATURES_COL].metadata["ml_attr"]["num_attrs"])
 
-    def release(self) -> None:
-        for frame in self.cached:
-            frame.unpersist()
+    def write(self, path: Path) -> None:
+        """Write the table as Parquet; its statistics are observed during the write."""
+        observed, observation = quality.observed(self.features, self.aggregates)
+        observed.write.mode("error").parquet(str(path))
+        written = self.features.sparkSession.read.parquet(str(path))
+        self._stats = self._finish(dict(observation.get), written)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        if self._stats is None:
+            self._stats = self._finish(
+                self.features.agg(*self.aggregates).first().asDict(), self.features
+            )
+        return self._stats
+
+    def _finish(self, row: dict[str, Any], table: DataFrame) -> dict[str, Any]:
+        row["quality:ids"] = quality.distinct_ids(table, self.id_column)
+        if self.schema:
+            row["schema_problems"] = quality.schema_problems(table, self.schema, row)
+        return row
+
+    @property
+    def cleaned_fingerprint(self) -> str:
+        """Fingerprint of the cleaned content the table was built from."""
+        return quality.fingerprint(self.content, self.stats)
+
+    @property
+    def split_counts(self) -> dict[str, int]:
+        return {
+            f"{split}_{name}": int(self.stats[f"split:{split}_{name}"] or 0)
+            for split in ("train", "test")
+            for name in ("churn", "stay")
+        }
 
 
 def build_features(
@@ -207,50 +243,37 @@ def build_features(
 ) -> FeatureResult:
     """Engineered columns, split/fold assignment and the encoding pipeline fitted on train rows.
 
-    One aggregate over the cached table gives the split counts, the checks (rows, distinct ids,
-    `schema`'s rules) and the fingerprint of the cleaned content it was built from.
+    The pipeline's fit reads the training rows (a few jobs over the stored cleaned columns);
+    the split counts, checks and the cleaned content's fingerprint are aggregates that `write`
+    observes.
     """
     content = [c for c in cleaned.columns if c not in (BATCH_COL, BATCH_ORDER_COL)]
-    engineered = (
-        assign_split(engineer_features(cleaned, spec), spec)
-        .drop(BATCH_COL, BATCH_ORDER_COL)
-        .persist()
+    engineered = assign_split(engineer_features(cleaned, spec), spec).drop(
+        BATCH_COL, BATCH_ORDER_COL
     )
-    try:
-        numeric, categorical = feature_roles(engineered, spec)
-        splits = {
-            f"{split}_{name}": F.sum(
-                ((F.col(SPLIT_COL) == split) & (F.col(LABEL_COL) == value)).cast("long")
-            ).alias(f"split:{split}_{name}")
-            for split in ("train", "test")
-            for value, name in ((1, "churn"), (0, "stay"))
-        }
-        row = (
-            engineered.agg(
-                *splits.values(),
-                *quality.quality_aggregates([], None),
-                *quality.fingerprint_aggregates(content),
-                *(quality.schema_aggregates(schema) if schema else []),
-            )
-            .first()
-            .asDict()
+    numeric, categorical = feature_roles(engineered, spec)
+    splits = [
+        F.sum(((F.col(SPLIT_COL) == split) & (F.col(LABEL_COL) == value)).cast("long")).alias(
+            f"split:{split}_{name}"
         )
-        row["quality:ids"] = quality.distinct_ids(engineered, spec.id_column)
-        if schema:
-            row["schema_problems"] = quality.schema_problems(engineered, schema, row)
-        pipeline = fit_feature_pipeline(
-            engineered.where(F.col(SPLIT_COL) == "train"), numeric, categorical
-        )
-    except Exception:
-        engineered.unpersist()
-        raise
+        for split in ("train", "test")
+        for value, name in ((1, "churn"), (0, "stay"))
+    ]
+    pipeline = fit_feature_pipeline(
+        engineered.where(F.col(SPLIT_COL) == "train"), numeric, categorical
+    )
     return FeatureResult(
         features=engineered,
         pipeline=pipeline,
         numeric=numeric,
         categorical=categorical,
-        cleaned_fingerprint=quality.fingerprint(content, row),
-        split_counts={key: int(row[f"split:{key}"] or 0) for key in splits},
-        stats=row,
-        cached=[engineered],
+        id_column=spec.id_column,
+        content=content,
+        aggregates=[
+            *splits,
+            *quality.quality_aggregates([], None),
+            *quality.fingerprint_aggregates(content),
+            *(quality.schema_aggregates(schema) if schema else []),
+        ],
+        schema=schema,
     )

@@ -1,21 +1,32 @@
-"""A layer's checks, statistics and content fingerprint as aggregate columns of one Spark job.
+"""A layer's checks, statistics and content fingerprint as aggregate columns, observed while
+the layer is written (no pass of their own).
 
 pandera.pyspark runs one job per non-nullable column and per check; here the schema's column
 types are compared with the frame's schema (no job) and its null and value rules become sums in
-the aggregate the layer runs anyway, next to row counts, null rates and the fingerprint.
+the aggregate the layer computes anyway, next to row counts, null rates and the fingerprint.
 """
 
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandera.pyspark as pa
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Observation
 from pyspark.sql import functions as F
 
 HASH_MODULUS = 1_000_000_007
+
+
+def observed(frame: DataFrame, aggregates: Sequence[Column]) -> tuple[DataFrame, Observation]:
+    """`frame` with `aggregates` computed by whatever action runs it (a write): no extra pass.
+
+    The values are in `observation.get` once that action has finished.
+    """
+    observation = Observation(f"layer-{uuid.uuid4().hex[:12]}")
+    return frame.observe(observation, *aggregates), observation
 
 
 def _rule_violation(column: Column, check: pa.Check) -> Column:

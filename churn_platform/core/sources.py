@@ -2,9 +2,11 @@
 
 CSV goes through Spark's CSV reader (RFC 4180 quoting: long fields, doubled quotes, quoted
 newlines) with an all-text schema and a corrupt-record column; no regex ever parses a line.
-Line numbers come from a cheap path: when every record is one line (the file's newline count
-says so), a record's line is its ordinal plus two. Only a file with malformed records, blank
-lines or quoted newlines is parsed again, as multi-line CSV and by Python's csv module, to map
+Line numbers come from a cheap path: a job over the file as plain text counts each partition's
+lines and finds blank lines and lines with an odd number of quotes (a quoted newline). When
+there are none, every record is one line, so a record's line follows from its partition's
+offset and its position, and the CSV is parsed once, by the write. Only a file with blank lines
+or quoted newlines is parsed as multi-line CSV (cached) and by Python's csv module, to map
 records to the lines they start on.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +54,7 @@ _CHUNK = 1 << 22
 
 @dataclass
 class RawBatch:
-    """A batch's raw rows, the content hash of each source, and the caches to release."""
+    """A batch's raw rows, the content hash of each source, and any caches to release."""
 
     frame: DataFrame
     checksums: dict[str, str]
@@ -98,27 +101,66 @@ def _reader(spark: SparkSession, names: list[str], delimiter: str, multiline: bo
     )
 
 
-def _tagged(frame: DataFrame) -> tuple[DataFrame, dict[int, int], int, int]:
-    """Cache the parsed rows with their partition and position; per-partition row offsets.
-
-    One job parses the file, fills the cache and counts rows and corrupt records per partition.
-    """
-    tagged = frame.select(
+def _tagged(frame: DataFrame) -> DataFrame:
+    return frame.select(
         "*",
         F.spark_partition_id().alias("_pid"),
         F.monotonically_increasing_id().alias("_mid"),
-    ).persist()
-    counts = sorted(
-        (row["_pid"], row["n"], row["bad"])
-        for row in tagged.groupBy("_pid")
-        .agg(F.count(F.lit(1)).alias("n"), F.count(CORRUPT_COL).alias("bad"))
-        .collect()
     )
+
+
+def _offsets(counts: list[tuple[int, int]]) -> dict[int, int]:
+    """Records before each partition, from (partition, records) pairs."""
     offsets, running = {}, 0
-    for pid, n, _ in counts:
+    for pid, n in sorted(counts):
         offsets[pid] = running
         running += n
-    return tagged, offsets, running, sum(bad for _, _, bad in counts)
+    return offsets
+
+
+def _cached_counts(tagged: DataFrame) -> tuple[DataFrame, dict[int, int], int]:
+    """Cache the parsed rows; per-partition offsets and the record count, in one job."""
+    tagged = tagged.persist()
+    counts = [
+        (row["_pid"], row["n"])
+        for row in tagged.groupBy("_pid").agg(F.count(F.lit(1)).alias("n")).collect()
+    ]
+    offsets = _offsets(counts)
+    return tagged, offsets, sum(n for _, n in counts)
+
+
+@dataclass(frozen=True)
+class LineCounts:
+    """Per-partition line counts of a file read as text, and what breaks one-record-per-line."""
+
+    offsets: dict[int, int]
+    records: int
+    irregular: int  # blank lines plus lines with an odd number of quotes
+
+
+def count_lines(spark: SparkSession, path: Path) -> LineCounts:
+    """One job over the file as text, split into the same partitions as the CSV reader's.
+
+    Both readers cut one file at the same byte ranges and read lines the same way, so the
+    counts per partition are the CSV records per partition when no line is irregular.
+    """
+    value = F.col("value")
+    quotes = F.length(value) - F.length(F.replace(value, F.lit('"'), F.lit("")))
+    rows = (
+        spark.read.text(str(path))
+        .groupBy(F.spark_partition_id().alias("_pid"))
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            # Spark's CSV reader skips lines that Java's trim() empties.
+            F.sum((value.rlike("^[\\x00-\\x20]*$") | (quotes % 2 == 1)).cast("long")).alias("odd"),
+        )
+        .collect()
+    )
+    # The header is the first line of the first partition.
+    counts = [(r["_pid"], r["n"] - (1 if r["_pid"] == 0 else 0)) for r in rows]
+    return LineCounts(
+        _offsets(counts), sum(n for _, n in counts), sum(int(r["odd"] or 0) for r in rows)
+    )
 
 
 def _ordinal(offsets: dict[int, int]) -> Column:
@@ -200,22 +242,28 @@ def _field_count(text: Column, delimiter: str) -> Column:
     return F.length(unquoted) - F.length(F.replace(unquoted, F.lit(delimiter))) + 1
 
 
-def read_csv_source(spark: SparkSession, source: SourceSpec) -> tuple[DataFrame, str, DataFrame]:
-    """Raw rows of one CSV file, its content hash, and the cache holding the parsed rows."""
+def read_csv_source(
+    spark: SparkSession, source: SourceSpec
+) -> tuple[DataFrame, str, DataFrame | None]:
+    """Raw rows of one CSV file, its content hash, and the cache of the parsed rows (if any)."""
     path = Path(str(source.path))
     names = read_csv_header(path, source.delimiter)
-    scan = scan_file(path)
-    tagged, offsets, records, corrupt = _tagged(
-        _reader(spark, names, source.delimiter, multiline=False).csv(str(path))
-    )
-    lines = None
-    if corrupt or records != scan.lines - 1:
-        # Malformed records, blank lines or quoted newlines: parse as multi-line CSV (one split
-        # per file, so only here) and map records to lines.
-        tagged.unpersist()
-        tagged, offsets, records, corrupt = _tagged(
-            _reader(spark, names, source.delimiter, multiline=True).csv(str(path))
+    lines: LineMap | None = None
+    cache: DataFrame | None = None
+    with ThreadPoolExecutor(max_workers=1) as pool:  # hash the file while Spark counts lines
+        scanning = pool.submit(scan_file, path)
+        counted = count_lines(spark, path)
+        scan = scanning.result()
+    if counted.irregular == 0 and counted.records == scan.lines - 1:
+        tagged = _tagged(_reader(spark, names, source.delimiter, multiline=False).csv(str(path)))
+        offsets = counted.offsets
+    else:
+        # Blank lines or quoted newlines: parse as multi-line CSV (one split per file, so only
+        # here), cache it, and map records to lines.
+        tagged, offsets, _ = _cached_counts(
+            _tagged(_reader(spark, names, source.delimiter, multiline=True).csv(str(path)))
         )
+        cache = tagged
         lines = map_record_lines(path, source.delimiter)
     numbered = _line_numbers(tagged, _ordinal(offsets), lines)
     text = F.col(CORRUPT_COL)
@@ -251,7 +299,7 @@ def read_csv_source(spark: SparkSession, source: SourceSpec) -> tuple[DataFrame,
                 F.lit(MALFORMED_LINE).alias(ERROR_COL),
             )
         )
-    return raw, scan.sha256, tagged
+    return raw, scan.sha256, cache
 
 
 def source_checksum(spark: SparkSession, source: SourceSpec) -> str:
@@ -272,7 +320,7 @@ def read_source(spark: SparkSession, source: SourceSpec) -> RawBatch:
     """One source as raw rows (no batch columns yet)."""
     if source.format == "csv":
         frame, checksum, cache = read_csv_source(spark, source)
-        return RawBatch(frame, {source.location: checksum}, [cache])
+        return RawBatch(frame, {source.location: checksum}, [cache] if cache else [])
     return RawBatch(
         read_table_source(spark, source), {source.location: source_checksum(spark, source)}
     )
