@@ -21,12 +21,13 @@ from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from churn_platform import tracking
 from churn_platform.assets.ingestion import batch_order
 from churn_platform.config import DatasetSpec
+from churn_platform.core import registry, tracking
 from churn_platform.core.ops.changes import list_changes
 from churn_platform.core.ops.files import FILE_MODE, ensure_dir, utc_iso, write_json_atomic
 from churn_platform.core.ops.privacy import redact_url
+from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.settings import Settings
 
 # Materialization tags Dagster writes; the names are stable but not exported publicly.
@@ -240,7 +241,7 @@ def _dagster_run(record: dg.RunRecord) -> dict[str, Any]:
     }
 
 
-def _mlflow_run(mlflow: tracking.MlflowResource, run_id: str) -> Run:
+def _mlflow_run(mlflow: MlflowResource, run_id: str) -> Run:
     try:
         return mlflow.client().get_run(run_id)
     except MlflowException as exc:
@@ -317,7 +318,7 @@ def _score_table(record: dg.EventLogRecord) -> dict[str, Any]:
 def audit_model(
     settings: Settings,
     instance: dg.DagsterInstance,
-    mlflow: tracking.MlflowResource,
+    mlflow: MlflowResource,
     spec: DatasetSpec,
     version: str = "champion",
 ) -> dict[str, Any]:
@@ -370,7 +371,7 @@ def audit_model(
 def audit_scores(
     settings: Settings,
     instance: dg.DagsterInstance,
-    mlflow: tracking.MlflowResource,
+    mlflow: MlflowResource,
     spec: DatasetSpec,
     run_id: str,
 ) -> dict[str, Any]:
@@ -441,9 +442,9 @@ def _check(result: bool | None) -> str:
 def _model_section(model: Mapping[str, Any]) -> list[str]:
     tags = model["tags"]
     metrics = {
-        k.removeprefix(tracking.METRIC_TAG_PREFIX): v
+        k.removeprefix(registry.METRIC_TAG_PREFIX): v
         for k, v in tags.items()
-        if k.startswith(tracking.METRIC_TAG_PREFIX)
+        if k.startswith(registry.METRIC_TAG_PREFIX)
     }
     decisions = {k: v for k, v in tags.items() if k.startswith(("promotion.", "rollback."))}
     lines = [

@@ -245,7 +245,7 @@ def _spark(settings: Settings):
 
 
 def _mlflow(settings: Settings):
-    from churn_platform.tracking import MlflowResource
+    from churn_platform.mlflow_resource import MlflowResource
 
     return MlflowResource(
         tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
@@ -270,8 +270,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise CommandError(str(exc), EXIT_USAGE) from exc
 
     from churn_platform.assets.scoring import score_file, scoring_policy, training_reference
+    from churn_platform.core.tracking import SchemaMismatchError
     from churn_platform.io_managers import current_version
-    from churn_platform.tracking import SchemaMismatchError
 
     settings = _settings(args)
     spark, spec = _spark(settings), _spec(settings)
@@ -392,7 +392,7 @@ def _write_top_csv(records: list[dict[str, Any]], output: Path, overwrite: bool)
 
 
 def cmd_model_rollback(args: argparse.Namespace) -> int:
-    from churn_platform.tracking import rollback
+    from churn_platform.core.registry import rollback
 
     settings = _settings(args)
     try:

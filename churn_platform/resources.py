@@ -110,7 +110,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, object]:
     """All resources for an environment: local Spark + sqlite MLflow, or a cluster + server."""
     settings = settings or load_settings()
     from churn_platform.io_managers import VersionedParquetIOManager
-    from churn_platform.tracking import MlflowResource
+    from churn_platform.mlflow_resource import MlflowResource
 
     pyspark = build_spark_resource(settings)
     return {

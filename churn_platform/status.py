@@ -23,8 +23,8 @@ def freshness_state(last: float | None, settings: Settings, now: float) -> str:
 def platform_status(settings: Settings, instance: dg.DagsterInstance) -> dict[str, Any]:
     from churn_platform.cli import _mlflow, _spec
     from churn_platform.core.ops.incidents import IncidentStore
+    from churn_platform.core.registry import registry_snapshot
     from churn_platform.definitions import build_definitions
-    from churn_platform.tracking import registry_snapshot
 
     graph = build_definitions(settings).resolve_asset_graph()
     now = dt.datetime.now(dt.UTC).timestamp()

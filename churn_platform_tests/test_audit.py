@@ -13,9 +13,9 @@ from churn_platform import audit
 from churn_platform.assets.audit import audit_report
 from churn_platform.config import DatasetSpec, load_spec
 from churn_platform.core.ops.changes import record_change
+from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import StateResource
 from churn_platform.settings import Settings, load_settings
-from churn_platform.tracking import MlflowResource
 
 CUSTOMER_ID = "7590-VHVEG"
 BATCHES = dg.DynamicPartitionsDefinition(name="ingest_batches")

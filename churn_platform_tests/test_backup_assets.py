@@ -11,7 +11,7 @@ import pytest
 from dagster_pyspark import PySparkResource
 from pyspark.sql import SparkSession
 
-from churn_platform import backup, tracking
+from churn_platform import backup
 from churn_platform.assets import backups
 from churn_platform.assets.backups import (
     BACKUP_VERIFIED,
@@ -22,7 +22,7 @@ from churn_platform.assets.backups import (
     platform_backup,
 )
 from churn_platform.config import DatasetSpec, load_spec
-from churn_platform.core import cleaning, sources
+from churn_platform.core import cleaning, registry, sources, tracking
 from churn_platform.core.features import build_features
 from churn_platform.core.models.fitting import full_model, training_frame
 from churn_platform.core.models.training import fit_model
@@ -30,9 +30,9 @@ from churn_platform.core.ops.incidents import IncidentStore
 from churn_platform.core.synthetic.generate import generate_customers
 from churn_platform.core.synthetic.write import write_customers
 from churn_platform.io_managers import current_version, new_version_dir, publish_version
+from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import StateResource, spark_conf
 from churn_platform.settings import DEFAULT_SPEC, Settings, load_settings
-from churn_platform.tracking import MlflowResource
 
 PARTITION = "2026-11-27"
 
@@ -94,8 +94,8 @@ def platform(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> I
             data_version="test",
             git_commit="test",
         )
-        candidate = tracking.register_candidate(mlflow, spec, run, {"roc_auc": 0.8}, 0.5)
-        tracking.promote(mlflow, spec, candidate, settings=settings)
+        candidate = registry.register_candidate(mlflow, spec, run, {"roc_auc": 0.8}, 0.5)
+        registry.promote(mlflow, spec, candidate, settings=settings)
         resources = {
             "pyspark": PySparkResource(spark_config=spark_conf(settings)),
             "state": StateResource(home=str(home), spec_path=str(DEFAULT_SPEC)),

@@ -8,9 +8,10 @@ import dagster as dg
 import pytest
 
 from churn_platform.config import load_spec
+from churn_platform.core.registry import registry_snapshot
+from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.server import running_platform
 from churn_platform.settings import load_settings
-from churn_platform.tracking import MlflowResource, registry_snapshot
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(1800)]
 BATCH_ROWS = 2000

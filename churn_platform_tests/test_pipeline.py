@@ -12,8 +12,9 @@ import pytest
 
 from churn_platform import cli
 from churn_platform.config import load_spec
+from churn_platform.core.registry import registry_snapshot
+from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.settings import load_settings
-from churn_platform.tracking import MlflowResource, registry_snapshot
 from churn_platform_tests.conftest import PIPELINE_MODELS, PipelineRun, restored_environ
 
 LEADERBOARD_SIZE = len(PIPELINE_MODELS)

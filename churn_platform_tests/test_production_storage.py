@@ -14,9 +14,10 @@ from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 from mlflow import MlflowClient
 
 from churn_platform.assets.ingestion import BASE_BATCH, ingest_batches
+from churn_platform.core.tracking import CHAMPION
 from churn_platform.definitions import build_definitions
+from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.settings import load_settings
-from churn_platform.tracking import CHAMPION, MlflowResource
 
 pytestmark = pytest.mark.postgres
 

@@ -3,14 +3,10 @@
 import pytest
 
 from churn_platform.config import DatasetSpec, SourceSpec, TargetSpec
+from churn_platform.core.registry import promote, register_candidate
+from churn_platform.core.tracking import TAG_MODEL_SHA256, TrainingRun
+from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.settings import Settings, load_settings
-from churn_platform.tracking import (
-    TAG_MODEL_SHA256,
-    MlflowResource,
-    TrainingRun,
-    promote,
-    register_candidate,
-)
 from churn_platform_tests.test_ops_log import clear_ambient_ops_env
 
 

@@ -24,9 +24,8 @@ from churn_platform.core.models.explain import feature_importance, vector_featur
 from churn_platform.core.models.fitting import PROBABILITY_COL, full_model, training_frame
 from churn_platform.core.models.training import fit_model
 from churn_platform.core.ops.changes import list_changes
-from churn_platform.settings import Settings
-from churn_platform.tracking import (
-    MlflowResource,
+from churn_platform.core.registry import promote, register_candidate, registry_snapshot, rollback
+from churn_platform.core.tracking import (
     ModelIntegrityError,
     SchemaMismatchError,
     TrainingRun,
@@ -37,11 +36,9 @@ from churn_platform.tracking import (
     log_training_run,
     model_input_columns,
     model_threshold,
-    promote,
-    register_candidate,
-    registry_snapshot,
-    rollback,
 )
+from churn_platform.mlflow_resource import MlflowResource
+from churn_platform.settings import Settings
 from churn_platform_tests.conftest import SAME_MODEL, assert_same_scores
 from churn_platform_tests.test_ops_log import clear_ambient_ops_env, ops_log_file, ops_records
 

@@ -14,7 +14,6 @@ from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
 
-from churn_platform import tracking
 from churn_platform.assets.training import (
     LogisticRegressionConfig,
     ModelConfig,
@@ -22,6 +21,7 @@ from churn_platform.assets.training import (
     model_params,
 )
 from churn_platform.config import DatasetSpec, SourceSpec, TargetSpec
+from churn_platform.core import tracking
 from churn_platform.core.models.fitting import (
     PROBABILITY_COL,
     FitResult,
@@ -32,7 +32,7 @@ from churn_platform.core.models.fitting import (
 from churn_platform.core.models.kinds import KINDS, merged_params
 from churn_platform.core.models.training import fit_model
 from churn_platform.io_managers import SUMMARY, VersionedParquetIOManager, current_version
-from churn_platform.tracking import MlflowResource
+from churn_platform.mlflow_resource import MlflowResource
 from churn_platform_tests.conftest import SAME_MODEL, assert_same_scores
 
 ID = "customer_id"

@@ -3,8 +3,8 @@
 import dagster as dg
 
 from churn_platform import audit
+from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import StateResource
-from churn_platform.tracking import MlflowResource
 
 
 @dg.asset(

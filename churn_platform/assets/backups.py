@@ -17,7 +17,7 @@ from dagster_pyspark import PySparkResource
 from mlflow.exceptions import MlflowException
 from pyspark.sql import SparkSession
 
-from churn_platform import checks, etl, tracking
+from churn_platform import checks, etl
 from churn_platform.backup import (
     MLFLOW_DB,
     BackupError,
@@ -28,12 +28,14 @@ from churn_platform.backup import (
     verify_backup,
 )
 from churn_platform.config import DatasetSpec
+from churn_platform.core import tracking
 from churn_platform.core.ops.incidents import IncidentStore
 from churn_platform.core.ops.log import OpsLog
+from churn_platform.core.registry import registry_snapshot
 from churn_platform.io_managers import current_version, new_version_dir, publish_version
+from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.settings import Settings
-from churn_platform.tracking import MlflowResource
 
 CODE_VERSION = "1"
 BACKUP_VERIFIED = "backup_verified"
@@ -83,7 +85,7 @@ def champion_golden(
     run_id: str,
 ) -> dict[str, Any] | None:
     """Champion name, version and golden-prediction hash; None while there is no champion."""
-    registry = tracking.registry_snapshot(mlflow, spec)
+    registry = registry_snapshot(mlflow, spec)
     if not any(tracking.CHAMPION in version["aliases"] for version in registry):
         return None
     model, version = tracking.load_model(mlflow, spec, alias=tracking.CHAMPION)

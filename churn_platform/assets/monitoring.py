@@ -9,14 +9,14 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from churn_platform import etl, tracking
+from churn_platform import etl
 from churn_platform.automation import MONITORING_CHECKS
-from churn_platform.core import evaluation
+from churn_platform.core import evaluation, tracking
 from churn_platform.core import scoring as core_scoring
 from churn_platform.core.models.fitting import PROBABILITY_COL
 from churn_platform.core.ops.log import OpsLog
+from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import SPARK_POOL, StateResource
-from churn_platform.tracking import MlflowResource
 
 PSI_BINS = 10
 PSI_FLOOR = 1e-4  # keeps empty bins from making PSI infinite

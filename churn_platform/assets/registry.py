@@ -2,11 +2,11 @@
 
 import dagster as dg
 
-from churn_platform import tracking
+from churn_platform.core import registry, tracking
 from churn_platform.core.evaluation import LEADERBOARD_METRICS
 from churn_platform.core.models.kinds import model_key
+from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import StateResource
-from churn_platform.tracking import MlflowResource
 
 CHAMPION_METRICS = ("roc_auc", "pr_auc", "accuracy", "precision", "recall", "f1")
 
@@ -28,7 +28,7 @@ def champion_model(
     versions: dict[str, str] = {}
     for row in rows:
         summary = models[model_key(row["model"])]
-        version = tracking.register_candidate(
+        version = registry.register_candidate(
             mlflow,
             spec,
             tracking.TrainingRun(summary["mlflow_run_id"], summary["model_uri"]),
@@ -38,7 +38,7 @@ def champion_model(
         versions[row["model"]] = str(version.version)
     best = rows[0]["model"]
     actor = context.run.tags.get("churn/actor", "dagster")
-    decision = tracking.promote(
+    decision = registry.promote(
         mlflow,
         spec,
         versions[best],
@@ -53,7 +53,7 @@ def champion_model(
         "version": champion_version,
         "model_kind": champion.tags.get(tracking.TAG_MODEL_KIND),
         "metrics": {
-            m: float(champion.tags[f"{tracking.METRIC_TAG_PREFIX}{m}"]) for m in CHAMPION_METRICS
+            m: float(champion.tags[f"{registry.METRIC_TAG_PREFIX}{m}"]) for m in CHAMPION_METRICS
         },
         "promoted": decision.promoted,
         "challenger_version": versions[best],

@@ -9,14 +9,14 @@ from dagster_pyspark import PySparkResource
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from churn_platform import etl, tracking
+from churn_platform import etl
 from churn_platform.config import DatasetSpec, SourceSpec
-from churn_platform.core import cleaning, output_files, sources
+from churn_platform.core import cleaning, output_files, sources, tracking
 from churn_platform.core import scoring as core_scoring
 from churn_platform.core.ops.log import OpsLog
+from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.settings import Settings
-from churn_platform.tracking import MlflowResource
 
 UNSEEN_CHECK = "unseen_values_within_limit"
 PREVIEW_ROWS = 10

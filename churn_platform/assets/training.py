@@ -19,8 +19,8 @@ from pydantic import Field
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 
-from churn_platform import etl, tracking
-from churn_platform.core import evaluation
+from churn_platform import etl
+from churn_platform.core import evaluation, tracking
 from churn_platform.core.models import explain
 from churn_platform.core.models.fitting import (
     BaseFit,
@@ -31,8 +31,8 @@ from churn_platform.core.models.fitting import (
 from churn_platform.core.models.kinds import KINDS, MODEL_KINDS, merged_params, model_key
 from churn_platform.core.models.training import fit_model
 from churn_platform.core.ops.log import OpsLog
+from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import SPARK_POOL, StateResource, TrainingFrames
-from churn_platform.tracking import MlflowResource
 
 CODE_VERSION = "2"
 # Base models whose fits and out-of-fold predictions the stacking and voting assets reuse
