@@ -543,14 +543,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from churn_platform.audit import (
-        AuditError,
-        audit_model,
-        audit_scores,
-        render_markdown,
-        report_json,
-        write_report,
-    )
+    from churn_platform.audit_lineage import audit_model, audit_scores
+    from churn_platform.core.audit.render import render_markdown, report_json, write_report
+    from churn_platform.core.audit.report import AuditError
 
     settings = _settings(args)
     instance, mlflow, spec = _instance(settings), _mlflow(settings), _spec(settings)

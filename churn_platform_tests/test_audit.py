@@ -9,9 +9,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from churn_platform import audit
 from churn_platform.assets.audit import audit_report
+from churn_platform.audit_lineage import audit_model, audit_scores
 from churn_platform.config import DatasetSpec, load_spec
+from churn_platform.core.audit.render import render_markdown, report_json
+from churn_platform.core.audit.report import AuditError
 from churn_platform.core.ops.changes import record_change
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import StateResource
@@ -232,7 +234,7 @@ def _layers(report: dict) -> dict[str, dict]:
 
 
 def test_champion_traces_one_run_pipeline_to_its_sources_and_promotion(world: World) -> None:
-    report = audit.audit_model(world.settings, world.instance, world.mlflow, world.spec)
+    report = audit_model(world.settings, world.instance, world.mlflow, world.spec)
 
     assert report["model"]["version"] == "1"
     assert report["model"]["aliases"] == ["champion"]
@@ -268,7 +270,7 @@ def test_champion_traces_one_run_pipeline_to_its_sources_and_promotion(world: Wo
 
 
 def test_retrain_run_reads_the_layers_latest_before_it_started(world: World) -> None:
-    report = audit.audit_model(world.settings, world.instance, world.mlflow, world.spec, "v2")
+    report = audit_model(world.settings, world.instance, world.mlflow, world.spec, "v2")
 
     layers = _layers(report)
     assert report["training"]["dagster_run"]["id"] == world.retrain_run
@@ -284,35 +286,33 @@ def test_retrain_run_reads_the_layers_latest_before_it_started(world: World) -> 
 
 
 def test_unknown_dagster_run_falls_back_to_the_mlflow_start(world: World) -> None:
-    report = audit.audit_model(world.settings, world.instance, world.mlflow, world.spec, "3")
+    report = audit_model(world.settings, world.instance, world.mlflow, world.spec, "3")
 
     assert report["training"]["dagster_run"] is None
     assert _layers(report)["customer_features"]["data_version"] == "features-2"
     assert "model_gbt" not in _layers(report)
-    assert "not in this Dagster instance" in audit.render_markdown(report)
+    assert "not in this Dagster instance" in render_markdown(report)
 
 
 def test_scores_run_is_traced_to_the_version_that_produced_it(world: World) -> None:
-    report = audit.audit_scores(
+    report = audit_scores(
         world.settings, world.instance, world.mlflow, world.spec, world.scores_runs["2"]
     )
 
     assert report["model"]["version"] == "2"
     assert report["scores_run"]["run_id"] == world.scores_runs["2"]
-    with pytest.raises(audit.AuditError, match="materialized no churn_scores"):
-        audit.audit_scores(
-            world.settings, world.instance, world.mlflow, world.spec, world.pipeline_run
-        )
+    with pytest.raises(AuditError, match="materialized no churn_scores"):
+        audit_scores(world.settings, world.instance, world.mlflow, world.spec, world.pipeline_run)
 
 
 def test_unknown_version_names_model_and_version(world: World) -> None:
-    with pytest.raises(audit.AuditError, match="churn-audit: no version or alias '9'"):
-        audit.audit_model(world.settings, world.instance, world.mlflow, world.spec, "9")
+    with pytest.raises(AuditError, match="churn-audit: no version or alias '9'"):
+        audit_model(world.settings, world.instance, world.mlflow, world.spec, "9")
 
 
 def test_report_renders_every_section_without_customer_rows(world: World) -> None:
-    report = audit.audit_model(world.settings, world.instance, world.mlflow, world.spec)
-    markdown = audit.render_markdown(report)
+    report = audit_model(world.settings, world.instance, world.mlflow, world.spec)
+    markdown = render_markdown(report)
 
     for heading in (
         "## Model",
@@ -326,7 +326,7 @@ def test_report_renders_every_section_without_customer_rows(world: World) -> Non
     assert f"| base | /data/base.csv | {_sha(1, 'base')} |" in markdown
     assert world.change_id in markdown and world.pipeline_run in markdown
     assert CUSTOMER_ID not in markdown
-    assert CUSTOMER_ID not in audit.report_json(report)
+    assert CUSTOMER_ID not in report_json(report)
 
 
 def test_render_markdown_says_what_is_missing() -> None:
@@ -349,7 +349,7 @@ def test_render_markdown_says_what_is_missing() -> None:
         "changes": [],
         "score_tables": [],
     }
-    markdown = audit.render_markdown(report)
+    markdown = render_markdown(report)
 
     assert markdown.startswith("# Audit: churn-x v4\n")
     assert "_No MLflow run is recorded for this version._" in markdown

@@ -2,7 +2,7 @@
 
 import pytest
 
-from churn_platform.audit import RAW_LAYER, _source_files
+from churn_platform.core.audit.report import RAW_LAYER, _source_files
 from churn_platform.core.ops.privacy import redact_message, redact_url
 from churn_platform.settings import load_settings
 

@@ -2,7 +2,8 @@
 
 import dagster as dg
 
-from churn_platform import audit
+from churn_platform import audit_lineage
+from churn_platform.core.audit import render
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import StateResource
 
@@ -17,8 +18,8 @@ def audit_report(
 ) -> dg.MaterializeResult:
     """Lineage report of the champion: training run, data versions, sources, changes, scores."""
     settings, spec = state.settings(), state.spec()
-    report = audit.audit_model(settings, context.instance, mlflow, spec)
-    markdown_path, json_path = audit.write_report(settings, report)
+    report = audit_lineage.audit_model(settings, context.instance, mlflow, spec)
+    markdown_path, json_path = render.write_report(settings, report)
     model = report["model"]
     return dg.MaterializeResult(
         metadata={

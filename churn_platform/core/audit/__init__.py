@@ -1,0 +1,1 @@
+"""Model lineage audit: the report of a version (report) and its Markdown and JSON (render)."""
