@@ -18,9 +18,10 @@ import pyarrow.parquet as pq
 from churn_platform import etl
 from churn_platform.assets import cleaning, features
 from churn_platform.assets.ingestion import ingest_batches, raw_customers
-from churn_platform.config import DatasetSpec, load_spec
+from churn_platform.config import DatasetSpec
 from churn_platform.core.ops.incidents import IncidentStore
-from churn_platform.settings import Settings, load_settings
+from churn_platform.resources import StateResource
+from churn_platform.settings import Settings
 
 INBOX_SUFFIXES = (".csv", ".parquet")
 # A scan's last batch rebuilds the data layers in its own run: one process and one JVM start
@@ -195,9 +196,8 @@ def scan_inbox(settings: Settings, spec: DatasetSpec, now: dt.datetime) -> dg.Se
     asset_selection=list(DATA_LAYER_KEYS),
     description="New CSV/Parquet files in $CHURN_HOME/inbox/ become raw batches, then features.",
 )
-def inbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    settings = load_settings()
-    result = scan_inbox(settings, load_spec(settings.spec_path, settings.home), dg_now())
+def inbox_sensor(context: dg.SensorEvaluationContext, state: StateResource) -> dg.SensorResult:
+    result = scan_inbox(state.settings(), state.spec(), dg_now())
     if result.cursor is None:
         result = dg.SensorResult(
             run_requests=result.run_requests,
@@ -324,16 +324,16 @@ def resolve_after_success(settings: Settings, instance: dg.DagsterInstance, run_
 @dg.run_failure_sensor(
     default_status=dg.DefaultSensorStatus.RUNNING, monitor_all_code_locations=False
 )
-def incident_on_run_failure(context: dg.RunFailureSensorContext) -> None:
+def incident_on_run_failure(context: dg.RunFailureSensorContext, state: StateResource) -> None:
     """A run that failed for good (after step retries) opens an incident."""
-    record_run_failure(load_settings(), context.instance, context.dagster_run.run_id)
+    record_run_failure(state.settings(), context.instance, context.dagster_run.run_id)
 
 
 @dg.run_status_sensor(
     run_status=dg.DagsterRunStatus.SUCCESS, default_status=dg.DefaultSensorStatus.RUNNING
 )
-def resolve_incidents_on_success(context: dg.RunStatusSensorContext) -> None:
-    resolve_after_success(load_settings(), context.instance, context.dagster_run.run_id)
+def resolve_incidents_on_success(context: dg.RunStatusSensorContext, state: StateResource) -> None:
+    resolve_after_success(state.settings(), context.instance, context.dagster_run.run_id)
 
 
 def freshness_policy(settings: Settings) -> dg.FreshnessPolicy:

@@ -32,7 +32,7 @@ import tarfile
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from importlib import metadata
@@ -61,7 +61,7 @@ from churn_platform.backup_storage import (
     VerificationError,
     decrypt_file,
     encrypt_file,
-    fernet_from_env,
+    fernet_for,
     fsync_path,
     local_path,
     open_target,
@@ -72,7 +72,7 @@ from churn_platform.core.ops.anchor import Link, anchor_document, parse_anchor
 from churn_platform.core.ops.chain import HEADS_NAME, LOCK_NAME, read_chain_heads, reanchor
 from churn_platform.core.ops.files import locked
 from churn_platform.core.ops.privacy import pseudonym_key, redact_url
-from churn_platform.settings import PROJECT_ROOT, Settings, load_settings
+from churn_platform.settings import PROJECT_ROOT, Settings
 
 __all__ = [
     "ALL_COMPONENTS",
@@ -291,7 +291,7 @@ def create_backup(
         json.dumps(golden)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"golden must be JSON-serialisable: {exc}") from exc
-    fernet = fernet_from_env()
+    fernet = fernet_for(settings.backup_key)
     key = signing_key(pseudonym_key(settings))
     target = open_target(settings)
     target.staging.mkdir(parents=True, exist_ok=True)
@@ -318,7 +318,9 @@ def create_backup(
         if "logs" in wanted:
             header["ops_chain_anchor"] = _chain_anchor(settings)
         sources = _sources(settings, wanted, project_root, fernet is not None, not_included)
-        manifest, manifest_bytes = _write_archive(plain, sources, scratch, header)
+        manifest, manifest_bytes = _write_archive(
+            plain, sources, scratch, header, settings.child_env()
+        )
         archive = plain
         if fernet:
             archive = out / (plain.name + ".enc")
@@ -346,12 +348,12 @@ def create_backup(
     )
 
 
-def list_backups(settings: Settings | None = None) -> list[date]:
+def list_backups(settings: Settings) -> list[date]:
     """Published backups in the configured target, oldest first (half-written ones never count)."""
-    return open_target(settings or load_settings()).partitions()
+    return open_target(settings).partitions()
 
 
-def verify_backup(backup: str | Path, settings: Settings | None = None) -> VerifyResult:
+def verify_backup(backup: str | Path, settings: Settings) -> VerifyResult:
     """Re-read a backup (a partition date or an archive path) and report every mismatch.
 
     Checks the manifest against its checksum, the archive against its checksum, then every
@@ -359,7 +361,6 @@ def verify_backup(backup: str | Path, settings: Settings | None = None) -> Verif
     unsafe or unlisted. Raises only when there is nothing to verify (`BackupNotFoundError`) or
     the archive is encrypted and no key is configured (`UsageError`).
     """
-    settings = settings or load_settings()
     with tempfile.TemporaryDirectory(prefix="churn-verify-") as tmp:
         files, partition = _locate(backup, settings, Path(tmp))
         result, _ = _verify_files(files, partition, Path(tmp), settings)
@@ -381,7 +382,7 @@ def archived_chain_anchor(settings: Settings) -> dict[str, Link] | None:
 
 
 def restore_backup(
-    settings_or_home: Settings | str | Path,
+    settings: Settings,
     partition: str | Path,
     component: str = "all",
     target_dir: str | Path | None = None,
@@ -400,11 +401,6 @@ def restore_backup(
     backed up, its artifact locations are rewritten to the restored artifacts (relocation).
     """
     started = time.monotonic()
-    settings = (
-        settings_or_home
-        if isinstance(settings_or_home, Settings)
-        else load_settings({**os.environ, "CHURN_HOME": str(settings_or_home)})
-    )
     if component != "all" and component not in COMPONENT_DIRS:
         raise UsageError(
             f"unknown component {component!r}; use one of all, {', '.join(ALL_COMPONENTS)}"
@@ -751,9 +747,16 @@ def _walk(root: Path) -> Iterator[Path]:
 
 
 def _write_archive(
-    path: Path, sources: Iterator[_Source], scratch: Path, header: dict[str, Any]
+    path: Path,
+    sources: Iterator[_Source],
+    scratch: Path,
+    header: dict[str, Any],
+    child_env: Mapping[str, str],
 ) -> tuple[dict[str, Any], bytes]:
-    """Stream every source into the tar.gz, hashing as it goes, and close with the manifest."""
+    """Stream every source into the tar.gz, hashing as it goes, and close with the manifest.
+
+    `child_env` is the environment pg_dump runs in (`Settings.child_env()`).
+    """
     files: list[dict[str, Any]] = []
     dirs: dict[str, int] = {}
     with tarfile.open(path, "w:gz", compresslevel=_GZIP_LEVEL) as tar:
@@ -767,7 +770,7 @@ def _write_archive(
                 if source.kind == "sqlite":
                     snapshot_sqlite(Path(source.origin), staged)
                 else:
-                    _pg_dump(source.origin, staged)
+                    _pg_dump(source.origin, staged, child_env)
                 size, digest = _add_file(tar, source.arcname, staged)
                 staged.unlink()
             entry = {"path": source.arcname, "size": size, "sha256": digest}
@@ -810,7 +813,7 @@ def _add_bytes(tar: tarfile.TarFile, arcname: str, content: bytes) -> tuple[int,
     return len(content), hashlib.sha256(content).hexdigest()
 
 
-def _pg_dump(uri: str, dest: Path) -> None:
+def _pg_dump(uri: str, dest: Path, child_env: Mapping[str, str]) -> None:
     """`pg_dump --format=custom`; the password goes through PGPASSWORD, not the process list."""
     if shutil.which("pg_dump") is None:
         raise BackupError("pg_dump not found on PATH; install the PostgreSQL client")
@@ -819,7 +822,7 @@ def _pg_dump(uri: str, dest: Path) -> None:
     user = userinfo.split(":", 1)[0]
     netloc = f"{user}@{hostport}" if user else hostport
     dsn = urlunsplit(("postgresql", netloc, parts.path, parts.query, ""))
-    env = dict(os.environ)
+    env = dict(child_env)
     if parts.password:
         env["PGPASSWORD"] = unquote(parts.password)
     command = ["pg_dump", "--format=custom", "--no-owner", "--file", str(dest), "--dbname", dsn]
@@ -877,7 +880,7 @@ def _verify_files(
         )
     plain = files.archive
     if files.archive.name.endswith(".enc"):
-        fernet = fernet_from_env()
+        fernet = fernet_for(settings.backup_key)
         if fernet is None:
             raise UsageError(
                 f"{files.label} is encrypted; set {KEY_ENV} to the key it was made with"

@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 import boto3
 from botocore.exceptions import ClientError
 from cryptography.fernet import Fernet, InvalidToken
+from pydantic import SecretStr
 
 from churn_platform.settings import Settings
 
@@ -137,13 +138,12 @@ def local_path(location: str) -> Path | None:
     return None if "://" in location else Path(location)
 
 
-def fernet_from_env() -> Fernet | None:
-    """The key from CHURN_BACKUP_KEY, or None when archives are to stay unencrypted."""
-    key = os.environ.get(KEY_ENV)
+def fernet_for(key: SecretStr | None) -> Fernet | None:
+    """The Fernet of the configured key (CHURN_BACKUP_KEY); None: archives stay unencrypted."""
     if not key:
         return None
     try:
-        return Fernet(key)
+        return Fernet(key.get_secret_value())
     except ValueError as exc:
         raise UsageError(
             f"{KEY_ENV} is not a Fernet key (Fernet.generate_key() makes one)"
@@ -283,14 +283,14 @@ def _exchange(new: Path, current: Path) -> None:
 class S3Target:
     """`s3://bucket/prefix/<date>/...`: built locally, uploaded with the checksums file last."""
 
-    def __init__(self, url: str, staging: Path) -> None:
+    def __init__(self, url: str, staging: Path, endpoint: str | None = None) -> None:
         parts = urlsplit(url)
         if not parts.netloc:
             raise UsageError(f"backup target {url!r} names no bucket")
         self.bucket = parts.netloc
         self.prefix = parts.path.strip("/")
         self.staging = staging
-        self.client = boto3.client("s3", endpoint_url=os.environ.get(S3_ENDPOINT_ENV) or None)
+        self.client = boto3.client("s3", endpoint_url=endpoint)
 
     def _key(self, *parts: str) -> str:
         return "/".join(p for p in (self.prefix, *parts) if p)
@@ -367,7 +367,7 @@ def open_target(settings: Settings) -> LocalTarget | S3Target:
     """`s3://bucket/prefix`, a folder path, or empty for `settings.backups`."""
     spec = settings.backup_target
     if spec.startswith("s3://"):
-        return S3Target(spec, settings.backups)
+        return S3Target(spec, settings.backups, settings.backup_s3_endpoint)
     location = local_path(spec)
     if location is None:
         raise UsageError(f"backup target {spec!r}: use s3://bucket/prefix or a folder path")

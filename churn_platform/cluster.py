@@ -147,9 +147,9 @@ def _wait(ready: Callable[[], bool], daemons: list[_Daemon], what: str, timeout:
         time.sleep(POLL_S)
 
 
-def _daemon_env() -> dict[str, str]:
+def _daemon_env(base: Mapping[str, str]) -> dict[str, str]:
     return {
-        **os.environ,
+        **base,
         "SPARK_HOME": str(spark_home()),
         # Otherwise Spark binds to the first non-loopback interface it finds.
         "SPARK_LOCAL_IP": HOST,
@@ -175,6 +175,7 @@ def _alive_cores(webui_port: int) -> int:
 
 @contextlib.contextmanager
 def standalone_cluster(
+    env: Mapping[str, str],
     cores: int = 2,
     memory: str = "2g",
     log_dir: Path | None = None,
@@ -182,22 +183,23 @@ def standalone_cluster(
 ) -> Iterator[str]:
     """A Spark standalone master and one worker on 127.0.0.1; yields the master URL.
 
-    Returns only once the worker has registered with all its cores, so the first application
-    gets executors at once. Daemon logs, and the worker's per-application folders, go to
-    `log_dir` (a temporary folder, removed on exit, when None).
+    The daemons start from `env` (PATH, JAVA_HOME, ...: the caller's environment) plus what
+    Spark needs to stay on loopback. Returns only once the worker has registered with all its
+    cores, so the first application gets executors at once. Daemon logs, and the worker's
+    per-application folders, go to `log_dir` (a temporary folder, removed on exit, when None).
     """
     with _log_dir(log_dir) as logs, _daemons() as started:
-        env = _daemon_env()
+        daemon_env = _daemon_env(env)
         spark_class = str(spark_home() / "bin" / "spark-class")
         port, webui_port, worker_webui_port = free_port(), free_port(), free_port()
         master_url = f"spark://{HOST}:{port}"
         master = [spark_class, "org.apache.spark.deploy.master.Master", "--host", HOST]
         master += ["--port", str(port), "--webui-port", str(webui_port)]
-        started.append(_Daemon("master", master, env, logs))
+        started.append(_Daemon("master", master, daemon_env, logs))
         worker = [spark_class, "org.apache.spark.deploy.worker.Worker", master_url]
         worker += ["--host", HOST, "--cores", str(cores), "--memory", memory]
         worker += ["--webui-port", str(worker_webui_port), "--work-dir", str(logs / "work")]
-        started.append(_Daemon("worker", worker, env, logs))
+        started.append(_Daemon("worker", worker, daemon_env, logs))
         _wait(
             lambda: _alive_cores(webui_port) >= cores,
             started,
@@ -215,6 +217,7 @@ def _port_open(port: int) -> bool:
 
 @contextlib.contextmanager
 def connect_server(
+    env: Mapping[str, str],
     master: str = "local[2]",
     conf: Mapping[str, str] | None = None,
     log_dir: Path | None = None,
@@ -222,7 +225,8 @@ def connect_server(
 ) -> Iterator[str]:
     """A Spark Connect server (the jar ships in the pyspark wheel); yields its `sc://` URL.
 
-    The server is the Spark driver: `master` is where its executors run (local threads or a
+    The server starts from `env`, as `standalone_cluster` daemons do. It is the Spark driver:
+    `master` is where its executors run (local threads or a
     `standalone_cluster()` URL), and `conf` holds server-side settings such as `spark.jars`
     for a JDBC driver, which a Connect client cannot add itself.
     """
@@ -238,6 +242,6 @@ def connect_server(
         command += ["--master", master, "--name", "churn-connect-server"]
         for key, value in settings.items():
             command += ["--conf", f"{key}={value}"]
-        started.append(_Daemon("connect-server", command, _daemon_env(), logs))
+        started.append(_Daemon("connect-server", command, _daemon_env(env), logs))
         _wait(lambda: _port_open(port), started, f"Spark Connect server on port {port}", timeout)
         yield f"sc://{HOST}:{port}"

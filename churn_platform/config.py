@@ -11,14 +11,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
-import os
+from collections.abc import Mapping
 from pathlib import Path
+from string import Template
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     ConfigDict,
     Field,
+    SecretStr,
     StrictInt,
     StrictStr,
     TypeAdapter,
@@ -30,6 +32,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 
 from churn_platform.core.ops.privacy import redact_url
+from churn_platform.settings import Settings
 
 _SCHEMA = ConfigDict(extra="forbid", frozen=True)
 Names = tuple[StrictStr, ...]
@@ -51,15 +54,23 @@ class SourceSpec:
     user: StrictStr | None = None
     password_env: StrictStr | None = None
     delimiter: StrictStr = ","
+    # The value of the variable `password_env` names, set by `load_spec`, never by the file.
+    password_value: SecretStr | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @model_validator(mode="before")
     @classmethod
-    def _no_password(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "password" in data:
+    def _password_from_environ(cls, data: Any, info: ValidationInfo) -> Any:
+        """No password in the file; `password_env`'s value from the environment `load_spec` got."""
+        if not isinstance(data, dict):
+            return data
+        if {"password", "password_value"} & data.keys():
             raise ValueError(
                 f"source {data.get('name')!r} holds a password; "
                 "name an environment variable with 'password_env' instead"
             )
+        name, environ = data.get("password_env"), (info.context or {}).get("environ", {})
+        if isinstance(name, str) and name in environ:
+            return {**data, "password_value": environ[name]}
         return data
 
     @field_validator("path")
@@ -68,7 +79,8 @@ class SourceSpec:
         """Relative to the spec file, `${CHURN_HOME}` to the state root (when loaded from one)."""
         if value is None or not info.context:
             return value
-        return _expand(value, info.context["base_dir"], info.context["home"])
+        context = info.context
+        return _expand(value, context["base_dir"], context["home"], context["environ"])
 
     @model_validator(mode="after")
     def _location_given(self) -> SourceSpec:
@@ -79,15 +91,14 @@ class SourceSpec:
         return self
 
     def password(self) -> str | None:
-        """The JDBC password, read from the environment only (never from the spec file)."""
+        """The JDBC password, from the environment only (never from the spec file)."""
         if not self.password_env:
             return None
-        value = os.environ.get(self.password_env)
-        if value is None:
+        if self.password_value is None:
             raise SpecError(
                 f"source {self.name!r}: environment variable {self.password_env} is not set"
             )
-        return value
+        return self.password_value.get_secret_value()
 
     @property
     def location(self) -> str:
@@ -225,12 +236,13 @@ _KEYS = sorted(
         for cls in (DatasetSpec, SourceSpec, TargetSpec, ScorePopulationSpec)
         for f in dataclasses.fields(cls)
     }
-    - {"spec_file", "spec_sha256"}
+    - {"spec_file", "spec_sha256", "password_value"}
 )
 
 
-def _expand(value: str, base_dir: Path, home: Path) -> str:
-    expanded = os.path.expandvars(value.replace("${CHURN_HOME}", str(home)))
+def _expand(value: str, base_dir: Path, home: Path, environ: Mapping[str, str]) -> str:
+    """`${CHURN_HOME}` is the state root; other `$VAR`s come from `environ`, unknown ones stay."""
+    expanded = Template(value.replace("${CHURN_HOME}", str(home))).safe_substitute(environ)
     if "://" in expanded or expanded.startswith("jdbc:"):
         return expanded
     path = Path(expanded).expanduser()
@@ -252,8 +264,12 @@ def _describe(error: Any) -> str:
     return f"key '{key}': {message}" if key else message
 
 
-def load_spec(spec_file: Path, home: Path) -> DatasetSpec:
-    """Read and validate a dataset spec; relative paths are relative to the spec file."""
+def load_spec(spec_file: Path, home: Path, environ: Mapping[str, str] | None = None) -> DatasetSpec:
+    """Read and validate a dataset spec; relative paths are relative to the spec file.
+
+    `environ` holds the variables the spec may name (a JDBC source's `password_env`, `$VAR` in
+    paths): the settings' environment (`platform_spec`), none by default.
+    """
     spec_file = Path(spec_file)
     if not spec_file.is_file():
         raise SpecError(f"dataset spec not found: {spec_file}")
@@ -270,8 +286,13 @@ def load_spec(spec_file: Path, home: Path) -> DatasetSpec:
     raw |= {"spec_file": str(spec_file.resolve()), "spec_sha256": hashlib.sha256(text).hexdigest()}
     try:
         return TypeAdapter(DatasetSpec).validate_python(
-            raw, context={"base_dir": spec_file.parent, "home": home}
+            raw, context={"base_dir": spec_file.parent, "home": home, "environ": environ or {}}
         )
     except ValidationError as exc:
         problems = "; ".join(_describe(error) for error in exc.errors())
         raise SpecError(f"{spec_file}: {problems}") from None
+
+
+def platform_spec(settings: Settings) -> DatasetSpec:
+    """The dataset spec the settings name, read with the settings' environment."""
+    return load_spec(settings.spec_path, settings.home, settings.environ)

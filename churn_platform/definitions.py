@@ -66,9 +66,8 @@ def platform_assets(settings: Settings) -> list:
     )
 
 
-def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+def build_definitions(settings: Settings) -> dg.Definitions:
     """Assemble the platform for an environment; only the resources differ between them."""
-    settings = settings or load_settings()
     assets = platform_assets(settings)
     freshness = automation.freshness_checks(settings, assets)
     return dg.Definitions(
@@ -98,4 +97,6 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return build_definitions()
+    """The code location the webserver and daemon load: the settings are read here, once, and
+    reach every asset and sensor through the `state` resource."""
+    return build_definitions(load_settings())

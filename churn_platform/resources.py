@@ -1,8 +1,5 @@
 """Resources: Spark, MLflow and the state root. The one place where the environment is chosen."""
 
-from __future__ import annotations
-
-import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -12,11 +9,11 @@ import dagster as dg
 from dagster_pyspark import PySparkResource
 from pydantic import PrivateAttr
 from pyspark.ml import PipelineModel
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 
-from churn_platform.config import DatasetSpec, load_spec
+from churn_platform.config import DatasetSpec, platform_spec
 from churn_platform.core.models.fitting import TrainingFrame, training_frame
-from churn_platform.settings import PROJECT_ROOT, Settings, load_settings
+from churn_platform.settings import Settings
 
 POSTGRES_JDBC_JAR = Path("/usr/share/java/postgresql.jar")
 LOG4J2_TEMPLATE = Path(__file__).resolve().parent / "log4j2.properties"
@@ -53,18 +50,23 @@ def spark_conf(settings: Settings) -> dict[str, str]:
     return conf
 
 
+# No `from __future__ import annotations` in this module: Dagster recognises the resource
+# dependency below by its annotation object, not by a string.
 class StateResource(dg.ConfigurableResource):
-    """The platform's state root and dataset spec, resolved per run (not at import)."""
+    """The platform's settings and dataset spec, built once in `definitions.py`.
 
-    home: str
-    spec_path: str
+    `platform` is the Settings object itself (a resource dependency, not run config), so assets
+    and sensors get exactly the settings the definitions were built with and never read the
+    environment; its secrets stay SecretStr, masked wherever Dagster shows a resource.
+    """
+
+    platform: dg.ResourceDependency[Settings]
 
     def settings(self) -> Settings:
-        env = {"CHURN_HOME": self.home, "CHURN_CONFIG": self.spec_path}
-        return load_settings({**os.environ, **env})
+        return self.platform
 
     def spec(self) -> DatasetSpec:
-        return load_spec(Path(self.spec_path), Path(self.home))
+        return platform_spec(self.platform)
 
 
 class TrainingFrames(dg.ConfigurableResource):
@@ -106,51 +108,24 @@ def build_spark_resource(settings: Settings) -> PySparkResource:
     return PySparkResource(spark_config=spark_conf(settings))
 
 
-def build_resources(settings: Settings | None = None) -> dict[str, object]:
+def spark_session(settings: Settings) -> SparkSession:
+    """A SparkSession outside a Dagster run (scoring a file, generating data), same config."""
+    builder = SparkSession.builder
+    for key, value in spark_conf(settings).items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+def build_resources(settings: Settings) -> dict[str, object]:
     """All resources for an environment: local Spark + sqlite MLflow, or a cluster + server."""
-    settings = settings or load_settings()
     from churn_platform.io_managers import VersionedParquetIOManager
     from churn_platform.mlflow_resource import MlflowResource
 
     pyspark = build_spark_resource(settings)
     return {
         "pyspark": pyspark,
-        "state": StateResource(home=str(settings.home), spec_path=str(settings.spec_path)),
+        "state": StateResource(platform=settings),
         "io_manager": VersionedParquetIOManager(base_path=str(settings.warehouse), pyspark=pyspark),
         "training_frames": TrainingFrames(),
-        "mlflow": MlflowResource(
-            tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
-        ),
+        "mlflow": MlflowResource.from_settings(settings),
     }
-
-
-def dagster_env(settings: Settings) -> dict[str, str]:
-    """Environment that points a Dagster process (CLI, webserver, daemon) at the state root."""
-    return {
-        "CHURN_HOME": str(settings.home),
-        "CHURN_CONFIG": str(settings.spec_path),
-        "DAGSTER_HOME": str(settings.dagster_storage),
-        "CHURN_DAGSTER_STORAGE": str(settings.dagster_storage),
-        "CHURN_DAGSTER_COMPUTE_LOGS": str(settings.dagster_storage / "compute_logs"),
-        # MLflow draws a progress bar per artifact download: most of a run's output otherwise.
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        # MLflow's INFO lines (schema creation, "already on DFS") say nothing a user acts on.
-        "MLFLOW_LOGGING_LEVEL": "WARNING",
-    }
-
-
-def prepare_dagster_home(settings: Settings) -> dict[str, str]:
-    """Install the project's dagster.yaml into $CHURN_HOME/dagster and export the variables.
-
-    The top-level dagster.yaml stays the single source of truth; the copy only exists because
-    Dagster reads its configuration from DAGSTER_HOME.
-    """
-    env = dagster_env(settings)
-    settings.dagster_storage.mkdir(parents=True, exist_ok=True)
-    source = PROJECT_ROOT / "dagster.yaml"
-    target = settings.dagster_storage / "dagster.yaml"
-    text = source.read_text()
-    if not target.is_file() or target.read_text() != text:
-        target.write_text(text)
-    os.environ.update(env)
-    return env

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
-from churn_platform.resources import prepare_dagster_home
+from churn_platform.runner import install_dagster_yaml
 from churn_platform.settings import PROJECT_ROOT, Settings
 
 _log = logging.getLogger(__name__)
@@ -97,7 +97,8 @@ class _Platform:
 
     def start(self) -> None:
         _ensure_port_free(self.host, self.port)
-        env = {**os.environ, **prepare_dagster_home(self.settings)}
+        install_dagster_yaml(self.settings)
+        env = self.settings.child_env()
         bin_dir = Path(sys.executable).parent
         workspace = ["-w", str(WORKSPACE)]
         webserver = [str(bin_dir / "dagster-webserver"), "-h", self.host, "-p", str(self.port)]

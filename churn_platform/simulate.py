@@ -42,11 +42,11 @@ def simulate(
     """Yield each dropped file; the last synthetic batch carries `drift` to lower model quality."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     if synthetic_rows:
-        from churn_platform.cli import _spark
         from churn_platform.core.synthetic.generate import generate_customers
         from churn_platform.core.synthetic.write import write_customers
+        from churn_platform.resources import spark_session
 
-        spark = _spark(settings)
+        spark = spark_session(settings)
         for i in range(batches):
             batch_drift = drift if i == batches - 1 else 0.0
             df = generate_customers(

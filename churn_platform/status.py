@@ -5,6 +5,11 @@ from typing import Any
 
 import dagster as dg
 
+from churn_platform.config import platform_spec
+from churn_platform.core.ops.incidents import IncidentStore
+from churn_platform.core.registry import registry_snapshot
+from churn_platform.definitions import build_definitions
+from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.settings import Settings
 
 
@@ -21,11 +26,6 @@ def freshness_state(last: float | None, settings: Settings, now: float) -> str:
 
 
 def platform_status(settings: Settings, instance: dg.DagsterInstance) -> dict[str, Any]:
-    from churn_platform.cli import _mlflow, _spec
-    from churn_platform.core.ops.incidents import IncidentStore
-    from churn_platform.core.registry import registry_snapshot
-    from churn_platform.definitions import build_definitions
-
     graph = build_definitions(settings).resolve_asset_graph()
     now = dt.datetime.now(dt.UTC).timestamp()
     assets, failed_checks = {}, []
@@ -51,7 +51,7 @@ def platform_status(settings: Settings, instance: dg.DagsterInstance) -> dict[st
                 }
             )
     try:
-        models = registry_snapshot(_mlflow(settings), _spec(settings))
+        models = registry_snapshot(MlflowResource.from_settings(settings), platform_spec(settings))
     except Exception as exc:  # an unreachable registry must not hide the rest of the status
         models = [{"error": f"{type(exc).__name__}: {exc}"}]
     incidents = [

@@ -157,7 +157,6 @@ def telco_pipeline(spark, telco_csv: Path, tmp_path_factory: pytest.TempPathFact
     tests inspect its state root; the cluster tests compare their runs with its summary (the
     local-mode reference). The environment is set only while it runs; `env` restores it."""
     from churn_platform import cli
-    from churn_platform.resources import dagster_env
 
     home = tmp_path_factory.mktemp("pipeline_home")
     (home / "data").mkdir()
@@ -175,5 +174,5 @@ def telco_pipeline(spark, telco_csv: Path, tmp_path_factory: pytest.TempPathFact
         os.environ.update(env)
         with redirect_stdout(buffer):
             code = cli.main(["run", "--json"])
-        env.update(dagster_env(load_settings()))  # what the CLI exported: the Dagster instance
+        env.update(load_settings().library_env())  # what the CLI exported: the Dagster instance
     return PipelineRun(home, env, code, json.loads(buffer.getvalue().strip().splitlines()[-1]))

@@ -358,7 +358,7 @@ def test_render_markdown_says_what_is_missing() -> None:
 
 
 def test_audit_report_asset_writes_markdown_and_json(world: World) -> None:
-    state = StateResource(home=str(world.settings.home), spec_path=str(world.settings.spec_path))
+    state = StateResource(platform=world.settings)
     result = dg.materialize(
         [audit_report], instance=world.instance, resources={"state": state, "mlflow": world.mlflow}
     )

@@ -34,7 +34,6 @@ from churn_platform.backup import (
     EXIT_UNSAFE_ARCHIVE,
     EXIT_USAGE,
     EXIT_VERIFICATION_FAILED,
-    KEY_ENV,
     PSEUDONYM_KEY_FILE,
     AbsolutePathError,
     BackupError,
@@ -188,11 +187,6 @@ def template_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def _no_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(KEY_ENV, raising=False)
-
-
 @pytest.fixture(name="state")
 def state_fixture(template: Path, tmp_path: Path) -> State:
     shutil.copytree(template / "home", tmp_path / "home")
@@ -342,17 +336,13 @@ def test_restore_elsewhere_relocates_mlflow_so_the_champion_loads(
     assert predictions["x"].tolist() == [2.0, 5.0]
 
 
-def test_restore_in_place_moves_the_existing_component_aside(
-    state: State, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("CHURN_BACKUP_TARGET", state.settings.backup_target)
-    monkeypatch.setenv("CHURN_PSEUDONYM_KEY", SECRET)  # the platform key that signed the backup
+def test_restore_in_place_moves_the_existing_component_aside(state: State) -> None:
     _backup(state)
     _write(state.home / "mlflow" / "junk.txt", b"written after the backup")
     others = {d: _tree(state.home / d) for d in ("dagster", "warehouse", "secrets")}
 
-    result = restore_backup(state.home, PARTITION, "mlflow")
-    logs = restore_backup(state.home, PARTITION, "logs")
+    result = restore_backup(state.settings, PARTITION, "mlflow")
+    logs = restore_backup(state.settings, PARTITION, "logs")
 
     assert {p.name for p in logs.restored} == {"logs", "incidents", "changes"}
     logs_aside = next(p for p in logs.moved_aside if p.name.startswith("logs."))

@@ -65,43 +65,39 @@ def platform(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> I
         "CHURN_BACKUP_TARGET": str(root / "offsite"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow/mlflow.db",
     }
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in env.items():
-            patch.setenv(name, value)
-        patch.delenv(backup.KEY_ENV, raising=False)
-        settings, spec = load_settings(), load_spec(DEFAULT_SPEC, home)
-        write_customers(generate_customers(spark, 400, seed=5), home / "data" / "telco_churn.csv")
-        raw = sources.read_batch(spark, spec, spec.sources, "base", 0).frame
-        cleaned = cleaning.clean_customers(raw, spec).cleaned
-        _publish(cleaned, settings.warehouse / "cleaned_customers")
-        features = build_features(cleaned, spec)
-        with training_frame(features.features, spec.id_column, features.pipeline) as frame:
-            fitted = fit_model("logistic_regression", frame, {"regParam": 0.01, "maxIter": 20})
-        mlflow = MlflowResource.from_settings(settings)
-        example = features.features.select(*features.categorical, *features.numeric)
-        run = tracking.log_training_run(
-            mlflow,
-            spec,
-            model_kind="logistic_regression",
-            model=full_model(features.pipeline, fitted.model),
-            params={"regParam": 0.01},
-            metrics={"roc_auc": 0.8},
-            threshold=0.5,
-            input_schema=example.schema,
-            dagster_run_id="test",
-            asset_key="model_logistic_regression",
-            code_version="1",
-            data_version="test",
-            git_commit="test",
-        )
-        candidate = registry.register_candidate(mlflow, spec, run, {"roc_auc": 0.8}, 0.5)
-        registry.promote(mlflow, spec, candidate, settings=settings)
-        resources = {
-            "pyspark": PySparkResource(spark_config=spark_conf(settings)),
-            "state": StateResource(home=str(home), spec_path=str(DEFAULT_SPEC)),
-            "mlflow": mlflow,
-        }
-        yield Platform(settings, spec, resources, str(candidate.version))
+    settings, spec = load_settings(env), load_spec(DEFAULT_SPEC, home)
+    write_customers(generate_customers(spark, 400, seed=5), home / "data" / "telco_churn.csv")
+    raw = sources.read_batch(spark, spec, spec.sources, "base", 0).frame
+    cleaned = cleaning.clean_customers(raw, spec).cleaned
+    _publish(cleaned, settings.warehouse / "cleaned_customers")
+    features = build_features(cleaned, spec)
+    with training_frame(features.features, spec.id_column, features.pipeline) as frame:
+        fitted = fit_model("logistic_regression", frame, {"regParam": 0.01, "maxIter": 20})
+    mlflow = MlflowResource.from_settings(settings)
+    example = features.features.select(*features.categorical, *features.numeric)
+    run = tracking.log_training_run(
+        mlflow,
+        spec,
+        model_kind="logistic_regression",
+        model=full_model(features.pipeline, fitted.model),
+        params={"regParam": 0.01},
+        metrics={"roc_auc": 0.8},
+        threshold=0.5,
+        input_schema=example.schema,
+        dagster_run_id="test",
+        asset_key="model_logistic_regression",
+        code_version="1",
+        data_version="test",
+        git_commit="test",
+    )
+    candidate = registry.register_candidate(mlflow, spec, run, {"roc_auc": 0.8}, 0.5)
+    registry.promote(mlflow, spec, candidate, settings=settings)
+    resources = {
+        "pyspark": PySparkResource(spark_config=spark_conf(settings)),
+        "state": StateResource(platform=settings),
+        "mlflow": mlflow,
+    }
+    yield Platform(settings, spec, resources, str(candidate.version))
 
 
 def _materialize(platform: Platform) -> dg.ExecuteInProcessResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import boto3
 import pytest
 from cryptography.fernet import Fernet
 from moto.server import ThreadedMotoServer
+from pydantic import SecretStr
 
 from churn_platform import backup_storage
 from churn_platform.backup import (
@@ -26,18 +28,17 @@ from churn_platform.backup import (
 from churn_platform.backup_storage import (
     EXIT_VERIFICATION_FAILED,
     KEY_ENV,
-    S3_ENDPOINT_ENV,
     DecryptionError,
     UsageError,
 )
+from churn_platform.settings import Settings
 
-# The state-root fixtures (a copied template with a real MLflow registry) and the autouse
-# fixture that unsets CHURN_BACKUP_KEY are shared with test_backup.py; pytest finds them by name.
+# The state-root fixtures (a copied template with a real MLflow registry) are shared with
+# test_backup.py; pytest finds them by name.
 from churn_platform_tests.test_backup import (
     PARTITION,
     State,
     _backup,
-    _no_key,  # noqa: F401  (autouse fixture)
     _registry,
     _sha,
     state_fixture,  # noqa: F401  (fixture "state")
@@ -45,16 +46,20 @@ from churn_platform_tests.test_backup import (
 )
 
 
-def test_encrypted_round_trip_and_wrong_key_refused(
-    state: State, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(KEY_ENV, Fernet.generate_key().decode())
-    result = _backup(state)
+def _keyed(state: State, key: bytes | None) -> Settings:
+    """The state's settings with CHURN_BACKUP_KEY set to `key` (None: unset)."""
+    value = SecretStr(key.decode()) if key else None
+    return state.settings.model_copy(update={"backup_key": value})
+
+
+def test_encrypted_round_trip_and_wrong_key_refused(state: State, tmp_path: Path) -> None:
+    keyed = _keyed(state, Fernet.generate_key())
+    result = _backup(dataclasses.replace(state, settings=keyed))
     archive = Path(result.archive)
 
     assert archive.name == f"churn-backup-{PARTITION}.tar.gz.enc"
     assert not archive.read_bytes().startswith(b"\x1f\x8b")
-    restored = restore_backup(state.settings, PARTITION, target_dir=tmp_path / "a")
+    restored = restore_backup(keyed, PARTITION, target_dir=tmp_path / "a")
     assert restored.files == len(result.manifest["files"])
     key = tmp_path / "a" / PSEUDONYM_KEY_FILE
     assert key.read_bytes() == (state.home / PSEUDONYM_KEY_FILE).read_bytes()
@@ -62,15 +67,13 @@ def test_encrypted_round_trip_and_wrong_key_refused(
     for entry in result.manifest["files"]:
         assert _sha((tmp_path / "a" / entry["path"]).read_bytes()) == entry["sha256"]
 
-    monkeypatch.setenv(KEY_ENV, Fernet.generate_key().decode())
     with pytest.raises(DecryptionError) as wrong:
-        restore_backup(state.settings, PARTITION, target_dir=tmp_path / "b")
+        restore_backup(_keyed(state, Fernet.generate_key()), PARTITION, target_dir=tmp_path / "b")
     assert wrong.value.exit_code == EXIT_VERIFICATION_FAILED
     assert "wrong key" in str(wrong.value)
     assert not (tmp_path / "b").exists()
-    monkeypatch.delenv(KEY_ENV)
     with pytest.raises(UsageError, match=KEY_ENV):
-        verify_backup(PARTITION, state.settings)
+        verify_backup(PARTITION, _keyed(state, None))
 
 
 def test_chunked_encryption_detects_truncation_and_reordering(tmp_path: Path) -> None:
@@ -96,7 +99,8 @@ def test_chunked_encryption_detects_truncation_and_reordering(tmp_path: Path) ->
 
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, str]]:
+    """A moto S3 server: its client and its endpoint URL."""
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -105,7 +109,6 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         ("AWS_ACCESS_KEY_ID", "testing"),
         ("AWS_SECRET_ACCESS_KEY", "testing"),
         ("AWS_DEFAULT_REGION", "us-east-1"),
-        (S3_ENDPOINT_ENV, endpoint),
     ]:
         monkeypatch.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
@@ -113,20 +116,23 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     client = boto3.client("s3", endpoint_url=endpoint)
     client.create_bucket(Bucket="churn-backups")
     try:
-        yield client
+        yield client, endpoint
     finally:
         server.stop()
 
 
-def test_s3_target_round_trip(state: State, tmp_path: Path, s3: Any) -> None:
-    settings = state.settings.model_copy(update={"backup_target": "s3://churn-backups/prod"})
+def test_s3_target_round_trip(state: State, tmp_path: Path, s3: tuple[Any, str]) -> None:
+    client, endpoint = s3
+    settings = state.settings.model_copy(
+        update={"backup_target": "s3://churn-backups/prod", "backup_s3_endpoint": endpoint}
+    )
     registry = _registry(state.home / "mlflow" / "mlflow.db")
 
     result = create_backup(settings, PARTITION, None, project_root=state.project)
 
     prefix = f"s3://churn-backups/prod/{PARTITION}/"
     assert result.archive == f"{prefix}churn-backup-{PARTITION}.tar.gz"
-    listed = s3.list_objects_v2(Bucket="churn-backups", Prefix="prod/")
+    listed = client.list_objects_v2(Bucket="churn-backups", Prefix="prod/")
     names = sorted(item["Key"].rsplit("/", 1)[1] for item in listed["Contents"])
     archive = f"churn-backup-{PARTITION}.tar.gz"
     assert names == [

@@ -107,7 +107,7 @@ def test_pipeline_on_standalone_cluster_matches_local_mode(
     """The reference is the session's local-mode run of the whole graph (same data, profile,
     seed and shuffle partitions): its data layers and this model must be identical."""
     spark_logs = tmp_path / "spark"
-    with standalone_cluster(cores=2, memory="2g", log_dir=spark_logs) as master_url:
+    with standalone_cluster(os.environ, cores=2, memory="2g", log_dir=spark_logs) as master_url:
         home = tmp_path / "cluster_mode"
         with pipeline_run(home, telco_csv, PIPELINE, {"SPARK_MASTER": master_url}) as run:
             summary = summary_of(run, home)
@@ -132,7 +132,7 @@ def test_data_layers_over_spark_connect_match_local_mode(
     """Models are left out: MLflow 3.17's Spark flavor cannot log a model over Spark Connect
     (see docs/PRODUCTION.md)."""
     server_logs = tmp_path / "connect"
-    with connect_server(master="local[2]", log_dir=server_logs) as remote:
+    with connect_server(os.environ, master="local[2]", log_dir=server_logs) as remote:
         home = tmp_path / "connect_mode"
         with pipeline_run(home, telco_csv, DATA_LAYERS, {"SPARK_REMOTE": remote}) as run:
             summary = summary_of(run, home)

@@ -9,7 +9,8 @@ import pytest
 
 from churn_platform.assets import training
 from churn_platform.definitions import build_definitions
-from churn_platform.resources import SPARK_POOL, prepare_dagster_home
+from churn_platform.resources import SPARK_POOL
+from churn_platform.runner import install_dagster_yaml
 from churn_platform.settings import load_settings
 from churn_platform_tests.conftest import restored_environ
 
@@ -60,8 +61,9 @@ def test_spark_runs_take_turns_and_check_only_runs_do_not_wait(tmp_path):
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         assert (SPARK_POOL in node.pools) == ("spark" in node.kinds), key
-    with restored_environ():  # prepare_dagster_home exports the instance's variables
-        prepare_dagster_home(settings)
+    install_dagster_yaml(settings)
+    with restored_environ():  # dagster.yaml names the storage folders by variable
+        settings.export_library_env()
         with dg.DagsterInstance.from_config(str(settings.dagster_storage)) as instance:
             concurrency = instance.get_concurrency_config()
     assert concurrency.pool_config.pool_granularity.value == "run"

@@ -52,12 +52,10 @@ def test_priority_comes_from_the_itil_matrix(
     assert IncidentStore(settings).priority(impact, urgency) == priority
 
 
-def test_priority_matrix_file_overrides_the_default(
-    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_priority_matrix_file_overrides_the_default(settings: Settings, tmp_path: Path) -> None:
     matrix = tmp_path / "matrix.yaml"
     matrix.write_text("critical: {now: P1, later: P2}\nroutine: {now: P3, later: P4}\n")
-    monkeypatch.setenv("CHURN_PRIORITY_MATRIX", str(matrix))
+    settings = settings.model_copy(update={"priority_matrix": matrix})
     store = IncidentStore(settings)
     assert store.open("k", "cli", "data", "raw", "routine", "now", "late file").priority == "P3"
     with pytest.raises(ValueError, match="known impacts"):

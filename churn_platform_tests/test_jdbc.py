@@ -43,7 +43,7 @@ def billing_table():
     conn.close()
 
 
-def test_csv_joined_with_jdbc_billing(spark, tmp_path, monkeypatch, billing_table):
+def test_csv_joined_with_jdbc_billing(spark, tmp_path, billing_table):
     columns = TELCO_HEADER.split(",")
     keep = [i for i, c in enumerate(columns) if c not in ("MonthlyCharges", "TotalCharges")]
     lines = [",".join(columns[i] for i in keep)]
@@ -63,8 +63,7 @@ def test_csv_joined_with_jdbc_billing(spark, tmp_path, monkeypatch, billing_tabl
         "numeric: [tenure, MonthlyCharges, TotalCharges]\n"
         "categorical: [Contract, InternetService]\n"
     )
-    monkeypatch.setenv("CHURN_TEST_PG_PASSWORD", "churn")
-    spec = load_spec(spec_file, tmp_path)
+    spec = load_spec(spec_file, tmp_path, {"CHURN_TEST_PG_PASSWORD": "churn"})
     raw = sources.read_batch(spark, spec, spec.sources, "base", 0).frame
     result = cleaning.clean_customers(raw, spec)
     cleaned = {r["customerID"]: r for r in result.cleaned.collect()}
@@ -77,7 +76,7 @@ def test_csv_joined_with_jdbc_billing(spark, tmp_path, monkeypatch, billing_tabl
     assert quarantined[0][etl.FILE_COL] == f"{PG_JDBC}#{billing_table}"  # no credentials
 
 
-def test_wrong_password_names_the_source(spark, tmp_path, monkeypatch, billing_table):
+def test_wrong_password_names_the_source(spark, tmp_path, billing_table):
     spec_file = Path(tmp_path / "spec.yaml")
     spec_file.write_text(
         "name: pg\n"
@@ -85,8 +84,7 @@ def test_wrong_password_names_the_source(spark, tmp_path, monkeypatch, billing_t
         " user: churn, password_env: CHURN_TEST_PG_PASSWORD}]\n"
         "id_column: customerID\ntarget: {column: TotalCharges, positive: '1'}\n"
     )
-    monkeypatch.setenv("CHURN_TEST_PG_PASSWORD", "wrong")
-    spec = load_spec(spec_file, tmp_path)
+    spec = load_spec(spec_file, tmp_path, {"CHURN_TEST_PG_PASSWORD": "wrong"})
     with pytest.raises(etl.InputDataError, match=f"source billing .*{billing_table}.*JDBC"):
         sources.read_batch(spark, spec, spec.sources, "base", 0)
 

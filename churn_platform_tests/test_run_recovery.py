@@ -8,10 +8,9 @@ import sys
 
 import dagster as dg
 
-from churn_platform import cli
 from churn_platform.core.process_identity import process_alive, process_token
-from churn_platform.resources import prepare_dagster_home
 from churn_platform.run_recovery import PROCESS_TAG
+from churn_platform.runner import open_instance
 from churn_platform.settings import Settings
 
 
@@ -38,13 +37,12 @@ def test_process_tokens_tell_live_from_dead_processes() -> None:
 
 
 def test_the_next_cli_start_fails_runs_whose_process_is_gone(settings: Settings) -> None:
-    prepare_dagster_home(settings)
-    instance = dg.DagsterInstance.get()
+    instance = open_instance(settings)
     killed = _started_run(instance, {PROCESS_TAG: _dead_process_token()})
     alive = _started_run(instance, {PROCESS_TAG: process_token()})
     launched = _started_run(instance, {"dagster/schedule_name": "retrain"})
 
-    instance = cli._instance(settings)
+    instance = open_instance(settings)  # as every CLI command that runs Dagster starts
 
     status = {r: instance.get_run_by_id(r).status for r in (killed, alive, launched)}
     assert status == {

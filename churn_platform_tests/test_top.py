@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from churn_platform import cli
+from churn_platform import cli, runner
 
 
 def _reason(feature: str, value: str, contribution: float) -> dict:
@@ -84,7 +84,7 @@ def test_a_run_that_scored_ends_with_where_the_scores_are_and_what_to_try() -> N
         "assets": {"churn_scores": {"population_scored": 5174, "population_excluded": 1869}},
         "scores_path": "/home/warehouse/churn_scores/v-1",
     }
-    message = cli.next_steps(summary)
+    message = runner.next_steps(summary)
     assert "5174 customers" in message and "/home/warehouse/churn_scores/v-1" in message
     for command in ("churn-platform top --n 20", "churn-platform score --input", "make ui"):
         assert command in message

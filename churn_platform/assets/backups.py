@@ -4,7 +4,6 @@ The assets are thin wrappers over `churn_platform.backup`; what needs Spark or M
 golden input and the champion's golden-prediction hash) lives here as plain functions.
 """
 
-import dataclasses
 import logging
 import tempfile
 import time
@@ -237,10 +236,11 @@ def platform_backup(
     partition = context.partition_key
     spec, spark = state.spec(), pyspark.spark_session
     # Back up the registry the champion is read from, whatever MLFLOW_TRACKING_URI says.
-    settings = dataclasses.replace(
-        state.settings(),
-        mlflow_tracking_uri=mlflow.tracking_uri,
-        mlflow_artifact_root=mlflow.artifact_root,
+    settings = state.settings().model_copy(
+        update={
+            "mlflow_tracking_uri": mlflow.tracking_uri,
+            "mlflow_artifact_root": mlflow.artifact_root,
+        }
     )
     golden = champion_golden(spark, mlflow, settings, spec, context.run_id)
     result = create_backup(settings, partition, golden)

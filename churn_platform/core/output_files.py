@@ -14,10 +14,10 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
-from pyspark.sql import types as T
+if TYPE_CHECKING:  # the CLI checks output paths here before anything imports Spark
+    from pyspark.sql import DataFrame
 
 # Written into every Parquet score folder; its presence is what "our own output" means there.
 MARKER = "_CHURN_SCORES"
@@ -35,6 +35,9 @@ def formula_safe(df: DataFrame) -> DataFrame:
 
     An id such as `=cmd|' /C calc'!A0` in an input file must reach a score CSV as data.
     """
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
     columns = []
     for fld in df.schema.fields:
         value = F.col(f"`{fld.name}`")

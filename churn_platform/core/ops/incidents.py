@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,8 +24,6 @@ from churn_platform.core.ops.log import OpsLog, default_actor, ops_log_scope
 from churn_platform.core.ops.privacy import sanitize
 from churn_platform.settings import Settings
 
-PRIORITY_MATRIX_ENV = "CHURN_PRIORITY_MATRIX"
-
 DEFAULT_PRIORITY_MATRIX: dict[str, dict[str, str]] = {
     "high": {"high": "P1", "medium": "P2", "low": "P3"},
     "medium": {"high": "P2", "medium": "P3", "low": "P4"},
@@ -34,19 +31,17 @@ DEFAULT_PRIORITY_MATRIX: dict[str, dict[str, str]] = {
 }
 
 
-def load_priority_matrix(path: str | Path | None = None) -> dict[str, dict[str, str]]:
-    """impact -> urgency -> priority: ITIL's 3x3 default, or the YAML/JSON file named by `path`
-    or $CHURN_PRIORITY_MATRIX.
+def load_priority_matrix(path: Path | None) -> dict[str, dict[str, str]]:
+    """impact -> urgency -> priority: the YAML/JSON file `path` (CHURN_PRIORITY_MATRIX), or
+    ITIL's 3x3 default without one.
 
     Why a file: the service desk owns priorities and changes them without a release. A matrix
     with holes is rejected here rather than when that combination first occurs at 3 a.m.
     """
-    path = path or os.environ.get(PRIORITY_MATRIX_ENV)
-    if not path:
+    if path is None:
         return {impact: dict(row) for impact, row in DEFAULT_PRIORITY_MATRIX.items()}
-    source = Path(path)
-    text = source.read_text(encoding="utf-8")
-    data = json.loads(text) if source.suffix == ".json" else yaml.safe_load(text)
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     example = "high: {high: P1, medium: P2, low: P3}"
     if (
         not isinstance(data, dict)
@@ -54,7 +49,7 @@ def load_priority_matrix(path: str | Path | None = None) -> dict[str, dict[str, 
         or not all(isinstance(row, dict) and row for row in data.values())
     ):
         raise ValueError(
-            f"{source}: priority matrix must map impact -> urgency -> priority ({example})"
+            f"{path}: priority matrix must map impact -> urgency -> priority ({example})"
         )
     matrix = {
         str(impact).lower(): {str(u).lower(): str(p) for u, p in row.items()}
@@ -62,7 +57,7 @@ def load_priority_matrix(path: str | Path | None = None) -> dict[str, dict[str, 
     }
     urgencies = {frozenset(row) for row in matrix.values()}
     if len(urgencies) != 1:
-        raise ValueError(f"{source}: every impact must list the same urgencies ({example})")
+        raise ValueError(f"{path}: every impact must list the same urgencies ({example})")
     return matrix
 
 
@@ -116,7 +111,7 @@ class IncidentStore:
         self.matrix = (
             {k: dict(v) for k, v in priority_matrix.items()}
             if priority_matrix is not None
-            else load_priority_matrix()
+            else load_priority_matrix(settings.priority_matrix)
         )
         self._ops_log = ops_log
 

@@ -1,0 +1,39 @@
+"""What every `churn-platform` command shares: exit codes, the user's errors, --config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from churn_platform.settings import Settings, load_settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CommandError(RuntimeError):
+    """A failure the user can act on; `cli.main` prints it to stderr and exits non-zero."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def command_settings(config: str | None) -> Settings:
+    """The settings of a command: the environment's, with --config as the dataset spec."""
+    settings = load_settings()
+    if config:
+        return settings.model_copy(update={"spec_path": Path(config).resolve()})
+    return settings
+
+
+def command(name: str, help_text: str) -> Callable[[Callable[..., int]], click.Command]:
+    """A command taking the --config option every command has."""
+
+    def decorate(function: Callable[..., Any]) -> click.Command:
+        option = click.option("--config", help="dataset spec YAML (default: CHURN_CONFIG or Telco)")
+        return click.command(name, help=help_text)(option(function))
+
+    return decorate

@@ -1,0 +1,192 @@
+"""Dagster runs started by the application (CLI, server, benchmarks) on the persistent instance.
+
+Runs go through the instance under $CHURN_HOME/dagster, so everything started here shows up in
+the UI's run history, and get the same incident handling as runs the daemon launches.
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+import uuid
+from typing import Any
+
+import dagster as dg
+
+from churn_platform.settings import PROJECT_ROOT, Settings
+
+# Tags every run started here carries; the progress watcher finds its run by the token.
+RUN_TOKEN_TAG = "churn/cli_run"
+
+
+def install_dagster_yaml(settings: Settings) -> None:
+    """Install the project's dagster.yaml into $CHURN_HOME/dagster.
+
+    The top-level dagster.yaml stays the single source of truth; the copy only exists because
+    Dagster reads its configuration from DAGSTER_HOME.
+    """
+    settings.dagster_storage.mkdir(parents=True, exist_ok=True)
+    text = (PROJECT_ROOT / "dagster.yaml").read_text()
+    target = settings.dagster_storage / "dagster.yaml"
+    if not target.is_file() or target.read_text() != text:
+        target.write_text(text)
+
+
+def open_instance(settings: Settings) -> dg.DagsterInstance:
+    """The persistent instance, with the runs of killed CLI processes marked failed.
+
+    This process's Dagster and MLflow are pointed at the state root first, before the asset
+    modules import MLflow (it reads its log level once, at import).
+    """
+    from churn_platform.run_recovery import fail_abandoned_runs
+
+    install_dagster_yaml(settings)
+    settings.export_library_env()
+    instance = dg.DagsterInstance.get()
+    for run_id in fail_abandoned_runs(settings, instance):
+        sys.stderr.write(f"marked run {run_id} failed: its CLI process is gone\n")
+    return instance
+
+
+def actor() -> str:
+    """Who started a run or moved a model, for run tags and the operations log."""
+    try:
+        return f"user:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "user:unknown"
+
+
+def materialize_selection(
+    settings: Settings,
+    selection: str | None,
+    tags: dict[str, str] | None = None,
+    partition_key: str | None = None,
+    progress: bool = False,
+) -> dg.ExecuteInProcessResult:
+    """Materialize the selected assets in this process (one JVM) and record the run.
+
+    With `progress`, a line per finished asset replaces Dagster's INFO log on the console.
+    """
+    instance = open_instance(settings)
+    from churn_platform.assets.ingestion import BASE_BATCH, ingest_batches
+    from churn_platform.core.process_identity import process_token
+    from churn_platform.definitions import build_definitions
+    from churn_platform.progress import RunProgress
+    from churn_platform.run_recovery import PROCESS_TAG
+
+    defs = build_definitions(settings)
+    graph = defs.resolve_asset_graph()
+    # "Everything" is the pipeline; backups are their own daily-partitioned job.
+    asset_selection = (
+        dg.AssetSelection.from_coercible(selection)
+        if selection
+        else dg.AssetSelection.all() - dg.AssetSelection.groups("backups")
+    )
+    keys = asset_selection.resolve(graph)
+    batch_partitioned = {k for k in keys if graph.get(k).partitions_def == ingest_batches}
+    if batch_partitioned and partition_key is None:
+        if not instance.has_dynamic_partition(ingest_batches.name, BASE_BATCH):
+            instance.add_dynamic_partitions(ingest_batches.name, [BASE_BATCH])
+        partition_key = BASE_BATCH
+    token = uuid.uuid4().hex
+    run_tags = {
+        "churn/trigger": "cli",
+        "churn/actor": actor(),
+        RUN_TOKEN_TAG: token,
+        PROCESS_TAG: process_token(),
+        **(tags or {}),
+    }
+    level = "WARNING" if progress else "INFO"
+
+    def run() -> dg.ExecuteInProcessResult:
+        return dg.materialize(
+            list(defs.assets or []),
+            instance=instance,
+            resources=defs.resources,
+            selection=asset_selection,
+            partition_key=partition_key,
+            raise_on_error=False,
+            tags=run_tags,
+            run_config={"loggers": {"console": {"config": {"log_level": level}}}},
+        )
+
+    if not progress:
+        return run()
+    with RunProgress(instance, (RUN_TOKEN_TAG, token), total=len(keys)):
+        return run()
+
+
+def record_outcome(settings: Settings, result: dg.ExecuteInProcessResult) -> None:
+    """Runs started here get the incident handling the sensors give daemon runs (the sensors
+    never see them)."""
+    from churn_platform.automation import record_run_failure, resolve_after_success
+
+    instance = dg.DagsterInstance.get()
+    if result.success:
+        resolve_after_success(settings, instance, result.run_id)
+    else:
+        record_run_failure(settings, instance, result.run_id)
+
+
+def run_summary(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    """Numeric metadata per materialized asset, plus the quarantine and model summaries."""
+    summary: dict[str, Any] = {"run_id": result.run_id, "success": result.success, "assets": {}}
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        key = materialization.asset_key.to_user_string()
+        numeric = {
+            name: value.value
+            for name, value in materialization.metadata.items()
+            if isinstance(value.value, (int, float)) and not isinstance(value.value, bool)
+        }
+        summary["assets"][key] = numeric
+        if key == "quarantined_customers":
+            by_reason = materialization.metadata.get("by_reason")
+            summary["quarantine"] = {
+                "total": numeric.get("quarantine_total", 0),
+                "by_reason": by_reason.value if by_reason is not None else {},
+            }
+        for extra in ("champion", "leaderboard"):
+            if extra in materialization.metadata:
+                summary[extra] = materialization.metadata[extra].value
+        if key == "churn_scores" and "path" in materialization.metadata:
+            summary["scores_path"] = str(materialization.metadata["path"].value)
+    return summary
+
+
+def next_steps(summary: dict[str, Any]) -> str:
+    """The end of a run that scored customers: where the scores are and what to try next."""
+    scored = summary["assets"].get("churn_scores", {})
+    return "\n".join(
+        [
+            f"scores: {scored.get('population_scored', '?')} customers who can still churn "
+            f"({scored.get('population_excluded', '?')} excluded), in {summary['scores_path']}",
+            "next:",
+            "  churn-platform top --n 20                               "
+            "the 20 highest-risk customers, with reasons and contact value",
+            "  churn-platform score --input FILE --output scores.csv  score a file of customers",
+            "  make ui  (churn-platform serve)                         "
+            "the UI at http://127.0.0.1:3000, churn_scores shows the top customers",
+        ]
+    )
+
+
+def root_error(error: Any) -> str:
+    """The user's own exception message, beneath Dagster's wrapping errors."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    return (getattr(error, "message", None) or str(error)).strip()
+
+
+def failure_message(result: dg.ExecuteInProcessResult) -> str:
+    """What failed in a run, step by step and check by check, in one line."""
+    messages = []
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            messages.append(f"{event.step_key}: {root_error(event.step_failure_data.error)}")
+        elif event.event_type_value == "ASSET_CHECK_EVALUATION":
+            evaluation = event.event_specific_data
+            if not evaluation.passed:
+                key = evaluation.asset_key.to_user_string()
+                messages.append(f"check {evaluation.check_name} on {key} failed")
+    return "; ".join(messages) or "the run failed"
