@@ -36,6 +36,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SPEC = Path(__file__).resolve().parent / "specs" / "telco.yaml"
 
 
+def driver_memory() -> str:
+    """A third of the machine's memory for the Spark driver (local mode: executors too), 2-16g.
+
+    The rest stays for Python, the page cache Spark's files go through, and the OS.
+    """
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"{min(16, max(2, physical // 3 // 2**30))}g"
+
+
 class SettingsError(ValueError):
     """A variable holds a value the platform cannot use; the message names the variable."""
 
@@ -62,7 +71,9 @@ class Settings(BaseSettings):
     # A Spark Connect URL (sc://host:15002); overrides spark_master.
     spark_remote: str | None = Field(None, validation_alias="SPARK_REMOTE")
     spark_shuffle_partitions: int = Field(4, validation_alias="CHURN_SHUFFLE_PARTITIONS")
-    spark_driver_memory: str = Field("4g", validation_alias="SPARK_DRIVER_MEMORY")
+    spark_driver_memory: str = Field(
+        default_factory=driver_memory, validation_alias="SPARK_DRIVER_MEMORY"
+    )
     mlflow_tracking_uri: str = Field(
         default_factory=lambda data: f"sqlite:///{data['home']}/mlflow/mlflow.db",
         validation_alias="MLFLOW_TRACKING_URI",
