@@ -10,7 +10,7 @@ from churn_platform.assets.ingestion import batch_order
 from churn_platform.config import load_spec
 from churn_platform.core.ops.incidents import IncidentStore
 from churn_platform.definitions import build_definitions
-from churn_platform.settings import DEFAULT_SPEC
+from churn_platform.settings import DEFAULT_SPEC, load_settings
 from churn_platform_tests.conftest import TELCO_HEADER, telco_row
 
 NOW = dt.datetime(2026, 11, 27, 10, 30, tzinfo=dt.UTC)
@@ -92,6 +92,25 @@ def test_the_last_batch_of_a_scan_also_rebuilds_every_data_layer(settings):
         "20261127T103000Z-a.csv",
         "20261127T103000Z-b.csv",
     )
+
+
+def test_the_inbox_sensor_reads_the_settings_the_definitions_were_built_with(tmp_path):
+    """Not the process environment (which names no state root here): the sensor gets the
+    settings through the state resource."""
+    settings = load_settings({"CHURN_HOME": str(tmp_path / "home")})
+    settings.inbox.mkdir(parents=True)
+    (settings.inbox / "new.csv").write_text(f"{TELCO_HEADER}\n{telco_row('1')}\n")
+    defs = build_definitions(settings)
+    # The resource the definitions hold, as the daemon passes it.
+    state = {"state": defs.resources["state"]}
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_sensor_context(instance=instance, resources=state) as context,
+    ):
+        result = defs.get_sensor_def("inbox_sensor")(context)
+    (request,) = result.run_requests
+    assert request.partition_key.endswith("-new.csv")
+    assert (settings.home / "batches" / request.partition_key).is_file()
 
 
 def test_batch_keys_sort_by_arrival():

@@ -39,18 +39,23 @@ def _scores_materialized_after(settings, since: float) -> bool:
     return event is not None and event.timestamp > since
 
 
-def test_inbox_drop_trains_and_scores_without_a_click(spark, churn_home, telco_csv, monkeypatch):
+def test_inbox_drop_trains_and_scores_without_a_click(spark, churn_home, telco_csv):
     """The platform starts empty; the daemon alone must carry a dropped file through ingestion,
-    cleaning, features, training, the promotion gate and scoring."""
-    monkeypatch.setenv("CHURN_TRAINING_PROFILE", "quick")
-    monkeypatch.setenv("CHURN_SHUFFLE_PARTITIONS", "2")  # 2,000 rows: one task per core
-    # One model, the cheapest: this test is about the daemon carrying a drop through.
-    monkeypatch.setenv("CHURN_MODELS", "decision_tree")
-    for name in ("DAGSTER_HOME", "CHURN_DAGSTER_STORAGE", "CHURN_DAGSTER_COMPUTE_LOGS"):
-        monkeypatch.delenv(name, raising=False)
+    cleaning, features, training, the promotion gate and scoring. Its settings are given here,
+    not exported: the webserver and daemon get them from `running_platform`."""
+    settings = load_settings(
+        {
+            "CHURN_HOME": str(churn_home),
+            "CHURN_PSEUDONYM_KEY": "test-pseudonym-key",
+            "CHURN_TRAINING_PROFILE": "quick",
+            "CHURN_SHUFFLE_PARTITIONS": "2",  # 2,000 rows: one task per core
+            # One model, the cheapest: this test is about the daemon carrying a drop through.
+            "CHURN_MODELS": "decision_tree",
+        }
+    )
+    settings.export_library_env()  # this process reads the instance too (churn_home restores)
     with telco_csv.open(newline="") as handle:
         rows = list(csv.reader(handle))
-    settings = load_settings()
     assert not _versions(settings)
 
     with running_platform(settings, _free_port(), daemon=True):
