@@ -11,7 +11,6 @@ from typing import Any
 
 import dagster as dg
 
-from churn_platform.assets.ingestion import batch_order
 from churn_platform.config import DatasetSpec
 from churn_platform.core import tracking
 from churn_platform.core.audit.report import (
@@ -24,6 +23,7 @@ from churn_platform.core.audit.report import (
     training_run,
     training_summary,
 )
+from churn_platform.core.sources import batch_order
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.settings import Settings
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import dagster as dg
 
 from churn_platform import automation
-from churn_platform.assets.ingestion import batch_order
 from churn_platform.config import load_spec
 from churn_platform.core.ops.incidents import IncidentStore
+from churn_platform.core.sources import batch_order
 from churn_platform.definitions import build_definitions
 from churn_platform.settings import DEFAULT_SPEC, load_settings
 from churn_platform_tests.conftest import TELCO_HEADER, telco_row

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
 import dagster as dg
@@ -21,13 +20,6 @@ from churn_platform.settings import Settings
 
 ingest_batches = dg.DynamicPartitionsDefinition(name="ingest_batches")
 BASE_BATCH = "base"
-_BATCH_TIME = re.compile(r"^(\d{8})T(\d{6})")
-
-
-def batch_order(batch: str) -> int:
-    """Batches sort by the UTC time in their key; the spec's own sources come first."""
-    match = _BATCH_TIME.match(batch)
-    return int(match.group(1) + match.group(2)) if match else 0
 
 
 def batch_sources(spec: DatasetSpec, settings: Settings, batch: str) -> tuple[SourceSpec, ...]:
@@ -64,7 +56,7 @@ def raw_customers(
                 f"{source.path}: file not found (for the default Telco data run "
                 "`churn-platform fetch-data`; for your own data pass --config SPEC.yaml)"
             )
-    read = sources_core.read_batch(spark, spec, sources, batch, batch_order(batch))
+    read = sources_core.read_batch(spark, spec, sources, batch, sources_core.batch_order(batch))
     raw, schema = read.frame, raw_schema(spec)
     try:
         with staged_versions(settings.warehouse, context, "result") as (path,):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from churn_platform.etl import (
 )
 
 CORRUPT_COL = "_corrupt_record"
+_BATCH_TIME = re.compile(r"^(\d{8})T(\d{6})")
 # Past this many line shifts (blank lines, multi-line records) a CASE expression gets too
 # large; the record -> line map is joined instead.
 MAX_LINE_BREAKPOINTS = 500
@@ -324,6 +326,12 @@ def read_source(spark: SparkSession, source: SourceSpec) -> RawBatch:
     return RawBatch(
         read_table_source(spark, source), {source.location: source_checksum(spark, source)}
     )
+
+
+def batch_order(batch: str) -> int:
+    """Batches sort by the UTC time in their key; the spec's own sources come first."""
+    match = _BATCH_TIME.match(batch)
+    return int(match.group(1) + match.group(2)) if match else 0
 
 
 def read_batch(
