@@ -194,7 +194,8 @@ class Settings(BaseSettings):
         return {k: redact_url(v) if isinstance(v, str) else v for k, v in values.items()}
 
     def to_env(self) -> dict[str, str]:
-        """Each value as its variable, secrets included: `load_settings(s.to_env()) == s`."""
+        """Each value as its variable, secrets included: `load_settings` reads the same values
+        back from it."""
         env: dict[str, str] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
