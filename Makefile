@@ -4,7 +4,7 @@ VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
 export CHURN_HOME ?= $(CURDIR)/.churn_home
 
-.PHONY: install services demo test test-fast ui audit-ui lint bench clean
+.PHONY: install services demo test test-fast ui audit-ui mlflow-ui lint bench clean
 
 $(BIN)/churn-platform: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ ui: install
 
 audit-ui: install
 	$(BIN)/churn-platform serve --read-only
+
+# MLflow's UI on the state root's tracking store; prints the URL of the experiment's runs.
+mlflow-ui: install
+	$(BIN)/churn-platform mlflow-ui
 
 # Style, formatting and the layers (import-linter contracts in pyproject.toml).
 lint: install

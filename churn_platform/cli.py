@@ -7,6 +7,7 @@ a mistake is reported at once; each command imports what it needs.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import warnings
@@ -197,6 +198,19 @@ def serve(config: str | None, port: int, read_only: bool) -> int:
     )
 
 
+@command("mlflow-ui", "MLflow's UI on the state root's tracking store (runs, metrics, models)")
+@click.option("--port", type=int, default=5000, show_default=True)
+def mlflow_ui(config: str | None, port: int) -> int:
+    """Prints the URL of the experiment's runs, then becomes `mlflow ui` (Ctrl-C stops it)."""
+    from churn_platform.config import platform_spec
+    from churn_platform.mlflow_ui import mlflow_ui as ui_command
+
+    settings = command_settings(config)
+    ui = ui_command(settings, f"churn-{platform_spec(settings).name}", port)
+    print(f"MLflow UI on {settings.mlflow_tracking_uri}: {ui.url}", flush=True)
+    os.execv(ui.command[0], ui.command)
+
+
 @command("simulate", "drop batches into the inbox one at a time")
 @click.option("--batches", type=int, default=4, show_default=True)
 @click.option("--interval", type=float, default=120.0, help="seconds between drops")
@@ -223,7 +237,7 @@ def simulate(
 
 cli = click.Group(
     "churn-platform",
-    commands=[fetch_data, run, generate, score, top, simulate, serve, *cli_ops.COMMANDS],
+    commands=[fetch_data, run, generate, score, top, simulate, serve, mlflow_ui, *cli_ops.COMMANDS],
     help="Runs, scores and operations of the churn platform. Runs go through the persistent "
     "Dagster instance under $CHURN_HOME, so they show up in the UI's run history.",
 )

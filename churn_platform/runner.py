@@ -7,6 +7,7 @@ the UI's run history, and get the same incident handling as runs the daemon laun
 from __future__ import annotations
 
 import getpass
+import re
 import sys
 import uuid
 from typing import Any
@@ -98,12 +99,18 @@ def materialize_selection(
     }
     level = "WARNING" if progress else "INFO"
 
+    # As dg.materialize does, but under a name the UI can show (it would be
+    # __ephemeral_asset_job__): the named job of exactly these assets, else one for the selection.
+    name = job_name(defs, graph, keys, selection)
+    job = dg.Definitions(
+        assets=list(defs.assets or []),
+        resources=defs.resources,
+        jobs=[dg.define_asset_job(name, selection=asset_selection)],
+    ).resolve_job_def(name)
+
     def run() -> dg.ExecuteInProcessResult:
-        return dg.materialize(
-            list(defs.assets or []),
+        return job.execute_in_process(
             instance=instance,
-            resources=defs.resources,
-            selection=asset_selection,
             partition_key=partition_key,
             raise_on_error=False,
             tags=run_tags,
@@ -114,6 +121,18 @@ def materialize_selection(
         return run()
     with RunProgress(instance, (RUN_TOKEN_TAG, token), total=len(keys)):
         return run()
+
+
+def job_name(
+    defs: dg.Definitions, graph: Any, keys: set[dg.AssetKey], selection: str | None
+) -> str:
+    """The platform's job (definitions.named_jobs) whose assets are exactly `keys`; otherwise
+    `select_` and the selection in letters, digits and underscores."""
+    for job in defs.jobs or []:
+        job_selection = getattr(job, "selection", None)
+        if isinstance(job_selection, dg.AssetSelection) and job_selection.resolve(graph) == keys:
+            return job.name
+    return "select_" + (re.sub(r"[^A-Za-z0-9]+", "_", selection or "").strip("_") or "assets")
 
 
 def record_outcome(settings: Settings, result: dg.ExecuteInProcessResult) -> None:

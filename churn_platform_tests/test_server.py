@@ -1,4 +1,4 @@
-"""The read-only UI shows the materialized platform, and serving never leaves a process behind."""
+"""The Dagster and MLflow UIs show the materialized platform; serving leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -9,16 +9,22 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
 
 from churn_platform.server import PlatformError, running_platform, serve
 from churn_platform.settings import Settings, load_settings
-from churn_platform_tests.conftest import PipelineRun, restored_environ
+from churn_platform_tests.conftest import PIPELINE_MODELS, PipelineRun, restored_environ
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -197,11 +203,37 @@ LAYER_CHECKS = {
     "customer_features": ("schema_valid", "non_empty"),
 }
 FRESHNESS_RULE = re.compile(r"^Fails if more than .+ since last materialization$")
+# The asset graph with every stage group expanded: the URL the README gives.
+STAGES = "ingestion cleaning features training ensembles evaluation registry scoring monitoring"
+EXPANDED = ",".join(f"global@global:{group}" for group in [*STAGES.split(), "audit", "backups"])
+CURVES = ("ROC curve, test ROC-AUC", "Precision-recall curve", "Reliability curve")
+LEADERBOARD_TABLES = {
+    "ranking": ["model", "roc_auc", "pr_auc", "brier", "cv_roc_auc_mean"],
+    "at_threshold": ["model", "threshold", "precision", "recall", "f1", "accuracy"],
+}
+# A metadata table whose header cells are exactly `headers`: its first column, and its left
+# and right edges against the scroll container the asset page shows its metadata in.
+TABLE_PLACEMENT = """headers => {
+  const found = Array.from(document.querySelectorAll('table')).filter(table => {
+    const cells = Array.from(table.querySelectorAll(':scope > thead th'));
+    return JSON.stringify(cells.map(th => th.innerText.trim())) === JSON.stringify(headers);
+  });
+  if (found.length !== 1) return {count: found.length};
+  const table = found[0].getBoundingClientRect();
+  const shown = found[0].closest("[class*='MetadataScrollContainer']").getBoundingClientRect();
+  const rows = Array.from(found[0].querySelectorAll(':scope > tbody > tr'));
+  return {
+    count: 1,
+    models: rows.map(row => row.querySelector('td').innerText.trim()),
+    inside: table.left >= shown.left && table.right <= shown.right,
+  };
+}"""
+MLFLOW_URL_LINE = re.compile(r"^MLflow UI on .*: (http://\S+)$", re.MULTILINE)
 
 
-def check_ui(url: str, shots: Path, rows_in: int) -> None:
-    """Groups in the asset graph; lineage, latest metadata and no Materialize on an asset page;
-    freshness policy and check results on the data layers' pages."""
+@contextmanager
+def ui_page() -> Iterator[Page]:
+    """A page of headless Chromium, 1600 x 1000, with Dagster's sign-up dialog marked seen."""
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=UI_TIMEOUT_MS)
@@ -213,58 +245,169 @@ def check_ui(url: str, shots: Path, rows_in: int) -> None:
             context.add_init_script("window.localStorage.setItem('communityNux', '\"1\"')")
             page = context.new_page()
             page.set_default_timeout(UI_TIMEOUT_MS)
-
-            page.goto(f"{url}/asset-groups")
-            for group in ("ingestion", "cleaning", "features"):
-                # Group boxes of the graph canvas (CSS-module class of Dagster 1.13's UI).
-                node = page.locator("[class*='GroupNode']").filter(has_text=group)
-                expect(node.first).to_be_visible()
-            page.screenshot(path=shots / "asset_graph.png")
-
-            page.goto(f"{url}/assets/cleaned_customers")
-            expect(page.get_by_text("Latest materialization")).to_be_visible()
-            expect(page.get_by_role("row").filter(has_text="rows_in")).to_contain_text(str(rows_in))
-            expect(page.get_by_role("link", name="raw_customers")).to_be_visible()
-            # Its accessible name starts with the icon's ("materialization Materialize").
-            expect(page.get_by_role("button", name=re.compile(r"Materialize$"))).to_be_disabled()
-            page.screenshot(path=shots / "cleaned_customers.png", full_page=True)
-
-            page.get_by_role("tab", name="Lineage").click()
-            page.get_by_role("button", name="Upstream").click()
-            expect(page).to_have_url(re.compile(r"lineageScope=upstream"))
-            expect(page.get_by_text("raw_customers", exact=True)).to_be_visible()
-            expect(page.get_by_text("customer_features", exact=True)).to_have_count(0)
-            page.screenshot(path=shots / "cleaned_customers_upstream.png")
-
-            # Freshness policy and asset-check status on each data layer's page.
-            for asset, checks in LAYER_CHECKS.items():
-                page.goto(f"{url}/assets/{asset}")
-                expect(page.get_by_text("Latest check results")).to_be_visible()
-                expect(page.get_by_text(FRESHNESS_RULE).first).to_be_visible()
-                page.get_by_role("tab", name=re.compile(r"^Checks")).click()
-                for check in checks:
-                    expect(page.get_by_text(check, exact=True).first).to_be_visible()
-                page.screenshot(path=shots / f"{asset}_checks.png", full_page=True)
+            yield page
         finally:
             browser.close()
 
 
+def check_ui(page: Page, url: str, shots: Path, pipeline: PipelineRun) -> None:
+    """Groups in the asset graph, expanded by URL; the CLI's run under its job's name; lineage,
+    latest metadata and no Materialize on an asset page; freshness policy and check results on
+    the data layers' pages; a model's curves as images; the whole leaderboard; the promotion
+    gate's blocking check with the gate's reason."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{url}/asset-groups")
+    for group in ("ingestion", "cleaning", "features"):
+        # Group boxes of the graph canvas (CSS-module class of Dagster 1.13's UI).
+        node = page.locator("[class*='GroupNode']").filter(has_text=group)
+        expect(node.first).to_be_visible()
+    page.screenshot(path=shots / "asset_graph.png")
+
+    page.goto(f"{url}/asset-groups?expanded={EXPANDED}")
+    for asset in ("raw_customers", "cleaned_customers", "champion_model", "churn_scores"):
+        expect(page.get_by_text(asset, exact=True)).to_be_visible()
+    page.screenshot(path=shots / "asset_graph_expanded.png")
+
+    page.goto(f"{url}/runs")
+    expect(page.get_by_role("link", name="full_pipeline").first).to_be_visible()
+    expect(page.get_by_text("__ephemeral_asset_job__")).to_have_count(0)
+    page.screenshot(path=shots / "runs.png")
+
+    page.goto(f"{url}/assets/cleaned_customers")
+    expect(page.get_by_text("Latest materialization")).to_be_visible()
+    rows_in = pipeline.summary["assets"]["cleaned_customers"]["rows_in"]
+    expect(page.get_by_role("row").filter(has_text="rows_in")).to_contain_text(str(rows_in))
+    expect(page.get_by_role("link", name="raw_customers")).to_be_visible()
+    # Its accessible name starts with the icon's ("materialization Materialize").
+    expect(page.get_by_role("button", name=re.compile(r"Materialize$"))).to_be_disabled()
+    page.screenshot(path=shots / "cleaned_customers.png", full_page=True)
+
+    page.get_by_role("tab", name="Lineage").click()
+    page.get_by_role("button", name="Upstream").click()
+    expect(page).to_have_url(re.compile(r"lineageScope=upstream"))
+    expect(page.get_by_text("raw_customers", exact=True)).to_be_visible()
+    expect(page.get_by_text("customer_features", exact=True)).to_have_count(0)
+    page.screenshot(path=shots / "cleaned_customers_upstream.png")
+
+    # Freshness policy and asset-check status on each data layer's page.
+    for asset, checks in LAYER_CHECKS.items():
+        page.goto(f"{url}/assets/{asset}")
+        expect(page.get_by_text("Latest check results")).to_be_visible()
+        expect(page.get_by_text(FRESHNESS_RULE).first).to_be_visible()
+        page.get_by_role("tab", name=re.compile(r"^Checks")).click()
+        for check in checks:
+            expect(page.get_by_text(check, exact=True).first).to_be_visible()
+        page.screenshot(path=shots / f"{asset}_checks.png", full_page=True)
+
+    # The curves are images on the model's page itself, not behind a "[Show Markdown]" link.
+    page.goto(f"{url}/assets/model_{PIPELINE_MODELS[0]}")
+    for curve in CURVES:
+        image = page.get_by_role("img", name=re.compile(f"^{re.escape(curve)}"))
+        expect(image).to_be_visible()
+        assert image.evaluate("image => image.complete && image.naturalWidth > 0"), curve
+    page.screenshot(path=shots / "model_curves.png", full_page=True)
+
+    # Every model and every column, inside the page's metadata column (nothing cut off).
+    page.goto(f"{url}/assets/model_leaderboard")
+    expect(page.get_by_text("Show schema", exact=True)).to_have_count(len(LEADERBOARD_TABLES))
+    ranked = [row["model"] for row in pipeline.summary["leaderboard"]]
+    for name, headers in LEADERBOARD_TABLES.items():
+        placement = page.evaluate(TABLE_PLACEMENT, headers)
+        assert placement["count"] == 1, (name, placement)
+        assert placement["models"] == ranked, (name, placement)
+        assert placement["inside"], f"the {name} table is cut off: {placement}"
+    page.screenshot(path=shots / "model_leaderboard.png", full_page=True)
+
+    page.goto(f"{url}/assets/champion_model?view=checks&checkDetail=promotion_gate")
+    expect(page.get_by_text(re.compile(r"This is a\s+blocking\s+asset check"))).to_be_visible()
+    expect(page.get_by_text("Passed", exact=True).first).to_be_visible()
+    reason = pipeline.summary["champion"]["reason"]
+    expect(page.get_by_text(reason, exact=True).first).to_be_visible()
+    page.screenshot(path=shots / "champion_model_gate.png", full_page=True)
+
+
+def check_mlflow_ui(page: Page, url: str, shots: Path) -> None:
+    """The printed URL opens the experiment's runs table (not the GenAI Traces view), and a run
+    says how long its training took."""
+    from playwright.sync_api import expect
+
+    page.goto(url)
+    for model in PIPELINE_MODELS:
+        expect(page.get_by_role("link", name=f"telco-{model}")).to_be_visible()
+    page.screenshot(path=shots / "mlflow_runs.png")
+    page.get_by_role("link", name=f"telco-{PIPELINE_MODELS[0]}").click()
+    expect(page.get_by_text(re.compile(r"^Training took \d+\.\d s")).first).to_be_visible()
+    page.screenshot(path=shots / "mlflow_run.png", full_page=True)
+
+
+@contextmanager
+def mlflow_ui_started(log: Path) -> Iterator[str]:
+    """`churn-platform mlflow-ui` on a free port until the block ends: the URL it printed, once
+    the server answers. Stopped by SIGTERM, with nothing left behind."""
+    port = free_port()
+    command = [sys.executable, "-m", "churn_platform.cli", "mlflow-ui", "--port", str(port)]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=out)
+    try:
+        wait_for(
+            lambda: (
+                MLFLOW_URL_LINE.search(log.read_text()) is not None or process.poll() is not None
+            ),
+            START_TIMEOUT_S,
+            "the MLflow UI's URL",
+        )
+        found = MLFLOW_URL_LINE.search(log.read_text())
+        assert found, f"mlflow-ui exited early:\n{log.read_text()}"
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/health"), START_TIMEOUT_S, "MLflow")
+        yield found.group(1)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=STOP_TIMEOUT_S)
+    serving = f"--port {port}"
+    wait_for(lambda: not command_lines_with(serving), 15, f"every process with {serving} to end")
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def command_lines_with(text: str) -> list[str]:
+    found = []
+    for process in psutil.process_iter():
+        try:
+            line = " ".join(process.cmdline())
+        except psutil.Error:
+            continue
+        if text in line:
+            found.append(line)
+    return found
+
+
 @pytest.mark.browser
-def test_read_only_ui_shows_groups_lineage_and_latest_materialization(
+def test_read_only_ui_and_mlflow_ui_show_the_materialized_platform(
     telco_pipeline: PipelineRun, tmp_path: Path
 ) -> None:
-    """The UI over the state root of the session's end-to-end run (Telco, whole graph)."""
+    """The UIs over the state root of the session's end-to-end run (Telco, whole graph)."""
     with restored_environ():  # the platform exports its variables into os.environ
         os.environ.update(telco_pipeline.env)
         settings = load_settings()
-        rows_in = telco_pipeline.summary["assets"]["cleaned_customers"]["rows_in"]
         shots = Path(os.environ.get("CHURN_SCREENSHOT_DIR") or tmp_path / "screenshots")
         shots.mkdir(parents=True, exist_ok=True)
-        with running_platform(settings, free_port(), read_only=True, daemon=False) as url:
+        with (
+            mlflow_ui_started(tmp_path / "mlflow-ui.log") as mlflow_url,
+            running_platform(settings, free_port(), read_only=True, daemon=False) as url,
+        ):
             lines = dagster_descendants(psutil.Process()).values()
             webserver = [line for line in lines if "dagster-webserver" in line]
             assert any("--read-only" in line for line in webserver), lines
             assert not any("dagster-daemon" in line for line in lines), lines
-            check_ui(url, shots, rows_in)
+            with ui_page() as page:
+                check_ui(page, url, shots, telco_pipeline)
+                check_mlflow_ui(page, mlflow_url, shots)
     assert_nothing_left(telco_pipeline.home)
     print(f"screenshots: {shots}")  # noqa: T201

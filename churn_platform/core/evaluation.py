@@ -9,6 +9,7 @@ distributed exact AUC needs. ROC-AUC and average precision come from scikit-lear
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,11 +117,41 @@ def choose_threshold(
     return float(p_desc[last[best]]), float(value[best])
 
 
-def plot_curves(labels: Any, scores: Any, out_dir: Path | str) -> dict[str, Path]:
-    """ROC, precision-recall and reliability PNGs (matplotlib's Figure API: no pyplot state)."""
+@dataclass(frozen=True)
+class Curves:
+    """The three curves of a model's test predictions, as (x, y) arrays."""
+
+    roc: tuple[np.ndarray, np.ndarray]  # false positive rate, true positive rate
+    precision_recall: tuple[np.ndarray, np.ndarray]  # recall, precision
+    calibration: tuple[np.ndarray, np.ndarray]  # mean predicted probability, observed rate
+    roc_auc: float
+    churn_rate: float
+
+
+def curves(labels: Any, scores: Any) -> Curves:
+    """ROC, precision-recall and reliability (10 equal-width bins) curves of the scores."""
     y, p = _as_arrays(labels, scores)
     if y.min() == y.max():
         raise ValueError("curves need both churners and non-churners in the predictions")
+    fpr, tpr, _ = roc_curve(y, p)
+    precision, recall, _ = precision_recall_curve(y, p)
+    bins = np.minimum((p * 10).astype(int), 9)
+    count = np.bincount(bins, minlength=10)
+    filled = count > 0
+    mean_p = np.bincount(bins, p, 10)[filled] / count[filled]
+    rate = np.bincount(bins, y, 10)[filled] / count[filled]
+    return Curves(
+        (fpr, tpr),
+        (recall, precision),
+        (mean_p, rate),
+        float(roc_auc_score(y, p)),
+        float(y.mean()),
+    )
+
+
+def plot_curves(labels: Any, scores: Any, out_dir: Path | str) -> dict[str, Path]:
+    """ROC, precision-recall and reliability PNGs (matplotlib's Figure API: no pyplot state)."""
+    found = curves(labels, scores)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -128,28 +159,21 @@ def plot_curves(labels: Any, scores: Any, out_dir: Path | str) -> dict[str, Path
         "precision_recall": out / "precision_recall_curve.png",
         "calibration": out / "calibration_curve.png",
     }
-    fpr, tpr, _ = roc_curve(y, p)
     figure, axes = _figure()
-    axes.plot(fpr, tpr, label=f"model (AUC {roc_auc_score(y, p):.3f})")
+    axes.plot(*found.roc, label=f"model (AUC {found.roc_auc:.3f})")
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
     axes.set(xlabel="False positive rate", ylabel="True positive rate", title="ROC curve")
     _save(figure, axes, paths["roc"])
 
-    precision, recall, _ = precision_recall_curve(y, p)
     figure, axes = _figure()
-    axes.plot(recall, precision, label="model")
-    axes.axhline(y.mean(), linestyle="--", color="grey", label="churn rate")
+    axes.plot(*found.precision_recall, label="model")
+    axes.axhline(found.churn_rate, linestyle="--", color="grey", label="churn rate")
     axes.set(xlabel="Recall", ylabel="Precision", title="Precision-recall curve", ylim=(0, 1.02))
     _save(figure, axes, paths["precision_recall"])
 
-    bins = np.minimum((p * 10).astype(int), 9)
-    count = np.bincount(bins, minlength=10)
-    filled = count > 0
-    mean_p = np.bincount(bins, p, 10)[filled] / count[filled]
-    rate = np.bincount(bins, y, 10)[filled] / count[filled]
     figure, axes = _figure()
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
-    axes.plot(mean_p, rate, marker="o", label="model")
+    axes.plot(*found.calibration, marker="o", label="model")
     axes.set(
         xlabel="Mean predicted churn probability",
         ylabel="Observed churn rate",
@@ -159,6 +183,36 @@ def plot_curves(labels: Any, scores: Any, out_dir: Path | str) -> dict[str, Path
     )
     _save(figure, axes, paths["calibration"])
     return paths
+
+
+# Thumbnails: at most this many vertices per curve keep an SVG at a few hundred characters
+# (one percent of the axis per coordinate), small enough for a UI to show inline.
+SVG_POINTS = 40
+
+
+def curve_svgs(found: Curves) -> dict[str, str]:
+    """The three curves as small self-contained SVG images (unit square, reference dashed).
+
+    References: the diagonal for ROC and calibration, the churn rate for precision-recall.
+    """
+    rate = 100 - round(found.churn_rate * 100)
+    return {
+        "roc": _svg(found.roc, "M0 100L100 0"),
+        "precision_recall": _svg(found.precision_recall, f"M0 {rate}H100"),
+        "calibration": _svg(found.calibration, "M0 100L100 0"),
+    }
+
+
+def _svg(curve: tuple[np.ndarray, np.ndarray], reference: str) -> str:
+    x, y = (np.clip(np.asarray(v, dtype=np.float64), 0.0, 1.0) for v in curve)
+    keep = np.unique(np.linspace(0, len(x) - 1, min(len(x), SVG_POINTS)).round().astype(int))
+    points = " ".join(f"{round(x[i] * 100)},{100 - round(y[i] * 100)}" for i in keep)
+    return (
+        "<svg xmlns='http://www.w3.org/2000/svg' viewBox='-2 -2 104 104' width='180' "
+        "height='180'><rect width='100' height='100' fill='#fff' stroke='#999'/>"
+        f"<path d='{reference}' stroke='#999' stroke-dasharray='3'/>"
+        f"<polyline points='{points}' fill='none' stroke='#1f77b4' stroke-width='1.5'/></svg>"
+    )
 
 
 def _figure() -> tuple[Figure, Any]:
