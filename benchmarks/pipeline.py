@@ -7,7 +7,8 @@ root. Layer times come from that run's event log (a step's STEP_START to its STE
 nothing runs twice. `--compare` also runs, on the same file:
 
     pyspark  the platform's own functions (churn_platform.core, churn_platform.core.models) in
-             a plain script: no Dagster, MLflow, checks or warehouse writes; the floor of this stack
+             a plain script, each layer written once as plain Parquet: no Dagster, MLflow,
+             checks or versioned warehouse; the floor of this stack
     pandas   pandas + scikit-learn (LightGBM for boosting when installed), same steps and params
     naive    the data layers only, as a naive PySpark script: read with a schema, drop duplicate
              ids, encode, write Parquet; no quarantine, checks, fingerprints or versions
@@ -34,6 +35,8 @@ through to every run.
 # No `from __future__ import annotations`: Dagster reads the asset's context annotation.
 import argparse
 import contextlib
+import dataclasses
+import importlib
 import json
 import math
 import os
@@ -52,12 +55,13 @@ import dagster as dg
 import psutil
 from pipeline_baselines import spark_job_times
 
-from churn_platform import etl
-from churn_platform.assets import scoring, training
-from churn_platform.cli import materialize_selection, run_summary
-from churn_platform.core.models.kinds import MODEL_KINDS, merged_params
+from churn_platform.core.features import SERVICE_COLUMNS
+from churn_platform.core.models.fitting import DEFAULT_SEED
+from churn_platform.core.models.kinds import MODEL_KINDS, merged_params, model_key
+from churn_platform.core.scoring import ScoringPolicy
 from churn_platform.datasets import TELCO_FILE, ensure_telco_csv
 from churn_platform.resources import spark_conf
+from churn_platform.runner import failure_message, materialize_selection, run_summary
 from churn_platform.settings import DEFAULT_SPEC, load_settings
 
 HERE = Path(__file__).resolve().parent
@@ -69,7 +73,8 @@ ETL_LAYERS = ("raw", "cleaned", "features")
 DATA_LAYERS = "group:ingestion or group:cleaning or group:features"
 # The setting (read by settings.load_settings) that selects the training profile of each run.
 PROFILE_ENV = "CHURN_TRAINING_PROFILE"
-# Step names of the asset graph; the baselines use the same names for the same work.
+# Step names of the asset graph; the baselines use the same names for the same work, plus
+# "training_sample" for the training frame the platform builds inside its first model step.
 STEP_LAYERS = {
     "raw_customers": "raw",
     "cleaned_customers": "cleaned",
@@ -79,6 +84,9 @@ STEP_LAYERS = {
     "champion_model": "training",
     "churn_scores": "scoring",
 }
+MODEL_STEPS = frozenset(model_key(kind) for kind in MODEL_KINDS)
+# The runs that start a SparkSession of their own from the job's configuration.
+SPARK_BASELINES = ("pyspark", "naive")
 # Spark's status store keeps 1,000 jobs by default; training alone runs more, which would evict
 # the data layers' jobs before they are counted.
 JOB_HISTORY = "--conf spark.ui.retainedJobs=1000000 pyspark-shell"
@@ -100,7 +108,7 @@ class BenchmarkError(RuntimeError):
 def layer_of(step: str) -> str:
     if step in STEP_LAYERS:
         return STEP_LAYERS[step]
-    return "training" if step.removeprefix("model_") in MODEL_KINDS else "other"
+    return "training" if step in MODEL_STEPS else "other"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,21 +119,15 @@ def platform_run(job: Mapping[str, Any]) -> None:
     """Materialize the pipeline once; write each step's span, read from the event log."""
     os.environ["CHURN_MODELS"] = ",".join(job["models"])
     settings = load_settings()
+    # As materialize_selection does first: Dagster's and MLflow's environment must be in
+    # place before the asset modules import MLflow. They are imported before the clock starts.
+    settings.export_library_env()
+    importlib.import_module("churn_platform.definitions")
     started = time.time()
     result = materialize_selection(settings, DATA_LAYERS if job["data_only"] else None)
     ended = time.time()
-    events = result.all_events
     if not result.success:
-        failed = sorted({e.step_key for e in events if e.event_type_value == "STEP_FAILURE"})
-        checks = sorted(
-            f"{e.event_specific_data.asset_key.to_user_string()}:{e.event_specific_data.check_name}"
-            for e in events
-            if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed
-        )
-        raise RuntimeError(
-            f"platform run {result.run_id} failed: steps {failed or 'none'} failed, "
-            f"checks {checks or 'none'} failed"
-        )
+        raise RuntimeError(f"platform run {result.run_id} failed: {failure_message(result)}")
     entries = dg.DagsterInstance.get().all_logs(
         result.run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS}
     )
@@ -141,7 +143,9 @@ def platform_run(job: Mapping[str, Any]) -> None:
         if job["data_only"]
         else run_summary(result)["champion"]
     )
-    retried = sorted({e.step_key for e in events if e.event_type_value == "STEP_UP_FOR_RETRY"})
+    retried = sorted(
+        {e.step_key for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"}
+    )
 
     Path(job["result"]).write_text(
         json.dumps(
@@ -278,16 +282,16 @@ def child_env(home: Path) -> dict[str, str]:
     return {**os.environ, "CHURN_HOME": str(home), "PYSPARK_SUBMIT_ARGS": JOB_HISTORY}
 
 
-def resolved_params(kinds: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Each model's Spark parameters as its asset resolves them: defaults, config, profile.
+def resolved_params(kinds: Sequence[str], quick: bool) -> dict[str, dict[str, Any]]:
+    """Each model's Spark parameters as its asset resolves them under the default run config.
 
-    Ensemble bases get their merged parameters too, so the baselines need no platform defaults.
+    That config's fields default to the kinds table's own values, so `merged_params` with the
+    profile gives the same result. Ensemble bases get their merged parameters too, as
+    `fit_ensemble` merges them, so the baselines need no platform defaults.
     """
-    profile = load_settings().training_profile
     params = {}
     for kind in kinds:
-        config = training.CONFIGS.get(kind, training.ModelConfig)()
-        merged = training.model_params(kind, config, profile)
+        merged = merged_params(kind, quick=quick)
         if "bases" in merged:
             overrides = merged.get("base_params") or {}
             merged["base_params"] = {
@@ -295,6 +299,43 @@ def resolved_params(kinds: Sequence[str]) -> dict[str, dict[str, Any]]:
             }
         params[kind] = merged
     return params
+
+
+def base_job(args: argparse.Namespace, kinds: Sequence[str], data: Path) -> dict[str, Any]:
+    """What every run reads from its JOB.json: the data, the models and the platform's settings."""
+    settings = load_settings()
+    return {
+        "data": str(data),
+        "models": list(kinds),
+        # In the order Dagster runs the model steps (by key), so that in every run the same
+        # model pays the JVM's warm-up and the per-model rows compare like with like.
+        "params": resolved_params(sorted(kinds), settings.training_profile == "quick"),
+        # The default run config's seed; its threshold strategy ("f1") is evaluation's default.
+        "seed": DEFAULT_SEED,
+        "train_max_rows": settings.train_max_rows,
+        "data_only": args.data_only,
+        # Settings fields of the same names, as assets/scoring.py scoring_policy reads them.
+        "scoring_policy": {
+            f.name: getattr(settings, f.name) for f in dataclasses.fields(ScoringPolicy)
+        },
+        "service_columns": list(SERVICE_COLUMNS),
+    }
+
+
+def run_job(common: Mapping[str, Any], name: str, work: Path) -> dict[str, Any]:
+    """One run's JOB.json: the common part, its output paths and, for Spark, its Spark conf."""
+    home = work / name
+    job = {**common, "result": str(work / f"{name}.json"), "scores": str(home / "scores.parquet")}
+    if name in SPARK_BASELINES:
+        job["spark_conf"] = spark_conf(load_settings(child_env(home)))
+    return job
+
+
+def run_command(name: str, job_file: Path) -> list[str]:
+    """The platform run re-enters this script; the baselines run pipeline_baselines.py."""
+    if name == "platform":
+        return [sys.executable, str(Path(__file__).resolve()), "--run-platform", str(job_file)]
+    return [sys.executable, str(HERE / "pipeline_baselines.py"), name, str(job_file)]
 
 
 def prepare_data(args: argparse.Namespace, target: Path, work: Path) -> tuple[int, str]:
@@ -378,7 +419,7 @@ def compare_table(runs: Mapping[str, Run], rows: int) -> str:
     for layer in LAYERS:
         lines.append(row(layer, {n: r.seconds(layer) for n, r in runs.items()}))
         if layer == "training":
-            for step in (f"model_{k}" for k in MODEL_KINDS if f"model_{k}" in platform.steps):
+            for step in (model_key(k) for k in MODEL_KINDS if model_key(k) in platform.steps):
                 lines.append(row(f"  {step}", {n: r.seconds(step=step) for n, r in runs.items()}))
     lines.append(row("overhead", {n: r.total - r.seconds() for n, r in runs.items()}))
     lines.append(row("total", {n: r.total for n, r in runs.items()}))
@@ -436,41 +477,15 @@ def benchmark(args: argparse.Namespace, kinds: list[str], work: Path) -> None:
     data = work / "platform" / "data" / TELCO_FILE
     progress("preparing the data")
     rows, described = prepare_data(args, data, work)
-    config = training.ModelConfig()
-    common = {
-        "data": str(data),
-        "models": kinds,
-        # In the order Dagster runs the model steps (by key), so that in every run the same
-        # model pays the JVM's warm-up and the per-model rows compare like with like.
-        "params": resolved_params(sorted(kinds)),
-        "seed": config.seed,
-        "threshold_strategy": config.threshold_strategy,
-        "train_max_rows": load_settings().train_max_rows,
-        "data_only": args.data_only,
-        "ensemble_inputs": list(training.ENSEMBLE_INPUTS),
-        "risk_tiers": scoring.RISK_TIERS,
-        "service_columns": etl.SERVICE_COLUMNS,
-    }
+    common = base_job(args, kinds, data)
     names = ("platform", "pyspark", "pandas", "naive") if args.compare else ("platform",)
     runs: dict[str, Run] = {}
     for name in names:
-        home = work / name
-        home.mkdir(exist_ok=True)
-        job = {
-            **common,
-            "result": str(work / f"{name}.json"),
-            "scores": str(home / "scores.parquet"),
-        }
-        if name in ("pyspark", "naive"):
-            job["spark_conf"] = spark_conf(load_settings(child_env(home)))
+        (work / name).mkdir(exist_ok=True)
         job_file = work / f"{name}-job.json"
-        job_file.write_text(json.dumps(job))
-        if name == "platform":
-            command = [sys.executable, str(Path(__file__).resolve()), "--run-platform"]
-        else:
-            command = [sys.executable, str(HERE / "pipeline_baselines.py"), name]
+        job_file.write_text(json.dumps(run_job(common, name, work)))
         progress(f"{name} run (log: {work / f'{name}.log'})")
-        runs[name] = launch(name, [*command, str(job_file)], child_env(home), work)
+        runs[name] = launch(name, run_command(name, job_file), child_env(work / name), work)
         progress(f"{name} run: {runs[name].total:.1f} s")
 
     platform = runs["platform"]
@@ -511,7 +526,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     data.add_argument("--rows", type=int, help="synthetic customers to generate")
     data.add_argument("--telco", action="store_true", help="use the real IBM Telco CSV instead")
     parser.add_argument("--seed", type=int, default=42, help="seed of the synthetic data")
-    parser.add_argument("--compare", action="store_true", help="also run plain PySpark and pandas")
+    parser.add_argument(
+        "--compare", action="store_true", help="also run the pyspark, pandas and naive baselines"
+    )
     parser.add_argument("--json", action="store_true", help="end with one JSON summary line")
     parser.add_argument(
         "--models", default=",".join(MODEL_KINDS), help="comma list of model kinds (default: all)"

@@ -1,9 +1,10 @@
 """The comparison runs of benchmarks/pipeline.py: plain PySpark, pandas + scikit-learn, naive.
 
 Run by pipeline.py as `python pipeline_baselines.py {pyspark|pandas|naive} JOB.json`, each in a
-fresh process, so its memory and its Spark start-up are its own. JOB.json carries everything taken
-from the platform (resolved model parameters, Spark configuration, risk tiers): computed once by
-the benchmark, so this module imports no Dagster or MLflow and the drivers' RSS stays honest.
+fresh process, so its memory and its Spark start-up are its own. JOB.json carries everything
+taken from the platform (resolved model parameters, Spark configuration, scoring policy):
+computed once by the benchmark, so this module imports no Dagster or MLflow and the drivers'
+RSS stays honest.
 For the same reason heavy imports sit in the functions that use them, and `main` loads just the
 chosen run's (`IMPORTS`) before its clock starts: the pandas run never loads Spark.
 
@@ -29,12 +30,19 @@ from typing import Any
 import numpy as np
 
 from churn_platform.config import DatasetSpec, load_spec
-from churn_platform.core.models.kinds import KINDS
+from churn_platform.core.models.kinds import KINDS, model_key
 from churn_platform.settings import load_settings
 
 BAGGING_KEYS = ("base", "numModels", "sampleFraction")
 MAX_FEATURES = {"auto": "sqrt", "sqrt": "sqrt", "log2": "log2", "all": None, "onethird": 1 / 3}
 EPSILON = 1e-6
+# The pyspark run's layers, each a plain Parquet folder beside its scores.
+LAYERS = ("raw", "cleaned", "quarantined", "features")
+# core.reasons' settings, repeated: importing it would load PySpark into the pandas run.
+TOP_REASONS = 3
+SURROGATE_MAX_ROWS = 200_000
+SURROGATE_REG_PARAM = 1e-3
+LOGIT_CLIP = 1e-3
 
 
 @dataclass
@@ -66,6 +74,16 @@ def champion_of(candidates: Sequence[Candidate]) -> Candidate:
     return min(candidates, key=lambda c: (-c.roc_auc, -c.cv_roc_auc, c.kind))
 
 
+def _spark(job: Mapping[str, Any]) -> Any:
+    """A SparkSession with the platform's configuration for this run (from JOB.json)."""
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder
+    for key, value in job["spark_conf"].items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
 # ---------------------------------------------------------------------------------------------
 # Plain PySpark: the platform's own functions, in the assets' order, without the asset graph.
 
@@ -73,87 +91,86 @@ def champion_of(candidates: Sequence[Candidate]) -> Candidate:
 def run_pyspark(job: Mapping[str, Any], spec: DatasetSpec, timeline: Timeline) -> Candidate:
     """Read, clean, features, every model as `train_and_track` fits it, then score the champion.
 
-    Left out, as platform overhead: the warehouse writes of every layer, quarantine output,
-    asset checks, content fingerprints, MLflow logging (curves, importances, model artifacts),
-    registry and promotion, monitoring and audit. Layers stay in memory instead.
+    Each layer is written once, as plain Parquet, by the core's own writer (which observes the
+    layer's statistics during the write), and the next step reads it back, as the assets and
+    the IO manager do. Left out, as platform overhead: Dagster, versioned folders and their
+    publishing, asset checks and metadata, MLflow logging (curves, importances, model
+    artifacts) and loading, registry and promotion, monitoring and audit.
     """
-    from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
-    from churn_platform import etl
-    from churn_platform.core import cleaning, evaluation, sources
-    from churn_platform.core.features import build_features
-    from churn_platform.core.models.fitting import (
-        PROBABILITY_COL,
-        BaseFit,
-        full_model,
-        predict,
-        training_frame,
-    )
+    from churn_platform.core import evaluation
+    from churn_platform.core.cleaning import clean_customers
+    from churn_platform.core.columns import FOLD_COL, SPLIT_COL
+    from churn_platform.core.features import assign_split, build_features, cap_training_rows
+    from churn_platform.core.models.fitting import BaseFit, full_model, predict, training_frame
     from churn_platform.core.models.training import fit_model
+    from churn_platform.core.scoring import ScoringPolicy, population_filter, score_customers
+    from churn_platform.core.sources import read_batch
 
-    builder = SparkSession.builder
-    for key, value in job["spark_conf"].items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    spark = _spark(job)
+    layers = {name: str(Path(job["scores"]).parent / name) for name in LAYERS}
     with timeline.step("raw_customers"):
-        read = sources.read_batch(spark, spec, spec.sources, batch="base", batch_order=0)
-        raw = read.frame.persist()
-        raw.count()
+        read = read_batch(spark, spec, spec.sources, batch="base", batch_order=0)
+        try:
+            read.frame.write.parquet(layers["raw"])
+        finally:
+            read.release()
     with timeline.step("cleaned_customers"):
-        clean = cleaning.clean_customers(raw, spec)
-        cleaned = _in_memory(clean.cleaned)
+        clean = clean_customers(spark.read.parquet(layers["raw"]), spec, ranges=spec.ranges)
+        clean.write(Path(layers["cleaned"]), Path(layers["quarantined"]))
     with timeline.step("customer_features"):
-        built = build_features(cleaned, spec)
-        features = _in_memory(built.pipeline.transform(built.features))
-    for layer in (read, clean, built):
-        layer.release()
-    raw.unpersist()
+        built = build_features(spark.read.parquet(layers["cleaned"]), spec)
+        built.write(Path(layers["features"]))
     if job["data_only"]:
         return Candidate("-", None, 0.0, math.nan, math.nan)
-    candidates = []
+    summaries: dict[str, dict[str, Any]] = {}
+    models = {}
     # As the ensemble assets do: bases trained earlier in the run are reused, not refitted.
     reusable: dict[str, BaseFit] = {}
     with contextlib.ExitStack() as cached:
         with timeline.step("training_sample"):
-            capped = etl.cap_training_rows(features, spec, job["train_max_rows"])
-            frame = cached.enter_context(training_frame(capped, spec.id_column))
+            features = spark.read.parquet(layers["features"])
+            capped = cap_training_rows(features, spec, job["train_max_rows"])
+            frame = cached.enter_context(training_frame(capped, spec.id_column, built.pipeline))
         for kind, params in job["params"].items():
-            with timeline.step(f"model_{kind}"):
+            with timeline.step(model_key(kind)):
                 bases = {b: reusable[b] for b in params.get("bases", ()) if b in reusable}
                 fit = fit_model(kind, frame, params, job["seed"], fitted_bases=bases)
-                # The default costs are train_and_track's fallbacks; the "f1" default uses none.
-                threshold, _, metrics = evaluation.judge(
-                    fit.oof, predict(fit.model, frame), job["threshold_strategy"]
-                )
-                candidates.append(
-                    Candidate(
-                        kind,
-                        full_model(built.pipeline, fit.model),
-                        threshold,
-                        metrics["roc_auc"],
-                        metrics["cv_roc_auc_mean"],
-                    )
-                )
-                if kind in job["ensemble_inputs"]:
+                # judge's default strategy is the platform's default run config's ("f1").
+                threshold, _, metrics = evaluation.judge(fit.oof, predict(fit.model, frame))
+                summaries[kind] = {
+                    "kind": kind,
+                    "threshold": threshold,
+                    "metrics": metrics,
+                    "mlflow_run_id": None,
+                }
+                models[kind] = full_model(built.pipeline, fit.model)
+                if not KINDS[kind].is_ensemble:
                     reusable[kind] = fit.as_base()
     with timeline.step("champion_model"):
-        champion = champion_of(candidates)
+        best = evaluation.leaderboard_rows(summaries)[0]
+        champion = Candidate(
+            best["model"],
+            models[best["model"]],
+            best["threshold"],
+            best["roc_auc"],
+            best["cv_roc_auc_mean"],
+        )
     with timeline.step("churn_scores"):
-        # assets/scoring.py score_customers, written once as Parquet like the IO manager does.
-        scored = champion.model.transform(etl.engineer_features(cleaned, spec))
-        probability = F.col(PROBABILITY_COL)
-        (high, high_name), (medium, medium_name) = job["risk_tiers"]
-        tier = F.when(probability >= high, high_name).when(probability >= medium, medium_name)
-        scored.select(
-            F.col(spec.id_column),
-            probability.alias("churn_probability"),
-            (probability >= F.lit(champion.threshold)).cast("int").alias("churn_predicted"),
-            tier.otherwise("low").alias("risk_tier"),
-            F.lit(champion.kind).alias("model_name"),
-            F.lit("1").alias("model_version"),
-            F.lit(champion.threshold).alias("threshold"),
-        ).write.parquet(job["scores"])
+        # As assets/scoring.py churn_scores, less the count of customers left out: the
+        # population, reasons measured from the training split (its training_reference).
+        cleaned = spark.read.parquet(layers["cleaned"])
+        train = assign_split(cleaned, spec).where(F.col(SPLIT_COL) == "train")
+        scores = score_customers(
+            cleaned.where(population_filter(spec)),
+            spec,
+            champion.model,
+            (spec.model_name, "1", champion.threshold),
+            ScoringPolicy(**job["scoring_policy"]),
+            train.drop(SPLIT_COL, FOLD_COL),
+        )
+        scores.frame.write.parquet(job["scores"])
     return champion
 
 
@@ -164,18 +181,21 @@ def run_naive(job: Mapping[str, Any], spec: DatasetSpec, timeline: Timeline) -> 
     encode (the same fitted pipeline the platform stores), write each layer as Parquet. No
     quarantine, line numbers, checks, fingerprints or versioned folders; no training.
     """
-    from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    from churn_platform import etl
+    from churn_platform.core.columns import LABEL_COL, SPLIT_COL
+    from churn_platform.core.features import (
+        assign_split,
+        engineer_features,
+        feature_roles,
+        fit_feature_pipeline,
+    )
+    from churn_platform.etl import read_csv_header
 
-    builder = SparkSession.builder
-    for key, value in job["spark_conf"].items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    spark = _spark(job)
     out = Path(job["scores"]).parent / "naive"
-    header = etl.read_csv_header(Path(job["data"]), spec.sources[0].delimiter)
+    header = read_csv_header(Path(job["data"]), spec.sources[0].delimiter)
     schema = T.StructType(
         [T.StructField(c, T.DoubleType() if c in spec.numeric else T.StringType()) for c in header]
     )
@@ -186,17 +206,17 @@ def run_naive(job: Mapping[str, Any], spec: DatasetSpec, timeline: Timeline) -> 
         label = F.when(F.col(target.column) == target.positive, 1).when(
             F.col(target.column) == target.negative, 0
         )
-        spark.read.parquet(str(out / "raw")).withColumn(etl.LABEL_COL, label).where(
-            F.col(etl.LABEL_COL).isNotNull() & F.col(spec.id_column).isNotNull()
+        spark.read.parquet(str(out / "raw")).withColumn(LABEL_COL, label).where(
+            F.col(LABEL_COL).isNotNull() & F.col(spec.id_column).isNotNull()
         ).dropDuplicates([spec.id_column]).drop(target.column, *spec.drop).write.parquet(
             str(out / "cleaned")
         )
     with timeline.step("customer_features"):
         cleaned = spark.read.parquet(str(out / "cleaned"))
-        table = etl.assign_split(etl.engineer_features(cleaned, spec), spec)
-        numeric, categorical = etl.feature_roles(table, spec)
-        pipeline = etl.fit_feature_pipeline(
-            table.where(F.col(etl.SPLIT_COL) == "train"), numeric, categorical
+        table = assign_split(engineer_features(cleaned, spec), spec)
+        numeric, categorical = feature_roles(table, spec)
+        pipeline = fit_feature_pipeline(
+            table.where(F.col(SPLIT_COL) == "train"), numeric, categorical
         )
         table.write.parquet(str(out / "features"))
         pipeline.write().save(str(out / "pipeline"))
@@ -221,19 +241,6 @@ def spark_job_times() -> list[float]:
         if submitted.isDefined():
             times.append(submitted.get().getTime() / 1000)
     return times
-
-
-def _in_memory(df: Any) -> Any:
-    """A layer that feeds MLlib, computed once, cached, with its lineage cut.
-
-    MLlib plans its input anew for every job it runs; on a merely cached DataFrame that plan is
-    the whole read-clean-features lineage, and each fit took 2-3 times as long as on the same
-    table read back from Parquet (which is what the platform's steps do). Checkpointed and
-    cached, it is as fast as the Parquet copy and stays in memory.
-    """
-    layer = df.localCheckpoint().persist()
-    layer.count()
-    return layer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,7 +282,7 @@ def run_pandas(job: Mapping[str, Any], spec: DatasetSpec, timeline: Timeline) ->
     for kind, params in job["params"].items():
         with timeline.step(f"model_{kind}"):
             model, oof = _fit_model(kind, params, x_train, y_train, folds, job["seed"], reusable)
-            if kind in job["ensemble_inputs"]:
+            if not KINDS[kind].is_ensemble:
                 reusable[kind] = (model, oof)
             threshold = _f1_threshold(y_train, oof)
             test_auc = _roc_auc(y_test, model.predict_proba(x_test)[:, 1])
@@ -284,22 +291,7 @@ def run_pandas(job: Mapping[str, Any], spec: DatasetSpec, timeline: Timeline) ->
     with timeline.step("champion_model"):
         champion = champion_of(candidates)
     with timeline.step("churn_scores"):
-        features = _engineer(cleaned, spec, job["service_columns"])
-        probability = champion.model.predict_proba(_encode(encoder, features))[:, 1]
-        (high, high_name), (medium, medium_name) = job["risk_tiers"]
-        pd.DataFrame(
-            {
-                spec.id_column: cleaned[spec.id_column].array,
-                "churn_probability": probability,
-                "churn_predicted": (probability >= champion.threshold).astype(np.int32),
-                "risk_tier": np.select(
-                    [probability >= high, probability >= medium], [high_name, medium_name], "low"
-                ),
-                "model_name": champion.kind,
-                "model_version": "1",
-                "threshold": champion.threshold,
-            }
-        ).to_parquet(job["scores"], index=False)
+        _score(job, spec, champion, encoder, cleaned, table)
     return champion
 
 
@@ -323,8 +315,12 @@ def _clean(raw: Any, spec: DatasetSpec) -> Any:
         )
         for c in spec.numeric
     }
-    unparseable = np.logical_or.reduce([text[c].notna() & numbers[c].isna() for c in spec.numeric])
-    usable = text[spec.id_column].notna() & label.notna() & ~unparseable
+    # Unparseable (NaN after coercion), non-finite and out-of-range numbers, as in cleaning.
+    bad = [text[c].notna() & ~np.isfinite(numbers[c]) for c in spec.numeric]
+    for c, (low, high) in spec.ranges.items():
+        bad += [numbers[c] < low] if low is not None else []
+        bad += [numbers[c] > high] if high is not None else []
+    usable = text[spec.id_column].notna() & label.notna() & ~np.logical_or.reduce(bad)
     cleaned = text.loc[usable, [spec.id_column, *spec.categorical]].assign(
         label=label[usable].astype(np.int32), **{c: v[usable] for c, v in numbers.items()}
     )
@@ -409,6 +405,163 @@ def _encode(encoder: Any, table: Any, chunk_rows: int = 1_000_000) -> np.ndarray
         stop = start + chunk_rows
         matrix[start:stop] = encoder.transform(table.iloc[start:stop])
     return matrix
+
+
+def _score(
+    job: Mapping[str, Any],
+    spec: DatasetSpec,
+    champion: Candidate,
+    encoder: Any,
+    cleaned: Any,
+    table: Any,
+) -> None:
+    """core.scoring.score_customers in pandas, written once as Parquet: for each customer who
+    can still churn, probability, decision, tier, contact value, top reasons, unseen values."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    policy = job["scoring_policy"]
+    scored = cleaned[_in_population(cleaned, spec)]
+    features = _engineer(scored, spec, job["service_columns"])
+    x = _encode(encoder, features)
+    probability = champion.model.predict_proba(x)[:, 1]
+    # The reference customer: the mean encoded row of the training split, as in the platform.
+    reference = _mean_row(encoder, table[table["split"] == "train"])
+    high, medium = _tier_cuts(champion.threshold, policy)
+    rows = len(scored)
+    columns = {
+        spec.id_column: pa.array(scored[spec.id_column]),
+        "churn_probability": probability,
+        "churn_predicted": (probability >= champion.threshold).astype(np.int32),
+        "risk_tier": np.select(
+            [probability >= high, probability >= medium], ["high", "medium"], "low"
+        ),
+        "expected_value": probability * policy["cost_missed_churner"]
+        - policy["cost_retention_offer"],
+        "reasons": _reasons(
+            encoder, features, x, _attribution(champion.model, x, probability), reference
+        ),
+        "unseen_values": _unseen(encoder, features),
+        "model_name": np.full(rows, spec.model_name, dtype=object),
+        "model_version": np.full(rows, "1", dtype=object),
+        "threshold": np.full(rows, champion.threshold),
+    }
+    pq.write_table(pa.table(columns), job["scores"])
+
+
+def _in_population(cleaned: Any, spec: DatasetSpec) -> Any:
+    """core.scoring.population_filter: by default the customers who can still churn."""
+    rule = spec.score_population
+    if rule is None:
+        return cleaned["label"] == 0
+    if rule.column == spec.target.column:
+        return cleaned["label"].isin([1 if v == spec.target.positive else 0 for v in rule.values])
+    return cleaned[rule.column].astype("string").isin([str(v) for v in rule.values])
+
+
+def _tier_cuts(threshold: float, policy: Mapping[str, Any]) -> tuple[float, float]:
+    """core.scoring.tier_cuts: `high` from the threshold, `medium` from the contact break-even."""
+    high = threshold * policy["tier_high_ratio"]
+    medium = policy["tier_medium_probability"]
+    if medium is None:
+        missed = policy["cost_missed_churner"]
+        medium = policy["cost_retention_offer"] / missed if missed > 0 else high
+    return high, min(medium, high)
+
+
+def _mean_row(encoder: Any, table: Any, chunk_rows: int = 1_000_000) -> np.ndarray:
+    """The mean encoded row of `table`, a million rows at a time (as `_encode`)."""
+    total = sum(
+        encoder.transform(table.iloc[start : start + chunk_rows]).sum(axis=0, dtype=np.float64)
+        for start in range(0, len(table), chunk_rows)
+    )
+    return total / max(len(table), 1)
+
+
+def _slot_owners(encoder: Any) -> list[str]:
+    """The dataset column behind each slot of the encoded matrix (one-hot slots share theirs)."""
+    owners: list[str] = []
+    for name, transformer, columns in encoder.transformers_:
+        if name == "numeric":
+            owners += list(transformer.get_feature_names_out())
+        elif name == "categorical":
+            owners += [
+                c for c, cats in zip(columns, transformer.categories_, strict=True) for _ in cats
+            ]
+    return owners
+
+
+def _attribution(model: Any, x: np.ndarray, probability: np.ndarray) -> np.ndarray:
+    """Slot coefficients of a linear log-odds model, as core.reasons.fit_attribution: exact for
+    a logistic regression, else a ridge surrogate of the champion's log-odds."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import Pipeline
+
+    if isinstance(model, Pipeline) and isinstance(model[-1], LogisticRegression):
+        return model[-1].coef_[0] / model[0].scale_  # back from the scaler's units
+    p = np.clip(probability, LOGIT_CLIP, 1.0 - LOGIT_CLIP)
+    log_odds = np.log(p / (1.0 - p))
+    rows = np.arange(len(x))
+    if len(rows) > SURROGATE_MAX_ROWS:
+        rows = np.random.default_rng(0).choice(rows, SURROGATE_MAX_ROWS, replace=False)
+    # Spark's regParam weighs the mean loss; Ridge's alpha the summed one.
+    ridge = Ridge(alpha=SURROGATE_REG_PARAM * len(rows)).fit(x[rows], log_odds[rows])
+    return ridge.coef_
+
+
+def _reasons(
+    encoder: Any, features: Any, x: np.ndarray, coefficients: np.ndarray, reference: np.ndarray
+) -> Any:
+    """The top (feature, value, contribution) per row by size, one-hot slots summed into their
+    column, contributions measured from the reference row (core.reasons.with_reasons)."""
+    import pyarrow as pa
+
+    owners = np.array(_slot_owners(encoder), dtype=object)
+    columns = list(dict.fromkeys(owners))
+    by_column = np.column_stack(
+        [(x[:, owners == c] - reference[owners == c]) @ coefficients[owners == c] for c in columns]
+    )
+    top = np.argsort(-np.abs(by_column), axis=1, kind="stable")[:, :TOP_REASONS]
+    values = np.empty(top.shape, dtype=object)
+    for j, column in enumerate(columns):
+        rows, ranks = np.nonzero(top == j)
+        values[rows, ranks] = _shown(features[column].iloc[rows])
+    items = pa.StructArray.from_arrays(
+        [
+            pa.array(np.array(columns, dtype=object)[top].ravel(), type=pa.string()),
+            pa.array(values.ravel(), type=pa.string()),
+            pa.array(np.take_along_axis(by_column, top, axis=1).ravel()),
+        ],
+        names=["feature", "value", "contribution"],
+    )
+    return pa.ListArray.from_arrays(np.arange(0, top.size + 1, top.shape[1], dtype=np.int32), items)
+
+
+def _shown(values: Any) -> np.ndarray:
+    """Values as a reason shows them: text as is, whole numbers without `.0`, else 2 decimals."""
+    if values.dtype.kind != "f":
+        return values.astype("string").fillna("missing").to_numpy(dtype=object)
+    v = values.to_numpy(dtype=np.float64)
+    whole = np.nan_to_num(v).astype(np.int64).astype(str)
+    shown = np.where(v == np.floor(v), whole, np.round(v, 2).astype(str))
+    return np.where(np.isnan(v), "missing", shown).astype(object)
+
+
+def _unseen(encoder: Any, features: Any) -> Any:
+    """Per row, `column=value` for each category value the encoder never saw (core.scoring)."""
+    import pyarrow as pa
+
+    _, onehot, columns = next(t for t in encoder.transformers_ if t[0] == "categorical")
+    rows, marks = [np.empty(0, dtype=np.int64)], [np.empty(0, dtype=object)]
+    for column, known in zip(columns, onehot.categories_, strict=True):
+        values = features[column]
+        hit = np.flatnonzero((values.notna() & ~values.isin(known)).to_numpy())
+        rows.append(hit)
+        marks.append(f"{column}=" + values.iloc[hit].astype(str).to_numpy(dtype=object))
+    row = np.concatenate(rows)
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=len(features)))])
+    ordered = np.concatenate(marks)[np.argsort(row, kind="stable")]
+    return pa.ListArray.from_arrays(offsets.astype(np.int32), pa.array(ordered, type=pa.string()))
 
 
 def _single(family: str, params: Mapping[str, Any], rows: int, seed: int) -> Any:
@@ -634,12 +787,16 @@ def _roc_auc(y: np.ndarray, probability: np.ndarray) -> float:
 IMPORTS = {
     "pyspark": (
         "pyspark.sql",
+        "churn_platform.core.sources",
         "churn_platform.core.cleaning",
+        "churn_platform.core.features",
         "churn_platform.core.models.training",
+        "churn_platform.core.scoring",
     ),
-    "naive": ("pyspark.sql", "churn_platform.etl", "pyspark.ml"),
+    "naive": ("pyspark.sql", "churn_platform.etl", "churn_platform.core.features"),
     "pandas": (
         "pandas",
+        "pyarrow.parquet",
         "sklearn.compose",
         "sklearn.ensemble",
         "sklearn.impute",
