@@ -52,12 +52,16 @@ def cleaned_customers(
 ):
     """Clean every ingested batch; the run fails if too many rows are quarantined."""
     spec, settings = state.spec(), state.settings()
-    result = cleaning.clean_customers(
-        raw_customers, spec, schema=lambda n, c: cleaned_schema(spec, n, c), ranges=spec.ranges
+    planned = cleaning.clean_customers(
+        raw_customers,
+        spec,
+        schema=lambda n, c: cleaned_schema(spec, n, c),
+        ranges=spec.ranges,
+        window=False,
     )
     outputs = ("cleaned_customers", "quarantined_customers")
     with staged_versions(settings.warehouse, context, *outputs) as paths:
-        result.write(*paths)
+        result = planned.write(*paths)
     yield from _outputs(context, settings, spec, result, paths)
 
 

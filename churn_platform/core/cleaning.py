@@ -9,6 +9,7 @@ blank counts, checks and content fingerprint are observed while the cleaned rows
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,18 +78,30 @@ class CleanResult:
     content: list[str]
     marked: DataFrame
     aggregates: list[Column]
+    windowed: bool
+    replan: Callable[[bool], CleanResult] = field(repr=False)
     schema: pa.DataFrameSchema | None = None
     _stats: dict[str, Any] | None = field(default=None, repr=False)
 
-    def write(self, cleaned_path: Path, quarantine_path: Path) -> None:
-        """Write both outputs as Parquet; the statistics are observed during the first write."""
+    def write(self, cleaned_path: Path, quarantine_path: Path) -> CleanResult:
+        """Write both outputs as Parquet; the statistics are observed during the first write.
+
+        Planned without the window, the written ids are counted anyway (the unique-ids check);
+        if one repeats, the cleaned rows are written again through the window, whose result
+        is returned.
+        """
         observed, observation = quality.observed(self.marked, self.aggregates)
         observed.where(F.col("_kept")).select(*self.cleaned.columns).write.mode("error").parquet(
             str(cleaned_path)
         )
-        self.quarantined.write.mode("error").parquet(str(quarantine_path))
         written = self.cleaned.sparkSession.read.parquet(str(cleaned_path))
-        self._stats = self._finish(dict(observation.get), written)
+        stats = self._finish(dict(observation.get), written)
+        if not self.windowed and stats["quality:ids"] < (stats["rows_out"] or 0):
+            shutil.rmtree(cleaned_path)
+            return self.replan(True).write(cleaned_path, quarantine_path)
+        self.quarantined.write.mode("error").parquet(str(quarantine_path))
+        self._stats = stats
+        return self
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -184,6 +197,8 @@ def clean_customers(
     require_target: bool = True,
     schema: Callable[[list[str], list[str]], pa.DataFrameSchema] | None = None,
     ranges: Mapping[str, tuple[float | None, float | None]] | None = None,
+    *,
+    window: bool | None = None,
 ) -> CleanResult:
     """Typed, trimmed, de-duplicated customers plus every unusable row with a reason.
 
@@ -193,6 +208,10 @@ def clean_customers(
     the newest batch's record supersedes older ones. Scoring input may lack the target
     (`require_target=False`); its label is then null. `schema(numeric, categorical)` gives the
     pandera schema whose rules join the aggregate.
+
+    Only a repeated id needs the window over the ids. `window=None` asks one job whether any id
+    repeats, so the returned frames are final; `window=False` (the asset, which writes) skips
+    that job, and `write` switches to the window if the written ids repeat.
     """
     has_target = spec.target.column in raw.columns
     if require_target or has_target:
@@ -248,8 +267,36 @@ def clean_customers(
     )
     annotated = typed.withColumn(REASON_COL, reason).withColumn(DETAIL_COL, detail)
 
+    def plan(windowed: bool) -> CleanResult:
+        return _plan(
+            annotated,
+            label,
+            id_col,
+            keep_categorical,
+            keep_numeric,
+            raw_columns,
+            schema,
+            windowed,
+            plan,
+        )
+
+    return plan(_ids_repeat(annotated, id_col) if window is None else window)
+
+
+def _plan(
+    annotated: DataFrame,
+    label: Column,
+    id_col: str,
+    keep_categorical: list[str],
+    keep_numeric: list[str],
+    raw_columns: list[str],
+    schema: Callable[[list[str], list[str]], pa.DataFrameSchema] | None,
+    windowed: bool,
+    replan: Callable[[bool], CleanResult],
+) -> CleanResult:
+    """The marked rows, both outputs and the layer's aggregates, with or without the window."""
     valid = F.col(REASON_COL).isNull()
-    if _ids_repeat(annotated, id_col):
+    if windowed:
         order = Window.partitionBy(F.col(f"`{id_col}`")).orderBy(
             valid.desc(), F.col(BATCH_ORDER_COL).desc(), F.col(LINE_COL).desc()
         )
@@ -320,6 +367,8 @@ def clean_customers(
         marked=view,
         aggregates=aggregates,
         schema=layer_schema,
+        windowed=windowed,
+        replan=replan,
     )
 
 

@@ -148,13 +148,14 @@ def count_lines(spark: SparkSession, path: Path) -> LineCounts:
     """
     value = F.col("value")
     quotes = F.length(value) - F.length(F.replace(value, F.lit('"'), F.lit("")))
+    odd_quotes = quotes % 2 == 1
     rows = (
         spark.read.text(str(path))
         .groupBy(F.spark_partition_id().alias("_pid"))
         .agg(
             F.count(F.lit(1)).alias("n"),
             # Spark's CSV reader skips lines that Java's trim() empties.
-            F.sum((value.rlike("^[\\x00-\\x20]*$") | (quotes % 2 == 1)).cast("long")).alias("odd"),
+            F.sum((value.rlike("^[\\x00-\\x20]*$") | odd_quotes).cast("long")).alias("odd"),
         )
         .collect()
     )
