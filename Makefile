@@ -25,8 +25,9 @@ demo: install services
 test: install services lint
 	$(BIN)/python -m pytest
 
+# The pure logic only: no JVM, no service, no pipeline run (conftest.py marks the rest), ~2 min.
 test-fast: install
-	$(BIN)/python -m pytest -m "not cluster and not daemon and not browser"
+	$(BIN)/python -m pytest -m "not integration"
 
 ui: install
 	$(BIN)/churn-platform serve

@@ -43,6 +43,22 @@ def assert_same_scores(
     assert [row[-1] for row in actual] == pytest.approx([row[-1] for row in expected], **tolerance)
 
 
+# A test that uses one of these fixtures needs the session's JVM, the network (the Telco file
+# comes from the package index) or the session's pipeline run; so does one with a service mark.
+INTEGRATION_FIXTURES = frozenset({"spark", "telco_csv", "telco_pipeline"})
+SERVICE_MARKS = ("cluster", "postgres", "daemon", "browser")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark integration tests from what they use, so `make test-fast` (`-m "not integration"`)
+    runs the pure logic without a JVM, services or a pipeline run, whatever the file."""
+    for item in items:
+        uses = INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if uses or any(item.get_closest_marker(mark) for mark in SERVICE_MARKS):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("churn_home_session")
