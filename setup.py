@@ -5,7 +5,8 @@ setup(
     version="0.1.0",
     description="Customer-churn prediction platform as a Dagster asset graph on PySpark and MLflow.",
     packages=find_packages(exclude=["churn_platform_tests"]),
-    package_data={"churn_platform": ["specs/*.yaml", "log4j2.properties"]},
+    # Every file the package reads at run time; dagster.yaml links to the top-level one.
+    package_data={"churn_platform": ["specs/*.yaml", "log4j2.properties", "dagster.yaml"]},
     python_requires=">=3.11,<3.12",
     install_requires=[
         # Dagster core and every integration are released in lockstep; pinning the matching set

@@ -72,7 +72,7 @@ from churn_platform.core.ops.anchor import Link, anchor_document, parse_anchor
 from churn_platform.core.ops.chain import HEADS_NAME, LOCK_NAME, read_chain_heads, reanchor
 from churn_platform.core.ops.files import locked
 from churn_platform.core.ops.privacy import pseudonym_key, redact_url
-from churn_platform.settings import PROJECT_ROOT, Settings
+from churn_platform.settings import DAGSTER_YAML, Settings
 
 __all__ = [
     "ALL_COMPONENTS",
@@ -275,7 +275,7 @@ def create_backup(
     golden: dict[str, Any] | None = None,
     components: Iterable[str] = ALL_COMPONENTS,
     *,
-    project_root: Path = PROJECT_ROOT,
+    dagster_yaml: Path = DAGSTER_YAML,
 ) -> BackupResult:
     """Write and publish the backup of one partition; re-running it replaces it atomically.
 
@@ -317,7 +317,7 @@ def create_backup(
         }
         if "logs" in wanted:
             header["ops_chain_anchor"] = _chain_anchor(settings)
-        sources = _sources(settings, wanted, project_root, fernet is not None, not_included)
+        sources = _sources(settings, wanted, dagster_yaml, fernet is not None, not_included)
         manifest, manifest_bytes = _write_archive(
             plain, sources, scratch, header, settings.child_env()
         )
@@ -583,7 +583,7 @@ def _tool_versions() -> dict[str, str | None]:
 def _sources(
     settings: Settings,
     wanted: tuple[str, ...],
-    project_root: Path,
+    dagster_yaml: Path,
     encrypted: bool,
     not_included: list[str],
 ) -> Iterator[_Source]:
@@ -592,7 +592,7 @@ def _sources(
         "mlflow": lambda: _mlflow_sources(settings, not_included),
         "dagster": lambda: _dagster_sources(settings, not_included),
         "data": lambda: _data_sources(settings, not_included),
-        "config": lambda: _config_sources(settings, project_root, not_included),
+        "config": lambda: _config_sources(settings, dagster_yaml, not_included),
         "logs": lambda: _logs_sources(settings, encrypted, not_included),
     }
     for component in wanted:
@@ -673,11 +673,12 @@ def _data_sources(settings: Settings, not_included: list[str]) -> Iterator[_Sour
 
 
 def _config_sources(
-    settings: Settings, project_root: Path, not_included: list[str]
+    settings: Settings, dagster_yaml: Path, not_included: list[str]
 ) -> Iterator[_Source]:
+    """What the runs were configured with: the Dagster instance file every state root gets
+    (the package's), the dataset spec and the settings."""
     candidates = [
-        ("config/dagster.yaml", project_root / "dagster.yaml"),
-        ("config/workspace.yaml", project_root / "workspace.yaml"),
+        ("config/dagster.yaml", dagster_yaml),
         (f"config/spec/{settings.spec_path.name}", settings.spec_path),
     ]
     for arcname, path in candidates:
@@ -1250,7 +1251,7 @@ def _restore_notes(
         )
     if any(p.startswith("config/") for p in paths):
         notes.append(
-            f"config restored to {root / 'config'} for comparison; compare it with the project's "
-            "dagster.yaml, workspace.yaml and dataset spec (version-controlled, never overwritten)"
+            f"config restored to {root / 'config'} for comparison; compare it with the package's "
+            "dagster.yaml and the dataset spec (version-controlled, never overwritten)"
         )
     return notes

@@ -14,20 +14,21 @@ from typing import Any
 
 import dagster as dg
 
-from churn_platform.settings import PROJECT_ROOT, Settings
+from churn_platform.settings import DAGSTER_YAML, Settings
 
 # Tags every run started here carries; the progress watcher finds its run by the token.
 RUN_TOKEN_TAG = "churn/cli_run"
 
 
 def install_dagster_yaml(settings: Settings) -> None:
-    """Install the project's dagster.yaml into $CHURN_HOME/dagster.
+    """Install the package's dagster.yaml (the top-level one of a checkout) into
+    $CHURN_HOME/dagster.
 
-    The top-level dagster.yaml stays the single source of truth; the copy only exists because
-    Dagster reads its configuration from DAGSTER_HOME.
+    That file stays the single source of truth; the copy only exists because Dagster reads its
+    configuration from DAGSTER_HOME.
     """
     settings.dagster_storage.mkdir(parents=True, exist_ok=True)
-    text = (PROJECT_ROOT / "dagster.yaml").read_text()
+    text = DAGSTER_YAML.read_text()
     target = settings.dagster_storage / "dagster.yaml"
     if not target.is_file() or target.read_text() != text:
         target.write_text(text)

@@ -22,11 +22,12 @@ from pathlib import Path
 from types import FrameType
 
 from churn_platform.runner import install_dagster_yaml
-from churn_platform.settings import PROJECT_ROOT, Settings
+from churn_platform.settings import Settings
 
 _log = logging.getLogger(__name__)
 
-WORKSPACE = PROJECT_ROOT / "workspace.yaml"
+# The code location is the installed package, not a workspace file: there may be no checkout.
+CODE_LOCATION = ("-m", "churn_platform.definitions")
 START_TIMEOUT_S = 240.0
 # SIGINT is Dagster's clean shutdown (it also stops its code servers); then escalate.
 STOP_STEPS: tuple[tuple[signal.Signals, float], ...] = (
@@ -100,18 +101,16 @@ class _Platform:
         install_dagster_yaml(self.settings)
         env = self.settings.child_env()
         bin_dir = Path(sys.executable).parent
-        workspace = ["-w", str(WORKSPACE)]
         webserver = [str(bin_dir / "dagster-webserver"), "-h", self.host, "-p", str(self.port)]
-        commands = {"dagster-webserver": webserver + workspace}
+        commands = {"dagster-webserver": [*webserver, *CODE_LOCATION]}
         if self.read_only:
             commands["dagster-webserver"].append("--read-only")
         if self.daemon:
-            commands["dagster-daemon"] = [str(bin_dir / "dagster-daemon"), "run", *workspace]
+            commands["dagster-daemon"] = [str(bin_dir / "dagster-daemon"), "run", *CODE_LOCATION]
         for name, command in commands.items():
             self.children[name] = subprocess.Popen(
                 [sys.executable, "-c", _RESET_SIGNALS_THEN_EXEC, *command],
                 env=env,
-                cwd=PROJECT_ROOT,
                 process_group=0,
             )
 

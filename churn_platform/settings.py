@@ -32,8 +32,13 @@ from pydantic_settings import (
 
 from churn_platform.core.ops.privacy import redact_url
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SPEC = Path(__file__).resolve().parent / "specs" / "telco.yaml"
+# Files the package reads are package data (setup.py), found beside the code: an installed
+# package has no checkout around it.
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_SPEC = PACKAGE_DIR / "specs" / "telco.yaml"
+# The Dagster instance configuration every state root gets; in a checkout a link to the
+# top-level dagster.yaml, so that file stays the one to edit.
+DAGSTER_YAML = PACKAGE_DIR / "dagster.yaml"
 
 
 def driver_memory() -> str:
@@ -65,7 +70,8 @@ class Settings(BaseSettings):
         validate_by_alias=True,
     )
 
-    home: Path = PROJECT_ROOT / ".churn_home"
+    # Under the working directory (`make` runs from the checkout: ./.churn_home there).
+    home: Path = Field(default_factory=lambda: Path.cwd() / ".churn_home")
     spec_path: Path = Field(DEFAULT_SPEC, validation_alias="CHURN_CONFIG")
     spark_master: str = Field("local[*]", validation_alias="SPARK_MASTER")
     # A Spark Connect URL (sc://host:15002); overrides spark_master.

@@ -77,6 +77,10 @@ class State:
     def home(self) -> Path:
         return self.settings.home
 
+    @property
+    def dagster_yaml(self) -> Path:
+        return self.project / "dagster.yaml"
+
 
 def _build_state(root: Path) -> None:
     """A small but real state root: MLflow registry, Dagster sqlite storage, warehouse, logs."""
@@ -138,7 +142,6 @@ def _build_state(root: Path) -> None:
 
     project = root / "project"
     _write(project / "dagster.yaml", b"storage: {}\n")
-    _write(project / "workspace.yaml", b"load_from: []\n")
     _write(project / "telco.yaml", b"dataset: telco\n")
 
 
@@ -205,7 +208,9 @@ def state_fixture(template: Path, tmp_path: Path) -> State:
 def _backup(
     state: State, golden: dict[str, str] | None = None, components: tuple[str, ...] = ALL_COMPONENTS
 ) -> backup.BackupResult:
-    return create_backup(state.settings, PARTITION, golden, components, project_root=state.project)
+    return create_backup(
+        state.settings, PARTITION, golden, components, dagster_yaml=state.dagster_yaml
+    )
 
 
 def _member(archive: Path, name: str) -> bytes:
@@ -316,7 +321,7 @@ def test_restore_elsewhere_relocates_mlflow_so_the_champion_loads(
             registered_model_name=PYFUNC,
         )
     client.set_registered_model_alias(PYFUNC, "champion", str(logged.registered_model_version))
-    create_backup(state.settings, PARTITION, None, ("mlflow",), project_root=state.project)
+    create_backup(state.settings, PARTITION, None, ("mlflow",), dagster_yaml=state.dagster_yaml)
     shutil.rmtree(state.home)
 
     target = tmp_path / "restored"
@@ -578,7 +583,7 @@ def test_apply_retention_deletes_old_and_keeps_newest_verified(state: State) -> 
     days = [date(2026, 11, 1) + timedelta(days=i) for i in range(6)]
     for day in days:
         create_backup(
-            state.settings, day.isoformat(), None, ("config",), project_root=state.project
+            state.settings, day.isoformat(), None, ("config",), dagster_yaml=state.dagster_yaml
         )
     offsite = Path(state.settings.backup_target)
     settings = state.settings.model_copy(
@@ -694,7 +699,7 @@ def test_rerunning_a_partition_is_idempotent_and_atomic(
 
 def test_usage_and_not_found_errors_carry_their_exit_codes(state: State) -> None:
     with pytest.raises(UsageError) as bad_date:
-        create_backup(state.settings, "2026-02-30", None, project_root=state.project)
+        create_backup(state.settings, "2026-02-30", None, dagster_yaml=state.dagster_yaml)
     assert bad_date.value.exit_code == EXIT_USAGE
     with pytest.raises(UsageError, match="golden"):
         _backup(state, golden={"predictions": object()})  # type: ignore[dict-item]
@@ -752,7 +757,7 @@ def test_postgres_tracking_backend_is_dumped_with_pg_dump(
     settings = state.settings.model_copy(update={"mlflow_tracking_uri": postgres})
 
     components = ("mlflow", "config")
-    result = create_backup(settings, PARTITION, None, components, project_root=state.project)
+    result = create_backup(settings, PARTITION, None, components, dagster_yaml=state.dagster_yaml)
 
     paths = {entry["path"] for entry in result.manifest["files"]}
     assert "mlflow/mlflow.pgdump" in paths and "mlflow/mlflow.db" not in paths

@@ -128,7 +128,7 @@ def test_s3_target_round_trip(state: State, tmp_path: Path, s3: tuple[Any, str])
     )
     registry = _registry(state.home / "mlflow" / "mlflow.db")
 
-    result = create_backup(settings, PARTITION, None, project_root=state.project)
+    result = create_backup(settings, PARTITION, None, dagster_yaml=state.dagster_yaml)
 
     prefix = f"s3://churn-backups/prod/{PARTITION}/"
     assert result.archive == f"{prefix}churn-backup-{PARTITION}.tar.gz"

@@ -50,7 +50,7 @@ from sqlalchemy.engine import make_url
 from churn_platform.config import DatasetSpec
 from churn_platform.core.models.fitting import PROBABILITY_COL
 from churn_platform.core.ops.files import ensure_dir, locked
-from churn_platform.settings import PROJECT_ROOT, environ_restored
+from churn_platform.settings import PACKAGE_DIR, environ_restored
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 CHAMPION = "champion"  # the alias of the version that scores customers (see core.registry)
@@ -155,8 +155,9 @@ def _fluent_tracking(tracking_uri: str) -> Iterator[None]:
             mlflow.set_tracking_uri(previous)
 
 
-def git_commit(cwd: Path = PROJECT_ROOT) -> str:
-    """The checked-out commit of the code that trained a model; "unknown" outside a checkout."""
+def git_commit(cwd: Path = PACKAGE_DIR) -> str:
+    """The checked-out commit of the code that trained a model; "unknown" when the package is
+    not in a checkout (installed from a wheel)."""
     try:
         result = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
