@@ -21,8 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
+import dagster as dg
+
 from churn_platform.runner import install_dagster_yaml
-from churn_platform.settings import Settings
+from churn_platform.settings import Settings, environ_restored
 
 _log = logging.getLogger(__name__)
 
@@ -73,6 +75,18 @@ def _ensure_port_free(host: str, port: int) -> None:
             raise PlatformError(f"cannot serve on {host}:{port}: {exc.strerror}") from exc
 
 
+def _create_instance(settings: Settings) -> None:
+    """Install dagster.yaml and create the instance's sqlite tables before the children start.
+
+    Both would create a new state root's tables at once, and one then dies with "table
+    alembic_version already exists". This process's environment is left as it was.
+    """
+    install_dagster_yaml(settings)
+    with environ_restored(*settings.library_env()):
+        settings.export_library_env()
+        dg.DagsterInstance.get().dispose()
+
+
 class _Platform:
     """The child processes behind one `serve` or `running_platform` call."""
 
@@ -98,7 +112,7 @@ class _Platform:
 
     def start(self) -> None:
         _ensure_port_free(self.host, self.port)
-        install_dagster_yaml(self.settings)
+        _create_instance(self.settings)
         env = self.settings.child_env()
         bin_dir = Path(sys.executable).parent
         webserver = [str(bin_dir / "dagster-webserver"), "-h", self.host, "-p", str(self.port)]
