@@ -215,7 +215,6 @@ def score_file(
     finally:
         if result is not None:
             result.release()
-        cleaned.release()
         read.release()
     return {
         "output": str(output_path),
