@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     train_max_rows: int = 500_000
     auc_floor: float = 0.75
     psi_threshold: float = 0.2
+    # Rows monitoring reads at most per population (a stable hash sample of customer ids).
+    monitoring_sample_rows: int = 200_000
     # Placeholders (an offer at a tenth of a churner's lost margin): set the business's own.
     cost_missed_churner: float = 500.0
     cost_retention_offer: float = 50.0

@@ -1,4 +1,5 @@
-"""Scoring for the retention team: who is scored, tiers, reason codes and unseen values."""
+"""Scoring for the retention team: the same probabilities as the logged model, who is scored,
+tiers, reason codes, unseen values and the statistics observed by the one write."""
 
 from __future__ import annotations
 
@@ -7,17 +8,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pyspark.ml import PipelineModel
-from pyspark.ml.classification import DecisionTreeClassifier, LogisticRegression
+from pyspark.ml.classification import (
+    DecisionTreeClassifier,
+    LogisticRegression,
+    RandomForestClassifier,
+)
+from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from churn_platform import etl
 from churn_platform.config import DatasetSpec, ScorePopulationSpec, SourceSpec, load_spec
 from churn_platform.core import cleaning, reasons, scoring, sources
+from churn_platform.core.encoding import SLOTS_COL, read_encoding
 from churn_platform.core.features import assign_split, engineer_features, fit_feature_pipeline
-from churn_platform.core.models.fitting import PROBABILITY_COL
-from churn_platform.core.models.stages import DropColumns, PositiveProbability
+from churn_platform.core.models.ensembles import BASE_SUFFIX, voting_head
+from churn_platform.core.models.fitting import PROBABILITY_COL, Part, assemble
+from churn_platform.core.models.stages import DropColumns, PositiveProbability, RenameColumn
 from churn_platform.settings import DEFAULT_SPEC
+
+# The new scoring path may differ from the logged pipeline only by summation order (issue 17).
+SAME_PROBABILITY = 1e-9
 
 
 def _telco(spark: SparkSession, spec: DatasetSpec, path: Path) -> DataFrame:
@@ -42,10 +53,76 @@ def _champion(cleaned: DataFrame, spec: DatasetSpec, classifier) -> PipelineMode
     return PipelineModel(stages=[*features.stages, fitted, positive, drop])
 
 
+def _voting(lr: PipelineModel, forest: PipelineModel, feature_stages: int) -> PipelineModel:
+    """A soft-voting ensemble of two champions' classifiers, as core.models.ensembles builds."""
+    bases = {"logistic_regression": lr, "random_forest": forest}
+    parts = [
+        Part(
+            [
+                *m.stages[feature_stages:],
+                RenameColumn(inputCol=PROBABILITY_COL, outputCol=b + BASE_SUFFIX),
+            ],
+            [],
+            b + BASE_SUFFIX,
+        )
+        for b, m in bases.items()
+    ]
+    head = voting_head(
+        list(bases),
+        {"logistic_regression": (1.1, -0.2), "random_forest": (0.8, 0.1)},
+        {"logistic_regression": 0.6, "random_forest": 0.4},
+    )
+    ensemble = assemble(parts, head.stages, [*head.temp_cols, *(b + BASE_SUFFIX for b in bases)])
+    return PipelineModel(stages=[*lr.stages[:feature_stages], *ensemble.stages])
+
+
 @pytest.fixture(scope="module")
 def telco(spark: SparkSession, telco_csv: Path, tmp_path_factory) -> tuple[DatasetSpec, DataFrame]:
     spec = load_spec(DEFAULT_SPEC, tmp_path_factory.mktemp("home"))
     return spec, _telco(spark, spec, telco_csv).persist()
+
+
+@pytest.fixture(scope="module")
+def lr_champion(telco) -> PipelineModel:
+    spec, cleaned = telco
+    return _champion(cleaned, spec, LogisticRegression(regParam=0.01, maxIter=50))
+
+
+def _odd(cleaned: DataFrame, spec: DatasetSpec) -> DataFrame:
+    """The customers with a few values the model never saw or must impute."""
+    rank = F.pmod(F.xxhash64(F.col(spec.id_column)), F.lit(97))
+    return cleaned.withColumns(
+        {
+            "Contract": F.when(rank == 1, F.lit("Quarterly")).otherwise(F.col("Contract")),
+            "gender": F.when(rank == 2, F.lit(None).cast("string")).otherwise(F.col("gender")),
+            "TotalCharges": F.when(rank == 3, F.lit(None).cast("double")).otherwise(
+                F.col("TotalCharges")
+            ),
+        }
+    )
+
+
+def test_probabilities_equal_the_logged_pipelines_for_each_kind_of_model(telco, lr_champion):
+    spec, cleaned = telco
+    customers = _odd(cleaned, spec)
+    forest = _champion(
+        cleaned, spec, RandomForestClassifier(numTrees=10, maxDepth=5, seed=3, subsamplingRate=0.8)
+    )
+    count = read_encoding(lr_champion).stage_count
+    models = {"lr": lr_champion, "forest": forest, "voting": _voting(lr_champion, forest, count)}
+    for name, model in models.items():
+        today = model.transform(engineer_features(customers, spec)).select(
+            spec.id_column, vector_to_array(etl.FEATURES_COL).alias("vector"), PROBABILITY_COL
+        )
+        new = scoring.probabilities(customers, spec, model).select(
+            spec.id_column, SLOTS_COL, F.col(PROBABILITY_COL).alias("new")
+        )
+        both = today.join(new, spec.id_column).toPandas()
+        assert len(both) == 7043, name
+        # The vector the classifier reads is the pipeline's own, slot for slot (NaN included).
+        np.testing.assert_array_equal(np.stack(both["vector"]), np.stack(both[SLOTS_COL]))
+        difference = np.abs(both[PROBABILITY_COL] - both["new"]).max()
+        assert difference <= SAME_PROBABILITY, (name, difference)
 
 
 def _log_odds(p: np.ndarray) -> np.ndarray:
@@ -53,31 +130,42 @@ def _log_odds(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def _contributions(scores: scoring.Scores, model: PipelineModel, cleaned, spec) -> np.ndarray:
+def _contributions(attribution: reasons.Attribution, model: PipelineModel, cleaned, spec):
+    """Contributions computed the long way: on the logged pipeline's vector."""
     transformed = model.transform(engineer_features(cleaned, spec))
-    frame = reasons.with_contributions(transformed, scores.attribution).toPandas()
+    frame = reasons.with_contributions(transformed, attribution).toPandas()
     columns = [c for c in frame.columns if c.startswith("contribution:")]
     return frame, frame[columns].to_numpy()
 
 
-def test_linear_reasons_add_up_exactly_to_each_customers_log_odds(telco) -> None:
+def test_linear_reasons_add_up_exactly_to_each_customers_log_odds(telco, lr_champion) -> None:
     spec, cleaned = telco
-    model = _champion(cleaned, spec, LogisticRegression(regParam=0.01, maxIter=50))
-    population = cleaned.where(scoring.population_filter(spec))
+    model = lr_champion
     train = assign_split(cleaned, spec).where(F.col(etl.SPLIT_COL) == "train")
     scores = scoring.score_customers(
-        population, spec, model, ("churn-telco", "1", 0.35), scoring.ScoringPolicy(), train
+        cleaned,
+        spec,
+        model,
+        ("churn-telco", "1", 0.35),
+        scoring.ScoringPolicy(),
+        train,
+        population=scoring.population_filter(spec),
     )
     assert scores.attribution.method == reasons.EXACT
-    frame, parts = _contributions(scores, model, population, spec)
+    rows = {r[spec.id_column]: r for r in scores.frame.collect()}
+    summary = scores.summary()
+    assert len(rows) == summary["rows"] == 5174  # the Telco customers who have not churned
+    assert summary["excluded"] == 1869
+    assert sum(summary["tiers"].values()) == 5174
+    assert summary["predicted_churners"] == summary["tiers"]["high"]
+
+    population = cleaned.where(scoring.population_filter(spec))
+    frame, parts = _contributions(scores.attribution, model, population, spec)
     p = frame[PROBABILITY_COL].to_numpy()
     exact = np.log(p / (1 - p))
     assert parts.sum(axis=1) + scores.attribution.baseline_log_odds == pytest.approx(
         exact, abs=1e-9
     )
-
-    rows = {r[spec.id_column]: r for r in scores.frame.collect()}
-    assert len(rows) == 5174  # the Telco customers who have not churned
     columns = [c.removeprefix("contribution:") for c in frame.columns if ":" in c]
     for i in range(0, len(frame), 500):
         customer = rows[frame[spec.id_column][i]]
@@ -87,7 +175,6 @@ def test_linear_reasons_add_up_exactly_to_each_customers_log_odds(telco) -> None
         contract = frame["Contract"][i]
         shown = {r["feature"]: r["value"] for r in customer["reasons"]}
         assert shown.get("Contract", contract) == contract
-    scores.release()
 
 
 def test_a_tree_champion_is_explained_by_a_surrogate_with_its_true_fidelity(telco) -> None:
@@ -97,15 +184,17 @@ def test_a_tree_champion_is_explained_by_a_surrogate_with_its_true_fidelity(telc
     scores = scoring.score_customers(
         population, spec, model, ("churn-telco", "2", 0.4), scoring.ScoringPolicy()
     )
+    assert scores.attribution.method == reasons.SURROGATE
+    scores.frame.write.format("noop").mode("overwrite").save()
+    scores.summary()
     attribution = scores.attribution
-    assert attribution.method == reasons.SURROGATE
-    frame, parts = _contributions(scores, model, population, spec)
+    frame, parts = _contributions(attribution, model, population, spec)
     champion = _log_odds(frame[PROBABILITY_COL].to_numpy())
     surrogate = parts.sum(axis=1) + attribution.baseline_log_odds
     r2 = 1 - ((champion - surrogate) ** 2).sum() / ((champion - champion.mean()) ** 2).sum()
     assert attribution.fidelity_r2 == pytest.approx(r2, abs=1e-6)
     assert attribution.fidelity_r2 > 0.5
-    scores.release()
+    assert scores.metadata()["reasons_surrogate_r2"] == attribution.fidelity_r2
 
 
 def test_tiers_follow_the_decision_threshold_and_the_contact_break_even() -> None:
@@ -123,6 +212,7 @@ def test_only_customers_who_can_still_churn_are_scored(spark: SparkSession, tmp_
     frame = spark.createDataFrame(rows, f"{spec.id_column} string, label int, Contract string")
     kept = frame.where(scoring.population_filter(spec)).select(spec.id_column).collect()
     assert sorted(r[0] for r in kept) == ["a", "c"]
+    assert scoring.population_labels(spec) == (0,)
     by_status = DatasetSpec(
         **{
             **{k: getattr(spec, k) for k in ("name", "sources", "id_column", "target")},
@@ -132,25 +222,23 @@ def test_only_customers_who_can_still_churn_are_scored(spark: SparkSession, tmp_
     )
     kept = frame.where(scoring.population_filter(by_status)).select(spec.id_column).collect()
     assert [r[0] for r in kept] == ["c"]
+    assert scoring.population_labels(by_status) is None
 
 
-def test_unseen_category_values_are_marked_and_counted(telco) -> None:
+def test_unseen_category_values_are_marked_and_counted(telco, lr_champion) -> None:
     spec, cleaned = telco
-    model = _champion(cleaned, spec, LogisticRegression(regParam=0.01, maxIter=20))
-    sample = cleaned.where(F.col(etl.LABEL_COL) == 0).limit(20)
+    sample = cleaned.where(F.col(etl.LABEL_COL) == 0).orderBy(spec.id_column).limit(20)
+    first = sample.first()[spec.id_column]
     odd = sample.withColumn(
         "Contract",
-        F.when(
-            F.col(spec.id_column) == sample.first()[spec.id_column], F.lit("Quarterly")
-        ).otherwise(F.col("Contract")),
+        F.when(F.col(spec.id_column) == first, F.lit("Quarterly")).otherwise(F.col("Contract")),
     )
     scores = scoring.score_customers(
-        odd, spec, model, ("churn-telco", "1", 0.35), scoring.ScoringPolicy()
+        odd, spec, lr_champion, ("churn-telco", "1", 0.35), scoring.ScoringPolicy()
     )
-    summary = scoring.summarize(scores)
-    assert summary["rows"] == 20
-    assert summary["unseen_by_column"]["Contract"] == 1
-    assert summary["unseen_by_column"]["contract_payment"] == 1
     marked = [r["unseen_values"] for r in scores.frame.collect() if r["unseen_values"]]
+    summary = scores.summary()
+    assert summary["rows"] == 20
+    assert summary["unseen_by_column"] == {"Contract": 1, "contract_payment": 1}
+    assert summary["unseen_rows"] == 1 and summary["unseen_worst_share"] == pytest.approx(0.05)
     assert len(marked) == 1 and "Contract=Quarterly" in marked[0]
-    scores.release()

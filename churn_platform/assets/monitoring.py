@@ -1,90 +1,41 @@
 """Model monitoring: champion quality on the newest batch's known outcomes, and drift of the
-customers it scores (those who can still churn) against the same customers in training."""
+customers it scores (those who can still churn) against the same customers in training (see
+churn_platform.core.monitoring)."""
 
-import math
+import tempfile
 
 import dagster as dg
+import pandas as pd
 from dagster_pyspark import PySparkResource
-from pyspark.sql import Column, DataFrame
+from mlflow.entities.model_registry import ModelVersion
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
-from churn_platform import etl
 from churn_platform.automation import MONITORING_CHECKS
-from churn_platform.core import evaluation, tracking
+from churn_platform.core import monitoring, tracking
 from churn_platform.core import scoring as core_scoring
+from churn_platform.core.columns import LABEL_COL, SPLIT_COL
+from churn_platform.core.features import engineer_features, feature_roles
 from churn_platform.core.models.fitting import PROBABILITY_COL
 from churn_platform.core.ops.log import OpsLog
+from churn_platform.core.sampling import sampled
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import SPARK_POOL, StateResource
 
-PSI_BINS = 10
-PSI_FLOOR = 1e-4  # keeps empty bins from making PSI infinite
 
-
-def _psi(expected: dict, actual: dict) -> float:
-    total_e, total_a = sum(expected.values()) or 1, sum(actual.values()) or 1
-    value = 0.0
-    for key in set(expected) | set(actual):
-        e = max(expected.get(key, 0) / total_e, PSI_FLOOR)
-        a = max(actual.get(key, 0) / total_a, PSI_FLOOR)
-        value += (a - e) * math.log(a / e)
-    return value
-
-
-def population_stability(
-    reference: DataFrame, current: DataFrame, columns: list[str]
-) -> dict[str, float]:
-    """PSI of each column: decile bins of the reference for numbers, categories for text.
-
-    Three Spark jobs whatever the number of columns: the reference's deciles of every numeric
-    column at once, then one (column, bin) count per side.
-    """
-    numeric = [c for c in columns if isinstance(reference.schema[c].dataType, T.NumericType)]
-    probabilities = [i / PSI_BINS for i in range(1, PSI_BINS)]
-    deciles = reference.approxQuantile(numeric, probabilities, 0.001) if numeric else []
-    cuts = {c: sorted(set(q)) for c, q in zip(numeric, deciles, strict=True)}
-
-    def bucket(column: str) -> Column:
-        if column in cuts:
-            above = [(F.col(column) > F.lit(cut)).cast("int") for cut in cuts[column]]
-            index = sum(above, F.lit(0))
-            return F.when(F.col(column).isNull(), F.lit(-1)).otherwise(index).cast("string")
-        return F.coalesce(F.col(column).cast("string"), F.lit("<null>"))
-
-    def counts(df: DataFrame) -> dict[str, dict[str, int]]:
-        pairs = F.explode(
-            F.array(*[F.struct(F.lit(c).alias("c"), bucket(c).alias("b")) for c in columns])
-        )
-        rows = df.select(pairs.alias("p")).groupBy("p.c", "p.b").count().collect()
-        found: dict[str, dict[str, int]] = {c: {} for c in columns}
-        for row in rows:
-            found[row["c"]][row["b"]] = row["count"]
-        return found
-
-    expected, actual = counts(reference), counts(current)
-    return {c: _psi(expected[c], actual[c]) for c in columns}
-
-
-# Labelled rows judged on the driver at most: an AUC's error at this size is far below the
-# changes monitoring looks for, and the cost stays flat as the customer base grows.
-QUALITY_SAMPLE_ROWS = 1_000_000
-
-
-def _quality(labelled: DataFrame, threshold: float) -> dict[str, float]:
-    """Champion metrics on (a bounded random sample of) the newest batch's labelled rows."""
-    rows = labelled.count()
-    if rows > QUALITY_SAMPLE_ROWS:
-        labelled = labelled.sample(fraction=QUALITY_SAMPLE_ROWS / rows, seed=0)
-    frame = labelled.toPandas()
-    return evaluation.evaluate(frame[etl.LABEL_COL], frame[PROBABILITY_COL], threshold)
+def reference_scores(mlflow: MlflowResource, version: ModelVersion) -> pd.DataFrame:
+    """The version's out-of-fold scores (label, fold, churn_probability; no customer ids),
+    logged with its training run: what it scored on training customers it had not seen."""
+    uri = f"runs:/{version.run_id}/evaluation"
+    with tempfile.TemporaryDirectory(prefix="churn-oof-") as tmp:
+        folder = tracking.local_artifacts(uri, mlflow.tracking_uri, tmp)
+        return pd.read_parquet(folder / "oof_scores.parquet")
 
 
 @dg.asset(
     pool=SPARK_POOL,
-    deps=["churn_scores"],
     kinds={"spark", "mlflow"},
-    code_version="1",
+    code_version="2",
     check_specs=[dg.AssetCheckSpec(name, asset="model_monitoring") for name in MONITORING_CHECKS],
 )
 def model_monitoring(
@@ -92,80 +43,85 @@ def model_monitoring(
     pyspark: PySparkResource,
     state: StateResource,
     mlflow: MlflowResource,
+    churn_scores: DataFrame,
     cleaned_customers: DataFrame,
     customer_features: DataFrame,
 ):
-    """Champion ROC-AUC and calibration on the newest batch; PSI of its features and scores
-    against the training sample."""
+    """Champion ROC-AUC and calibration on the newest batch's labelled customers; PSI of the
+    scored customers' features and scores against the training customers."""
     settings, spec = state.settings(), state.spec()
-    newest_order = cleaned_customers.agg(F.max(etl.BATCH_ORDER_COL)).first()[0]
-    newest = cleaned_customers.where(F.col(etl.BATCH_ORDER_COL) == newest_order).persist()
-    batch = newest.select(etl.BATCH_COL).first()[0]
-    model, version = tracking.load_model(mlflow, spec, alias="champion")
+    bound, ids = settings.monitoring_sample_rows, spec.id_column
+    model, version = core_scoring.load_champion(mlflow, spec)
     threshold = tracking.model_threshold(version)
     in_population = core_scoring.population_filter(spec)
-    scored = model.transform(etl.engineer_features(newest, spec)).select(
-        etl.LABEL_COL, PROBABILITY_COL, in_population.alias("in_population")
+    batch = monitoring.newest_batch(cleaned_customers, in_population)
+    newest = cleaned_customers.where(batch.rows_filter)
+    # Quality needs known outcomes: the batch's labelled customers, churned or not, scored here.
+    labelled = sampled(newest.where(F.col(LABEL_COL).isNotNull()), batch.labelled, bound, ids)
+    outcomes = (
+        core_scoring.probabilities(labelled, spec, model)
+        .select(LABEL_COL, PROBABILITY_COL)
+        .toPandas()
     )
-    # Quality needs known outcomes: every labelled customer of the batch, churned or not.
-    labelled = (
-        scored.where(F.col(etl.LABEL_COL).isNotNull())
-        .select(etl.LABEL_COL, PROBABILITY_COL)
-        .persist()
+    quality = monitoring.quality(outcomes, PROBABILITY_COL, threshold)
+    # Drift compares like with like: the batch's scored customers against the training customers
+    # under the same rule (the whole batch if nobody in it can still churn).
+    drifting = batch.in_population > 0
+    current = sampled(
+        newest.where(in_population) if drifting else newest,
+        batch.in_population if drifting else batch.rows,
+        bound,
+        ids,
     )
-    classes = labelled.select(etl.LABEL_COL).distinct().count()
-    quality = _quality(labelled, threshold) if classes == 2 else {}
-    # The reference is the training sample the models saw (CHURN_TRAIN_MAX_ROWS): the right
-    # baseline for drift, and it keeps this asset's cost flat as the customer base grows.
-    sample = etl.cap_training_rows(customer_features, spec, settings.train_max_rows)
-    train = sample.where(F.col(etl.SPLIT_COL) == "train")
-    # Drift compares like with like: the batch's scored population against the training
-    # customers under the same rule (the whole batch if nobody in it can still churn).
-    drift_rows = newest.where(in_population).count()
-    if drift_rows:
-        train = train.where(in_population)
-        scored = scored.where(F.col("in_population"))
-    current = etl.engineer_features(newest.where(in_population) if drift_rows else newest, spec)
-    numeric, categorical = etl.feature_roles(train.drop(etl.FEATURES_COL), spec)
-    psi = population_stability(train, current, numeric + categorical)
-    train_scores = model.transform(
-        etl.engineer_features(
-            cleaned_customers.join(train.select(spec.id_column), spec.id_column), spec
-        )
-    ).select(PROBABILITY_COL)
-    psi["churn_score"] = population_stability(
-        train_scores, scored.select(PROBABILITY_COL), [PROBABILITY_COL]
-    )[PROBABILITY_COL]
-    stats = labelled.agg(
-        F.avg(PROBABILITY_COL).alias("mean"),
-        F.stddev(PROBABILITY_COL).alias("std"),
-        F.sum(F.isnan(PROBABILITY_COL).cast("int")).alias("nan"),
-    ).first()
-    worst = max(psi, key=psi.get)
+    train = customer_features.where(F.col(SPLIT_COL) == "train")
+    train = train.where(in_population) if drifting else train
+    reference = sampled(train, train.count(), bound, ids)
+    numeric, categorical = feature_roles(customer_features, spec)
+    psi = monitoring.population_stability(
+        reference, engineer_features(current, spec), numeric + categorical
+    )
+    # The batch's scores as churn_scores holds them; outside the population, scored here.
+    scores = (
+        churn_scores.join(F.broadcast(current.select(ids)), ids, "left_semi")
+        if drifting
+        else core_scoring.probabilities(current, spec, model)
+    )
+    oof = reference_scores(mlflow, version)
+    labels = core_scoring.population_labels(spec)
+    if drifting and labels is not None:
+        oof = oof[oof[LABEL_COL].isin(labels)]
+    drift = monitoring.score_drift(oof[PROBABILITY_COL].to_numpy(), scores, PROBABILITY_COL)
+    psi["churn_score"] = drift.psi
+    worst = max(psi, key=psi.__getitem__)
     auc = quality.get("roc_auc")
-    metrics = {
-        "batch": batch,
-        "rows": newest.count(),
-        "drift_population": core_scoring.population_rule(spec) if drift_rows else "whole batch",
-        "drift_rows": drift_rows,
-        "model_version": str(version.version),
-        "roc_auc": auc if auc is not None else float("nan"),
-        "brier": quality.get("brier", float("nan")),
-        "score_mean": float(stats["mean"] or 0.0),
-        "max_psi": psi[worst],
-        "max_psi_feature": worst,
-        "psi": dg.MetadataValue.json({k: round(v, 5) for k, v in psi.items()}),
-    }
     OpsLog(settings).event(
         "monitoring.evaluated",
-        f"champion v{version.version} on batch {batch}: AUC {auc}, max PSI {psi[worst]:.3f}",
+        f"champion v{version.version} on batch {batch.name}: AUC {auc}, max PSI {psi[worst]:.3f}",
         component="monitoring",
         configuration_item=f"model:{version.name}:v{version.version}",
         outcome="success",
         metrics={"max_psi": psi[worst], **({"roc_auc": auc} if auc is not None else {})},
         context=context,
     )
-    yield dg.MaterializeResult(metadata=metrics)
+    yield dg.MaterializeResult(
+        metadata={
+            "batch": batch.name,
+            "rows": batch.rows,
+            "labelled_rows": batch.labelled,
+            "quality_sample_rows": len(outcomes),
+            "drift_population": core_scoring.population_rule(spec) if drifting else "whole batch",
+            "drift_rows": batch.in_population,
+            "drift_sample_rows": drift.rows,
+            "reference_scores": len(oof),
+            "model_version": str(version.version),
+            "roc_auc": auc if auc is not None else float("nan"),
+            "brier": quality.get("brier", float("nan")),
+            "score_mean": drift.mean,
+            "max_psi": psi[worst],
+            "max_psi_feature": worst,
+            "psi": dg.MetadataValue.json({k: round(v, 5) for k, v in psi.items()}),
+        }
+    )
     yield dg.AssetCheckResult(
         check_name="auc_above_floor",
         passed=auc is None or auc >= settings.auc_floor,
@@ -179,11 +135,8 @@ def model_monitoring(
         passed=psi[worst] <= settings.psi_threshold,
         metadata={"max_psi": psi[worst], "feature": worst, "threshold": settings.psi_threshold},
     )
-    sane = (
-        not stats["nan"] and 0.01 <= (stats["mean"] or 0.0) <= 0.99 and (stats["std"] or 0.0) > 1e-3
-    )
     yield dg.AssetCheckResult(
         check_name="score_distribution_sane",
-        passed=bool(sane),
-        metadata={"mean": float(stats["mean"] or 0.0), "std": float(stats["std"] or 0.0)},
+        passed=drift.sane,
+        metadata={"mean": drift.mean, "std": drift.std, "nan": drift.nan},
     )

@@ -14,6 +14,7 @@ from churn_platform.config import DatasetSpec, SourceSpec
 from churn_platform.core import cleaning, output_files, sources, tracking
 from churn_platform.core import scoring as core_scoring
 from churn_platform.core.ops.log import OpsLog
+from churn_platform.io_managers import StagedParquet, staged_versions
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.settings import Settings
@@ -96,63 +97,60 @@ def churn_scores(
     who can still churn, from the champion."""
     started = time.monotonic()
     settings, spec = state.settings(), state.spec()
-    model, version = tracking.load_model(mlflow, spec, alias="champion")
+    model, version = core_scoring.load_champion(mlflow, spec)
     threshold = tracking.model_threshold(version)
-    in_population = core_scoring.population_filter(spec)
-    counted = cleaned_customers.agg(
-        F.count(F.lit(1)).alias("all"), F.sum(in_population.cast("long")).alias("in")
-    ).first()
     result = core_scoring.score_customers(
-        cleaned_customers.where(in_population),
+        cleaned_customers,
         spec,
         model,
         (version.name, str(version.version), threshold),
         scoring_policy(settings),
         training_reference(cleaned_customers, spec),
+        population=core_scoring.population_filter(spec),
     )
-    try:
-        summary = core_scoring.summarize(result)
-        rows, unseen = summary["rows"], summary["unseen_by_column"]
-        excluded = int(counted["all"] or 0) - int(counted["in"] or 0)
-        OpsLog(settings).event(
-            "inference.batch.completed",
-            f"scored {rows} customers with {version.name} v{version.version} ({excluded} not in "
-            f"the scoring population; unseen category values: "
-            f"{', '.join(f'{c}={n}' for c, n in unseen.items()) or 'none'})",
-            level="WARNING" if unseen else "INFO",
-            component="inference",
-            configuration_item=f"model:{version.name}:v{version.version}",
-            outcome="success",
-            metrics={
-                "rows_out": rows,
-                "rows_excluded": excluded,
-                "unseen_rows": summary["unseen_rows"],
-                **{f"unseen:{c}": n for c, n in unseen.items()},
-                "duration_s": time.monotonic() - started,
-            },
-            model_version=str(version.version),
-            context=context,
-        )
-        yield dg.Output(
-            result.frame,
-            metadata={
-                "model_name": version.name,
-                "model_version": str(version.version),
-                "threshold": threshold,
-                "population_rule": core_scoring.population_rule(spec),
-                "population_scored": rows,
-                "population_excluded": excluded,
-                "predicted_churners": summary["predicted_churners"],
-                **{f"tier_{name}": count for name, count in summary["tiers"].items()},
-                **result.metadata(),
-                "unseen_rows": summary["unseen_rows"],
-                "unseen_by_column": dg.MetadataValue.json(unseen),
-                "top_customers": dg.MetadataValue.md(preview(result.frame, spec.id_column)),
-            },
-        )
-        yield unseen_check(summary, settings)
-    finally:
-        result.release()
+    # One pass: the scores are written and their statistics observed by the same job.
+    with staged_versions(settings.warehouse, context, "result") as (path,):
+        result.frame.write.mode("error").parquet(str(path))
+    summary = result.summary()
+    rows, unseen, excluded = summary["rows"], summary["unseen_by_column"], summary["excluded"]
+    OpsLog(settings).event(
+        "inference.batch.completed",
+        f"scored {rows} customers with {version.name} v{version.version} ({excluded} not in "
+        f"the scoring population; unseen category values: "
+        f"{', '.join(f'{c}={n}' for c, n in unseen.items()) or 'none'})",
+        level="WARNING" if unseen else "INFO",
+        component="inference",
+        configuration_item=f"model:{version.name}:v{version.version}",
+        outcome="success",
+        metrics={
+            "rows_out": rows,
+            "rows_excluded": excluded,
+            "unseen_rows": summary["unseen_rows"],
+            **{f"unseen:{c}": n for c, n in unseen.items()},
+            "duration_s": time.monotonic() - started,
+        },
+        model_version=str(version.version),
+        context=context,
+    )
+    written = pyspark.spark_session.read.parquet(str(path))
+    yield dg.Output(
+        StagedParquet(path, rows),
+        metadata={
+            "model_name": version.name,
+            "model_version": str(version.version),
+            "threshold": threshold,
+            "population_rule": core_scoring.population_rule(spec),
+            "population_scored": rows,
+            "population_excluded": excluded,
+            "predicted_churners": summary["predicted_churners"],
+            **{f"tier_{name}": count for name, count in summary["tiers"].items()},
+            **result.metadata(),
+            "unseen_rows": summary["unseen_rows"],
+            "unseen_by_column": dg.MetadataValue.json(unseen),
+            "top_customers": dg.MetadataValue.md(preview(written, spec.id_column)),
+        },
+    )
+    yield unseen_check(summary, settings)
 
 
 def score_file(
@@ -185,12 +183,7 @@ def score_file(
             etl.BATCH_ORDER_COL, F.lit(0).cast("long")
         )
         cleaned = cleaning.clean_customers(raw, spec, require_target=False, ranges=spec.ranges)
-    except Exception:
-        read.release()
-        raise
-    result: core_scoring.Scores | None = None
-    try:
-        model, version = tracking.load_model(mlflow, spec, alias=alias)
+        model, version = core_scoring.load_champion(mlflow, spec, alias)
         result = core_scoring.score_customers(
             cleaned.cleaned,
             spec,
@@ -199,7 +192,6 @@ def score_file(
             policy or core_scoring.ScoringPolicy(),
             reference,
         )
-        summary = core_scoring.summarize(result)
         scores = core_scoring.flat(result.frame)
         with output_files.staged_output(
             output_path, overwrite, output_files.SCORE_COLUMNS
@@ -212,14 +204,14 @@ def score_file(
                     str(folder)
                 )
                 next(folder.glob("part-*.csv")).replace(target)
+        summary = result.summary()
+        counts = cleaned.counts
     finally:
-        if result is not None:
-            result.release()
         read.release()
     return {
         "output": str(output_path),
-        "rows_scored": cleaned.counts["rows_out"],
-        "rows_quarantined": cleaned.counts["rows_quarantined"],
+        "rows_scored": summary["rows"],
+        "rows_quarantined": counts["rows_quarantined"],
         "quarantine_by_reason": cleaned.by_reason,
         "model": f"{version.name} v{version.version}",
         "unseen_values": summary["unseen_by_column"],

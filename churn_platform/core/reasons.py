@@ -6,20 +6,24 @@ training split where there is one), so a customer's contributions add up to thei
 minus the reference's (`baseline_log_odds`). Any other champion (trees, ensembles) is explained
 by a surrogate: a ridge-regularised linear model of the champion's log-odds, fitted on the
 scored customers, whose contributions add up the same way to the surrogate's log-odds; its
-fidelity (R² against the champion's log-odds over every scored customer) is reported with it.
-One-hot slots are summed back into the column they encode, so a reason reads
-`Contract = Month-to-month`, never one slot of it. Everything runs as Spark column expressions.
+fidelity (R² against the champion's log-odds over every scored customer) is measured while the
+scores are written (`fidelity_aggregates`). One-hot slots are summed back into the column they
+encode, so a reason reads `Contract = Month-to-month`, never one slot of it.
+
+Everything is a Spark column expression without higher-order functions (a lambda makes Spark
+interpret the whole expression under it row by row instead of compiling it).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pyspark.ml import PipelineModel
 from pyspark.ml.classification import LogisticRegressionModel
-from pyspark.ml.feature import VectorAssembler
 from pyspark.ml.functions import vector_to_array
 from pyspark.ml.regression import LinearRegression
 from pyspark.ml.stat import Summarizer
@@ -27,7 +31,15 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from churn_platform.core.columns import FEATURES_COL
-from churn_platform.core.models.explain import vector_feature_names
+from churn_platform.core.encoding import (
+    SLOTS_COL,
+    Category,
+    Encoding,
+    Imputed,
+    number,
+    quote,
+    text,
+)
 from churn_platform.core.models.fitting import PROBABILITY_COL
 from churn_platform.core.models.stages import DropColumns, PositiveProbability
 
@@ -36,13 +48,16 @@ TOP_REASONS = 3
 EXACT, SURROGATE = "exact", "surrogate"
 # The surrogate is fitted on at most this many scored customers (its R² is measured on all).
 SURROGATE_MAX_ROWS = 200_000
+# The reference customer is the mean of at most this many reference rows (a stable hash sample
+# of ids): its error is far below any coefficient's, and its cost stays flat with the data.
+REFERENCE_MAX_ROWS = 50_000
 # Ridge strength: one-hot columns and the engineered combinations of them are collinear.
 SURROGATE_REG_PARAM = 1e-3
 # Tree leaves give probabilities of exactly 0 or 1; their log-odds are clipped to +-6.9.
 LOGIT_CLIP = 1e-3
-# Suffixes core.features gives the columns it assembles (numeric imputed, categorical encoded).
-_SLOT_SUFFIXES = ("__imputed", "__onehot")
-_X = "__reasons_x"
+_FIDELITY = "fidelity:"
+# The arrays reasons are read from (`inputs`): contributions, and values as text or number.
+PARTS, TEXTS, NUMBERS = "__reason_parts", "__reason_texts", "__reason_numbers"
 
 
 @dataclass(frozen=True)
@@ -68,22 +83,9 @@ class Attribution:
         return described
 
 
-def feature_stage_count(model: PipelineModel) -> int:
-    """How many leading stages make the `features` vector (through its VectorAssembler)."""
-    for index, stage in enumerate(model.stages):
-        if isinstance(stage, VectorAssembler) and stage.getOutputCol() == FEATURES_COL:
-            return index + 1
-    raise ValueError(f"the model has no VectorAssembler producing '{FEATURES_COL}'")
-
-
-def feature_model(model: PipelineModel) -> PipelineModel:
-    """The champion's own feature pipeline: engineered columns to the `features` vector."""
-    return PipelineModel(stages=model.stages[: feature_stage_count(model)])
-
-
-def exact_logistic(model: PipelineModel) -> LogisticRegressionModel | None:
+def exact_logistic(model: PipelineModel, encoding: Encoding) -> LogisticRegressionModel | None:
     """The logistic regression whose P(churn) is the model's output, if that is all it is."""
-    head = [s for s in model.stages[feature_stage_count(model) :] if not isinstance(s, DropColumns)]
+    head = [s for s in model.stages[encoding.stage_count :] if not isinstance(s, DropColumns)]
     if len(head) != 2:
         return None
     lr, positive = head
@@ -95,57 +97,61 @@ def exact_logistic(model: PipelineModel) -> LogisticRegressionModel | None:
     return lr if wired and positive.getOutputCol() == PROBABILITY_COL else None
 
 
-def slot_columns(model: PipelineModel, vectors: DataFrame) -> tuple[str, ...]:
-    """The dataset column behind each slot of the vector (one-hot slots share their column)."""
-    assembler = model.stages[feature_stage_count(model) - 1]
-    inputs = sorted(assembler.getInputCols(), key=len, reverse=True)
-    sources = []
-    for name in vector_feature_names(vectors):
-        owner = next((c for c in inputs if name == c or name.startswith(f"{c}_")), None)
-        if owner is None:
-            raise ValueError(f"vector slot {name!r} matches no assembled column")
-        for suffix in _SLOT_SUFFIXES:
-            owner = owner.removesuffix(suffix)
-        sources.append(owner)
-    return tuple(sources)
+def slot_values(size: int, array: str = SLOTS_COL) -> list[str]:
+    """The slots of an array column (`Encoding.vectors` adds `SLOTS_COL`), as SQL, one each."""
+    return [f"{quote(array)}[{j}]" for j in range(size)]
 
 
-def mean_vector(vectors: DataFrame) -> np.ndarray:
-    """The mean feature vector (one Spark job): the reference customer."""
-    row = vectors.select(Summarizer.mean(F.col(FEATURES_COL)).alias("mean")).first()
-    return row["mean"].toArray() if row and row["mean"] is not None else np.array([])
+def mean_vector(vectors: DataFrame) -> np.ndarray | None:
+    """The mean `features` vector (one Spark job): the reference customer; None without rows.
 
-
-def _log_odds(probability: Column) -> Column:
-    p = F.least(F.greatest(probability, F.lit(LOGIT_CLIP)), F.lit(1.0 - LOGIT_CLIP))
-    return F.log(p / (F.lit(1.0) - p))
-
-
-def _linear(coefficients: np.ndarray, intercept: float) -> Column:
-    terms = [F.lit(float(c)) * F.col(_X)[j] for j, c in enumerate(coefficients) if c != 0.0]
-    return sum(terms, F.lit(float(intercept)))
-
-
-def fit_attribution(model: PipelineModel, scored: DataFrame, reference: DataFrame) -> Attribution:
-    """The exact decomposition for a logistic regression, else a surrogate with its R².
-
-    `scored` carries `features` and `churn_probability` (the model's output); `reference` the
-    `features` of the reference customers. Both are scanned; cache them first.
+    Spark's Summarizer adds each row's vector in one loop: measured here at half the cost of an
+    average per slot.
     """
-    sources = slot_columns(model, scored)
+    row = vectors.select(Summarizer.metrics("mean", "count").summary(F.col(FEATURES_COL))).first()
+    summary = row[0] if row else None
+    if summary is None or not summary["count"]:
+        return None
+    return summary["mean"].toArray()
+
+
+def log_odds(probability: str) -> str:
+    """Log-odds of a probability column (SQL), clipped so that 0 and 1 stay finite."""
+    p = f"least(greatest({probability}, {number(LOGIT_CLIP)}), {number(1.0 - LOGIT_CLIP)})"
+    return f"ln({p} / (1.0D - {p}))"
+
+
+def fit_attribution(
+    model: PipelineModel,
+    encoding: Encoding,
+    reference: DataFrame,
+    scored: Callable[[], DataFrame],
+) -> Attribution:
+    """The exact decomposition for a logistic regression, else a surrogate (R² measured later).
+
+    `reference` holds the reference customers' vectors (`Encoding.vectors`); `scored` gives the
+    scored customers' vectors and `churn_probability`, lazily, and is called only for a
+    surrogate, which is fitted on a bounded sample of it (a count and the fit).
+    """
+    sources = encoding.slot_columns
     mean = mean_vector(reference)
-    if mean.size != len(sources):
-        mean = mean_vector(scored)
-    lr = exact_logistic(model)
+    lr = exact_logistic(model, encoding)
     if lr is not None:
-        return Attribution(
-            EXACT, lr.coefficients.toArray(), float(lr.intercept), mean, sources, None
-        )
-    rows = scored.count()
+        if mean is None:
+            mean = np.zeros(len(sources))
+        return Attribution(EXACT, lr.coefficients.toArray(), float(lr.intercept), mean, sources)
+    scored_frame = scored()
+    if mean is None:
+        mean = mean_vector(scored_frame)
+    if mean is None:
+        mean = np.zeros(len(sources))
+    rows = scored_frame.count()
     if rows == 0:
-        return Attribution(SURROGATE, np.zeros(len(sources)), 0.0, mean, sources, float("nan"))
+        return Attribution(SURROGATE, np.zeros(len(sources)), 0.0, mean, sources)
     sample = (
-        scored if rows <= SURROGATE_MAX_ROWS else scored.sample(SURROGATE_MAX_ROWS / rows, seed=0)
+        scored_frame
+        if rows <= SURROGATE_MAX_ROWS
+        else scored_frame.sample(SURROGATE_MAX_ROWS / rows, seed=0)
     )
     surrogate = LinearRegression(
         featuresCol=FEATURES_COL,
@@ -153,92 +159,149 @@ def fit_attribution(model: PipelineModel, scored: DataFrame, reference: DataFram
         regParam=SURROGATE_REG_PARAM,
         elasticNetParam=0.0,
         solver="normal",
-    ).fit(sample.select(FEATURES_COL, _log_odds(F.col(PROBABILITY_COL)).alias("log_odds")))
-    coefficients, intercept = surrogate.coefficients.toArray(), float(surrogate.intercept)
-    target = _log_odds(F.col(PROBABILITY_COL))
-    fitted = _with_vector_array(scored).select(
-        target.alias("y"),
-        _linear(coefficients, intercept).alias("f"),
-    )
-    stats = fitted.agg(
-        F.sum((F.col("y") - F.col("f")) ** 2).alias("residual"),
-        F.count(F.lit(1)).alias("n"),
-        F.var_pop("y").alias("variance"),
-    ).first()
-    total = (stats["variance"] or 0.0) * stats["n"]
-    r2 = 1.0 - stats["residual"] / total if total > 0 else float("nan")
-    return Attribution(SURROGATE, coefficients, intercept, mean, sources, float(r2))
+    ).fit(sample.selectExpr(FEATURES_COL, f"{log_odds(quote(PROBABILITY_COL))} AS log_odds"))
+    coefficients = surrogate.coefficients.toArray()
+    return Attribution(SURROGATE, coefficients, float(surrogate.intercept), mean, sources)
 
 
-def _with_vector_array(df: DataFrame) -> DataFrame:
-    return df.withColumn(_X, vector_to_array(F.col(FEATURES_COL)))
-
-
-def contributions(attribution: Attribution) -> dict[str, Column]:
-    """Each dataset column's contribution to the log-odds, relative to the reference customer.
-
-    The expressions read the vector as an array column; use them through `with_contributions`
-    or `with_reasons`.
-    """
+def contributions(attribution: Attribution, slots: Sequence[str]) -> dict[str, str]:
+    """Each dataset column's contribution to the log-odds, relative to the reference customer,
+    as SQL. `slots` are the vector's values, one SQL expression per slot (`slot_values`)."""
     by_column: dict[str, list[int]] = {}
     for slot, column in enumerate(attribution.slot_columns):
         by_column.setdefault(column, []).append(slot)
     coefficients, reference = attribution.coefficients, attribution.reference
     expressions = {}
-    for column, slots in by_column.items():
-        offset = float(sum(coefficients[j] * reference[j] for j in slots))
-        terms = [F.lit(float(coefficients[j])) * F.col(_X)[j] for j in slots if coefficients[j]]
-        expressions[column] = sum(terms, F.lit(0.0)) - F.lit(offset)
+    for column, indexes in by_column.items():
+        offset = float(sum(coefficients[j] * reference[j] for j in indexes))
+        terms = [f"{number(coefficients[j])} * {slots[j]}" for j in indexes if coefficients[j]]
+        expressions[column] = f"({' + '.join(['0.0D', *terms])}) - {number(offset)}"
+    return expressions
+
+
+def encoded_contributions(attribution: Attribution, encoding: Encoding) -> dict[str, str]:
+    """`contributions` over `Encoding.vectors`' columns, with the same values: a category's
+    one-hot slots are read as its index's coefficient (one slot is 1, the others add 0)."""
+    coefficients, reference = attribution.coefficients, attribution.reference
+    expressions: dict[str, str] = {}
+    slot = 0
+    for item in encoding.inputs:
+        if isinstance(item, Category):
+            width, column = item.slots, item.column
+            cases = " ".join(
+                f"WHEN {k} THEN {number(coefficients[slot + k])}" for k in range(width)
+            )
+            term = f"CASE {quote(item.index_col)} {cases} ELSE 0.0D END"
+        else:
+            width, column = 1, item.column if isinstance(item, Imputed) else item
+            term = f"{number(coefficients[slot])} * {quote(SLOTS_COL)}[{slot}]"
+        offset = float(sum(coefficients[j] * reference[j] for j in range(slot, slot + width)))
+        expressions[column] = f"({term}) - {number(offset)}"
+        slot += width
     return expressions
 
 
 def with_contributions(df: DataFrame, attribution: Attribution) -> DataFrame:
-    """`contribution:<column>` for every dataset column (what the tests and audits check)."""
-    expressions = contributions(attribution)
-    return (
-        _with_vector_array(df)
-        .select("*", *[e.alias(f"contribution:{c}") for c, e in expressions.items()])
-        .drop(_X)
-    )
+    """`contribution:<column>` for every dataset column of a frame with the `features` vector
+    (what the tests and audits check)."""
+    x = "__reasons_x"
+    vectors = df.withColumn(x, vector_to_array(F.col(FEATURES_COL)))
+    parts = contributions(attribution, slot_values(len(attribution.slot_columns), x))
+    named = [f"{e} AS {quote(f'contribution:{c}')}" for c, e in parts.items()]
+    return vectors.selectExpr("*", *named).drop(x)
 
 
-def _shown(df: DataFrame, column: str) -> Column:
-    """The customer's value as the retention team reads it: whole numbers without `.0`."""
-    value = F.col(f"`{column}`")
-    if dict(df.dtypes)[column] == "string":
-        shown = value
-    else:
-        number = value.cast("double")
-        shown = F.when(number == F.floor(number), number.cast("long").cast("string")).otherwise(
-            F.round(number, 2).cast("string")
-        )
-    return F.coalesce(shown, F.lit("missing"))
+def needs_fidelity(attribution: Attribution) -> bool:
+    """A surrogate's R² is measured on every scored customer; an exact decomposition has none."""
+    return attribution.method == SURROGATE
 
 
-def with_reasons(df: DataFrame, attribution: Attribution) -> DataFrame:
-    """Add `reasons`: the top three (feature, value, contribution) by size of contribution.
+def fidelity_aggregates(attribution: Attribution, size: int) -> list[Column]:
+    """Aggregates that give a surrogate's R² over the rows they see (none for an exact one).
 
-    `df` holds the `features` vector and the dataset columns it was built from.
+    The rows carry `churn_probability` and the `PARTS` array of `size` contributions.
     """
-    items = [
-        F.struct(
-            F.abs(expression).alias("weight"),
-            F.lit(column).alias("feature"),
-            _shown(df, column).alias("value"),
-            expression.alias("contribution"),
-        )
-        for column, expression in contributions(attribution).items()
+    if not needs_fidelity(attribution):
+        return []
+    target = log_odds(quote(PROBABILITY_COL))
+    fitted = " + ".join([number(attribution.baseline_log_odds), *slot_values(size, PARTS)])
+    return [
+        F.expr(f"sum(pow({target} - ({fitted}), 2))").alias(f"{_FIDELITY}residual"),
+        F.count(F.lit(1)).alias(f"{_FIDELITY}n"),
+        F.expr(f"var_pop({target})").alias(f"{_FIDELITY}variance"),
     ]
-    ranked = F.slice(F.sort_array(F.array(*items), asc=False), 1, TOP_REASONS)
-    reasons = F.transform(
-        ranked,
-        lambda r: F.struct(
-            r["feature"].alias("feature"),
-            r["value"].alias("value"),
-            r["contribution"].alias("contribution"),
-        ),
+
+
+def with_fidelity(attribution: Attribution, observed: Mapping[str, Any]) -> Attribution:
+    """The attribution with its R², from what `fidelity_aggregates` observed."""
+    if not needs_fidelity(attribution):
+        return attribution
+    total = (observed[f"{_FIDELITY}variance"] or 0.0) * (observed[f"{_FIDELITY}n"] or 0)
+    r2 = 1.0 - observed[f"{_FIDELITY}residual"] / total if total > 0 else float("nan")
+    return dataclasses.replace(attribution, fidelity_r2=float(r2))
+
+
+def inputs(attribution: Attribution, encoding: Encoding, types: Mapping[str, str]) -> list[str]:
+    """The arrays `with_reasons` reads, as SQL select items over `Encoding.vectors`' columns:
+    each dataset column's contribution (`PARTS`) and its value as text or as a number (`TEXTS`,
+    `NUMBERS`), in `encoding.columns` order. `types` are the dataset columns' types."""
+    parts = encoded_contributions(attribution, encoding)
+    columns = encoding.columns
+    texts = [quote(c) if types[c] == "string" else "CAST(NULL AS STRING)" for c in columns]
+    numbers = [f"CAST({quote(c)} AS DOUBLE)" if types[c] != "string" else "NULL" for c in columns]
+    return [
+        f"array({', '.join(parts[c] for c in columns)}) AS {quote(PARTS)}",
+        f"array({', '.join(texts)}) AS {quote(TEXTS)}",
+        f"CAST(array({', '.join(numbers)}) AS ARRAY<DOUBLE>) AS {quote(NUMBERS)}",
+    ]
+
+
+def _shown(number_: str, text_: str) -> str:
+    """A reason's value as the retention team reads it (SQL): text as it is, whole numbers
+    without `.0`, others to two decimals; `missing` for null."""
+    whole = f"CAST(CAST({number_} AS BIGINT) AS STRING)"
+    decimals = f"CAST(round({number_}, 2) AS STRING)"
+    as_number = f"CASE WHEN {number_} = floor({number_}) THEN {whole} ELSE {decimals} END"
+    return f"coalesce({text_}, {as_number}, 'missing')"
+
+
+def with_reasons(df: DataFrame, columns: Sequence[str]) -> DataFrame:
+    """`df` with `reasons`: the top three (feature, value, contribution) by size of contribution.
+
+    `df` carries the `inputs` arrays over `columns`. Each rank is the first position holding
+    the largest remaining size (array functions: no sort of structs per row, no lambda; ties go
+    to the column listed first); its feature, value and contribution are then read at that
+    position, so only three values per customer are turned into text. The helper columns are
+    dropped again.
+    """
+    size = len(columns)
+    weights = "__reason_weights"
+    df = df.selectExpr(
+        "*", f"array({', '.join(f'abs({v})' for v in slot_values(size, PARTS))}) AS {weights}"
     )
-    return _with_vector_array(df).withColumn(REASONS_COL, reasons).drop(_X)
+    helpers, positions, remaining = [weights], [], weights
+    for rank in range(min(TOP_REASONS, size)):
+        position, masked = f"__reason_top{rank}", f"__reason_rest{rank}"
+        df = df.selectExpr(
+            "*",
+            f"CAST(array_position({remaining}, array_max({remaining})) - 1 AS INT) AS {position}",
+        )
+        df = df.selectExpr(
+            "*",
+            f"concat(slice({remaining}, 1, {position}), array(-1.0D), "
+            f"slice({remaining}, {position} + 2, {size})) AS {masked}",
+        )
+        helpers += [position, masked]
+        positions.append(position)
+        remaining = masked
+    names = f"array({', '.join(text(c) for c in columns)})"
+    reasons = [
+        f"named_struct('feature', {names}[{p}], "
+        f"'value', {_shown(f'{quote(NUMBERS)}[{p}]', f'{quote(TEXTS)}[{p}]')}, "
+        f"'contribution', {quote(PARTS)}[{p}])"
+        for p in positions
+    ]
+    return df.selectExpr("*", f"array({', '.join(reasons)}) AS {quote(REASONS_COL)}").drop(*helpers)
 
 
 def reason_text(reasons: Column, index: int) -> Column:

@@ -10,22 +10,40 @@ contact still pays for itself on average.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
+from mlflow.entities.model_registry import ModelVersion
 from pyspark.ml import PipelineModel
-from pyspark.ml.feature import StringIndexerModel
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.utils import is_remote
 
 from churn_platform.config import DatasetSpec
-from churn_platform.core import reasons
+from churn_platform.core import reasons, tracking
 from churn_platform.core.columns import LABEL_COL
+from churn_platform.core.encoding import Encoding, classifier, quote, read_encoding, text
 from churn_platform.core.features import engineer_features
 from churn_platform.core.models.fitting import PROBABILITY_COL
+from churn_platform.core.sampling import sampled
 
 UNSEEN_COL = "unseen_values"
 TIERS = ("high", "medium", "low")
+# Each category's unseen flag, as one array column of the scoring projections.
+UNSEEN_FLAGS = "__unseen"
+# The columns of the scores after the customer id, in order (README documents each).
+OUTPUT_COLUMNS = (
+    "churn_probability",
+    "churn_predicted",
+    "risk_tier",
+    "expected_value",
+    reasons.REASONS_COL,
+    UNSEEN_COL,
+    "model_name",
+    "model_version",
+    "threshold",
+)
 
 
 def population_filter(spec: DatasetSpec) -> Column:
@@ -34,9 +52,20 @@ def population_filter(spec: DatasetSpec) -> Column:
     if rule is None:
         return F.col(LABEL_COL).isNull() | (F.col(LABEL_COL) == 0)
     if rule.column == spec.target.column:
-        labels = [1 if v == spec.target.positive else 0 for v in rule.values]
-        return F.col(LABEL_COL).isin(*labels)
+        return F.col(LABEL_COL).isin(*population_labels(spec))
     return F.coalesce(F.col(f"`{rule.column}`").cast("string").isin(*rule.values), F.lit(False))
+
+
+def population_labels(spec: DatasetSpec) -> tuple[int, ...] | None:
+    """The labels the scored customers have among labelled ones, when the rule is on the
+    target (None for a rule on another column): what picks the same kind of customers from
+    rows that carry only a label, such as out-of-fold scores."""
+    rule = spec.score_population
+    if rule is None:
+        return (0,)
+    if rule.column == spec.target.column:
+        return tuple(1 if v == spec.target.positive else 0 for v in rule.values)
+    return None
 
 
 def population_rule(spec: DatasetSpec) -> str:
@@ -100,50 +129,62 @@ def expected_value(probability: Column, policy: ScoringPolicy) -> Column:
     )
 
 
-def trained_categories(model: PipelineModel) -> dict[str, tuple[str, ...]]:
-    """Each categorical column the model encodes, with the values it saw in training."""
-    categories: dict[str, tuple[str, ...]] = {}
-    for stage in model.stages[: reasons.feature_stage_count(model)]:
-        if not isinstance(stage, StringIndexerModel):
-            continue
-        if stage.isSet("inputCols"):
-            for column, labels in zip(stage.getInputCols(), stage.labelsArray, strict=True):
-                categories[column] = tuple(labels)
-        else:
-            categories[stage.getInputCol()] = tuple(stage.labels)
-    return categories
+def unseen_values(categories: list[tuple[str, int]]) -> str:
+    """The row's unseen values as `column=value` strings (SQL; an empty list for most rows).
 
-
-def unseen_flags(categories: dict[str, tuple[str, ...]]) -> dict[str, Column]:
-    """Per column: the value is present but was never seen in training."""
-    return {
-        column: F.col(f"`{column}`").isNotNull() & ~F.col(f"`{column}`").isin(*labels)
-        for column, labels in categories.items()
-    }
-
-
-def unseen_values(categories: dict[str, tuple[str, ...]]) -> Column:
-    """The row's unseen values as `column=value` strings (an empty list for most rows)."""
+    `categories` pairs each categorical column with its position in the reasons' value arrays;
+    `UNSEEN_FLAGS` holds one flag per category, in the same order.
+    """
+    empty = "CAST(array() AS ARRAY<STRING>)"
+    if not categories:
+        return empty
     marks = [
-        F.when(flag, F.concat(F.lit(f"{column}="), F.col(f"`{column}`")))
-        for column, flag in unseen_flags(categories).items()
+        f"CASE WHEN {quote(UNSEEN_FLAGS)}[{i}] THEN array(concat({text(column + '=')}, "
+        f"{quote(reasons.TEXTS)}[{position}])) ELSE {empty} END"
+        for i, (column, position) in enumerate(categories)
     ]
-    return F.array_compact(F.array(*marks)) if marks else F.array().cast("array<string>")
+    # Most customers have none: their list is the empty literal, nothing is concatenated.
+    return (
+        f"CASE WHEN array_contains({quote(UNSEEN_FLAGS)}, true) "
+        f"THEN concat({', '.join(marks)}) ELSE {empty} END"
+    )
 
 
 @dataclass
 class Scores:
-    """The scores (cached: `release()` when written) and how they were made."""
+    """The scores as a lazy frame, and how they were made.
+
+    Write `frame` once: the statistics (`summary`) are observed by that write, not computed by
+    a pass of their own.
+    """
 
     frame: DataFrame
     attribution: reasons.Attribution
     cuts: TierCuts
     categories: dict[str, tuple[str, ...]]
-    cached: list[DataFrame] = field(default_factory=list)
+    observation: Observation
+    population: Observation | None = None
 
-    def release(self) -> None:
-        for frame in self.cached:
-            frame.unpersist()
+    def summary(self) -> dict[str, Any]:
+        """Rows, tiers, predicted churners, unseen values per column, population counts and
+        the surrogate's R², as observed by the frame's write (call it after the write)."""
+        row = self.observation.get
+        rows = int(row["rows"] or 0)
+        by_column = {c: int(row[f"unseen:{c}"]) for c in self.categories if row[f"unseen:{c}"]}
+        summary = {
+            "rows": rows,
+            "predicted_churners": int(row["predicted"] or 0),
+            "tiers": {t: int(row[f"tier:{t}"] or 0) for t in TIERS},
+            "unseen_by_column": by_column,
+            "unseen_rows": int(row["unseen_rows"] or 0),
+            "unseen_worst_share": max(by_column.values(), default=0) / rows if rows else 0.0,
+            "excluded": 0,
+        }
+        if self.population is not None:
+            counted = self.population.get
+            summary["excluded"] = int(counted["rows_in"] or 0) - int(counted["in_population"] or 0)
+        self.attribution = reasons.with_fidelity(self.attribution, row)
+        return summary
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -153,6 +194,47 @@ class Scores:
         }
 
 
+# Models loaded in this process, by (Spark application, name, version, file hash): the scoring
+# and monitoring steps of one run load the champion once (a load is 23-47 Spark jobs here).
+_LOADED: dict[tuple[str, str, str, str], PipelineModel] = {}
+
+
+def load_champion(
+    backend: tracking.MlflowBackend, spec: DatasetSpec, alias: str = tracking.CHAMPION
+) -> tuple[PipelineModel, ModelVersion]:
+    """The model an alias names: `tracking.load_model` (its files checked against their hash)
+    at most once per process and model version."""
+    version = backend.client().get_model_version_by_alias(spec.model_name, alias)
+    key = _model_key(version)
+    if key not in _LOADED:
+        # The alias may have moved since: the version loaded is the one returned and kept.
+        model, version = tracking.load_model(backend, spec, alias)
+        key = _model_key(version)
+        _LOADED[key] = model
+    return _LOADED[key], version
+
+
+def _model_key(version: ModelVersion) -> tuple[str, str, str, str]:
+    session = SparkSession.active()
+    owner = str(id(session)) if is_remote() else session.sparkContext.applicationId
+    digest = version.tags.get(tracking.TAG_MODEL_SHA256, "")
+    return (owner, version.name, str(version.version), digest)
+
+
+def probabilities(cleaned: DataFrame, spec: DatasetSpec, model: PipelineModel) -> DataFrame:
+    """The cleaned customers with the model's `churn_probability` (the feature stages as column
+    expressions, then the classifier stages): one Spark job before any action, to read the
+    imputation values."""
+    encoding = read_encoding(model)
+    return _classified(classifier(model, encoding), encoding, cleaned, spec)
+
+
+def _classified(
+    head: PipelineModel, encoding: Encoding, cleaned: DataFrame, spec: DatasetSpec
+) -> DataFrame:
+    return head.transform(encoding.vectors(engineer_features(cleaned, spec)))
+
+
 def score_customers(
     cleaned: DataFrame,
     spec: DatasetSpec,
@@ -160,71 +242,83 @@ def score_customers(
     model_version: tuple[str, str, float],
     policy: ScoringPolicy,
     reference: DataFrame | None = None,
+    population: Column | None = None,
 ) -> Scores:
-    """Scores of the cleaned customers given; the logged model holds the feature pipeline itself.
+    """Scores of the cleaned customers `population` selects (all without it), as one lazy frame.
 
-    `model_version` is (name, version, decision threshold). `reference` holds the cleaned
-    customers the reasons are measured against (the training split); without it, those scored.
+    The model's feature stages are replaced by column expressions (core.encoding) and its
+    classifier stages applied to the vector they assemble; probability, decision, tier, contact
+    value, reasons and unseen values come out of the same projection. `model_version` is
+    (name, version, decision threshold). `reference` holds the cleaned customers the reasons
+    are measured against (the training split); without it, those scored. Before the frame is
+    written this runs a few small jobs: the imputation values, the reference's mean, and for a
+    non-linear champion the surrogate's fit on a bounded sample.
     """
     name, version, threshold = model_version
     cuts = tier_cuts(threshold, policy)
-    categories = trained_categories(model)
-    transformed = model.transform(engineer_features(cleaned, spec)).persist()
-    try:
-        vectors = (
-            reasons.feature_model(model).transform(engineer_features(reference, spec))
-            if reference is not None
-            else transformed
-        )
-        attribution = reasons.fit_attribution(model, transformed, vectors)
-        probability = F.col(PROBABILITY_COL)
-        frame = (
-            reasons.with_reasons(transformed, attribution)
-            .select(
-                F.col(f"`{spec.id_column}`"),
-                probability.alias("churn_probability"),
-                (probability >= F.lit(threshold)).cast("int").alias("churn_predicted"),
-                risk_tier(probability, cuts).alias("risk_tier"),
-                expected_value(probability, policy).alias("expected_value"),
-                F.col(reasons.REASONS_COL),
-                unseen_values(categories).alias(UNSEEN_COL),
-                F.lit(name).alias("model_name"),
-                F.lit(str(version)).alias("model_version"),
-                F.lit(float(threshold)).alias("threshold"),
-            )
-            .persist()
-        )
-    except Exception:
-        transformed.unpersist()
-        raise
-    return Scores(frame, attribution, cuts, categories, cached=[transformed, frame])
-
-
-def summarize(scores: Scores) -> dict[str, Any]:
-    """Rows, tiers, predicted churners and unseen values per column: one Spark job."""
-    columns = list(scores.categories)
-    unseen_columns = F.transform(F.col(UNSEEN_COL), lambda v: F.split(v, "=", 2)[0])
+    encoding = read_encoding(model)
+    head = classifier(model, encoding)
+    customers = cleaned.where(population) if population is not None else cleaned
+    observed_population = None
+    if population is not None:
+        observed_population = Observation(f"population-{uuid.uuid4().hex[:12]}")
+        cleaned = cleaned.observe(
+            observed_population,
+            F.count(F.lit(1)).alias("rows_in"),
+            F.sum(population.cast("long")).alias("in_population"),
+        ).where(population)
+    measured_from = reference if reference is not None else customers
+    measured_from = sampled(
+        measured_from, measured_from.count(), reasons.REFERENCE_MAX_ROWS, spec.id_column
+    )
+    attribution = reasons.fit_attribution(
+        model,
+        encoding,
+        encoding.vectors(engineer_features(measured_from, spec)),
+        lambda: _classified(head, encoding, customers, spec),
+    )
+    classified = _classified(head, encoding, cleaned, spec)
+    columns = encoding.columns
+    flags = encoding.unseen()
+    # A narrow frame before the reasons: the id, the probability and a few arrays (Spark's
+    # generated code stays small enough to compile, and to split per operator).
+    scored = classified.selectExpr(
+        quote(spec.id_column),
+        quote(PROBABILITY_COL),
+        *reasons.inputs(attribution, encoding, dict(classified.dtypes)),
+        f"array({', '.join(flags.values()) or 'false'}) AS {quote(UNSEEN_FLAGS)}",
+    )
+    probability = F.col(PROBABILITY_COL)
+    outputs = [
+        F.col(quote(spec.id_column)),
+        probability.alias("churn_probability"),
+        (probability >= F.lit(threshold)).cast("int").alias("churn_predicted"),
+        risk_tier(probability, cuts).alias("risk_tier"),
+        expected_value(probability, policy).alias("expected_value"),
+        F.col(reasons.REASONS_COL),
+        F.expr(unseen_values([(c, columns.index(c)) for c in flags])).alias(UNSEEN_COL),
+        F.lit(name).alias("model_name"),
+        F.lit(str(version)).alias("model_version"),
+        F.lit(float(threshold)).alias("threshold"),
+    ]
+    observation = Observation(f"scores-{uuid.uuid4().hex[:12]}")
     tier = F.col("risk_tier")
-    row = scores.frame.agg(
-        F.count(F.lit(1)).alias("rows"),
-        F.sum("churn_predicted").alias("predicted"),
-        *[F.sum((tier == t).cast("long")).alias(f"tier:{t}") for t in TIERS],
-        *[
-            F.sum(F.array_contains(unseen_columns, F.lit(c)).cast("long")).alias(f"unseen:{c}")
-            for c in columns
-        ],
-        F.sum((F.size(UNSEEN_COL) > 0).cast("long")).alias("unseen_rows"),
-    ).first()
-    rows = int(row["rows"] or 0)
-    by_column = {c: int(row[f"unseen:{c}"]) for c in columns if row[f"unseen:{c}"]}
-    return {
-        "rows": rows,
-        "predicted_churners": int(row["predicted"] or 0),
-        "tiers": {t: int(row[f"tier:{t}"] or 0) for t in TIERS},
-        "unseen_by_column": by_column,
-        "unseen_rows": int(row["unseen_rows"] or 0),
-        "unseen_worst_share": max(by_column.values(), default=0) / rows if rows else 0.0,
-    }
+    unseen = {c: F.col(UNSEEN_FLAGS)[i] for i, c in enumerate(flags)}
+    frame = (
+        reasons.with_reasons(scored, columns)
+        .select(*outputs, UNSEEN_FLAGS, reasons.PARTS)
+        .observe(
+            observation,
+            F.count(F.lit(1)).alias("rows"),
+            F.sum("churn_predicted").alias("predicted"),
+            *[F.sum((tier == t).cast("long")).alias(f"tier:{t}") for t in TIERS],
+            *[F.count_if(flag).alias(f"unseen:{c}") for c, flag in unseen.items()],
+            F.count_if(F.size(UNSEEN_COL) > 0).alias("unseen_rows"),
+            *reasons.fidelity_aggregates(attribution, len(columns)),
+        )
+        .select(*[F.col(quote(c)) for c in [spec.id_column, *OUTPUT_COLUMNS]])
+    )
+    return Scores(frame, attribution, cuts, encoding.categories, observation, observed_population)
 
 
 def flat(scores: DataFrame) -> DataFrame:
