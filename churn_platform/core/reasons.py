@@ -268,40 +268,44 @@ def _shown(number_: str, text_: str) -> str:
 def with_reasons(df: DataFrame, columns: Sequence[str]) -> DataFrame:
     """`df` with `reasons`: the top three (feature, value, contribution) by size of contribution.
 
-    `df` carries the `inputs` arrays over `columns`. Each rank is the first position holding
-    the largest remaining size (array functions: no sort of structs per row, no lambda; ties go
-    to the column listed first); its feature, value and contribution are then read at that
-    position, so only three values per customer are turned into text. The helper columns are
-    dropped again.
+    `df` carries the `inputs` arrays over `columns`. The sizes are sorted as an array of
+    doubles (no struct sort, no lambda); each rank's position is where its size first occurs
+    after the ranks before it, so ties go to the column listed first. The feature, value and
+    contribution are then read at those positions: three values per customer become text.
+    Two helper columns, dropped again.
     """
     size = len(columns)
-    weights = "__reason_weights"
-    df = df.selectExpr(
-        "*", f"array({', '.join(f'abs({v})' for v in slot_values(size, PARTS))}) AS {weights}"
-    )
-    helpers, positions, remaining = [weights], [], weights
+    sizes = f"array({', '.join(f'coalesce(abs({v}), 0.0D)' for v in slot_values(size, PARTS))})"
+    ranked, positions = "__reason_ranked", "__reason_positions"
+    found: list[str] = []
     for rank in range(min(TOP_REASONS, size)):
-        position, masked = f"__reason_top{rank}", f"__reason_rest{rank}"
-        df = df.selectExpr(
-            "*",
-            f"CAST(array_position({remaining}, array_max({remaining})) - 1 AS INT) AS {position}",
-        )
-        df = df.selectExpr(
-            "*",
-            f"concat(slice({remaining}, 1, {position}), array(-1.0D), "
-            f"slice({remaining}, {position} + 2, {size})) AS {masked}",
-        )
-        helpers += [position, masked]
-        positions.append(position)
-        remaining = masked
+        value = f"{ranked}[{rank}]"
+        first = f"array_position({ranked}_sizes, {value}) - 1"
+        if found:
+            after = f"slice({ranked}_sizes, {found[-1]} + 2, {size})"
+            first = (
+                f"CASE WHEN {value} = {ranked}[{rank - 1}] "
+                f"THEN {found[-1]} + array_position({after}, {value}) ELSE {first} END"
+            )
+        found.append(f"({first})")
+    df = df.selectExpr("*", f"{sizes} AS {ranked}_sizes").selectExpr(
+        "*", f"sort_array({ranked}_sizes, false) AS {ranked}"
+    )
+    df = df.selectExpr(
+        "*", f"array({', '.join(f'CAST({p} AS INT)' for p in found)}) AS {positions}"
+    )
     names = f"array({', '.join(text(c) for c in columns)})"
-    reasons = [
-        f"named_struct('feature', {names}[{p}], "
-        f"'value', {_shown(f'{quote(NUMBERS)}[{p}]', f'{quote(TEXTS)}[{p}]')}, "
-        f"'contribution', {quote(PARTS)}[{p}])"
-        for p in positions
-    ]
-    return df.selectExpr("*", f"array({', '.join(reasons)}) AS {quote(REASONS_COL)}").drop(*helpers)
+    reasons = []
+    for rank in range(len(found)):
+        at = f"{positions}[{rank}]"
+        reasons.append(
+            f"named_struct('feature', {names}[{at}], "
+            f"'value', {_shown(f'{quote(NUMBERS)}[{at}]', f'{quote(TEXTS)}[{at}]')}, "
+            f"'contribution', {quote(PARTS)}[{at}])"
+        )
+    return df.selectExpr("*", f"array({', '.join(reasons)}) AS {quote(REASONS_COL)}").drop(
+        f"{ranked}_sizes", ranked, positions
+    )
 
 
 def reason_text(reasons: Column, index: int) -> Column:

@@ -32,18 +32,6 @@ UNSEEN_COL = "unseen_values"
 TIERS = ("high", "medium", "low")
 # Each category's unseen flag, as one array column of the scoring projections.
 UNSEEN_FLAGS = "__unseen"
-# The columns of the scores after the customer id, in order (README documents each).
-OUTPUT_COLUMNS = (
-    "churn_probability",
-    "churn_predicted",
-    "risk_tier",
-    "expected_value",
-    reasons.REASONS_COL,
-    UNSEEN_COL,
-    "model_name",
-    "model_version",
-    "threshold",
-)
 
 
 def population_filter(spec: DatasetSpec) -> Column:
@@ -289,34 +277,29 @@ def score_customers(
         f"array({', '.join(flags.values()) or 'false'}) AS {quote(UNSEEN_FLAGS)}",
     )
     probability = F.col(PROBABILITY_COL)
-    outputs = [
+    tier = risk_tier(probability, cuts)
+    observation = Observation(f"scores-{uuid.uuid4().hex[:12]}")
+    # Observed on the narrow frame, before the reasons: every scored row passes it once.
+    observed = scored.observe(
+        observation,
+        F.count(F.lit(1)).alias("rows"),
+        F.count_if(probability >= F.lit(threshold)).alias("predicted"),
+        *[F.count_if(tier == F.lit(t)).alias(f"tier:{t}") for t in TIERS],
+        *[F.count_if(F.col(UNSEEN_FLAGS)[i]).alias(f"unseen:{c}") for i, c in enumerate(flags)],
+        F.count_if(F.array_contains(UNSEEN_FLAGS, True)).alias("unseen_rows"),
+        *reasons.fidelity_aggregates(attribution, len(columns)),
+    )
+    frame = reasons.with_reasons(observed, columns).select(
         F.col(quote(spec.id_column)),
         probability.alias("churn_probability"),
         (probability >= F.lit(threshold)).cast("int").alias("churn_predicted"),
-        risk_tier(probability, cuts).alias("risk_tier"),
+        tier.alias("risk_tier"),
         expected_value(probability, policy).alias("expected_value"),
         F.col(reasons.REASONS_COL),
         F.expr(unseen_values([(c, columns.index(c)) for c in flags])).alias(UNSEEN_COL),
         F.lit(name).alias("model_name"),
         F.lit(str(version)).alias("model_version"),
         F.lit(float(threshold)).alias("threshold"),
-    ]
-    observation = Observation(f"scores-{uuid.uuid4().hex[:12]}")
-    tier = F.col("risk_tier")
-    unseen = {c: F.col(UNSEEN_FLAGS)[i] for i, c in enumerate(flags)}
-    frame = (
-        reasons.with_reasons(scored, columns)
-        .select(*outputs, UNSEEN_FLAGS, reasons.PARTS)
-        .observe(
-            observation,
-            F.count(F.lit(1)).alias("rows"),
-            F.sum("churn_predicted").alias("predicted"),
-            *[F.sum((tier == t).cast("long")).alias(f"tier:{t}") for t in TIERS],
-            *[F.count_if(flag).alias(f"unseen:{c}") for c, flag in unseen.items()],
-            F.count_if(F.size(UNSEEN_COL) > 0).alias("unseen_rows"),
-            *reasons.fidelity_aggregates(attribution, len(columns)),
-        )
-        .select(*[F.col(quote(c)) for c in [spec.id_column, *OUTPUT_COLUMNS]])
     )
     return Scores(frame, attribution, cuts, encoding.categories, observation, observed_population)
 
