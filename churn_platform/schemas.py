@@ -44,5 +44,6 @@ def features_schema(spec: DatasetSpec) -> pa.DataFrameSchema:
         etl.FOLD_COL: pa.Column(
             T.IntegerType(), pa.Check.in_range(-1, spec.folds - 1), nullable=False
         ),
+        etl.BATCH_ORDER_COL: pa.Column(T.LongType(), nullable=False),
     }
     return pa.DataFrameSchema(columns, name="customer_features")

@@ -248,9 +248,8 @@ def build_features(
     observes.
     """
     content = [c for c in cleaned.columns if c not in (BATCH_COL, BATCH_ORDER_COL)]
-    engineered = assign_split(engineer_features(cleaned, spec), spec).drop(
-        BATCH_COL, BATCH_ORDER_COL
-    )
+    # The batch order stays (out-of-time validation trains on older batches); the name goes.
+    engineered = assign_split(engineer_features(cleaned, spec), spec).drop(BATCH_COL)
     numeric, categorical = feature_roles(engineered, spec)
     splits = [
         F.sum(((F.col(SPLIT_COL) == split) & (F.col(LABEL_COL) == value)).cast("long")).alias(
