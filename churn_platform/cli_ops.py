@@ -60,7 +60,7 @@ model = click.Group("model", commands=[rollback], help="registry operations")
 @command("verify", "check the operations log's hash chain against its anchors")
 @click.option("--json", "as_json", is_flag=True)
 def verify(config: str | None, as_json: bool) -> int:
-    from churn_platform.backup import archived_chain_anchor
+    from churn_platform.core.backup.verify import archived_chain_anchor
     from churn_platform.core.ops.chain import anchor_path
     from churn_platform.core.ops.incidents import IncidentStore
     from churn_platform.core.ops.verify import format_verify_report, verify_logs
@@ -167,7 +167,8 @@ def backup(config: str | None, partition: str | None) -> int:
 def restore(
     config: str | None, partition: str, component: str, target: str | None, dry_run: bool
 ) -> int:
-    from churn_platform.backup import BackupError, restore_backup
+    from churn_platform.core.backup.errors import BackupError
+    from churn_platform.core.backup.restore import restore_backup
 
     try:
         result = restore_backup(

@@ -26,15 +26,15 @@ import pytest
 from mlflow import MlflowClient
 from pydantic import SecretStr
 
-from churn_platform import backup, cli
-from churn_platform.backup import (
-    ALL_COMPONENTS,
+from churn_platform import cli
+from churn_platform.core.backup import archive
+from churn_platform.core.backup.archive import BackupResult, create_backup, snapshot_sqlite
+from churn_platform.core.backup.errors import (
     EXIT_FAILED,
     EXIT_NOT_FOUND,
     EXIT_UNSAFE_ARCHIVE,
     EXIT_USAGE,
     EXIT_VERIFICATION_FAILED,
-    PSEUDONYM_KEY_FILE,
     AbsolutePathError,
     BackupError,
     BackupNotFoundError,
@@ -47,16 +47,18 @@ from churn_platform.backup import (
     UnsafeArchiveError,
     UsageError,
     VerificationError,
-    apply_retention,
-    create_backup,
-    list_backups,
-    restore_backup,
-    select_retained,
-    snapshot_sqlite,
-    verify_backup,
 )
+from churn_platform.core.backup.members import (
+    ALL_COMPONENTS,
+    FORMAT,
+    MANIFEST_MEMBER,
+    PSEUDONYM_KEY_FILE,
+)
+from churn_platform.core.backup.restore import restore_backup
+from churn_platform.core.backup.retention import apply_retention, list_backups, select_retained
 from churn_platform.core.backup.scratch import OWNER, owned_tempdir
 from churn_platform.core.backup.signing import sign, signing_key
+from churn_platform.core.backup.verify import verify_backup
 from churn_platform.core.ops.chain import anchor_path
 from churn_platform.core.ops.log import OpsLog
 from churn_platform.core.ops.verify import verify_logs
@@ -207,7 +209,7 @@ def state_fixture(template: Path, tmp_path: Path) -> State:
 
 def _backup(
     state: State, golden: dict[str, str] | None = None, components: tuple[str, ...] = ALL_COMPONENTS
-) -> backup.BackupResult:
+) -> BackupResult:
     return create_backup(
         state.settings, PARTITION, golden, components, dagster_yaml=state.dagster_yaml
     )
@@ -453,12 +455,12 @@ def _forge(
     files = [
         {"path": p, "size": len(d), "sha256": _sha(d), "component": "mlflow"} for p, d in listed
     ]
-    manifest = {"format": backup.FORMAT, "partition": PARTITION, "components": ["mlflow"]}
+    manifest = {"format": FORMAT, "partition": PARTITION, "components": ["mlflow"]}
     manifest_bytes = json.dumps({**manifest, "files": files}).encode()
     archive = folder / f"churn-backup-{PARTITION}.tar.gz"
     folder.mkdir(parents=True)
     with tarfile.open(archive, "w:gz") as tar:
-        for info, data in [*members, (tarfile.TarInfo(backup.MANIFEST_MEMBER), manifest_bytes)]:
+        for info, data in [*members, (tarfile.TarInfo(MANIFEST_MEMBER), manifest_bytes)]:
             if info.isfile():
                 info.size = len(data)
             tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
@@ -691,7 +693,7 @@ def test_rerunning_a_partition_is_idempotent_and_atomic(
     def crash(source: Path, dest: Path) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(backup, "snapshot_sqlite", crash)
+    monkeypatch.setattr(archive, "snapshot_sqlite", crash)
     with pytest.raises(OSError, match="disk full"):
         _backup(state)
     assert _tree(offsite) == published
@@ -787,14 +789,14 @@ def test_a_forged_manifest_with_recomputed_checksums_is_refused(
     entries: list[dict[str, object]] = []
 
     def edit(members: list[tuple[tarfile.TarInfo, bytes]]) -> list[tuple[tarfile.TarInfo, bytes]]:
-        manifest = json.loads(dict((i.name, d) for i, d in members)[backup.MANIFEST_MEMBER])
+        manifest = json.loads(dict((i.name, d) for i, d in members)[MANIFEST_MEMBER])
         for entry in manifest["files"]:
             if entry["path"] == PARQUET:
                 entry.update(size=len(forged), sha256=_sha(forged))
         entries.append(manifest)
         manifest_bytes = json.dumps(manifest).encode()
         archive.with_name(archive.name + ".manifest.json").write_bytes(manifest_bytes)
-        replaced = {PARQUET: forged, backup.MANIFEST_MEMBER: manifest_bytes}
+        replaced = {PARQUET: forged, MANIFEST_MEMBER: manifest_bytes}
         return [(i, replaced.get(i.name, d)) for i, d in members]
 
     _rewrite(archive, edit)

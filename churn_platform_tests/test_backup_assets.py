@@ -11,7 +11,6 @@ import pytest
 from dagster_pyspark import PySparkResource
 from pyspark.sql import SparkSession
 
-from churn_platform import backup
 from churn_platform.assets import backups
 from churn_platform.assets.backups import (
     BACKUP_VERIFIED,
@@ -23,6 +22,7 @@ from churn_platform.assets.backups import (
 )
 from churn_platform.config import DatasetSpec, load_spec
 from churn_platform.core import cleaning, registry, sources, tracking
+from churn_platform.core.backup import archive, errors
 from churn_platform.core.features import build_features
 from churn_platform.core.models.fitting import full_model, training_frame
 from churn_platform.core.models.training import fit_model
@@ -159,13 +159,13 @@ def test_backup_is_verified_and_its_restore_reproduces_the_golden_hash(platform:
 def test_corrupt_archive_fails_the_blocking_check_and_opens_one_incident(
     platform: Platform, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def create_then_corrupt(*args: Any, **kwargs: Any) -> backup.BackupResult:
+    def create_then_corrupt(*args: Any, **kwargs: Any) -> archive.BackupResult:
         """Bit rot between writing and verifying: exactly what verification is there for."""
-        result = backup.create_backup(*args, **kwargs)
-        archive = Path(result.archive)
-        data = bytearray(archive.read_bytes())
+        result = archive.create_backup(*args, **kwargs)
+        sealed = Path(result.archive)
+        data = bytearray(sealed.read_bytes())
         data[len(data) // 2] ^= 0x01
-        archive.write_bytes(bytes(data))
+        sealed.write_bytes(bytes(data))
         return result
 
     monkeypatch.setattr(backups, "create_backup", create_then_corrupt)
@@ -186,7 +186,7 @@ def test_corrupt_archive_fails_the_blocking_check_and_opens_one_incident(
         # Where the flipped bit lands decides how the drill refuses the archive (a hash mismatch
         # or a garbled member header), but it always refuses with one of the backup errors.
         error = checks[RESTORE_DRILL].metadata["error"].value
-        assert issubclass(getattr(backup, error.split(":", 1)[0]), backup.BackupError), error
+        assert issubclass(getattr(errors, error.split(":", 1)[0]), errors.BackupError), error
         assert result.asset_materializations_for_node("backup_retention") == []
     opened = [
         incident

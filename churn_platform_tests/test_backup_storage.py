@@ -16,21 +16,14 @@ from cryptography.fernet import Fernet
 from moto.server import ThreadedMotoServer
 from pydantic import SecretStr
 
-from churn_platform import backup_storage
-from churn_platform.backup import (
-    PSEUDONYM_KEY_FILE,
-    apply_retention,
-    create_backup,
-    list_backups,
-    restore_backup,
-    verify_backup,
-)
-from churn_platform.backup_storage import (
-    EXIT_VERIFICATION_FAILED,
-    KEY_ENV,
-    DecryptionError,
-    UsageError,
-)
+from churn_platform.core.backup import storage
+from churn_platform.core.backup.archive import create_backup
+from churn_platform.core.backup.errors import EXIT_VERIFICATION_FAILED, DecryptionError, UsageError
+from churn_platform.core.backup.members import PSEUDONYM_KEY_FILE
+from churn_platform.core.backup.restore import restore_backup
+from churn_platform.core.backup.retention import apply_retention, list_backups
+from churn_platform.core.backup.storage import KEY_ENV
+from churn_platform.core.backup.verify import verify_backup
 from churn_platform.settings import Settings
 
 # The state-root fixtures (a copied template with a real MLflow registry) are shared with
@@ -80,12 +73,12 @@ def test_chunked_encryption_detects_truncation_and_reordering(tmp_path: Path) ->
     fernet = Fernet(Fernet.generate_key())
     plain, sealed, out = tmp_path / "plain", tmp_path / "sealed", tmp_path / "out"
     plain.write_bytes(os.urandom(2 * (1 << 20) + 123))
-    backup_storage.encrypt_file(plain, sealed, fernet)
-    backup_storage.decrypt_file(sealed, out, fernet)
+    storage.encrypt_file(plain, sealed, fernet)
+    storage.decrypt_file(sealed, out, fernet)
     assert out.read_bytes() == plain.read_bytes()
 
     data = sealed.read_bytes()
-    header = len(backup_storage._MAGIC) + backup_storage._STREAM_ID
+    header = len(storage._MAGIC) + storage._STREAM_ID
     chunks, offset = [], header
     while offset < len(data):
         length = int.from_bytes(data[offset : offset + 4], "big")
@@ -95,7 +88,7 @@ def test_chunked_encryption_detects_truncation_and_reordering(tmp_path: Path) ->
     for forged in (data[:header] + b"".join(chunks[:2]), data[:header] + chunks[1] + chunks[0]):
         sealed.write_bytes(forged)
         with pytest.raises(DecryptionError):
-            backup_storage.decrypt_file(sealed, out, fernet)
+            storage.decrypt_file(sealed, out, fernet)
 
 
 @pytest.fixture

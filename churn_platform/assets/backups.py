@@ -1,6 +1,6 @@
 """Backups: one verified archive of the state root per day, a restore drill, and retention.
 
-The assets are thin wrappers over `churn_platform.backup`; what needs Spark or MLflow (the
+The assets are thin wrappers over `churn_platform.core.backup`; what needs Spark or MLflow (the
 golden input and the champion's golden-prediction hash) lives here as plain functions.
 """
 
@@ -17,17 +17,14 @@ from mlflow.exceptions import MlflowException
 from pyspark.sql import SparkSession
 
 from churn_platform import checks, etl
-from churn_platform.backup import (
-    MLFLOW_DB,
-    BackupError,
-    apply_retention,
-    create_backup,
-    list_backups,
-    restore_backup,
-    verify_backup,
-)
 from churn_platform.config import DatasetSpec
 from churn_platform.core import tracking
+from churn_platform.core.backup.archive import create_backup
+from churn_platform.core.backup.errors import BackupError
+from churn_platform.core.backup.members import MLFLOW_DB
+from churn_platform.core.backup.restore import restore_backup
+from churn_platform.core.backup.retention import apply_retention, list_backups
+from churn_platform.core.backup.verify import verify_backup
 from churn_platform.core.ops.incidents import IncidentStore
 from churn_platform.core.ops.log import OpsLog
 from churn_platform.core.registry import registry_snapshot

@@ -1,8 +1,7 @@
 """Where backups live and how they are sealed: local and S3 targets, chunked Fernet encryption.
 
-Split from `churn_platform.backup` so the archive format (what goes in, how it is verified and
-restored) does not depend on the storage details. The exit-code errors live here because both
-layers raise them; `churn_platform.backup` re-exports them as its public API.
+Apart from the archive format (what goes in, how it is verified and restored), so that format
+does not depend on the storage details.
 
 A target holds one folder (or key prefix) per partition date; a partition counts as published
 only once its `.sha256` checksums file is there, so a half-written backup is never listed.
@@ -13,6 +12,7 @@ from __future__ import annotations
 import base64
 import ctypes
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -28,14 +28,14 @@ from botocore.exceptions import ClientError
 from cryptography.fernet import Fernet, InvalidToken
 from pydantic import SecretStr
 
+from churn_platform.core.backup.errors import (
+    BackupNotFoundError,
+    DecryptionError,
+    Problem,
+    UsageError,
+)
+from churn_platform.core.ops.files import fsync_path
 from churn_platform.settings import Settings
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_VERIFICATION_FAILED = 3
-EXIT_UNSAFE_ARCHIVE = 4
-EXIT_NOT_FOUND = 5
 
 KEY_ENV = "CHURN_BACKUP_KEY"
 S3_ENDPOINT_ENV = "CHURN_BACKUP_S3_ENDPOINT"
@@ -49,56 +49,6 @@ _CHUNK_HEADER = struct.Struct(">Q?")
 _MAX_TOKEN = 2 * CHUNK + 4096
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
-
-
-class BackupError(Exception):
-    """A backup, verification or restore failed; `exit_code` is what the CLI exits with."""
-
-    exit_code = EXIT_FAILED
-
-
-class UsageError(BackupError):
-    """Bad arguments or configuration (partition, component, target, key)."""
-
-    exit_code = EXIT_USAGE
-
-
-class BackupNotFoundError(BackupError):
-    """No published backup (or component) where one was asked for."""
-
-    exit_code = EXIT_NOT_FOUND
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a backup, named so an operator can act on it."""
-
-    path: str
-    kind: str
-    expected: str = ""
-    actual: str = ""
-    detail: str = ""
-
-    def __str__(self) -> str:
-        text = f"{self.path}: {self.kind}"
-        if self.expected or self.actual:
-            text += f": expected {self.expected or '-'}, actual {self.actual or '-'}"
-        return f"{text} ({self.detail})" if self.detail else text
-
-
-class VerificationError(BackupError):
-    """The archive does not match its manifest and checksums; nothing was touched."""
-
-    exit_code = EXIT_VERIFICATION_FAILED
-
-    def __init__(self, archive: str, problems: list[Problem]) -> None:
-        self.problems = problems
-        lines = "\n".join(f"  {problem}" for problem in problems)
-        super().__init__(f"{archive} failed verification:\n{lines}")
-
-
-class DecryptionError(VerificationError):
-    """Wrong key or tampered ciphertext: authenticated encryption cannot tell the two apart."""
 
 
 @dataclass(frozen=True)
@@ -122,13 +72,20 @@ class BackupFiles:
         return self.archive.with_name(self.archive.name + ".manifest.sig")
 
 
-def fsync_path(path: Path) -> None:
-    """fsync a file or folder, so a rename that publishes it survives a power cut."""
-    fd = os.open(path, os.O_RDONLY)
+def parse_partition(value: str) -> str:
+    """A partition date as `YYYY-MM-DD`; anything else is the caller's mistake (exit 2)."""
+    if not PARTITION_RE.fullmatch(value):
+        raise UsageError(f"partition {value!r} is not a YYYY-MM-DD date")
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return date.fromisoformat(value).isoformat()
+    except ValueError as exc:
+        raise UsageError(f"partition {value!r} is not a valid date") from exc
+
+
+def sha256_file(path: Path) -> str:
+    """The file's SHA-256 as the `.sha256` sidecar and the manifest record it."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def local_path(location: str) -> Path | None:
