@@ -1,5 +1,5 @@
 """What the Dagster UI shows of the models: inline curves, the whole leaderboard, the promotion
-gate's check, and runs named after the platform's jobs."""
+gate's check, the scores' blocking checks, and runs named after the platform's jobs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from churn_platform import checks
 from churn_platform.assets.evaluation import (
     AT_THRESHOLD_COLUMNS,
     RANKING_COLUMNS,
@@ -137,3 +138,37 @@ def test_runs_are_named_after_the_job_of_exactly_the_selected_assets(tmp_path) -
     assert name("group:training or group:ensembles or group:evaluation") == (
         "select_group_training_or_group_ensembles_or_group_evaluation"
     )
+
+
+def test_churn_scores_has_blocking_checks_on_its_rows_and_probabilities(tmp_path) -> None:
+    graph = build_definitions(load_settings({"CHURN_HOME": str(tmp_path)})).resolve_asset_graph()
+    specs = {
+        key.name: graph.get_check_spec(key)
+        for key in graph.asset_check_keys
+        if key.asset_key == dg.AssetKey("churn_scores")
+    }
+    for name in (checks.SCORED_POPULATION, checks.PROBABILITY_RANGE):
+        assert specs[name].blocking and specs[name].description, name
+
+
+def test_the_population_check_fails_when_a_customer_is_lost_or_scored_twice() -> None:
+    assert checks.scored_population_result("churn_scores", 5174, 5174).passed
+    for stored in (5173, 5175):
+        result = checks.scored_population_result("churn_scores", stored, 5174)
+        assert not result.passed and result.severity == dg.AssetCheckSeverity.ERROR
+        assert result.description == f"{stored} rows stored for a scoring population of 5174"
+        assert result.metadata["scoring_population"].value == 5174
+
+
+def test_the_probability_check_judges_the_stored_probabilities(spark) -> None:
+    def judged(values: list[float | None]) -> dg.AssetCheckResult:
+        frame = spark.createDataFrame([(v,) for v in values], "churn_probability double")
+        return checks.probability_range_result("churn_scores", checks.probability_statistics(frame))
+
+    fine = judged([0.0, 0.25, 1.0])
+    assert fine.passed and fine.metadata["rows_outside"].value == 0
+    assert (fine.metadata["lowest"].value, fine.metadata["highest"].value) == (0.0, 1.0)
+    broken = judged([0.5, -0.01, 1.2, float("nan"), None])
+    assert not broken.passed and broken.severity == dg.AssetCheckSeverity.ERROR
+    assert broken.metadata["rows_outside"].value == 4
+    assert broken.description.startswith("4 probabilities outside [0, 1] (lowest -0.0100")

@@ -9,7 +9,7 @@ from dagster_pyspark import PySparkResource
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from churn_platform import etl
+from churn_platform import checks, etl
 from churn_platform.config import DatasetSpec, SourceSpec
 from churn_platform.core import cleaning, output_files, sources, tracking
 from churn_platform.core import scoring as core_scoring
@@ -84,7 +84,10 @@ def unseen_check(summary: dict, settings: Settings) -> dg.AssetCheckResult:
     kinds={"spark", "parquet", "mlflow"},
     code_version="2",
     retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
-    check_specs=[dg.AssetCheckSpec(UNSEEN_CHECK, asset="churn_scores")],
+    check_specs=[
+        dg.AssetCheckSpec(UNSEEN_CHECK, asset="churn_scores"),
+        *checks.scores_check_specs("churn_scores"),
+    ],
 )
 def churn_scores(
     context: dg.AssetExecutionContext,
@@ -151,6 +154,16 @@ def churn_scores(
         },
     )
     yield unseen_check(summary, settings)
+    stored = checks.probability_statistics(written)
+    yield checks.scored_population_result("churn_scores", stored["rows"], population(result))
+    yield checks.probability_range_result("churn_scores", stored)
+
+
+def population(result: core_scoring.Scores) -> int:
+    """The scoring population as counted in the cleaned input, before any scoring step."""
+    if result.population is None:
+        raise ValueError("churn_scores is scored with a population rule; none was observed")
+    return int(result.population.get["in_population"] or 0)
 
 
 def score_file(
