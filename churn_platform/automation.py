@@ -16,21 +16,13 @@ import dagster as dg
 import pyarrow.parquet as pq
 
 from churn_platform import etl
-from churn_platform.assets import cleaning, features
-from churn_platform.assets.ingestion import ingest_batches, raw_customers
 from churn_platform.config import DatasetSpec
 from churn_platform.core.ops.incidents import IncidentStore
+from churn_platform.partitions import DATA_LAYER_KEYS, RAW_CUSTOMERS, ingest_batches
 from churn_platform.resources import StateResource
 from churn_platform.settings import Settings
 
 INBOX_SUFFIXES = (".csv", ".parquet")
-# A scan's last batch rebuilds the data layers in its own run: one process and one JVM start
-# instead of a second run that declarative automation would launch a tick later.
-DATA_LAYER_KEYS = (
-    *raw_customers.keys,
-    *cleaning.cleaned_customers.keys,
-    *features.customer_features.keys,
-)
 REJECTED = "rejected"
 MONITORING_CHECKS = ("auc_above_floor", "psi_below_threshold", "score_distribution_sane")
 
@@ -177,7 +169,7 @@ def scan_inbox(settings: Settings, spec: DatasetSpec, now: dt.datetime) -> dg.Se
         dg.RunRequest(
             run_key=key,
             partition_key=key,
-            asset_selection=list(DATA_LAYER_KEYS if key == keys[-1] else raw_customers.keys),
+            asset_selection=list(DATA_LAYER_KEYS) if key == keys[-1] else [RAW_CUSTOMERS],
             tags={"churn/trigger": "inbox", "churn/actor": "sensor:inbox_sensor"},
         )
         for key in keys

@@ -70,9 +70,9 @@ def materialize_selection(
     With `progress`, a line per finished asset replaces Dagster's INFO log on the console.
     """
     instance = open_instance(settings)
-    from churn_platform.assets.ingestion import BASE_BATCH, ingest_batches
     from churn_platform.core.process_identity import process_token
     from churn_platform.definitions import build_definitions
+    from churn_platform.partitions import BASE_BATCH, ingest_batches
     from churn_platform.progress import RunProgress
     from churn_platform.run_recovery import PROCESS_TAG
 

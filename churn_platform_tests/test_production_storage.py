@@ -13,10 +13,10 @@ import pytest
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 from mlflow import MlflowClient
 
-from churn_platform.assets.ingestion import BASE_BATCH, ingest_batches
 from churn_platform.core.tracking import CHAMPION
 from churn_platform.definitions import build_definitions
 from churn_platform.mlflow_resource import MlflowResource
+from churn_platform.partitions import BASE_BATCH, ingest_batches
 from churn_platform.settings import load_settings
 
 pytestmark = pytest.mark.postgres

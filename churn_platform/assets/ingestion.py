@@ -14,12 +14,10 @@ from churn_platform.core import quality
 from churn_platform.core import sources as sources_core
 from churn_platform.core.ops.log import OpsLog
 from churn_platform.io_managers import StagedParquet, staged_versions
+from churn_platform.partitions import BASE_BATCH, ingest_batches
 from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.schemas import raw_schema
 from churn_platform.settings import Settings
-
-ingest_batches = dg.DynamicPartitionsDefinition(name="ingest_batches")
-BASE_BATCH = "base"
 
 
 def batch_sources(spec: DatasetSpec, settings: Settings, batch: str) -> tuple[SourceSpec, ...]:
