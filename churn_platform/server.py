@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from types import FrameType
 
 import dagster as dg
 
+from churn_platform.definitions import PIPELINE, build_definitions
 from churn_platform.runner import install_dagster_yaml
 from churn_platform.settings import Settings, environ_restored
 
@@ -45,6 +47,29 @@ _RESET_SIGNALS_THEN_EXEC = (
     "signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
     "os.execv(sys.argv[1], sys.argv[1:])\n"
 )
+
+
+def graph_groups(settings: Settings) -> list[str]:
+    """The asset graph's groups in the order the pipeline runs them (how deep in the graph their
+    assets start and end), the groups outside the pipeline (backups) last."""
+    graph = build_definitions(settings).resolve_asset_graph()
+    in_pipeline = PIPELINE.resolve(graph)
+    depths: dict[str, list[int]] = {}
+    depth: dict[dg.AssetKey, int] = {}
+    for key in graph.toposorted_asset_keys:
+        depth[key] = 1 + max(
+            (depth[p] for p in graph.get(key).parent_keys if p in depth), default=-1
+        )
+        depths.setdefault(graph.get(key).group_name, []).append(depth[key])
+    outside = {graph.get(key).group_name for key in graph.get_all_asset_keys() - in_pipeline}
+    return sorted(depths, key=lambda g: (g in outside, min(depths[g]), max(depths[g]), g))
+
+
+def expanded_graph_url(url: str, groups: list[str]) -> str:
+    """The asset graph with every group open: Dagster opens it collapsed and has no setting for
+    another default, but its `expanded` parameter lists the groups to open."""
+    expanded = ",".join(f"global@global:{group}" for group in groups)
+    return f"{url}/asset-groups?expanded={urllib.parse.quote(expanded, safe='@:,')}"
 
 
 class PlatformError(RuntimeError):
@@ -221,9 +246,13 @@ def serve(
     platform = _Platform(settings, port, host, read_only, daemon)
     try:
         platform.start()
+        graph_url = expanded_graph_url(platform.url, graph_groups(settings))  # while it starts
         if platform.wait_until_ready(stop_requested):
             mode = " (read-only)" if read_only else ""
-            sys.stdout.write(f"Dagster UI{mode} for {settings.home}: {platform.url}\n")
+            sys.stdout.write(
+                f"Dagster UI{mode} for {settings.home}: {platform.url}\n"
+                f"Asset graph with every group expanded: {graph_url}\n"
+            )
             sys.stdout.flush()
         while not stop_requested.wait(0.5):
             dead = platform.dead_child()

@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING
 import psutil
 import pytest
 
-from churn_platform.server import PlatformError, running_platform, serve
+from churn_platform.server import (
+    PlatformError,
+    expanded_graph_url,
+    graph_groups,
+    running_platform,
+    serve,
+)
 from churn_platform.settings import Settings, load_settings
 from churn_platform_tests.conftest import PIPELINE_MODELS, PipelineRun, restored_environ
 
@@ -49,6 +55,8 @@ SERVE = (
     "sys.exit(serve(load_settings(), port=int(sys.argv[1])))\n"
 )
 URL_LINE = re.compile(r"^Dagster UI .*: (http://\S+)$", re.MULTILINE)
+GRAPH_LINE = re.compile(r"^Asset graph with every group expanded: (http://\S+)$", re.MULTILINE)
+README = Path(__file__).parents[1] / "README.md"
 
 
 def free_port() -> int:
@@ -151,6 +159,9 @@ def test_sigterm_stops_webserver_daemon_and_code_servers(
 ) -> None:
     served = start_serve()
     served.wait_until_serving()
+    base = URL_LINE.search(served.output()).group(1)
+    graph = GRAPH_LINE.search(served.output())
+    assert graph and graph.group(1) == expanded_graph_url(base, graph_groups(load_settings()))
     lines = dagster_descendants(psutil.Process(served.process.pid)).values()
     assert any("dagster-webserver" in line for line in lines), lines
     assert any("dagster-daemon run" in line for line in lines), lines
@@ -186,6 +197,16 @@ def test_a_dying_daemon_stops_the_webserver_and_fails(
     assert_nothing_left(churn_home)
 
 
+def test_the_expanded_graph_opens_every_group_in_pipeline_order(tmp_path: Path) -> None:
+    groups = graph_groups(load_settings({"CHURN_HOME": str(tmp_path)}))
+    assert groups[:4] == ["ingestion", "cleaning", "features", "training"]
+    assert groups.index("training") < groups.index("scoring") and groups[-1] == "backups"
+    url = expanded_graph_url("http://127.0.0.1:3000", groups)
+    assert url.count("global@global:") == len(set(groups)) == len(groups)
+    # The README gives the address `serve` prints for the default port.
+    assert url in README.read_text()
+
+
 def test_a_busy_port_fails_before_anything_starts(settings: Settings) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -203,9 +224,7 @@ LAYER_CHECKS = {
     "customer_features": ("schema_valid", "non_empty"),
 }
 FRESHNESS_RULE = re.compile(r"^Fails if more than .+ since last materialization$")
-# The asset graph with every stage group expanded: the URL the README gives.
-STAGES = "ingestion cleaning features training ensembles evaluation registry scoring monitoring"
-EXPANDED = ",".join(f"global@global:{group}" for group in [*STAGES.split(), "audit", "backups"])
+SCORES_CHECKS = ("rows_equal_scoring_population", "probabilities_within_0_and_1")
 CURVES = ("ROC curve, test ROC-AUC", "Precision-recall curve", "Reliability curve")
 LEADERBOARD_TABLES = {
     "ranking": ["model", "roc_auc", "pr_auc", "brier", "cv_roc_auc_mean"],
@@ -254,7 +273,7 @@ def check_ui(page: Page, url: str, shots: Path, pipeline: PipelineRun) -> None:
     """Groups in the asset graph, expanded by URL; the CLI's run under its job's name; lineage,
     latest metadata and no Materialize on an asset page; freshness policy and check results on
     the data layers' pages; a model's curves as images; the whole leaderboard; the promotion
-    gate's blocking check with the gate's reason."""
+    gate's blocking check with the gate's reason; the scores' blocking checks, passed."""
     from playwright.sync_api import expect
 
     page.goto(f"{url}/asset-groups")
@@ -264,7 +283,7 @@ def check_ui(page: Page, url: str, shots: Path, pipeline: PipelineRun) -> None:
         expect(node.first).to_be_visible()
     page.screenshot(path=shots / "asset_graph.png")
 
-    page.goto(f"{url}/asset-groups?expanded={EXPANDED}")
+    page.goto(expanded_graph_url(url, graph_groups(load_settings())))
     for asset in ("raw_customers", "cleaned_customers", "champion_model", "churn_scores"):
         expect(page.get_by_text(asset, exact=True)).to_be_visible()
     page.screenshot(path=shots / "asset_graph_expanded.png")
@@ -327,6 +346,12 @@ def check_ui(page: Page, url: str, shots: Path, pipeline: PipelineRun) -> None:
     decision = page.get_by_role("row").filter(has_text="decision").first
     expect(decision).to_contain_text(re.compile(r"promoted|champion kept"))
     page.screenshot(path=shots / "champion_model_gate.png", full_page=True)
+
+    for check in SCORES_CHECKS:
+        page.goto(f"{url}/assets/churn_scores?view=checks&checkDetail={check}")
+        expect(page.get_by_text(re.compile(r"This is a\s+blocking\s+asset check"))).to_be_visible()
+        expect(page.get_by_text("Passed", exact=True).first).to_be_visible()
+        page.screenshot(path=shots / f"churn_scores_{check}.png", full_page=True)
 
 
 def check_mlflow_ui(page: Page, url: str, shots: Path) -> None:
