@@ -13,7 +13,6 @@ import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandera.pyspark as pa
 from pyspark.sql import Column, DataFrame, Window
@@ -63,25 +62,18 @@ _TYPED = "__typed__"
 
 
 @dataclass
-class CleanResult:
+class CleanResult(quality.LayerResult):
     """Both outputs (lazy frames), the roles, and the layer's numbers.
 
-    `write` stores both outputs and takes the numbers from the same pass; without a write,
-    reading `stats` runs the aggregate as a job of its own (small inputs, tests).
+    `write` stores both outputs and takes the numbers from the same pass; `marked` is the frame
+    the aggregates run over (every raw row, kept or quarantined).
     """
 
     cleaned: DataFrame
     quarantined: DataFrame
-    numeric: list[str]
-    categorical: list[str]
-    id_column: str
-    content: list[str]
     marked: DataFrame
-    aggregates: list[Column]
     windowed: bool
     replan: Callable[[bool], CleanResult] = field(repr=False)
-    schema: pa.DataFrameSchema | None = None
-    _stats: dict[str, Any] | None = field(default=None, repr=False)
 
     def write(self, cleaned_path: Path, quarantine_path: Path) -> CleanResult:
         """Write both outputs as Parquet; the statistics are observed during the first write.
@@ -103,20 +95,14 @@ class CleanResult:
         self._stats = stats
         return self
 
-    @property
-    def stats(self) -> dict[str, Any]:
-        if self._stats is None:
-            row = self.marked.agg(*self.aggregates).first().asDict()
-            self._stats = self._finish(row, self.cleaned)
-        return self._stats
+    def _source(self) -> DataFrame:
+        return self.marked
 
-    def _finish(self, row: dict[str, Any], cleaned: DataFrame) -> dict[str, Any]:
-        row["quality:ids"] = quality.distinct_ids(cleaned, self.id_column)
-        if self.schema:
-            row["schema_problems"] = quality.schema_problems(
-                cleaned.select(*[F.col(f"`{c}`") for c in self.content]), self.schema, row
-            )
-        return row
+    def _table(self) -> DataFrame:
+        return self.cleaned
+
+    def _checked(self, table: DataFrame) -> DataFrame:
+        return table.select(*[F.col(f"`{c}`") for c in self.content])
 
     @property
     def by_reason(self) -> dict[str, int]:

@@ -7,9 +7,8 @@ vector (training, scoring) applies the stored `PipelineModel` where it is used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandera.pyspark as pa
 from pyspark.ml import Pipeline, PipelineModel
@@ -180,22 +179,14 @@ def fit_feature_pipeline(
 
 
 @dataclass
-class FeatureResult:
+class FeatureResult(quality.LayerResult):
     """The engineered table (lazy), its fitted pipeline, and the layer's numbers.
 
-    `write` stores the table and observes the numbers in the same pass; without a write,
-    reading `stats` runs the aggregate as a job of its own (small inputs, tests).
+    `write` stores the table and observes the numbers in the same pass.
     """
 
     features: DataFrame
     pipeline: PipelineModel
-    numeric: list[str]
-    categorical: list[str]
-    id_column: str
-    content: list[str]
-    aggregates: list[Column]
-    schema: pa.DataFrameSchema | None = None
-    _stats: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def vector_size(self) -> int:
@@ -210,19 +201,11 @@ class FeatureResult:
         written = self.features.sparkSession.read.parquet(str(path))
         self._stats = self._finish(dict(observation.get), written)
 
-    @property
-    def stats(self) -> dict[str, Any]:
-        if self._stats is None:
-            self._stats = self._finish(
-                self.features.agg(*self.aggregates).first().asDict(), self.features
-            )
-        return self._stats
+    def _source(self) -> DataFrame:
+        return self.features
 
-    def _finish(self, row: dict[str, Any], table: DataFrame) -> dict[str, Any]:
-        row["quality:ids"] = quality.distinct_ids(table, self.id_column)
-        if self.schema:
-            row["schema_problems"] = quality.schema_problems(table, self.schema, row)
-        return row
+    def _table(self) -> DataFrame:
+        return self.features
 
     @property
     def cleaned_fingerprint(self) -> str:

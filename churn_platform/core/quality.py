@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandera.pyspark as pa
@@ -103,6 +104,50 @@ def distinct_ids(df: DataFrame, id_col: str) -> int:
     """Distinct ids of a layer: one job over the id column only (count_distinct: 1.4x less
     CPU than distinct().count() on a million written ids)."""
     return int(df.agg(F.count_distinct(F.col(f"`{id_col}`"))).first()[0])
+
+
+@dataclass(kw_only=True)
+class LayerResult:
+    """What every written layer knows of itself: column roles, its aggregates, its numbers.
+
+    A subclass writes the layer and observes `aggregates` during the write; without a write,
+    reading `stats` runs the aggregate over `_source()` as a job of its own (small inputs, tests).
+    """
+
+    numeric: list[str]
+    categorical: list[str]
+    id_column: str
+    content: list[str]
+    aggregates: list[Column]
+    schema: pa.DataFrameSchema | None = None
+    _stats: dict[str, Any] | None = field(default=None, repr=False)
+
+    def _source(self) -> DataFrame:
+        """The frame the aggregates are computed over."""
+        raise NotImplementedError
+
+    def _table(self) -> DataFrame:
+        """The layer's output table (lazy until written)."""
+        raise NotImplementedError
+
+    def _checked(self, table: DataFrame) -> DataFrame:
+        """The part of `table` its schema describes."""
+        return table
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        if self._stats is None:
+            row = self._source().agg(*self.aggregates).first().asDict()
+            self._stats = self._finish(row, self._table())
+        return self._stats
+
+    def _finish(self, row: dict[str, Any], table: DataFrame) -> dict[str, Any]:
+        """The aggregate row completed with what one aggregate cannot hold: the distinct ids
+        (the unique-ids check) and, with a schema, the schema problems."""
+        row["quality:ids"] = distinct_ids(table, self.id_column)
+        if self.schema:
+            row["schema_problems"] = schema_problems(self._checked(table), self.schema, row)
+        return row
 
 
 def fingerprint_aggregates(columns: Sequence[str], where: Column | None = None) -> list[Column]:
