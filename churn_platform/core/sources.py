@@ -7,20 +7,17 @@ lines and finds blank lines and lines with an odd number of quotes (a quoted new
 there are none, every record is one line, so a record's line follows from its partition's
 offset and its position, and the CSV is parsed once, by the write. Only a file with blank lines
 or quoted newlines is parsed as multi-line CSV (cached) and by Python's csv module, to map
-records to the lines they start on.
+records to the lines they start on (the line bookkeeping is `core.lines`).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import re
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -38,6 +35,16 @@ from churn_platform.core.columns import (
     SOURCE_COL,
     WRONG_FIELD_COUNT,
 )
+from churn_platform.core.lines import (
+    LineMap,
+    cached_counts,
+    count_lines,
+    line_numbers,
+    map_record_lines,
+    ordinal,
+    scan_file,
+    tag_positions,
+)
 from churn_platform.etl import (
     InputDataError,
     file_sha256,
@@ -48,10 +55,6 @@ from churn_platform.etl import (
 
 CORRUPT_COL = "_corrupt_record"
 _BATCH_TIME = re.compile(r"^(\d{8})T(\d{6})")
-# Past this many line shifts (blank lines, multi-line records) a CASE expression gets too
-# large; the record -> line map is joined instead.
-MAX_LINE_BREAKPOINTS = 500
-_CHUNK = 1 << 22
 
 
 @dataclass
@@ -65,24 +68,6 @@ class RawBatch:
     def release(self) -> None:
         for frame in self.cached:
             frame.unpersist()
-
-
-@dataclass(frozen=True)
-class FileScan:
-    sha256: str
-    lines: int
-
-
-def scan_file(path: Path) -> FileScan:
-    """Content hash and line count of a file in one pass over its bytes."""
-    digest, newlines, last = hashlib.sha256(), 0, b""
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-            newlines += chunk.count(b"\n")
-            last = chunk
-    lines = newlines + (1 if last and not last.endswith(b"\n") else 0)
-    return FileScan(digest.hexdigest(), lines)
 
 
 def _reader(spark: SparkSession, names: list[str], delimiter: str, multiline: bool):
@@ -101,138 +86,6 @@ def _reader(spark: SparkSession, names: list[str], delimiter: str, multiline: bo
         multiLine=multiline,
         encoding="UTF-8",
     )
-
-
-def _tagged(frame: DataFrame) -> DataFrame:
-    return frame.select(
-        "*",
-        F.spark_partition_id().alias("_pid"),
-        F.monotonically_increasing_id().alias("_mid"),
-    )
-
-
-def _offsets(counts: list[tuple[int, int]]) -> dict[int, int]:
-    """Records before each partition, from (partition, records) pairs."""
-    offsets, running = {}, 0
-    for pid, n in sorted(counts):
-        offsets[pid] = running
-        running += n
-    return offsets
-
-
-def _cached_counts(tagged: DataFrame) -> tuple[DataFrame, dict[int, int], int]:
-    """Cache the parsed rows; per-partition offsets and the record count, in one job."""
-    tagged = tagged.persist()
-    counts = [
-        (row["_pid"], row["n"])
-        for row in tagged.groupBy("_pid").agg(F.count(F.lit(1)).alias("n")).collect()
-    ]
-    offsets = _offsets(counts)
-    return tagged, offsets, sum(n for _, n in counts)
-
-
-@dataclass(frozen=True)
-class LineCounts:
-    """Per-partition line counts of a file read as text, and what breaks one-record-per-line."""
-
-    offsets: dict[int, int]
-    records: int
-    irregular: int  # blank lines plus lines with an odd number of quotes
-
-
-def count_lines(spark: SparkSession, path: Path) -> LineCounts:
-    """One job over the file as text, split into the same partitions as the CSV reader's.
-
-    Both readers cut one file at the same byte ranges and read lines the same way, so the
-    counts per partition are the CSV records per partition when no line is irregular.
-    """
-    value = F.col("value")
-    quotes = F.length(value) - F.length(F.replace(value, F.lit('"'), F.lit("")))
-    odd_quotes = quotes % 2 == 1
-    rows = (
-        spark.read.text(str(path))
-        .groupBy(F.spark_partition_id().alias("_pid"))
-        .agg(
-            F.count(F.lit(1)).alias("n"),
-            # Spark's CSV reader skips lines that Java's trim() empties.
-            F.sum((value.rlike("^[\\x00-\\x20]*$") | odd_quotes).cast("long")).alias("odd"),
-        )
-        .collect()
-    )
-    # The header is the first line of the first partition.
-    counts = [(r["_pid"], r["n"] - (1 if r["_pid"] == 0 else 0)) for r in rows]
-    return LineCounts(
-        _offsets(counts), sum(n for _, n in counts), sum(int(r["odd"] or 0) for r in rows)
-    )
-
-
-def _ordinal(offsets: dict[int, int]) -> Column:
-    """Dense 0-based record number in file order (partitions of one file follow its bytes)."""
-    local = F.col("_mid") - F.shiftleft(F.col("_pid").cast("long"), 33)
-    if not offsets:
-        return local
-    offset_map = F.create_map(*[F.lit(x) for pair in offsets.items() for x in pair])
-    return offset_map[F.col("_pid")] + local
-
-
-@dataclass(frozen=True)
-class LineMap:
-    """Where records start: record i is on line 2 + i + the delta of the last breakpoint <= i."""
-
-    breakpoints: list[tuple[int, int]]
-    blank_lines: list[int]
-    records: int
-
-
-def map_record_lines(path: Path, delimiter: str) -> LineMap:
-    """Parse the file once in Python (RFC 4180, like Spark's reader) to find record lines.
-
-    Spark skips empty lines; they are returned so that the raw layer can quarantine them.
-    """
-    csv.field_size_limit(sys.maxsize)  # a valid field may be arbitrarily long
-    breakpoints: list[tuple[int, int]] = []
-    blanks: list[int] = []
-    delta, records = 0, 0
-    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
-        handle.readline()  # the header is its first line, as read_csv_header reads it
-        reader = csv.reader(handle, delimiter=delimiter, quotechar='"', doublequote=True)
-        previous_end = 1
-        for row in reader:
-            start = previous_end + 1
-            previous_end = reader.line_num + 1
-            if not row:
-                blanks.append(start)
-                continue
-            shift = start - (2 + records)
-            if shift != delta:
-                breakpoints.append((records, shift))
-                delta = shift
-            records += 1
-    return LineMap(breakpoints, blanks, records)
-
-
-def _line_numbers(tagged: DataFrame, ordinal: Column, lines: LineMap | None) -> DataFrame:
-    """Add the 1-based line number each record starts on."""
-    first = F.lit(2).cast("long") + ordinal
-    if lines is None or not lines.breakpoints:
-        return tagged.withColumn(LINE_COL, first)
-    if len(lines.breakpoints) <= MAX_LINE_BREAKPOINTS:
-        shift = F.lit(0).cast("long")
-        for start, delta in lines.breakpoints:  # ascending: each later breakpoint overrides
-            shift = F.when(ordinal >= start, F.lit(delta).cast("long")).otherwise(shift)
-        return tagged.withColumn(LINE_COL, first + shift)
-    starts = pd.DataFrame(lines.breakpoints, columns=["_start", "_shift"])
-    starts["_end"] = starts["_start"].shift(-1, fill_value=lines.records + 1)
-    table = tagged.sparkSession.createDataFrame(starts)
-    tagged = tagged.withColumn("_ord", ordinal)
-    joined = tagged.join(
-        F.broadcast(table),
-        (F.col("_ord") >= F.col("_start")) & (F.col("_ord") < F.col("_end")),
-        "left",
-    )
-    return joined.withColumn(
-        LINE_COL, first + F.coalesce(F.col("_shift"), F.lit(0)).cast("long")
-    ).drop("_ord", "_start", "_end", "_shift")
 
 
 def _field_count(text: Column, delimiter: str) -> Column:
@@ -258,17 +111,18 @@ def read_csv_source(
         counted = count_lines(spark, path)
         scan = scanning.result()
     if counted.irregular == 0 and counted.records == scan.lines - 1:
-        tagged = _tagged(_reader(spark, names, source.delimiter, multiline=False).csv(str(path)))
+        reader = _reader(spark, names, source.delimiter, multiline=False)
+        tagged = tag_positions(reader.csv(str(path)))
         offsets = counted.offsets
     else:
         # Blank lines or quoted newlines: parse as multi-line CSV (one split per file, so only
         # here), cache it, and map records to lines.
-        tagged, offsets, _ = _cached_counts(
-            _tagged(_reader(spark, names, source.delimiter, multiline=True).csv(str(path)))
+        tagged, offsets, _ = cached_counts(
+            tag_positions(_reader(spark, names, source.delimiter, multiline=True).csv(str(path)))
         )
         cache = tagged
         lines = map_record_lines(path, source.delimiter)
-    numbered = _line_numbers(tagged, _ordinal(offsets), lines)
+    numbered = line_numbers(tagged, ordinal(offsets), lines)
     text = F.col(CORRUPT_COL)
     fields = _field_count(text, source.delimiter)
     replaced = [F.col(f"`{n}`").contains("\ufffd") for n in names]

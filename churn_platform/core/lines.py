@@ -1,0 +1,178 @@
+"""Where each CSV record starts: line counts per partition and the record -> line map.
+
+The raw layer quarantines a bad record by the line it starts on. When every record is one
+line, a record's line follows from its partition's offset (`count_lines`, one cheap job over the
+file as text) and its position; a file with blank lines or quoted newlines is also parsed by
+Python's csv module (`map_record_lines`) to find where its records start.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from churn_platform.core.columns import LINE_COL
+
+# Past this many line shifts (blank lines, multi-line records) a CASE expression gets too
+# large; the record -> line map is joined instead.
+MAX_LINE_BREAKPOINTS = 500
+_CHUNK = 1 << 22
+
+
+@dataclass(frozen=True)
+class FileScan:
+    """A file's content hash and its number of lines, from one pass over its bytes."""
+
+    sha256: str
+    lines: int
+
+
+def scan_file(path: Path) -> FileScan:
+    """Content hash and line count of a file in one pass over its bytes."""
+    digest, newlines, last = hashlib.sha256(), 0, b""
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+            newlines += chunk.count(b"\n")
+            last = chunk
+    lines = newlines + (1 if last and not last.endswith(b"\n") else 0)
+    return FileScan(digest.hexdigest(), lines)
+
+
+def tag_positions(frame: DataFrame) -> DataFrame:
+    return frame.select(
+        "*",
+        F.spark_partition_id().alias("_pid"),
+        F.monotonically_increasing_id().alias("_mid"),
+    )
+
+
+def _offsets(counts: list[tuple[int, int]]) -> dict[int, int]:
+    """Records before each partition, from (partition, records) pairs."""
+    offsets, running = {}, 0
+    for pid, n in sorted(counts):
+        offsets[pid] = running
+        running += n
+    return offsets
+
+
+def cached_counts(tagged: DataFrame) -> tuple[DataFrame, dict[int, int], int]:
+    """Cache the parsed rows; per-partition offsets and the record count, in one job."""
+    tagged = tagged.persist()
+    counts = [
+        (row["_pid"], row["n"])
+        for row in tagged.groupBy("_pid").agg(F.count(F.lit(1)).alias("n")).collect()
+    ]
+    offsets = _offsets(counts)
+    return tagged, offsets, sum(n for _, n in counts)
+
+
+@dataclass(frozen=True)
+class LineCounts:
+    """Per-partition line counts of a file read as text, and what breaks one-record-per-line."""
+
+    offsets: dict[int, int]
+    records: int
+    irregular: int  # blank lines plus lines with an odd number of quotes
+
+
+def count_lines(spark: SparkSession, path: Path) -> LineCounts:
+    """One job over the file as text, split into the same partitions as the CSV reader's.
+
+    Both readers cut one file at the same byte ranges and read lines the same way, so the
+    counts per partition are the CSV records per partition when no line is irregular.
+    """
+    value = F.col("value")
+    quotes = F.length(value) - F.length(F.replace(value, F.lit('"'), F.lit("")))
+    odd_quotes = quotes % 2 == 1
+    rows = (
+        spark.read.text(str(path))
+        .groupBy(F.spark_partition_id().alias("_pid"))
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            # Spark's CSV reader skips lines that Java's trim() empties.
+            F.sum((value.rlike("^[\\x00-\\x20]*$") | odd_quotes).cast("long")).alias("odd"),
+        )
+        .collect()
+    )
+    # The header is the first line of the first partition.
+    counts = [(r["_pid"], r["n"] - (1 if r["_pid"] == 0 else 0)) for r in rows]
+    return LineCounts(
+        _offsets(counts), sum(n for _, n in counts), sum(int(r["odd"] or 0) for r in rows)
+    )
+
+
+def ordinal(offsets: dict[int, int]) -> Column:
+    """Dense 0-based record number in file order (partitions of one file follow its bytes)."""
+    local = F.col("_mid") - F.shiftleft(F.col("_pid").cast("long"), 33)
+    if not offsets:
+        return local
+    offset_map = F.create_map(*[F.lit(x) for pair in offsets.items() for x in pair])
+    return offset_map[F.col("_pid")] + local
+
+
+@dataclass(frozen=True)
+class LineMap:
+    """Where records start: record i is on line 2 + i + the delta of the last breakpoint <= i."""
+
+    breakpoints: list[tuple[int, int]]
+    blank_lines: list[int]
+    records: int
+
+
+def map_record_lines(path: Path, delimiter: str) -> LineMap:
+    """Parse the file once in Python (RFC 4180, like Spark's reader) to find record lines.
+
+    Spark skips empty lines; they are returned so that the raw layer can quarantine them.
+    """
+    csv.field_size_limit(sys.maxsize)  # a valid field may be arbitrarily long
+    breakpoints: list[tuple[int, int]] = []
+    blanks: list[int] = []
+    delta, records = 0, 0
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        handle.readline()  # the header is its first line, as read_csv_header reads it
+        reader = csv.reader(handle, delimiter=delimiter, quotechar='"', doublequote=True)
+        previous_end = 1
+        for row in reader:
+            start = previous_end + 1
+            previous_end = reader.line_num + 1
+            if not row:
+                blanks.append(start)
+                continue
+            shift = start - (2 + records)
+            if shift != delta:
+                breakpoints.append((records, shift))
+                delta = shift
+            records += 1
+    return LineMap(breakpoints, blanks, records)
+
+
+def line_numbers(tagged: DataFrame, ordinal: Column, lines: LineMap | None) -> DataFrame:
+    """Add the 1-based line number each record starts on."""
+    first = F.lit(2).cast("long") + ordinal
+    if lines is None or not lines.breakpoints:
+        return tagged.withColumn(LINE_COL, first)
+    if len(lines.breakpoints) <= MAX_LINE_BREAKPOINTS:
+        shift = F.lit(0).cast("long")
+        for start, delta in lines.breakpoints:  # ascending: each later breakpoint overrides
+            shift = F.when(ordinal >= start, F.lit(delta).cast("long")).otherwise(shift)
+        return tagged.withColumn(LINE_COL, first + shift)
+    starts = pd.DataFrame(lines.breakpoints, columns=["_start", "_shift"])
+    starts["_end"] = starts["_start"].shift(-1, fill_value=lines.records + 1)
+    table = tagged.sparkSession.createDataFrame(starts)
+    tagged = tagged.withColumn("_ord", ordinal)
+    joined = tagged.join(
+        F.broadcast(table),
+        (F.col("_ord") >= F.col("_start")) & (F.col("_ord") < F.col("_end")),
+        "left",
+    )
+    return joined.withColumn(
+        LINE_COL, first + F.coalesce(F.col("_shift"), F.lit(0)).cast("long")
+    ).drop("_ord", "_start", "_end", "_shift")
