@@ -82,11 +82,14 @@ def run(config: str | None, select: str | None, as_json: bool) -> int:
 def generate(
     config: str | None, rows: int, output: str, seed: int, drift: float, id_start: int, fmt: str
 ) -> int:
+    if rows < 1:
+        raise CommandError("--rows must be at least 1", EXIT_USAGE)
+    settings = command_settings(config)
     from churn_platform.core.synthetic.generate import generate_customers
     from churn_platform.core.synthetic.write import write_customers
     from churn_platform.resources import spark_session
 
-    spark = spark_session(command_settings(config))
+    spark = spark_session(settings)
     df = generate_customers(spark, rows, seed=seed, drift=drift, id_start=id_start)
     print(write_customers(df, Path(output), fmt=fmt))
     return EXIT_OK
@@ -102,6 +105,7 @@ def generate(
     help="replace OUTPUT if it is an earlier score output (anything else is never replaced)",
 )
 def score(config: str | None, input_path: str, output: str, alias: str, overwrite: bool) -> int:
+    settings = command_settings(config)
     from churn_platform.core.output_files import OutputRefused, check_target
 
     if not Path(input_path).exists():
@@ -118,7 +122,6 @@ def score(config: str | None, input_path: str, output: str, alias: str, overwrit
     from churn_platform.mlflow_resource import MlflowResource
     from churn_platform.resources import spark_session
 
-    settings = command_settings(config)
     spark, spec = spark_session(settings), platform_spec(settings)
     # Reasons are measured from the training customers when the warehouse has them.
     stored = current_version(settings.warehouse / "cleaned_customers")
@@ -158,6 +161,7 @@ def top(
     """The highest-risk current customers from the stored churn_scores, without starting Spark."""
     if n < 1:
         raise CommandError("--n must be at least 1", EXIT_USAGE)
+    settings = command_settings(config)
     target = Path(output) if output else None
     if target is not None:
         from churn_platform.core.output_files import OutputRefused, check_target
@@ -172,7 +176,6 @@ def top(
     from churn_platform.config import platform_spec
     from churn_platform.top import NoScoresError, top_customers, top_table, write_top_csv
 
-    settings = command_settings(config)
     try:
         records = top_customers(settings, platform_spec(settings), n, tier)
     except NoScoresError as exc:
@@ -191,21 +194,20 @@ def top(
 @click.option("--port", type=int, default=3000, show_default=True)
 @click.option("--read-only", is_flag=True, help="auditor UI: no daemon, no writes")
 def serve(config: str | None, port: int, read_only: bool) -> int:
+    settings = command_settings(config)
     from churn_platform.server import serve as serve_platform
 
-    return serve_platform(
-        command_settings(config), port=port, read_only=read_only, daemon=not read_only
-    )
+    return serve_platform(settings, port=port, read_only=read_only, daemon=not read_only)
 
 
 @command("mlflow-ui", "MLflow's UI on the state root's tracking store (runs, metrics, models)")
 @click.option("--port", type=int, default=5000, show_default=True)
 def mlflow_ui(config: str | None, port: int) -> int:
     """Prints the URL of the experiment's runs, then becomes `mlflow ui` (Ctrl-C stops it)."""
+    settings = command_settings(config)
     from churn_platform.config import platform_spec
     from churn_platform.mlflow_ui import mlflow_ui as ui_command
 
-    settings = command_settings(config)
     ui = ui_command(settings, f"churn-{platform_spec(settings).name}", port)
     print(f"MLflow UI on {settings.mlflow_tracking_uri}: {ui.url}", flush=True)
     os.execv(ui.command[0], ui.command)

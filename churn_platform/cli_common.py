@@ -22,10 +22,17 @@ class CommandError(RuntimeError):
 
 
 def command_settings(config: str | None) -> Settings:
-    """The settings of a command: the environment's, with --config as the dataset spec."""
+    """The settings of a command: the environment's, with --config as the dataset spec.
+
+    A --config that is not a file is the user's mistake: refused here, before the command
+    imports anything heavy.
+    """
     settings = load_settings()
     if config:
-        return settings.model_copy(update={"spec_path": Path(config).resolve()})
+        path = Path(config).resolve()
+        if not path.is_file():
+            raise CommandError(f"--config {config}: no such dataset spec file", EXIT_USAGE)
+        return settings.model_copy(update={"spec_path": path})
     return settings
 
 

@@ -3,6 +3,7 @@ and audit reports. `cli` adds them to `churn-platform`."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import sys
 import time
@@ -28,12 +29,12 @@ from churn_platform.cli_common import (
     help="roll back even to a version clearly worse than the champion (test ROC-AUC)",
 )
 def rollback(config: str | None, to_version: str | None, reason: str, force: bool) -> int:
+    settings = command_settings(config)
     from churn_platform.config import platform_spec
     from churn_platform.core.registry import rollback as roll_back
     from churn_platform.mlflow_resource import MlflowResource
     from churn_platform.runner import actor
 
-    settings = command_settings(config)
     try:
         decision = roll_back(
             MlflowResource.from_settings(settings),
@@ -60,12 +61,12 @@ model = click.Group("model", commands=[rollback], help="registry operations")
 @command("verify", "check the operations log's hash chain against its anchors")
 @click.option("--json", "as_json", is_flag=True)
 def verify(config: str | None, as_json: bool) -> int:
+    settings = command_settings(config)
     from churn_platform.core.backup.verify import archived_chain_anchor
     from churn_platform.core.ops.chain import anchor_path
     from churn_platform.core.ops.incidents import IncidentStore
     from churn_platform.core.ops.verify import format_verify_report, verify_logs
 
-    settings = command_settings(config)
     # The anchor outside logs/ and the newest backup's copy report a deleted log folder.
     report = verify_logs(settings.logs, anchor_path(settings), archived_chain_anchor(settings))
     print(json.dumps(report.to_dict()) if as_json else format_verify_report(report))
@@ -125,9 +126,9 @@ incidents = click.Group(
 @command("status", "assets, freshness, failed checks, models, open incidents")
 @click.option("--json", "as_json", is_flag=True)
 def status(config: str | None, as_json: bool) -> int:
+    settings = command_settings(config)
     from churn_platform.runner import open_instance
 
-    settings = command_settings(config)
     instance = open_instance(settings)  # first: it sets MLflow's log level, read at import
     from churn_platform.status import platform_status, render_status
 
@@ -136,13 +137,23 @@ def status(config: str | None, as_json: bool) -> int:
     return EXIT_OK
 
 
+def partition_day(partition: str) -> str:
+    """A backup partition is a day, YYYY-MM-DD: anything else is refused before Dagster loads."""
+    try:
+        return datetime.date.fromisoformat(partition).isoformat()
+    except ValueError:
+        raise CommandError(
+            f"--partition {partition}: not a day (YYYY-MM-DD, e.g. 2026-11-27)", EXIT_USAGE
+        ) from None
+
+
 @command("backup", "materialize the backup partition (today by default)")
 @click.option("--partition", help="YYYY-MM-DD")
 def backup(config: str | None, partition: str | None) -> int:
+    settings = command_settings(config)
+    day = partition_day(partition) if partition else time.strftime("%Y-%m-%d", time.gmtime())
     from churn_platform import runner
 
-    settings = command_settings(config)
-    day = partition or time.strftime("%Y-%m-%d", time.gmtime())
     result = runner.materialize_selection(settings, "platform_backup", partition_key=day)
     runner.record_outcome(settings, result)
     if not result.success:
@@ -167,13 +178,14 @@ def backup(config: str | None, partition: str | None) -> int:
 def restore(
     config: str | None, partition: str, component: str, target: str | None, dry_run: bool
 ) -> int:
+    settings, day = command_settings(config), partition_day(partition)
     from churn_platform.core.backup.errors import BackupError
     from churn_platform.core.backup.restore import restore_backup
 
     try:
         result = restore_backup(
-            command_settings(config),
-            partition,
+            settings,
+            day,
             component=component,
             target_dir=Path(target) if target else None,
             dry_run=dry_run,
@@ -201,9 +213,9 @@ def restore(
 def audit(config: str | None, model_version: str | None, scores: str | None, as_json: bool) -> int:
     if model_version and scores:
         raise click.UsageError("--model and --scores exclude each other")
+    settings = command_settings(config)
     from churn_platform.runner import open_instance
 
-    settings = command_settings(config)
     instance = open_instance(settings)  # first: it sets MLflow's log level, read at import
     from churn_platform.audit_lineage import audit_model, audit_scores
     from churn_platform.config import platform_spec

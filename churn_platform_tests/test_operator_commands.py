@@ -1,0 +1,143 @@
+"""The operator's commands answer without Spark: mistakes are refused before any heavy import,
+status, incidents, logs, audit, restore and rollback never start a JVM, and a rollback to a
+clearly worse model needs --force and says how to re-score."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from churn_platform import cli
+from churn_platform.core.registry import METRIC_TAG_PREFIX
+from churn_platform.core.tracking import CHAMPION, TAG_MODEL_KIND
+from churn_platform.settings import load_settings
+
+# Runs one command, then reports what it imported and whether a JVM is up (pyspark's gateway,
+# or a java process below this interpreter).
+PROBE = """
+import json, sys
+import psutil
+from churn_platform import cli
+code = cli.main(sys.argv[1:])
+context = sys.modules.get("pyspark.core.context") or sys.modules.get("pyspark.context")
+gateway = getattr(getattr(context, "SparkContext", None), "_gateway", None)
+java = [p.name() for p in psutil.Process().children(recursive=True) if "java" in p.name()]
+heavy = [m for m in ("pyspark", "dagster", "mlflow") if m in sys.modules]
+print(json.dumps({"code": code, "jvm": gateway is not None or bool(java), "heavy": heavy}))
+"""
+MODEL = "churn-telco"
+# The issue's case: a decision tree (the worst model) behind a logistic-regression champion.
+VERSIONS = (("decision_tree", 0.8232), ("logistic_regression", 0.8627))
+
+
+def probe(home: Path, *argv: str) -> dict:
+    """The command in its own interpreter (a fresh import state), against `home`."""
+    env = load_settings({"CHURN_HOME": str(home)}).child_env()
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1]) | {"stderr": done.stderr}
+
+
+def register_versions(home: Path) -> MlflowClient:
+    """Two registered versions with their kind and test ROC-AUC tags, the better one champion
+    (no model files: the commands here read only the registry)."""
+    client = MlflowClient(tracking_uri=load_settings({"CHURN_HOME": str(home)}).mlflow_tracking_uri)
+    client.create_registered_model(MODEL)
+    for kind, roc_auc in VERSIONS:
+        tags = {TAG_MODEL_KIND: kind, f"{METRIC_TAG_PREFIX}roc_auc": str(roc_auc)}
+        version = client.create_model_version(MODEL, str(home / "model"), tags=tags)
+    client.set_registered_model_alias(MODEL, CHAMPION, version.version)
+    return client
+
+
+@pytest.fixture
+def registry_home(churn_home: Path) -> Path:
+    register_versions(churn_home)
+    return churn_home
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("score", "--input", "missing.csv", "--output", "scores.csv"),
+        ("run", "--config", "missing.yaml"),
+        ("status", "--config", "missing.yaml"),
+        ("generate", "--rows", "0", "--output", "out.csv"),
+        ("top", "--n", "0"),
+        ("backup", "--partition", "2026-13-01"),
+        ("restore", "--partition", "yesterday"),
+        ("model", "rollback", "--to-version"),
+        ("audit", "--model", "1", "--scores", "run"),
+    ],
+)
+def test_a_mistake_is_refused_before_spark_dagster_or_mlflow_load(
+    churn_home: Path, argv: tuple[str, ...]
+) -> None:
+    found = probe(churn_home, *argv)
+    assert found["code"] == cli.EXIT_USAGE, found
+    assert found["heavy"] == [] and not found["jvm"], found
+    assert "Traceback" not in found["stderr"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "light"),
+    [
+        (("status",), cli.EXIT_OK, False),
+        (("incidents", "list"), cli.EXIT_OK, True),
+        (("logs", "verify"), cli.EXIT_OK, True),
+        (("audit", "--model", "champion"), cli.EXIT_OK, False),
+        (("restore", "--partition", "2026-01-01", "--dry-run"), 5, True),
+        (("model", "rollback", "--to-version", "1"), cli.EXIT_FAILED, False),
+    ],
+)
+def test_operator_commands_never_start_a_jvm(
+    registry_home: Path, argv: tuple[str, ...], code: int, light: bool
+) -> None:
+    """`light` commands do not even import Spark, Dagster or MLflow; the others need Dagster's
+    definitions or the registry's modules, which import pyspark without starting it."""
+    found = probe(registry_home, *argv)
+    assert found["code"] == code, found
+    assert not found["jvm"], found
+    if light:
+        assert found["heavy"] == [], found
+
+
+def test_status_shows_each_versions_kind_and_test_roc_auc(registry_home: Path, capsys) -> None:
+    assert cli.main(["status"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert f"{MODEL} v1 [-] decision_tree, test ROC-AUC 0.8232" in out
+    assert f"{MODEL} v2 [champion] logistic_regression, test ROC-AUC 0.8627" in out
+
+
+def test_rollback_to_a_clearly_worse_version_needs_force_then_says_how_to_rescore(
+    registry_home: Path, capsys
+) -> None:
+    client = MlflowClient(tracking_uri=load_settings().mlflow_tracking_uri)
+    assert cli.main(["model", "rollback", "--to-version", "1"]) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "v1 (decision_tree, test ROC-AUC 0.8232) is worse than the champion v2" in err
+    assert "pass --force" in err
+    assert str(client.get_model_version_by_alias(MODEL, CHAMPION).version) == "2"
+
+    assert cli.main(["model", "rollback", "--to-version", "1", "--force"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert out.startswith("champion is now v1")
+    assert "customers are not re-scored yet" in out
+    assert "churn-platform run --select churn_scores\n" in out
+    assert str(client.get_model_version_by_alias(MODEL, CHAMPION).version) == "1"
+
+
+def test_recovery_guide_rescores_with_exactly_the_scores_asset() -> None:
+    """`'*churn_scores'` would retrain every model and run the gate again (20+ minutes, and the
+    gate may promote the model just rolled back)."""
+    guide = (Path(__file__).parents[1] / "docs" / "RECOVERY.md").read_text()
+    rescore = [line for line in guide.splitlines() if "re-score" in line and "run --select" in line]
+    assert rescore and all("--select churn_scores " in line for line in rescore), rescore
+    assert "run --select '*churn_scores'" not in guide
