@@ -13,6 +13,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from churn_platform.config import DatasetSpec, platform_spec
 from churn_platform.core.models.fitting import TrainingFrame, training_frame
+from churn_platform.core.models.out_of_time import OutOfTimeFrame, out_of_time_frame
 from churn_platform.settings import Settings
 
 POSTGRES_JDBC_JAR = Path("/usr/share/java/postgresql.jar")
@@ -84,6 +85,8 @@ class TrainingFrames(dg.ConfigurableResource):
     _key: tuple[Any, ...] | None = PrivateAttr(default=None)
     _frame: TrainingFrame | None = PrivateAttr(default=None)
     _stack: ExitStack | None = PrivateAttr(default=None)
+    _oot_built: bool = PrivateAttr(default=False)
+    _oot: OutOfTimeFrame | None = PrivateAttr(default=None)
 
     def frame(
         self,
@@ -100,10 +103,28 @@ class TrainingFrames(dg.ConfigurableResource):
             self._stack, self._key = stack, key
         return self._frame
 
+    def out_of_time(
+        self,
+        key: tuple[Any, ...],
+        features: DataFrame,
+        id_col: str,
+        feature_pipeline: PipelineModel,
+    ) -> OutOfTimeFrame | None:
+        """Older and newest batches for `key`, built on first use; None with one batch."""
+        self.frame(key, features, id_col, feature_pipeline)
+        if not self._oot_built:
+            assert self._stack is not None
+            self._oot = self._stack.enter_context(
+                out_of_time_frame(features, id_col, feature_pipeline)
+            )
+            self._oot_built = True
+        return self._oot
+
     def release(self) -> None:
         if self._stack is not None:
             self._stack.close()
-        self._stack = self._frame = self._key = None
+        self._stack = self._frame = self._key = self._oot = None
+        self._oot_built = False
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self.release()

@@ -5,7 +5,11 @@ from typing import Any
 
 import dagster as dg
 
-from churn_platform.core.evaluation import LEADERBOARD_METRICS, leaderboard_rows
+from churn_platform.core.evaluation import (
+    LEADERBOARD_METRICS,
+    OUT_OF_TIME_METRICS,
+    leaderboard_rows,
+)
 
 # The leaderboard as two tables that each fit the asset page's metadata column (one table of
 # ten columns overflowed it): the threshold-free ranking, then the decision at the threshold
@@ -22,6 +26,13 @@ AT_THRESHOLD_COLUMNS = {
     "recall": "test recall at the threshold",
     "f1": "test F1 at the threshold",
     "accuracy": "test accuracy at the threshold",
+}
+
+OUT_OF_TIME_COLUMNS = {
+    "oot_roc_auc": "ROC-AUC on the newest batch's customers, fitted on the older batches",
+    "oot_pr_auc": "average precision on the newest batch, fitted on the older batches",
+    "oot_brier": "Brier score on the newest batch (lower is better)",
+    "roc_auc": "test ROC-AUC of the random split, which ranks the models and the gate uses",
 }
 
 
@@ -57,19 +68,27 @@ def leaderboard_asset(model_keys: list[str]) -> dg.AssetsDefinition:
     def model_leaderboard(context: dg.AssetExecutionContext, **models: dict) -> dict:
         """All models ranked by test ROC-AUC on the shared held-out split."""
         rows = leaderboard_rows(models)
+        tables = {
+            "ranking": leaderboard_table(rows, RANKING_COLUMNS),
+            "at_threshold": leaderboard_table(rows, AT_THRESHOLD_COLUMNS),
+        }
+        shown = LEADERBOARD_METRICS
+        if any(r["oot_roc_auc"] is not None for r in rows):
+            tables["out_of_time"] = leaderboard_table(rows, OUT_OF_TIME_COLUMNS)
+            shown = (*LEADERBOARD_METRICS, *OUT_OF_TIME_METRICS)
         context.add_output_metadata(
             {
                 "best_model": rows[0]["model"],
                 "best_roc_auc": rows[0]["roc_auc"],
-                "ranking": leaderboard_table(rows, RANKING_COLUMNS),
-                "at_threshold": leaderboard_table(rows, AT_THRESHOLD_COLUMNS),
+                **tables,
                 "leaderboard": dg.MetadataValue.json(
-                    [{"model": r["model"], **{m: r[m] for m in LEADERBOARD_METRICS}} for r in rows]
+                    [{"model": r["model"], **{m: r[m] for m in shown}} for r in rows]
                 ),
             }
         )
-        # The base models' out-of-fold tables stay with their own assets.
-        kept = {key: {k: v for k, v in m.items() if k != "oof"} for key, m in models.items()}
+        # The base models' out-of-fold and out-of-time tables stay with their own assets.
+        tables = ("oof", "oot")
+        kept = {key: {k: v for k, v in m.items() if k not in tables} for key, m in models.items()}
         return {"rows": rows, "models": kept}
 
     return model_leaderboard

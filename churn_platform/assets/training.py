@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame
 
 from churn_platform import etl
 from churn_platform.core import evaluation, tracking
-from churn_platform.core.models import explain
+from churn_platform.core.models import explain, out_of_time
 from churn_platform.core.models.fitting import (
     BaseFit,
     FitResult,
@@ -188,12 +188,8 @@ def train_and_track(
         "seed": config.seed,
         "train_max_rows": settings.train_max_rows,
     }
-    frame = training_frames.frame(
-        (fingerprint["features_data_version"], settings.train_max_rows),
-        capped,
-        spec.id_column,
-        feature_pipeline,
-    )
+    frame_key = (fingerprint["features_data_version"], settings.train_max_rows)
+    frame = training_frames.frame(frame_key, capped, spec.id_column, feature_pipeline)
     wanted = {model_key(b) for b in params.get("bases", [])}
     usable = {k: v for k, v in (bases or {}).items() if k in wanted}
     reused = _reusable_bases(context, usable, fingerprint, mlflow, feature_pipeline)
@@ -210,6 +206,22 @@ def train_and_track(
         settings.cost_retention_offer,
     )
     metrics[f"oof_{config.threshold_strategy}"] = value
+    oot = training_frames.out_of_time(frame_key, capped, spec.id_column, feature_pipeline)
+    oot_scores = None
+    if oot is not None:
+        oot_started = time.monotonic()
+        given = {
+            summary.get("kind", key.removeprefix("model_")): summary["oot"]
+            for key, summary in (bases or {}).items()
+            if isinstance(summary.get("oot"), pd.DataFrame)
+        }
+        oot_scores = out_of_time.predictions(kind, fit, oot, config.seed, given)
+        metrics.update(out_of_time.metrics(oot_scores, threshold, oot))
+        metrics["oot_seconds"] = time.monotonic() - oot_started
+        context.log.info(
+            f"{kind}: out of time, fitted on {oot.older_rows} customers of the older batches, "
+            f"ROC-AUC {metrics['oot_roc_auc']:.4f} on the newest batch's {oot.newest_rows}"
+        )
     names = explain.vector_feature_names(frame.train)
     importance = explain.feature_importance(fit.model, names)
     numeric, categorical = etl.feature_roles(customer_features.drop(etl.FEATURES_COL), spec)
@@ -273,6 +285,8 @@ def train_and_track(
     if kind in ENSEMBLE_INPUTS:
         summary["reuse"] = fingerprint
         summary["oof"] = fit.oof
+        if oot_scores is not None:
+            summary["oot"] = oot_scores
     return summary
 
 

@@ -25,6 +25,8 @@ from sklearn.metrics import (
 THRESHOLD_STRATEGIES = ("f1", "profit")
 LEADERBOARD_METRICS = ("roc_auc", "pr_auc", "accuracy", "precision", "recall", "f1", "brier")
 RANKING_METRIC = "roc_auc"
+# Fitted on the older batches, judged on the newest (present only once two batches arrived).
+OUT_OF_TIME_METRICS = ("oot_roc_auc", "oot_pr_auc", "oot_brier")
 
 
 def _as_arrays(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -255,6 +257,7 @@ def leaderboard_rows(models: Mapping[str, Mapping[str, Any]]) -> list[dict[str, 
             "threshold": summary["threshold"],
             "cv_roc_auc_mean": summary["metrics"].get("cv_roc_auc_mean"),
             **{m: summary["metrics"][m] for m in LEADERBOARD_METRICS},
+            **{m: summary["metrics"].get(m) for m in OUT_OF_TIME_METRICS},
             "mlflow_run_id": summary["mlflow_run_id"],
         }
         for summary in models.values()
