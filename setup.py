@@ -52,6 +52,9 @@ setup(
         "test": [
             "pytest>=8,<9",
             "pytest-timeout>=2.3",
+            # Two test processes (`make test`): much of a run waits on JVM start-up, daemons,
+            # servers and subprocesses, which two workers overlap on two cores.
+            "pytest-xdist>=3.6,<4",
             # A real S3-compatible server (moto in server mode) for backup-target tests.
             "moto[server]>=5,<6",
             # Headless Chromium driven through Playwright, using Debian's /usr/bin/chromium.

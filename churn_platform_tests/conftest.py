@@ -54,9 +54,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark integration tests from what they use, so `make test-fast` (`-m "not integration"`)
     runs the pure logic without a JVM, services or a pipeline run, whatever the file."""
     for item in items:
-        uses = INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        fixtures = getattr(item, "fixturenames", ())
+        uses = INTEGRATION_FIXTURES.intersection(fixtures)
         if uses or any(item.get_closest_marker(mark) for mark in SERVICE_MARKS):
             item.add_marker(pytest.mark.integration)
+        # With `-n 2 --dist loadgroup` (make test) a file's tests share one worker (and its
+        # module fixtures), and every user of the session's pipeline run shares the worker that
+        # made it, so the run is made once.
+        group = "pipeline" if "telco_pipeline" in fixtures else item.path.stem
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
