@@ -80,7 +80,8 @@ class CleanResult(quality.LayerResult):
 
         Planned without the window, the written ids are counted anyway (the unique-ids check);
         if one repeats, the cleaned rows are written again through the window, whose result
-        is returned.
+        is returned. Quarantine is a second pass over the raw rows only when the first found
+        rows to quarantine; otherwise its (empty) table is written without reading anything.
         """
         observed, observation = quality.observed(self.marked, self.aggregates)
         observed.where(F.col("_kept")).select(*self.cleaned.columns).write.mode("error").parquet(
@@ -91,7 +92,10 @@ class CleanResult(quality.LayerResult):
         if not self.windowed and stats["quality:ids"] < (stats["rows_out"] or 0):
             shutil.rmtree(cleaned_path)
             return self.replan(True).write(cleaned_path, quarantine_path)
-        self.quarantined.write.mode("error").parquet(str(quarantine_path))
+        # Every row is kept, superseded or quarantined (duplicates carry a reason).
+        quarantined = stats["rows_in"] - (stats["rows_out"] or 0) - (stats["rows_superseded"] or 0)
+        rows = self.quarantined if quarantined else self.quarantined.limit(0)
+        rows.write.mode("error").parquet(str(quarantine_path))
         self._stats = stats
         return self
 

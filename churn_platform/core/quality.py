@@ -101,9 +101,20 @@ def quality_aggregates(
 
 
 def distinct_ids(df: DataFrame, id_col: str) -> int:
-    """Distinct ids of a layer: one job over the id column only (count_distinct: 1.4x less
-    CPU than distinct().count() on a million written ids)."""
-    return int(df.agg(F.count_distinct(F.col(f"`{id_col}`"))).first()[0])
+    """Distinct non-null ids of a layer, from one job over the ids' 64-bit hashes.
+
+    As many distinct hashes as ids proves the ids distinct (equal ids hash equally); only if
+    hashes repeat (a duplicate or, rarely, a collision) are the ids themselves counted. Counting
+    distinct longs took about half the JVM CPU of distinct strings on a million ids.
+    """
+    value = F.col(f"`{id_col}`")
+    row = df.agg(
+        F.count(value).alias("ids"),
+        F.count_distinct(F.when(value.isNotNull(), F.xxhash64(value))).alias("hashes"),
+    ).first()
+    if row["hashes"] == row["ids"]:
+        return int(row["ids"])
+    return int(df.agg(F.count_distinct(value)).first()[0])
 
 
 @dataclass(kw_only=True)

@@ -1,0 +1,60 @@
+"""The cleaned layer's write: quarantine written only as needed, yet always complete, and the
+distinct-id count behind the unique-ids check."""
+
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from churn_platform import etl
+from churn_platform.config import SourceSpec, load_spec
+from churn_platform.core import cleaning, quality, sources
+from churn_platform.settings import DEFAULT_SPEC
+from churn_platform_tests.conftest import TELCO_HEADER, telco_row
+
+
+def _clean(spark: SparkSession, tmp_path: Path, lines: list[str]) -> cleaning.CleanResult:
+    spec = load_spec(DEFAULT_SPEC, tmp_path)
+    path = tmp_path / "customers.csv"
+    path.write_text("\n".join(lines) + "\n")
+    source = SourceSpec(name="customers", format="csv", path=str(path))
+    raw = sources.read_batch(spark, spec, (source,), "base", 0).frame
+    planned = cleaning.clean_customers(raw, spec, ranges=spec.ranges, window=False)
+    return planned.write(tmp_path / "cleaned", tmp_path / "quarantine")
+
+
+def test_clean_input_writes_an_empty_quarantine_with_its_columns(spark, tmp_path) -> None:
+    result = _clean(spark, tmp_path, [TELCO_HEADER, telco_row("1"), telco_row("2")])
+    quarantine = spark.read.parquet(str(tmp_path / "quarantine"))
+    assert quarantine.count() == 0
+    assert quarantine.columns == result.quarantined.columns
+    assert result.counts["rows_quarantined"] == 0
+    assert spark.read.parquet(str(tmp_path / "cleaned")).count() == 2
+
+
+def test_quarantined_rows_are_written_with_reason_and_line(spark, tmp_path) -> None:
+    lines = [
+        TELCO_HEADER,
+        telco_row("1"),
+        telco_row("2", tenure="abc"),
+        "only,three,fields",
+        telco_row("4"),
+        telco_row("4", churn="Yes"),
+    ]
+    result = _clean(spark, tmp_path, lines)
+    quarantine = spark.read.parquet(str(tmp_path / "quarantine"))
+    reasons = {r[etl.LINE_COL]: r[etl.REASON_COL] for r in quarantine.collect()}
+    assert reasons == {
+        3: etl.UNPARSEABLE_NUMBER,
+        4: etl.WRONG_FIELD_COUNT,
+        5: etl.DUPLICATE_ID,
+    }
+    assert result.counts["rows_quarantined"] == 3
+    assert sorted(spark.read.parquet(str(tmp_path / "cleaned")).columns) == sorted(
+        result.cleaned.columns
+    )
+
+
+def test_distinct_ids_counts_repeats_and_skips_nulls(spark) -> None:
+    frame = spark.createDataFrame([("a",), ("b",), ("a",), (None,), ("c",)], "id string")
+    assert quality.distinct_ids(frame, "id") == 3
+    assert quality.distinct_ids(frame.where("id != 'a' or id is null"), "id") == 2
