@@ -3,10 +3,13 @@
 The run executes in this process; a watcher thread reads the run's events from the Dagster
 instance (the same event log the UI reads) and prints `[k/N] asset  seconds  key figure`, plus a
 "still running" line during long steps, so a user sees progress instead of Dagster's debug log.
+On a terminal each "still running" line is replaced by the next line, so a whole run fits on one
+screen; elsewhere (a log file, CI) every line stays.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -33,12 +36,13 @@ _KEY_FIGURES = (
 
 
 def key_figure(metadata: Mapping[str, Any]) -> str:
-    """The one or two numbers a user wants to see for an asset, from its metadata."""
-    parts = []
+    """The one or two numbers a user wants to see for an asset, from its metadata (a figure
+    two entries give alike, such as a layer's rows out and row count, once)."""
+    parts: list[str] = []
     for name, template in _KEY_FIGURES:
         entry = metadata.get(name)
         value = getattr(entry, "value", entry)
-        if value is not None and len(parts) < 2:
+        if value is not None and len(parts) < 2 and template.format(value) not in parts:
             parts.append(template.format(value))
     return ", ".join(parts)
 
@@ -53,8 +57,14 @@ class RunProgress:
         total: int,
         emit: Callable[[str], None] = print,
         still_running_every: float = 30.0,
+        transient: bool | None = None,
     ) -> None:
         self._instance, self._tag, self._total, self._emit = instance, tag, total, emit
+        # "still running" lines replace each other on a terminal (printing to stdout).
+        self._transient = (
+            (emit is print and sys.stdout.isatty()) if transient is None else transient
+        )
+        self._pending = False
         self._every = still_running_every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="run-progress", daemon=True)
@@ -72,6 +82,20 @@ class RunProgress:
         self._stop.set()
         self._thread.join(timeout=10)
         self._poll()  # whatever finished after the last tick
+        if self._pending:
+            sys.stdout.write("\r\033[K")
+            sys.stdout.flush()
+            self._pending = False
+
+    def say(self, line: str, transient: bool = False) -> None:
+        """Print a line; a transient one is replaced by the next line on a terminal."""
+        if not self._transient:
+            self._emit(line)
+            return
+        clear, end = "\r\033[K" if self._pending else "", "" if transient else "\n"
+        sys.stdout.write(f"{clear}{line}{end}")
+        sys.stdout.flush()
+        self._pending = transient
 
     def _run_id(self) -> str | None:
         runs = self._instance.get_runs(filters=RunsFilter(tags={self._tag[0]: self._tag[1]}))
@@ -100,12 +124,12 @@ class RunProgress:
             else:
                 self._finished.add(step)
                 if event.event_type == dg.DagsterEventType.STEP_FAILURE:
-                    self._emit(f"{'':>9} {step}: failed (details below)")
+                    self.say(f"{'':>9} {step}: failed (details below)")
         now = time.time()
         for step, began in self._started.items():
             if step not in self._finished and now - self._nudged.get(step, began) >= self._every:
                 self._nudged[step] = now
-                self._emit(f"{'':>9} {step}: still running ({now - began:.0f} s)")
+                self.say(f"{'':>9} {step}: still running ({now - began:.0f} s)", transient=True)
 
     def _report(self, event: Any, timestamp: float, step: str) -> None:
         materialization = event.event_specific_data.materialization
@@ -114,4 +138,4 @@ class RunProgress:
         key = materialization.asset_key.to_user_string()
         figure = key_figure(materialization.metadata)
         counter = f"[{self._done:>2}/{self._total}]"
-        self._emit(f"{counter:>9} {key:<28} {seconds:6.1f} s  {figure}".rstrip())
+        self.say(f"{counter:>9} {key:<28} {seconds:6.1f} s  {figure}".rstrip())

@@ -1,4 +1,5 @@
-"""`churn-platform top`: the retention team's action list, read from the stored churn_scores."""
+"""`churn-platform top`: the retention team's action list, read from the stored churn_scores;
+and what a run prints on the way there (a line per asset, the closing block)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from churn_platform import cli, runner
+from churn_platform.progress import RunProgress, key_figure
 
 
 def _reason(feature: str, value: str, contribution: float) -> dict:
@@ -88,3 +90,33 @@ def test_a_run_that_scored_ends_with_where_the_scores_are_and_what_to_try() -> N
     assert "5174 customers" in message and "/home/warehouse/churn_scores/v-1" in message
     for command in ("churn-platform top --n 20", "churn-platform score --input", "make ui"):
         assert command in message
+
+
+def test_each_asset_line_gives_its_key_figures_once() -> None:
+    assert key_figure({"rows_out": 7043, "row_count": 7043, "rows_quarantined": 0}) == (
+        "7,043 rows, 0 quarantined"
+    )
+    assert key_figure({"roc_auc": 0.86384, "row_count": 1409}) == "ROC-AUC 0.8638, 1,409 rows"
+    assert key_figure({}) == ""
+
+
+def test_on_a_terminal_still_running_lines_give_way_to_the_next_line(capsys) -> None:
+    progress = RunProgress(None, ("tag", "value"), total=2, transient=True)
+    progress.say("model_gbt: still running (30 s)", transient=True)
+    progress.say("model_gbt: still running (60 s)", transient=True)
+    progress.say("[1/2] model_gbt  85.9 s  ROC-AUC 0.8598")
+    shown = capsys.readouterr().out
+    assert shown == (
+        "model_gbt: still running (30 s)\r\033[Kmodel_gbt: still running (60 s)"
+        "\r\033[K[1/2] model_gbt  85.9 s  ROC-AUC 0.8598\n"
+    )
+    # What a terminal shows in the end: the asset's line only.
+    assert shown.split("\r\033[K")[-1] == "[1/2] model_gbt  85.9 s  ROC-AUC 0.8598\n"
+
+
+def test_in_a_log_every_line_stays() -> None:
+    lines: list[str] = []
+    progress = RunProgress(None, ("tag", "value"), total=2, emit=lines.append)
+    progress.say("model_gbt: still running (30 s)", transient=True)
+    progress.say("[1/2] model_gbt  85.9 s")
+    assert lines == ["model_gbt: still running (30 s)", "[1/2] model_gbt  85.9 s"]
