@@ -60,9 +60,7 @@ def run(config: str | None, select: str | None, as_json: bool) -> int:
     _progress(f"{len(summary['assets'])} assets materialized", started)
     summary["wall_time_s"] = round(time.monotonic() - started, 2)
     if "champion" in summary:
-        champion = summary["champion"]
-        metrics = ", ".join(f"{k}={v:.4f}" for k, v in champion.get("metrics", {}).items())
-        print(f"champion: {champion.get('name')} v{champion.get('version')} ({metrics})")
+        print(runner.champion_lines(summary["champion"]))
     if result.success and "scores_path" in summary:
         print(runner.next_steps(summary))
     if as_json:

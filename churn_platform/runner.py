@@ -174,19 +174,50 @@ def run_summary(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
     return summary
 
 
+# The champion's figures on the closing lines: ranking metrics, then those at its threshold.
+_RANKING = {"roc_auc": "test ROC-AUC", "pr_auc": "PR-AUC"}
+_AT_THRESHOLD = {"f1": "F1", "precision": "precision", "recall": "recall", "accuracy": "accuracy"}
+_INDENT = " " * 10
+
+
+def champion_lines(champion: dict[str, Any]) -> str:
+    """The champion a run ended with: name, version, kind and test metrics, under 100 columns."""
+    if not champion.get("version"):
+        return f"champion: none yet ({champion.get('reason', 'no model passed the gate')})"
+    metrics = champion.get("metrics", {})
+
+    def figures(names: dict[str, str]) -> str:
+        return ", ".join(f"{label} {metrics[m]:.4f}" for m, label in names.items() if m in metrics)
+
+    kind = f" ({champion['model_kind']})" if champion.get("model_kind") else ""
+    return (
+        f"champion: {champion.get('name')} v{champion['version']}{kind}: {figures(_RANKING)}\n"
+        f"{_INDENT}at its threshold: {figures(_AT_THRESHOLD)}"
+    )
+
+
 def next_steps(summary: dict[str, Any]) -> str:
     """The end of a run that scored customers: where the scores are and what to try next."""
     scored = summary["assets"].get("churn_scores", {})
+
+    def count(name: str) -> str:
+        value = scored.get(name)
+        return f"{value:,}" if isinstance(value, int) else "?"
+
+    steps = (
+        ("churn-platform top --n 20", "the 20 highest-risk customers"),
+        ("churn-platform score --input FILE --output scores.csv", "score a file of customers"),
+        ("make ui  (churn-platform serve)", "the UI at http://127.0.0.1:3000"),
+    )
     return "\n".join(
         [
-            f"scores: {scored.get('population_scored', '?')} customers who can still churn "
-            f"({scored.get('population_excluded', '?')} excluded), in {summary['scores_path']}",
-            "next:",
-            "  churn-platform top --n 20                               "
-            "the 20 highest-risk customers, with reasons and contact value",
-            "  churn-platform score --input FILE --output scores.csv  score a file of customers",
-            "  make ui  (churn-platform serve)                         "
-            "the UI at http://127.0.0.1:3000, churn_scores shows the top customers",
+            f"scores:   {count('population_scored')} customers who can still churn "
+            f"({count('population_excluded')} excluded), in",
+            f"{_INDENT}{summary['scores_path']}",
+            *(
+                f"{'next:' if i == 0 else '':10}{command:<55}{what}"
+                for i, (command, what) in enumerate(steps)
+            ),
         ]
     )
 

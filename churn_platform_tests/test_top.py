@@ -87,9 +87,25 @@ def test_a_run_that_scored_ends_with_where_the_scores_are_and_what_to_try() -> N
         "scores_path": "/home/warehouse/churn_scores/v-1",
     }
     message = runner.next_steps(summary)
-    assert "5174 customers" in message and "/home/warehouse/churn_scores/v-1" in message
+    assert "5,174 customers who can still churn (1,869 excluded)" in message
+    assert "/home/warehouse/churn_scores/v-1" in message
     for command in ("churn-platform top --n 20", "churn-platform score --input", "make ui"):
         assert command in message
+    assert "http://127.0.0.1:3000" in message
+    champion = {
+        "name": "churn-telco",
+        "version": "1",
+        "model_kind": "bagged_lr",
+        "metrics": {"roc_auc": 0.86384, "pr_auc": 0.6888, "f1": 0.6721, "recall": 0.7769},
+    }
+    lines = runner.champion_lines(champion)
+    assert lines.startswith("champion: churn-telco v1 (bagged_lr): test ROC-AUC 0.8638")
+    assert "at its threshold: F1 0.6721, recall 0.7769" in lines
+    closing = f"{lines}\n{message}".replace(summary["scores_path"], "")
+    assert all(len(line) <= 100 for line in closing.splitlines()), closing
+    assert runner.champion_lines({"version": None, "reason": "no model"}) == (
+        "champion: none yet (no model)"
+    )
 
 
 def test_each_asset_line_gives_its_key_figures_once() -> None:
