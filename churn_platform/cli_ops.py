@@ -153,8 +153,11 @@ def backup(config: str | None, partition: str | None) -> int:
     settings = command_settings(config)
     day = partition_day(partition) if partition else time.strftime("%Y-%m-%d", time.gmtime())
     from churn_platform import runner
+    from churn_platform.assets.backups import backup_selection
 
-    result = runner.materialize_selection(settings, "platform_backup", partition_key=day)
+    keys = backup_selection(settings, retention=False)
+    selection = " or ".join(f'key:"{key.to_user_string()}"' for key in keys)
+    result = runner.materialize_selection(settings, selection, partition_key=day)
     runner.record_outcome(settings, result)
     if not result.success:
         raise CommandError(runner.failure_message(result))

@@ -1,5 +1,6 @@
 """The backup asset verifies and drills its archive; a corrupt one blocks and opens one incident."""
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,8 +18,9 @@ from churn_platform.assets.backups import (
     GOLDEN_INPUT,
     GOLDEN_ROWS,
     RESTORE_DRILL,
-    backup_retention,
-    platform_backup,
+    backup_assets,
+    backup_schedule,
+    backup_selection,
 )
 from churn_platform.config import DatasetSpec, load_spec
 from churn_platform.core import cleaning, registry, sources, tracking
@@ -29,7 +31,12 @@ from churn_platform.core.models.training import fit_model
 from churn_platform.core.ops.incidents import IncidentStore
 from churn_platform.core.synthetic.generate import generate_customers
 from churn_platform.core.synthetic.write import write_customers
-from churn_platform.io_managers import current_version, new_version_dir, publish_version
+from churn_platform.io_managers import (
+    VersionedParquetIOManager,
+    current_version,
+    new_version_dir,
+    publish_version,
+)
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import StateResource, spark_conf
 from churn_platform.settings import DEFAULT_SPEC, Settings, load_settings
@@ -92,8 +99,10 @@ def platform(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> I
     )
     candidate = registry.register_candidate(mlflow, spec, run, {"roc_auc": 0.8}, 0.5)
     registry.promote(mlflow, spec, candidate, settings=settings)
+    pyspark = PySparkResource(spark_config=spark_conf(settings))
     resources = {
-        "pyspark": PySparkResource(spark_config=spark_conf(settings)),
+        "pyspark": pyspark,
+        "io_manager": VersionedParquetIOManager(base_path=str(settings.warehouse), pyspark=pyspark),
         "state": StateResource(platform=settings),
         "mlflow": mlflow,
     }
@@ -101,8 +110,10 @@ def platform(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def _materialize(platform: Platform) -> dg.ExecuteInProcessResult:
+    """A backup run as the schedule and the CLI start it: the golden input only while missing."""
     return dg.materialize(
-        [platform_backup, backup_retention],
+        [*backup_assets, dg.AssetSpec("cleaned_customers")],  # read by golden_input
+        selection=backup_selection(platform.settings),
         partition_key=PARTITION,
         resources=platform.resources,
         instance=dg.DagsterInstance.ephemeral(),
@@ -121,6 +132,7 @@ def _events(settings: Settings, code: str) -> list[dict[str, Any]]:
 
 def test_backup_is_verified_and_its_restore_reproduces_the_golden_hash(platform: Platform) -> None:
     completed_before = len(_events(platform.settings, "backup.completed"))
+    golden_before = current_version(platform.settings.warehouse / GOLDEN_INPUT)
 
     result = _materialize(platform)
 
@@ -140,6 +152,11 @@ def test_backup_is_verified_and_its_restore_reproduces_the_golden_hash(platform:
 
     golden = current_version(platform.settings.warehouse / GOLDEN_INPUT)
     assert golden is not None
+    written = result.asset_materializations_for_node(GOLDEN_INPUT)
+    if golden_before is None:  # written through the IO manager, as a declared asset
+        assert [m.metadata["version"].value for m in written] == [golden.name]
+    else:
+        assert written == [] and golden == golden_before
     spark, id_column = SparkSession.active(), platform.spec.id_column
     ids = [row[0] for row in spark.read.parquet(str(golden)).select(id_column).collect()]
     cleaned = current_version(platform.settings.warehouse / "cleaned_customers")
@@ -177,6 +194,8 @@ def test_corrupt_archive_fails_the_blocking_check_and_opens_one_incident(
         runs.append(_materialize(platform))
         golden_versions.add(current_version(platform.settings.warehouse / GOLDEN_INPUT))
 
+    # The golden input is written by at most the first of the two runs, then reused.
+    assert runs[1].asset_materializations_for_node(GOLDEN_INPUT) == []
     for result in runs:
         assert not result.success
         checks = _checks(result)
@@ -199,3 +218,34 @@ def test_corrupt_archive_fails_the_blocking_check_and_opens_one_incident(
     failures = _events(platform.settings, "backup.verify.failed")
     assert len(failures) == failures_before + 2
     assert len(golden_versions) == 1 and None not in golden_versions
+
+
+def test_backup_runs_select_the_golden_input_only_while_it_is_missing(tmp_path: Path) -> None:
+    settings = load_settings({"CHURN_HOME": str(tmp_path)})
+    warehouse, backup = settings.warehouse, [dg.AssetKey("platform_backup")]
+
+    def selected() -> list[dg.AssetKey]:
+        return backup_selection(settings, retention=False)
+
+    def scheduled() -> dg.RunRequest:
+        with dg.build_schedule_context(
+            scheduled_execution_time=dt.datetime(2026, 11, 27, 2, tzinfo=dt.UTC),
+            resources={"state": StateResource(platform=settings)},
+        ) as context:
+            request = backup_schedule(context)
+        assert isinstance(request, dg.RunRequest) and request.partition_key == PARTITION
+        return request
+
+    # A fresh platform: nothing to take the rows from, and no champion needs them.
+    assert selected() == backup
+    for name in ("cleaned_customers", GOLDEN_INPUT):
+        folder = warehouse / name
+        folder.mkdir(parents=True)
+        version = new_version_dir(folder, "testrun0")
+        version.mkdir()
+        publish_version(folder, version)
+        if name == "cleaned_customers":
+            assert selected() == [dg.AssetKey(GOLDEN_INPUT), *backup]
+            assert dg.AssetKey(GOLDEN_INPUT) in (scheduled().asset_selection or [])
+    assert selected() == backup
+    assert scheduled().asset_selection == [*backup, dg.AssetKey("backup_retention")]

@@ -4,6 +4,7 @@ The assets are thin wrappers over `churn_platform.core.backup`; what needs Spark
 golden input and the champion's golden-prediction hash) lives here as plain functions.
 """
 
+import datetime as dt
 import logging
 import tempfile
 import time
@@ -14,7 +15,7 @@ from typing import Any
 import dagster as dg
 from dagster_pyspark import PySparkResource
 from mlflow.exceptions import MlflowException
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from churn_platform import checks, etl
 from churn_platform.config import DatasetSpec
@@ -28,7 +29,7 @@ from churn_platform.core.backup.verify import verify_backup
 from churn_platform.core.ops.incidents import IncidentStore
 from churn_platform.core.ops.log import OpsLog
 from churn_platform.core.registry import registry_snapshot
-from churn_platform.io_managers import current_version, new_version_dir, publish_version
+from churn_platform.io_managers import current_version
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import SPARK_POOL, StateResource
 from churn_platform.settings import Settings
@@ -46,46 +47,33 @@ _DRILL_FAILURES = (BackupError, MlflowException, tracking.ModelIntegrityError, O
 backup_partitions = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1)
 
 
-def golden_input(spark: SparkSession, settings: Settings, spec: DatasetSpec, run_id: str) -> Path:
-    """The rows the champion's predictions are hashed on: written once, then always reused.
+def needs_golden_input(settings: Settings) -> bool:
+    """True while no golden input is stored but a cleaned table exists to take it from.
 
-    The first `GOLDEN_ROWS` customers by id of the current cleaned table, engineered as the
-    model expects them. Stored as its own warehouse output so every backup carries it and a
-    restore drill scores exactly the rows the hash was taken on, however the data moves on.
+    The golden input is written once and then reused, so a backup run selects the
+    `golden_input` asset only while this holds (before the first pipeline run there is nothing
+    to take it from, and no champion needs it).
     """
-    folder = settings.warehouse / GOLDEN_INPUT
-    existing = current_version(folder)
-    if existing is not None:
-        return existing
-    cleaned = current_version(settings.warehouse / "cleaned_customers")
-    if cleaned is None:
-        raise FileNotFoundError(
-            f"no current cleaned_customers under {settings.warehouse}, but a champion exists: "
-            "materialize cleaned_customers before the backup"
-        )
-    rows = spark.read.parquet(str(cleaned)).orderBy(spec.id_column).limit(GOLDEN_ROWS)
-    folder.mkdir(parents=True, exist_ok=True)
-    version = new_version_dir(folder, run_id)
-    etl.engineer_features(rows, spec).coalesce(1).write.mode("error").parquet(str(version))
-    if not (version / "_SUCCESS").exists():
-        raise RuntimeError(f"Spark wrote {version} without a _SUCCESS marker")
-    publish_version(folder, version)
-    return version
+    return (
+        current_version(settings.warehouse / GOLDEN_INPUT) is None
+        and current_version(settings.warehouse / "cleaned_customers") is not None
+    )
 
 
 def champion_golden(
-    spark: SparkSession,
-    mlflow: MlflowResource,
-    settings: Settings,
-    spec: DatasetSpec,
-    run_id: str,
+    spark: SparkSession, mlflow: MlflowResource, settings: Settings, spec: DatasetSpec
 ) -> dict[str, Any] | None:
     """Champion name, version and golden-prediction hash; None while there is no champion."""
     registry = registry_snapshot(mlflow, spec)
     if not any(tracking.CHAMPION in version["aliases"] for version in registry):
         return None
     model, version = tracking.load_model(mlflow, spec, alias=tracking.CHAMPION)
-    rows = golden_input(spark, settings, spec, run_id)
+    rows = current_version(settings.warehouse / GOLDEN_INPUT)
+    if rows is None:
+        raise FileNotFoundError(
+            f"no {GOLDEN_INPUT} under {settings.warehouse}, but a champion exists: run the "
+            f"backup with {GOLDEN_INPUT} selected (backup_selection does while it is missing)"
+        )
     golden_df = spark.read.parquet(str(rows))
     return {
         "model_name": version.name,
@@ -216,7 +204,21 @@ def _restore_drill(
     )
 
 
+@dg.asset(pool=SPARK_POOL, kinds={"spark", "parquet"}, code_version=CODE_VERSION)
+def golden_input(state: StateResource, cleaned_customers: DataFrame) -> DataFrame:
+    """The fixed rows the champion's predictions are hashed on, in every backup.
+
+    The first `GOLDEN_ROWS` customers by id of the cleaned table, engineered as the model
+    expects them. Backup runs select it only while it is missing (`backup_selection`), so a
+    restore drill scores exactly the rows the hash was taken on, however the data moves on.
+    """
+    spec = state.spec()
+    rows = cleaned_customers.orderBy(spec.id_column).limit(GOLDEN_ROWS)
+    return etl.engineer_features(rows, spec).coalesce(1)
+
+
 @dg.asset(
+    deps=[golden_input],
     partitions_def=backup_partitions,
     pool=SPARK_POOL,
     kinds={"backup", "spark"},
@@ -239,7 +241,7 @@ def platform_backup(
             "mlflow_artifact_root": mlflow.artifact_root,
         }
     )
-    golden = champion_golden(spark, mlflow, settings, spec, context.run_id)
+    golden = champion_golden(spark, mlflow, settings, spec)
     result = create_backup(settings, partition, golden)
     ops = OpsLog(settings)
     ops.event(
@@ -297,7 +299,16 @@ def backup_retention(
     )
 
 
-backup_assets = [platform_backup, backup_retention]
+backup_assets = [golden_input, platform_backup, backup_retention]
+
+
+def backup_selection(settings: Settings, retention: bool = True) -> list[dg.AssetKey]:
+    """The assets a backup run materializes: the golden input only while it is missing."""
+    chosen = [platform_backup, backup_retention] if retention else [platform_backup]
+    if needs_golden_input(settings):
+        chosen.insert(0, golden_input)
+    return [asset.key for asset in chosen]
+
 
 backup_job = dg.define_asset_job(
     "backup_job",
@@ -306,11 +317,16 @@ backup_job = dg.define_asset_job(
     description="Back up the state root for one day, verify and drill it, then apply retention.",
 )
 
-# Nightly at 02:00 UTC for that day's partition; RUNNING so backups never wait for someone to
-# switch the schedule on.
-backup_schedule = dg.build_schedule_from_partitioned_job(
-    backup_job,
-    hour_of_day=2,
-    minute_of_hour=0,
+
+@dg.schedule(
+    name="backup_job_schedule",
+    job=backup_job,
+    cron_schedule="0 2 * * *",
+    execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
+def backup_schedule(context: dg.ScheduleEvaluationContext, state: StateResource) -> dg.RunRequest:
+    """Nightly at 02:00 UTC for that day's partition; RUNNING so backups never wait for someone
+    to switch the schedule on. The golden input joins the run only while it is missing."""
+    day = context.scheduled_execution_time.astimezone(dt.UTC).date().isoformat()
+    return dg.RunRequest(partition_key=day, asset_selection=backup_selection(state.settings()))
