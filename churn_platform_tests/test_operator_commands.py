@@ -42,6 +42,7 @@ def probe(home: Path, *commands: tuple[str, ...]) -> list[dict]:
     env = load_settings({"CHURN_HOME": str(home)}).child_env()
     done = subprocess.run(
         [sys.executable, "-c", PROBE, json.dumps(commands)],
+        cwd=home,  # relative paths in the commands land in the test's folder
         env=env,
         capture_output=True,
         text=True,
