@@ -14,6 +14,7 @@ from pyspark.sql import DataFrame, SparkSession
 from churn_platform.config import DatasetSpec, platform_spec
 from churn_platform.core.models.fitting import TrainingFrame, training_frame
 from churn_platform.core.models.out_of_time import OutOfTimeFrame, out_of_time_frame
+from churn_platform.core.ops.log import OpsLog
 from churn_platform.settings import Settings
 
 POSTGRES_JDBC_JAR = Path("/usr/share/java/postgresql.jar")
@@ -73,6 +74,29 @@ class StateResource(dg.ConfigurableResource):
 
     def spec(self) -> DatasetSpec:
         return platform_spec(self.platform)
+
+
+class OpsLogResource(dg.ConfigurableResource):
+    """The operations log every asset of a run writes to: one `OpsLog`, closed when the run ends.
+
+    Closing releases the syslog socket (with CHURN_SYSLOG_ADDRESS set); an OpsLog per event
+    would open one each time and leave it to the garbage collector.
+    """
+
+    platform: dg.ResourceDependency[Settings]
+
+    _log: OpsLog | None = PrivateAttr(default=None)
+
+    def log(self) -> OpsLog:
+        """The run's OpsLog, opened on first use."""
+        if self._log is None:
+            self._log = OpsLog(self.platform)
+        return self._log
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
 
 class TrainingFrames(dg.ConfigurableResource):
@@ -151,6 +175,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
     return {
         "pyspark": pyspark,
         "state": StateResource(platform=settings),
+        "ops_log": OpsLogResource(platform=settings),
         "io_manager": VersionedParquetIOManager(base_path=str(settings.warehouse), pyspark=pyspark),
         "training_frames": TrainingFrames(),
         "mlflow": MlflowResource.from_settings(settings),

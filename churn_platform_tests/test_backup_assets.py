@@ -38,7 +38,7 @@ from churn_platform.io_managers import (
     publish_version,
 )
 from churn_platform.mlflow_resource import MlflowResource
-from churn_platform.resources import StateResource, spark_conf
+from churn_platform.resources import OpsLogResource, StateResource, spark_conf
 from churn_platform.settings import DEFAULT_SPEC, Settings, load_settings
 
 PARTITION = "2026-11-27"
@@ -104,6 +104,7 @@ def platform(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> I
         "pyspark": pyspark,
         "io_manager": VersionedParquetIOManager(base_path=str(settings.warehouse), pyspark=pyspark),
         "state": StateResource(platform=settings),
+        "ops_log": OpsLogResource(platform=settings),
         "mlflow": mlflow,
     }
     yield Platform(settings, spec, resources, str(candidate.version))

@@ -31,7 +31,7 @@ from churn_platform.core.ops.log import OpsLog
 from churn_platform.core.registry import registry_snapshot
 from churn_platform.io_managers import current_version
 from churn_platform.mlflow_resource import MlflowResource
-from churn_platform.resources import SPARK_POOL, StateResource
+from churn_platform.resources import SPARK_POOL, OpsLogResource, StateResource
 from churn_platform.settings import Settings
 
 CODE_VERSION = "1"
@@ -229,6 +229,7 @@ def platform_backup(
     context: dg.AssetExecutionContext,
     pyspark: PySparkResource,
     state: StateResource,
+    ops_log: OpsLogResource,
     mlflow: MlflowResource,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """The day's archive of the state root (MLflow, Dagster, warehouse, config, ops logs)."""
@@ -243,7 +244,7 @@ def platform_backup(
     )
     golden = champion_golden(spark, mlflow, settings, spec)
     result = create_backup(settings, partition, golden)
-    ops = OpsLog(settings)
+    ops = ops_log.log()
     ops.event(
         "backup.completed",
         f"backup {partition}: {result.files} files, {result.archive_bytes} bytes archived "
@@ -276,13 +277,13 @@ def platform_backup(
 
 @dg.asset(deps=[platform_backup], kinds={"backup"}, code_version=CODE_VERSION)
 def backup_retention(
-    context: dg.AssetExecutionContext, state: StateResource
+    context: dg.AssetExecutionContext, state: StateResource, ops_log: OpsLogResource
 ) -> dg.MaterializeResult:
     """The backups kept by grandfather-father-son retention; the rest are deleted."""
     settings = state.settings()
     deleted = apply_retention(settings)
     kept = list_backups(settings)
-    OpsLog(settings).event(
+    ops_log.log().event(
         "backup.retention.applied",
         f"backup retention kept {len(kept)} and deleted {len(deleted)} backup(s)",
         configuration_item="backup:retention",

@@ -13,7 +13,7 @@ from churn_platform.core import cleaning
 from churn_platform.core.columns import LABEL_COL
 from churn_platform.core.ops.log import OpsLog
 from churn_platform.io_managers import StagedParquet, staged_versions
-from churn_platform.resources import SPARK_POOL, StateResource
+from churn_platform.resources import SPARK_POOL, OpsLogResource, StateResource
 from churn_platform.schemas import cleaned_schema
 from churn_platform.settings import Settings
 
@@ -48,6 +48,7 @@ def cleaned_customers(
     context: dg.AssetExecutionContext,
     pyspark: PySparkResource,
     state: StateResource,
+    ops_log: OpsLogResource,
     raw_customers: DataFrame,
 ):
     """Clean every ingested batch; the run fails if too many rows are quarantined."""
@@ -62,7 +63,7 @@ def cleaned_customers(
     outputs = ("cleaned_customers", "quarantined_customers")
     with staged_versions(settings.warehouse, context, *outputs) as paths:
         result = planned.write(*paths)
-    yield from _outputs(context, settings, spec, result, paths)
+    yield from _outputs(context, settings, spec, result, paths, ops_log.log())
 
 
 def _outputs(
@@ -71,11 +72,12 @@ def _outputs(
     spec: DatasetSpec,
     result: cleaning.CleanResult,
     paths: list[Path],
+    ops: OpsLog,
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
     """The two written outputs, published by the IO manager, and the checks."""
     counts = result.counts
     ratio = counts["rows_quarantined"] / counts["rows_in"] if counts["rows_in"] else 0.0
-    OpsLog(settings).event(
+    ops.event(
         "etl.ingest.rows_quarantined" if counts["rows_quarantined"] else "etl.clean.completed",
         f"{counts['rows_out']} customers cleaned, {counts['rows_quarantined']} quarantined "
         f"({', '.join(f'{k}={v}' for k, v in result.by_reason.items()) or 'none'})",

@@ -8,9 +8,8 @@ from pyspark.sql import DataFrame
 
 from churn_platform import checks
 from churn_platform.core import features
-from churn_platform.core.ops.log import OpsLog
 from churn_platform.io_managers import StagedParquet, staged_versions
-from churn_platform.resources import SPARK_POOL, StateResource
+from churn_platform.resources import SPARK_POOL, OpsLogResource, StateResource
 from churn_platform.schemas import features_schema
 
 # 2: the table stores columns; the `features` vector is assembled where it is used.
@@ -39,6 +38,7 @@ def customer_features(
     context: dg.AssetExecutionContext,
     pyspark: PySparkResource,
     state: StateResource,
+    ops_log: OpsLogResource,
     cleaned_customers: DataFrame,
 ):
     """Build features from the cleaned customers; the encoders see training rows only."""
@@ -52,7 +52,7 @@ def customer_features(
         f"{result.cleaned_fingerprint}|{FEATURES_CODE_VERSION}|{spec.spec_sha256}".encode()
     ).hexdigest()[:24]
     vector_size = result.vector_size
-    OpsLog(settings).event(
+    ops_log.log().event(
         "etl.features.completed",
         f"features built: {len(result.numeric)} numeric, {len(result.categorical)} categorical",
         component="features",

@@ -12,10 +12,9 @@ from churn_platform import checks, etl
 from churn_platform.config import DatasetSpec, SourceSpec
 from churn_platform.core import quality
 from churn_platform.core import sources as sources_core
-from churn_platform.core.ops.log import OpsLog
 from churn_platform.io_managers import StagedParquet, staged_versions
 from churn_platform.partitions import BASE_BATCH, ingest_batches
-from churn_platform.resources import SPARK_POOL, StateResource
+from churn_platform.resources import SPARK_POOL, OpsLogResource, StateResource
 from churn_platform.schemas import raw_schema
 from churn_platform.settings import Settings
 
@@ -41,7 +40,10 @@ def batch_sources(spec: DatasetSpec, settings: Settings, batch: str) -> tuple[So
     check_specs=checks.blocking_specs("raw_customers", [checks.SCHEMA, checks.NON_EMPTY]),
 )
 def raw_customers(
-    context: dg.AssetExecutionContext, pyspark: PySparkResource, state: StateResource
+    context: dg.AssetExecutionContext,
+    pyspark: PySparkResource,
+    state: StateResource,
+    ops_log: OpsLogResource,
 ):
     """Customer rows as read from each source, all values as text, with source file and line."""
     spec, settings = state.spec(), state.settings()
@@ -76,7 +78,7 @@ def raw_customers(
                 )
     finally:
         read.release()
-    OpsLog(settings).event(
+    ops_log.log().event(
         "etl.ingest.completed",
         f"batch {batch}: {rows} rows read, {malformed} malformed",
         component="ingestion",

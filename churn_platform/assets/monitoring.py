@@ -17,10 +17,9 @@ from churn_platform.core import scoring as core_scoring
 from churn_platform.core.columns import LABEL_COL, SPLIT_COL
 from churn_platform.core.features import engineer_features, feature_roles
 from churn_platform.core.models.fitting import PROBABILITY_COL
-from churn_platform.core.ops.log import OpsLog
 from churn_platform.core.sampling import sampled
 from churn_platform.mlflow_resource import MlflowResource
-from churn_platform.resources import SPARK_POOL, StateResource
+from churn_platform.resources import SPARK_POOL, OpsLogResource, StateResource
 
 
 def reference_scores(mlflow: MlflowResource, version: ModelVersion) -> pd.DataFrame:
@@ -42,6 +41,7 @@ def model_monitoring(
     context: dg.AssetExecutionContext,
     pyspark: PySparkResource,
     state: StateResource,
+    ops_log: OpsLogResource,
     mlflow: MlflowResource,
     churn_scores: DataFrame,
     cleaned_customers: DataFrame,
@@ -94,7 +94,7 @@ def model_monitoring(
     psi["churn_score"] = drift.psi
     worst = max(psi, key=psi.__getitem__)
     auc = quality.get("roc_auc")
-    OpsLog(settings).event(
+    ops_log.log().event(
         "monitoring.evaluated",
         f"champion v{version.version} on batch {batch.name}: AUC {auc}, max PSI {psi[worst]:.3f}",
         component="monitoring",

@@ -10,7 +10,7 @@ from churn_platform.core import registry, tracking
 from churn_platform.core.evaluation import LEADERBOARD_METRICS
 from churn_platform.core.models.kinds import model_key
 from churn_platform.mlflow_resource import MlflowResource
-from churn_platform.resources import StateResource
+from churn_platform.resources import OpsLogResource, StateResource
 
 CHAMPION_METRICS = ("roc_auc", "pr_auc", "accuracy", "precision", "recall", "f1")
 PROMOTION_GATE = "promotion_gate"
@@ -34,6 +34,7 @@ PROMOTION_GATE = "promotion_gate"
 def champion_model(
     context: dg.AssetExecutionContext,
     state: StateResource,
+    ops_log: OpsLogResource,
     mlflow: MlflowResource,
     model_leaderboard: dict,
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
@@ -60,6 +61,7 @@ def champion_model(
         margin=settings.promotion_margin,
         actor=actor,
         settings=settings,
+        ops_log=ops_log.log(),
     )
     champion = (
         None

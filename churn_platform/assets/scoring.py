@@ -13,10 +13,9 @@ from churn_platform import checks, etl
 from churn_platform.config import DatasetSpec, SourceSpec
 from churn_platform.core import cleaning, output_files, sources, tracking
 from churn_platform.core import scoring as core_scoring
-from churn_platform.core.ops.log import OpsLog
 from churn_platform.io_managers import StagedParquet, staged_versions
 from churn_platform.mlflow_resource import MlflowResource
-from churn_platform.resources import SPARK_POOL, StateResource
+from churn_platform.resources import SPARK_POOL, OpsLogResource, StateResource
 from churn_platform.settings import Settings
 
 UNSEEN_CHECK = "unseen_values_within_limit"
@@ -93,6 +92,7 @@ def churn_scores(
     context: dg.AssetExecutionContext,
     pyspark: PySparkResource,
     state: StateResource,
+    ops_log: OpsLogResource,
     mlflow: MlflowResource,
     cleaned_customers: DataFrame,
 ):
@@ -116,7 +116,7 @@ def churn_scores(
         result.frame.write.mode("error").parquet(str(path))
     summary = result.summary()
     rows, unseen, excluded = summary["rows"], summary["unseen_by_column"], summary["excluded"]
-    OpsLog(settings).event(
+    ops_log.log().event(
         "inference.batch.completed",
         f"scored {rows} customers with {version.name} v{version.version} ({excluded} not in "
         f"the scoring population; unseen category values: "

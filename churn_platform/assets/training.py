@@ -29,9 +29,8 @@ from churn_platform.core.models.fitting import (
 )
 from churn_platform.core.models.kinds import KINDS, MODEL_KINDS, merged_params, model_key
 from churn_platform.core.models.training import fit_model
-from churn_platform.core.ops.log import OpsLog
 from churn_platform.mlflow_resource import MlflowResource
-from churn_platform.resources import SPARK_POOL, StateResource, TrainingFrames
+from churn_platform.resources import SPARK_POOL, OpsLogResource, StateResource, TrainingFrames
 
 CODE_VERSION = "2"
 # Base models whose fits and out-of-fold predictions the stacking and voting assets reuse
@@ -176,6 +175,7 @@ def train_and_track(
     customer_features: DataFrame,
     feature_pipeline: PipelineModel,
     training_frames: TrainingFrames,
+    ops_log: OpsLogResource,
     bases: dict[str, dict] | None = None,
 ) -> dict[str, Any]:
     """Fit with out-of-fold predictions, judge on the test split, log to MLflow."""
@@ -258,17 +258,16 @@ def train_and_track(
         f"{kind}: fitted and judged in {fit_seconds:.1f} s, logged to MLflow in "
         f"{duration - fit_seconds:.1f} s; test ROC-AUC {metrics['roc_auc']:.4f}"
     )
-    with OpsLog(settings) as ops:
-        ops.event(
-            "training.completed",
-            f"{kind} trained: test ROC-AUC {metrics['roc_auc']:.4f}",
-            component="training",
-            configuration_item=context.asset_key.to_user_string(),
-            outcome="success",
-            metrics={"roc_auc": metrics["roc_auc"], "duration_s": duration},
-            mlflow_run_id=run.run_id,
-            context=context,
-        )
+    ops_log.log().event(
+        "training.completed",
+        f"{kind} trained: test ROC-AUC {metrics['roc_auc']:.4f}",
+        component="training",
+        configuration_item=context.asset_key.to_user_string(),
+        outcome="success",
+        metrics={"roc_auc": metrics["roc_auc"], "duration_s": duration},
+        mlflow_run_id=run.run_id,
+        context=context,
+    )
     context.add_output_metadata(
         _metadata(fit, metrics, threshold, run, importance, duration)
         | curve_metadata(evaluation.curves(test["label"], test["churn_probability"]))
@@ -368,6 +367,7 @@ def _model_asset(kind: str, base_keys: list[str]) -> dg.AssetsDefinition:
         customer_features: DataFrame,
         feature_pipeline: PipelineModel,
         training_frames: TrainingFrames,
+        ops_log: OpsLogResource,
         **bases: dict,
     ) -> dict:
         return train_and_track(
@@ -379,6 +379,7 @@ def _model_asset(kind: str, base_keys: list[str]) -> dg.AssetsDefinition:
             customer_features,
             feature_pipeline,
             training_frames,
+            ops_log,
             bases,
         )
 
