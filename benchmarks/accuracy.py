@@ -36,6 +36,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from training import jobs_so_far, jvm_cpu_seconds
 
 from churn_platform.config import load_spec
 from churn_platform.core import cleaning, evaluation, sources
@@ -73,7 +74,10 @@ COLUMNS = (
     ("cv_brier", "CV Brier"),
     ("f1", "test F1"),
     ("seconds", "seconds"),
+    ("cpu_seconds", "JVM CPU s"),
+    ("jobs", "jobs"),
 )
+WHOLE = ("seconds", "cpu_seconds", "jobs")
 
 
 @dataclass(frozen=True)
@@ -248,18 +252,24 @@ def run_dataset(
                 notes.append(_given_split_note(dataset, frame))
             fitted: dict[str, BaseFit] = {}
             for kind in kinds:
-                began = time.monotonic()
+                began, cpu, jobs = time.monotonic(), jvm_cpu_seconds(), jobs_so_far(spark)
                 fit = fit_model(kind, frame, overrides.get(kind), seed, fitted_bases=fitted)
                 judged = metrics(fit.oof, predict(fit.model, frame))
-                results[kind] = {**judged, "seconds": time.monotonic() - began}
+                results[kind] = {
+                    **judged,
+                    "seconds": time.monotonic() - began,
+                    "cpu_seconds": jvm_cpu_seconds() - cpu,
+                    "jobs": jobs_so_far(spark) - jobs,
+                    "params": _plain(fit.params),
+                }
                 if kind in BASE_KINDS:
                     fitted[kind] = fit.as_base()
                 _log(f"{dataset.name} {kind}: {_summary(results[kind])}", started)
             refs, prep = timed(lambda: References(frame))
         row, seconds = timed(refs.logistic)
-        results[LOGISTIC] = {**row, "seconds": seconds + prep}
+        results[LOGISTIC] = {**row, "seconds": seconds + prep, "cpu_seconds": 0.0, "jobs": 0}
         (row, chosen), seconds = timed(refs.tuned_hgb)
-        results[HGB] = {**row, "seconds": seconds + prep}
+        results[HGB] = {**row, "seconds": seconds + prep, "cpu_seconds": 0.0, "jobs": 0}
         notes.append(f"{HGB}: {chosen}, best of {_grid_size()} on the folds' mean ROC-AUC")
         _log(f"{dataset.name} references done", started)
     finally:
@@ -274,6 +284,11 @@ def _given_split_note(dataset: Dataset, frame: TrainingFrame) -> str:
         f"given split ({' / '.join(dataset.files)}) not expressible in the spec: files "
         f"concatenated, the platform's hash split decides (test rows by file: {tags})"
     )
+
+
+def _plain(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The fitted parameters as JSON-safe values (the weights of a stacking head are floats)."""
+    return json.loads(json.dumps(params, default=str))
 
 
 def _grid_size() -> int:
@@ -305,7 +320,7 @@ def table(name: str, outcome: Mapping[str, Any]) -> str:
     for model, row in results.items():
         label = f"{model} (champion)" if model == best else model
         cells = "".join(
-            f"{row[key]:>11.1f}" if key == "seconds" else f"{row[key]:>11.4f}" for key, _ in COLUMNS
+            f"{row[key]:>11.1f}" if key in WHOLE else f"{row[key]:>11.4f}" for key, _ in COLUMNS
         )
         lines.append(f"{label:<30}{cells}")
     return "\n".join(lines)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from pyspark.ml import Pipeline, PipelineModel
-from pyspark.ml.classification import LogisticRegression
+from pyspark.ml.classification import GBTClassifier, LogisticRegression
 from pyspark.ml.feature import OneHotEncoder, StringIndexer, VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -231,6 +231,40 @@ def test_grid_search_resolves_to_one_value_per_parameter_and_lists_every_candida
     assert set(tuned.cv) == {"maxDepth=2", "maxDepth=3"}
     assert tuned.cv[f"maxDepth={tuned.params['maxDepth']}"] == max(tuned.cv.values())
     assert fitted("decision_tree").cv == {}
+
+
+def test_early_stopping_stops_each_fold_on_its_held_out_fold_and_refits_with_their_mean_rounds(
+    features: DataFrame, frame: TrainingFrame, fit_once: Callable[[str, dict], FitResult]
+) -> None:
+    """Each fold model boosts on the other folds until its held-out fold's loss stops improving,
+    and gives that fold's out-of-fold predictions; the final model gets their mean rounds."""
+    params = {
+        "maxIter": 40,
+        "maxDepth": 3,
+        "stepSize": 0.5,
+        "validationTol": 0.05,
+        "subsamplingRate": 1.0,
+    }
+    result = fit_once("gbt", {**params, "earlyStopping": True})
+    train = frame.train  # the same rows in the same partitions: stopping is a sharp decision
+    rounds, by_hand = [], []
+    for fold in range(FOLDS):
+        model = GBTClassifier(
+            featuresCol="features",
+            labelCol="label",
+            seed=SEED,
+            **params,
+            validationIndicatorCol="held_out",
+        ).fit(train.withColumn("held_out", F.col("fold") == fold))
+        rounds.append(len(model.trees))
+        rows = model.transform(train.where(F.col("fold") == fold)).collect()
+        by_hand += [(r[ID], float(r["probability"][1])) for r in rows]
+    assert max(rounds) < params["maxIter"]
+    assert result.params["maxIter"] == round(float(np.mean(rounds)))
+    assert len(result.model.stages[0].trees) == result.params["maxIter"]
+    assert_same_scores(_by_id(result.oof), sorted(by_hand), REFIT)
+    with pytest.raises(ValueError, match="boosting"):
+        fit_model("decision_tree", frame, {"earlyStopping": True})
 
 
 def test_stacking_meta_model_learns_only_from_out_of_fold_base_predictions(

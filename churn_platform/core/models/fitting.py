@@ -42,6 +42,10 @@ PARALLEL_FITS = 3
 # About one partition per million rows: small frames on one partition avoid per-task overhead.
 ROWS_PER_PARTITION = 1_000_000
 _BAGGING_KEYS = ("base", "numModels", "sampleFraction")
+# A platform key, not a Spark one: boosting stops on each fold model's held-out fold and the final
+# model gets the fold models' mean number of rounds.
+EARLY_STOPPING = "earlyStopping"
+VALIDATION_COL = "is_validation"
 _ESTIMATORS: dict[str, type] = {
     "logistic_regression": LogisticRegression,
     "decision_tree": DecisionTreeClassifier,
@@ -231,39 +235,66 @@ def candidates(params: Mapping[str, Any]) -> list[dict[str, Any]]:
 def fit_classifier(
     kind: str, family: str, params: Mapping[str, Any], frame: TrainingFrame, seed: int
 ) -> FitResult:
-    """Fold fits of every candidate in parallel; the best mean fold ROC-AUC wins and is refit."""
-    options = candidates(params)
+    """Fold fits of every candidate in parallel; the best mean fold ROC-AUC wins and is refit.
+
+    With `earlyStopping` (boosting only), each fold model is fitted on the training rows with
+    its held-out fold as MLlib's validation set: boosting stops when a round improves the held-out
+    log loss by less than `validationTol` of it, and the model keeps its best round. The rounds
+    are then chosen on the held-out folds, like any grid value (the same mild optimism in the CV
+    score), and the final model is refitted with the winner's mean number of rounds.
+    """
+    early = bool(params.get(EARLY_STOPPING, False))
+    if early and family != "gbt":
+        raise ValueError(f"{kind}: {EARLY_STOPPING} applies to boosting (gbt) only")
+    grid = {k: v for k, v in params.items() if k != EARLY_STOPPING}
+    options = candidates(grid)
     if family == "bagging" and len(options) > 1:
         raise ValueError(f"{kind}: bagging takes fixed base-learner parameters, not grids")
-    single = len(options) == 1
+    single = len(options) == 1 and not early
     tasks = [(c, f) for c in range(len(options)) for f in frame.folds]
     if single:
         tasks.append((0, None))  # the final model, fitted beside the fold models
 
-    def fit(task: tuple[int, int | None]) -> Part | pd.DataFrame:
+    def fit(task: tuple[int, int | None]) -> Part | tuple[pd.DataFrame, int]:
         option, fold = task
-        part = classifier_part(
-            family, options[option], seed, frame.fold_rows(fold), kind, PROBABILITY_COL
-        )
         if fold is None:
-            return part
-        return collect_predictions(assemble([part]), frame.fold_rows(fold, True), frame.id_col)
+            return classifier_part(
+                family, options[option], seed, frame.train, kind, PROBABILITY_COL
+            )
+        if early:
+            rows = frame.train.withColumn(VALIDATION_COL, F.col(FOLD_COL) == fold)
+            chosen = {**options[option], "validationIndicatorCol": VALIDATION_COL}
+        else:
+            rows, chosen = frame.fold_rows(fold), options[option]
+        part = classifier_part(family, chosen, seed, rows, kind, PROBABILITY_COL)
+        held_out = collect_predictions(assemble([part]), frame.fold_rows(fold, True), frame.id_col)
+        return held_out, _rounds(part)
 
     results = run_parallel(frame.train.sparkSession, fit, tasks)
-    oofs = [
-        pd.concat(
-            [r for (c, f), r in zip(tasks, results, strict=True) if c == option and f is not None]
-        )
-        for option in range(len(options))
-    ]
+    folds = [(c, r) for (c, f), r in zip(tasks, results, strict=True) if f is not None]
+    oofs = [pd.concat([r[0] for c, r in folds if c == option]) for option in range(len(options))]
     scores = [_mean_fold_auc(oof) for oof in oofs]
     best = int(np.nanargmax(scores)) if not all(np.isnan(scores)) else 0
+    winner = dict(options[best])
+    if early:
+        rounds = [r[1] for c, r in folds if c == best]
+        winner["maxIter"] = max(1, round(float(np.mean(rounds))))
     if single:
         final = results[-1]
     else:
-        final = classifier_part(family, options[best], seed, frame.train, kind, PROBABILITY_COL)
-    cv = {} if single else {_label(o, params): s for o, s in zip(options, scores, strict=True)}
-    return FitResult(kind, assemble([final]), oofs[best].reset_index(drop=True), options[best], cv)
+        final = classifier_part(family, winner, seed, frame.train, kind, PROBABILITY_COL)
+    cv = (
+        {_label(o, grid): s for o, s in zip(options, scores, strict=True)}
+        if len(options) > 1
+        else {}
+    )
+    return FitResult(kind, assemble([final]), oofs[best].reset_index(drop=True), winner, cv)
+
+
+def _rounds(part: Part) -> int:
+    """Trees a fitted boosting model kept (0 for other models)."""
+    model = part.stages[0]
+    return len(model.trees) if hasattr(model, "treeWeights") else 0
 
 
 def _mean_fold_auc(oof: pd.DataFrame) -> float:

@@ -2,6 +2,8 @@
 
 Spark parameter names pass straight to the estimators; a list value is a grid whose winner is
 chosen on out-of-fold ROC-AUC by the same fold fits that give the out-of-fold predictions.
+`earlyStopping` (boosting only) stops each fold model's rounds on its held-out fold and refits
+the final model with their mean (`fitting.fit_classifier`).
 Defaults were cut where they bought no accuracy on Telco (each model's test ROC-AUC within
 0.003 of the slower defaults' or better): docs/BENCHMARKS.md has the measured cost of each.
 """
@@ -81,11 +83,22 @@ KINDS: dict[str, ModelKind] = {
             {"maxIter": 5, "maxDepth": 3},
         ),
         ModelKind(
+            # Shallow or deep trees, chosen out of fold; rounds stop on each fold's held-out
+            # part, so the cost follows what the data rewards: about 18 deep rounds on BigML
+            # telecom (test ROC-AUC 0.938, CV 0.916), 18 shallow ones on Telco (644 Spark jobs
+            # against 854 for the fixed depth {2, 3} x 30 rounds before).
             "gbt_tuned",
             "gbt",
             "ensembles",
-            "Boosting: GBT with tree depth chosen out of fold.",
-            {"maxIter": 30, "maxDepth": [2, 3], "stepSize": 0.2, "subsamplingRate": 0.8},
+            "Boosting: GBT with tree depth chosen and rounds stopped early out of fold.",
+            {
+                "maxIter": 100,
+                "maxDepth": [2, 5],
+                "stepSize": 0.2,
+                "minInstancesPerNode": 10,
+                "earlyStopping": True,
+                "validationTol": 0.0,
+            },
             {"maxIter": 5, "maxDepth": [2, 3], "stepSize": 0.2},
         ),
         ModelKind(
