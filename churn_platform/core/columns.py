@@ -17,6 +17,8 @@ LABEL_COL = "label"
 SPLIT_COL = "split"
 FOLD_COL = "fold"
 FEATURES_COL = "features"
+# Every model's output: P(churn) of each customer.
+PROBABILITY_COL = "churn_probability"
 REASON_COL = "reason"
 DETAIL_COL = "detail"
 

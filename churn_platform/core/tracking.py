@@ -48,7 +48,7 @@ from pyspark.sql.utils import is_remote
 from sqlalchemy.engine import make_url
 
 from churn_platform.config import DatasetSpec
-from churn_platform.core.models.fitting import PROBABILITY_COL
+from churn_platform.core.columns import PROBABILITY_COL
 from churn_platform.core.ops.files import ensure_dir, locked
 from churn_platform.settings import PACKAGE_DIR, environ_restored
 
