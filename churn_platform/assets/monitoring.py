@@ -14,9 +14,8 @@ from pyspark.sql import functions as F
 from churn_platform.automation import MONITORING_CHECKS
 from churn_platform.core import monitoring, tracking
 from churn_platform.core import scoring as core_scoring
-from churn_platform.core.columns import LABEL_COL, SPLIT_COL
+from churn_platform.core.columns import LABEL_COL, PROBABILITY_COL, SPLIT_COL
 from churn_platform.core.features import engineer_features, feature_roles
-from churn_platform.core.models.fitting import PROBABILITY_COL
 from churn_platform.core.sampling import sampled
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import SPARK_POOL, OpsLogResource, StateResource

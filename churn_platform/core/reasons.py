@@ -30,7 +30,7 @@ from pyspark.ml.stat import Summarizer
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from churn_platform.core.columns import FEATURES_COL
+from churn_platform.core.columns import FEATURES_COL, PROBABILITY_COL
 from churn_platform.core.encoding import (
     SLOTS_COL,
     Category,
@@ -40,7 +40,6 @@ from churn_platform.core.encoding import (
     quote,
     text,
 )
-from churn_platform.core.models.fitting import PROBABILITY_COL
 from churn_platform.core.models.stages import DropColumns, PositiveProbability
 
 REASONS_COL = "reasons"

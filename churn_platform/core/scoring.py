@@ -22,10 +22,9 @@ from pyspark.sql.utils import is_remote
 
 from churn_platform.config import DatasetSpec
 from churn_platform.core import reasons, tracking
-from churn_platform.core.columns import LABEL_COL
+from churn_platform.core.columns import LABEL_COL, PROBABILITY_COL
 from churn_platform.core.encoding import Encoding, classifier, quote, read_encoding, text
 from churn_platform.core.features import engineer_features
-from churn_platform.core.models.fitting import PROBABILITY_COL
 from churn_platform.core.sampling import sampled
 
 UNSEEN_COL = "unseen_values"

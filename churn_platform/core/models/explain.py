@@ -15,9 +15,8 @@ from pyspark.ml.classification import (
 from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame
 
-from churn_platform.core.columns import FEATURES_COL
+from churn_platform.core.columns import FEATURES_COL, PROBABILITY_COL
 from churn_platform.core.models.ensembles import CALIBRATED_SUFFIX, LOGIT_SUFFIX, META_FEATURES
-from churn_platform.core.models.fitting import PROBABILITY_COL
 from churn_platform.core.models.stages import WeightedAverage
 
 _CLASSIFIER_MODELS = (

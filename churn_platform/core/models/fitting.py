@@ -31,10 +31,15 @@ from pyspark.sql import functions as F
 from pyspark.util import inheritable_thread_target
 
 from churn_platform.core import evaluation
-from churn_platform.core.columns import FEATURES_COL, FOLD_COL, LABEL_COL, SPLIT_COL
+from churn_platform.core.columns import (
+    FEATURES_COL,
+    FOLD_COL,
+    LABEL_COL,
+    PROBABILITY_COL,
+    SPLIT_COL,
+)
 from churn_platform.core.models.stages import DropColumns, PositiveProbability, WeightedAverage
 
-PROBABILITY_COL = "churn_probability"
 DEFAULT_SEED = 42
 TRAIN_SPLIT = "train"
 # Fits at once: the jobs of a fit on small data are latency-bound, so three keep two cores busy.
