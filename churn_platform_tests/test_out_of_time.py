@@ -18,7 +18,6 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from churn_platform import runner
-from churn_platform.partitions import BASE_BATCH, ingest_batches
 from churn_platform.config import DatasetSpec, SourceSpec, load_spec
 from churn_platform.core import cleaning, sources
 from churn_platform.core.columns import BATCH_ORDER_COL
@@ -34,6 +33,7 @@ from churn_platform.core.models.fitting import (
 )
 from churn_platform.core.models.kinds import merged_params
 from churn_platform.core.models.training import fit_model
+from churn_platform.partitions import BASE_BATCH, ingest_batches
 from churn_platform.settings import DEFAULT_SPEC, load_settings
 
 NEWEST = 20261201000000  # the batch order of an inbox file named 20261201T000000_*.csv
