@@ -1,12 +1,18 @@
-"""Which model becomes the promotion candidate (the leaderboard's first row) and whether it
-passes the gate: the pure rules, without MLflow, Spark or Dagster."""
+"""Which model becomes the promotion candidate (the best test ROC-AUC among the models that
+earn their place: an ensemble must beat its best base on CV) and whether it passes the gate:
+the pure rules, without MLflow, Spark or Dagster."""
 
 from typing import Any
 
 import pytest
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
-from churn_platform.core.evaluation import LEADERBOARD_METRICS, leaderboard_rows
+from churn_platform.core.evaluation import (
+    LEADERBOARD_METRICS,
+    earns_its_place,
+    leaderboard_rows,
+    promotion_candidate,
+)
 from churn_platform.core.registry import METRIC_TAG_PREFIX, _gate
 
 
@@ -39,6 +45,58 @@ def test_the_choice_does_not_depend_on_the_order_models_arrive_in() -> None:
     forward = [r["model"] for r in leaderboard_rows({s["kind"]: s for s in summaries})]
     backward = [r["model"] for r in leaderboard_rows({s["kind"]: s for s in summaries[::-1]})]
     assert forward == backward == ["b", "c", "a"]
+
+
+def _ensemble(
+    kind: str, roc_auc: float, cv: float, base: str, base_cv: float | None
+) -> dict[str, Any]:
+    """An ensemble's summary: its best base on CV and its gain over it, as training records."""
+    summary = _summary(kind, roc_auc, cv)
+    summary["best_base"] = base
+    gain = None if base_cv is None else cv - base_cv
+    summary["metrics"] |= {"best_base_cv_roc_auc": base_cv, "cv_gain_over_best_base": gain}
+    return summary
+
+
+def _promoted(*summaries: dict[str, Any]) -> tuple[str, str]:
+    return promotion_candidate(leaderboard_rows({f"model_{s['kind']}": s for s in summaries}))
+
+
+def test_an_ensemble_that_beats_its_best_base_on_cv_is_the_candidate() -> None:
+    stacking = _ensemble("stacking", 0.864, cv=0.846, base="gbt", base_cv=0.844)
+    chosen, reason = _promoted(stacking, _summary("gbt", 0.862, cv=0.844))
+    assert chosen == "stacking" and "passed over" not in reason
+    row = leaderboard_rows({"model_stacking": stacking})[0]
+    assert row["best_base"] == "gbt"
+    assert row["cv_gain_over_best_base"] == pytest.approx(0.002)
+
+
+def test_an_ensemble_first_on_test_but_not_better_than_its_base_on_cv_is_passed_over() -> None:
+    stacking = _ensemble("stacking", 0.864, cv=0.843, base="logistic_regression", base_cv=0.845)
+    voting = _ensemble("voting", 0.863, cv=0.845, base="logistic_regression", base_cv=0.845)
+    lr = _summary("logistic_regression", 0.862, cv=0.845)
+    chosen, reason = _promoted(stacking, voting, lr, _summary("gbt", 0.850, cv=0.846))
+    # Voting only ties its base on CV: a tie does not earn an ensemble its place either.
+    assert chosen == "logistic_regression"
+    assert "passed over: stacking" in reason and "voting" in reason
+    assert "does not beat its base logistic_regression's 0.8450" in reason
+
+
+def test_models_without_a_comparison_are_ranked_as_before() -> None:
+    # A base kind, an ensemble from a run before the comparison existed, an undefined figure.
+    old = _summary("voting", 0.87)
+    undefined = _ensemble("stacking", 0.86, cv=float("nan"), base="gbt", base_cv=0.84)
+    assert earns_its_place(leaderboard_rows({"v": old})[0])
+    assert earns_its_place(leaderboard_rows({"s": undefined})[0])
+    assert _promoted(old, undefined, _summary("gbt", 0.85))[0] == "voting"
+
+
+def test_when_no_model_earns_its_place_the_first_row_is_still_judged() -> None:
+    only = _ensemble("stacking", 0.86, cv=0.84, base="gbt", base_cv=0.85)
+    chosen, reason = _promoted(only)
+    assert chosen == "stacking" and "no model earns its place" in reason
+    with pytest.raises(ValueError, match="no models"):
+        promotion_candidate([])
 
 
 def _version(number: int, **metrics: float) -> ModelVersion:

@@ -8,7 +8,9 @@ import dagster as dg
 from churn_platform.core.evaluation import (
     LEADERBOARD_METRICS,
     OUT_OF_TIME_METRICS,
+    earns_its_place,
     leaderboard_rows,
+    promotion_candidate,
 )
 
 # The leaderboard as two tables that each fit the asset page's metadata column (one table of
@@ -50,6 +52,41 @@ def leaderboard_table(rows: list[dict[str, Any]], columns: dict[str, str]) -> dg
     return dg.MetadataValue.table(records, schema=schema)
 
 
+def ensembles_table(rows: list[dict[str, Any]]) -> dg.TableMetadataValue | None:
+    """Each ensemble against its best base out of fold: does combining pay? None without one."""
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn("model", "string", description="ensemble kind"),
+            dg.TableColumn("cv_roc_auc_mean", "float", description="the ensemble's CV ROC-AUC"),
+            dg.TableColumn("best_base", "string", description="its base with the best CV"),
+            dg.TableColumn("best_base_cv_roc_auc", "float", description="that base's CV"),
+            dg.TableColumn("cv_gain_over_best_base", "float", description="ensemble - base"),
+            dg.TableColumn(
+                "earns_its_place",
+                "bool",
+                description="beats its best base on CV; if not, it is never the promotion "
+                "candidate",
+            ),
+        ]
+    )
+    records = [
+        dg.TableRecord(
+            {
+                "model": r["model"],
+                "best_base": r["best_base"],
+                "earns_its_place": earns_its_place(r),
+                **{
+                    c: _rounded(r[c])
+                    for c in ("cv_roc_auc_mean", "best_base_cv_roc_auc", "cv_gain_over_best_base")
+                },
+            }
+        )
+        for r in rows
+        if r.get("best_base") is not None
+    ]
+    return dg.MetadataValue.table(records, schema=schema) if records else None
+
+
 def _rounded(value: Any) -> float | None:
     """4 decimals; a missing or undefined metric (NaN: one class only) as an empty cell."""
     return round(float(value), 4) if value is not None and math.isfinite(value) else None
@@ -76,10 +113,16 @@ def leaderboard_asset(model_keys: list[str]) -> dg.AssetsDefinition:
         if any(r["oot_roc_auc"] is not None for r in rows):
             tables["out_of_time"] = leaderboard_table(rows, OUT_OF_TIME_COLUMNS)
             shown = (*LEADERBOARD_METRICS, *OUT_OF_TIME_METRICS)
+        versus_bases = ensembles_table(rows)
+        if versus_bases is not None:
+            tables["ensembles_vs_best_base"] = versus_bases
+        candidate, why = promotion_candidate(rows)
         context.add_output_metadata(
             {
                 "best_model": rows[0]["model"],
                 "best_roc_auc": rows[0]["roc_auc"],
+                "promotion_candidate": candidate,
+                "promotion_candidate_reason": why,
                 **tables,
                 "leaderboard": dg.MetadataValue.json(
                     [{"model": r["model"], **{m: r[m] for m in shown}} for r in rows]

@@ -6,8 +6,7 @@ from typing import Any
 
 import dagster as dg
 
-from churn_platform.core import registry, tracking
-from churn_platform.core.evaluation import LEADERBOARD_METRICS
+from churn_platform.core import evaluation, registry, tracking
 from churn_platform.core.models.kinds import model_key
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import OpsLogResource, StateResource
@@ -52,7 +51,8 @@ def champion_model(
             summary["threshold"],
         )
         versions[row["model"]] = str(version.version)
-    best = rows[0]["model"]
+    best, why = evaluation.promotion_candidate(rows)
+    context.log.info(f"promotion candidate {best}: {why}")
     actor = context.run.tags.get("churn/actor", "dagster")
     decision = registry.promote(
         mlflow,
@@ -91,7 +91,7 @@ def champion_model(
                     {
                         "model": r["model"],
                         "version": versions[r["model"]],
-                        **{m: r[m] for m in LEADERBOARD_METRICS},
+                        **{m: r[m] for m in evaluation.LEADERBOARD_METRICS},
                     }
                     for r in rows
                 ]

@@ -18,9 +18,10 @@ from pydantic import Field
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 
-from churn_platform import etl
 from churn_platform.core import evaluation, tracking
-from churn_platform.core.models import explain, out_of_time
+from churn_platform.core.columns import FEATURES_COL, FOLD_COL, LABEL_COL
+from churn_platform.core.features import cap_training_rows, feature_roles
+from churn_platform.core.models import ensembles, explain, out_of_time
 from churn_platform.core.models.fitting import (
     BaseFit,
     FitResult,
@@ -182,7 +183,7 @@ def train_and_track(
     started = time.monotonic()
     settings, spec = state.settings(), state.spec()
     params = model_params(kind, config, settings.training_profile)
-    capped = etl.cap_training_rows(customer_features, spec, settings.train_max_rows)
+    capped = cap_training_rows(customer_features, spec, settings.train_max_rows)
     fingerprint = {
         "features_data_version": _latest_data_version(context, "customer_features"),
         "seed": config.seed,
@@ -206,7 +207,10 @@ def train_and_track(
         settings.cost_retention_offer,
     )
     metrics[f"oof_{config.threshold_strategy}"] = value
-    oot = training_frames.out_of_time(frame_key, capped, spec.id_column, feature_pipeline)
+    versus = ensembles.versus_best_base(fit)
+    if versus is not None:
+        best_base, metrics["best_base_cv_roc_auc"], metrics["cv_gain_over_best_base"] = versus
+    oot = training_frames.out_of_time()
     oot_scores = None
     if oot is not None:
         oot_started = time.monotonic()
@@ -224,13 +228,13 @@ def train_and_track(
         )
     names = explain.vector_feature_names(frame.train)
     importance = explain.feature_importance(fit.model, names)
-    numeric, categorical = etl.feature_roles(customer_features.drop(etl.FEATURES_COL), spec)
+    numeric, categorical = feature_roles(customer_features.drop(FEATURES_COL), spec)
     input_schema = customer_features.select(*categorical, *numeric).schema
     with tempfile.TemporaryDirectory() as tmp:
         curves = evaluation.plot_curves(test["label"], test["churn_probability"], tmp)
         # Out-of-fold scores without customer ids: monitoring's drift reference for this model.
         reference = Path(tmp) / "oof_scores.parquet"
-        fit.oof[[etl.LABEL_COL, etl.FOLD_COL, "churn_probability"]].to_parquet(reference)
+        fit.oof[[LABEL_COL, FOLD_COL, "churn_probability"]].to_parquet(reference)
         run = tracking.log_training_run(
             mlflow,
             spec,
@@ -258,6 +262,11 @@ def train_and_track(
         f"{kind}: fitted and judged in {fit_seconds:.1f} s, logged to MLflow in "
         f"{duration - fit_seconds:.1f} s; test ROC-AUC {metrics['roc_auc']:.4f}"
     )
+    if versus is not None:
+        context.log.info(
+            f"{kind}: CV ROC-AUC {metrics['cv_roc_auc_mean']:.4f} against its best base "
+            f"{best_base}'s {versus[1]:.4f} ({versus[2]:+.4f})"
+        )
     ops_log.log().event(
         "training.completed",
         f"{kind} trained: test ROC-AUC {metrics['roc_auc']:.4f}",
@@ -281,6 +290,8 @@ def train_and_track(
         "params": fit.params,
         "cv": fit.cv,
     }
+    if versus is not None:
+        summary["best_base"] = best_base
     if kind in ENSEMBLE_INPUTS:
         summary["reuse"] = fingerprint
         summary["oof"] = fit.oof

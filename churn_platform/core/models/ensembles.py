@@ -21,6 +21,7 @@ from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from churn_platform.core import evaluation
 from churn_platform.core.columns import FOLD_COL, LABEL_COL
 from churn_platform.core.models.fitting import (
     PROBABILITY_COL,
@@ -101,6 +102,27 @@ def fit_ensemble(
         "reused_bases": sorted(b for b in bases if b in fitted_bases),
     }
     return FitResult(name, model, oof, fitted_params, base_oof=base_oof)
+
+
+def versus_best_base(fit: FitResult) -> tuple[str, float, float] | None:
+    """For an ensemble: its best base on CV ROC-AUC (mean over the folds, from the bases'
+    out-of-fold predictions it was fitted on), that base's figure and the ensemble's gain over
+    it; None for a model without bases. Stacking must beat this to earn its place."""
+    if fit.base_oof is None:
+        return None
+    oof = fit.base_oof
+    scores = {
+        base: _mean_fold_auc(oof[LABEL_COL], oof[base + BASE_SUFFIX], oof[FOLD_COL])
+        for base in fit.params["bases"]
+    }
+    best = max(scores, key=lambda b: (np.nan_to_num(scores[b], nan=-np.inf), b))
+    own = _mean_fold_auc(fit.oof[LABEL_COL], fit.oof[PROBABILITY_COL], fit.oof[FOLD_COL])
+    return best, scores[best], own - scores[best]
+
+
+def _mean_fold_auc(labels: pd.Series, scores: pd.Series, folds: pd.Series) -> float:
+    """Mean fold ROC-AUC, the platform's CV figure (`evaluation.judge`)."""
+    return float(np.mean(list(evaluation.roc_auc_by_group(labels, scores, folds).values())))
 
 
 def _joined_oof(name: str, fits: Mapping[str, BaseFit], frame: TrainingFrame) -> pd.DataFrame:
