@@ -34,7 +34,7 @@ from pyspark.sql import functions as F
 from churn_platform.config import SourceSpec, load_spec
 from churn_platform.core import cleaning, features, quality, sources
 from churn_platform.core.columns import ERROR_COL
-from churn_platform.etl import read_csv_header
+from churn_platform.core.sources import read_csv_header
 from churn_platform.resources import spark_conf
 from churn_platform.schemas import cleaned_schema, features_schema, raw_schema
 from churn_platform.settings import load_settings

@@ -191,7 +191,7 @@ def run_naive(job: Mapping[str, Any], spec: DatasetSpec, timeline: Timeline) -> 
         feature_roles,
         fit_feature_pipeline,
     )
-    from churn_platform.etl import read_csv_header
+    from churn_platform.core.sources import read_csv_header
 
     spark = _spark(job)
     out = Path(job["scores"]).parent / "naive"
@@ -328,7 +328,7 @@ def _clean(raw: Any, spec: DatasetSpec) -> Any:
 
 
 def _engineer(cleaned: Any, spec: DatasetSpec, service_columns: Sequence[str]) -> Any:
-    """etl.engineer_features in pandas: the engineered columns the spec asks for."""
+    """core.features.engineer_features in pandas: the engineered columns the spec asks for."""
     tenure, payment = cleaned["tenure"], cleaned["PaymentMethod"]
     internet = cleaned["InternetService"]
     builders: dict[str, Callable[[], Any]] = {
@@ -367,7 +367,7 @@ def _assign_split(df: Any, spec: DatasetSpec) -> Any:
 
 
 def _training_rows(table: Any, spec: DatasetSpec, max_rows: int) -> np.ndarray:
-    """Mask of training rows, hash-sampled down to about max_rows like etl.cap_training_rows."""
+    """Training rows, hash-sampled down to about max_rows like core.features.cap_training_rows."""
     train = (table["split"] == "train").to_numpy()
     if 0 < max_rows < train.sum():
         keep = _unit_hash(table[spec.id_column], f"sample:{spec.seed}") < max_rows / train.sum()
@@ -376,7 +376,7 @@ def _training_rows(table: Any, spec: DatasetSpec, max_rows: int) -> np.ndarray:
 
 
 def _encoder(table: Any, spec: DatasetSpec) -> Any:
-    """Median imputation and one-hot encoding, like etl.fit_feature_pipeline."""
+    """Median imputation and one-hot encoding, like core.features.fit_feature_pipeline."""
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.preprocessing import OneHotEncoder
@@ -793,7 +793,7 @@ IMPORTS = {
         "churn_platform.core.models.training",
         "churn_platform.core.scoring",
     ),
-    "naive": ("pyspark.sql", "churn_platform.etl", "churn_platform.core.features"),
+    "naive": ("pyspark.sql", "churn_platform.core.sources", "churn_platform.core.features"),
     "pandas": (
         "pandas",
         "pyarrow.parquet",

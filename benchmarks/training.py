@@ -29,9 +29,9 @@ from pyspark.sql import SparkSession
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
-from churn_platform import etl
 from churn_platform.config import load_spec
 from churn_platform.core import cleaning, evaluation, sources
+from churn_platform.core.columns import FEATURES_COL, FOLD_COL, LABEL_COL
 from churn_platform.core.features import build_features
 from churn_platform.core.models.fitting import BaseFit, predict, training_frame
 from churn_platform.core.models.kinds import BASE_KINDS, MODEL_KINDS
@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 def _sklearn(frame) -> dict[str, float]:
     """Seconds scikit-learn takes for the same fold fits + refit on the same vectors."""
     data = frame.train.toPandas()
-    matrix = np.vstack([v.toArray() for v in data[etl.FEATURES_COL]])
-    label, fold = data[etl.LABEL_COL].to_numpy(), data[etl.FOLD_COL].to_numpy()
+    matrix = np.vstack([v.toArray() for v in data[FEATURES_COL]])
+    label, fold = data[LABEL_COL].to_numpy(), data[FOLD_COL].to_numpy()
     seconds = {}
     for name, make in (
         ("LogisticRegression", lambda: LogisticRegression(C=1 / 0.03, max_iter=1000)),

@@ -15,9 +15,9 @@ from pathlib import Path
 import dagster as dg
 import pyarrow.parquet as pq
 
-from churn_platform import etl
 from churn_platform.config import DatasetSpec
 from churn_platform.core.ops.incidents import IncidentStore
+from churn_platform.core.sources import InputDataError, read_csv_header
 from churn_platform.partitions import DATA_LAYER_KEYS, RAW_CUSTOMERS, ingest_batches
 from churn_platform.resources import StateResource
 from churn_platform.settings import Settings
@@ -110,12 +110,12 @@ def validate_inbox_file(path: Path, spec: DatasetSpec) -> str | None:
             if pq.ParquetFile(path).metadata.num_rows == 0:
                 return "the file has no rows"
         else:
-            columns = set(etl.read_csv_header(path, spec.sources[0].delimiter))
+            columns = set(read_csv_header(path, spec.sources[0].delimiter))
             with path.open("rb") as handle:
                 handle.readline()
                 if not handle.readline().strip():
                     return "the file has a header but no data rows"
-    except (etl.InputDataError, OSError, ValueError) as exc:
+    except (InputDataError, OSError, ValueError) as exc:
         return str(exc)
     missing = sorted(required - columns)
     if missing:

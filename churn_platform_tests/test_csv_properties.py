@@ -8,17 +8,27 @@ from pathlib import Path
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from churn_platform import etl
 from churn_platform.config import SourceSpec, load_spec
 from churn_platform.core import cleaning, sources
+from churn_platform.core.columns import (
+    INVALID_ENCODING,
+    LINE_COL,
+    MALFORMED_LINE,
+    MISSING_TARGET,
+    NON_FINITE_NUMBER,
+    REASON_COL,
+    UNKNOWN_TARGET,
+    UNPARSEABLE_NUMBER,
+    WRONG_FIELD_COUNT,
+)
 from churn_platform.settings import DEFAULT_SPEC
 from churn_platform_tests.conftest import TELCO_HEADER
 
 COLUMNS = TELCO_HEADER.split(",")
 NUMERIC = ("tenure", "MonthlyCharges", "TotalCharges")
 GOOD_NUMBERS = ("12", " 3.5 ", "0", "", "1e3")
-BAD_NUMBERS = {"abc": etl.UNPARSEABLE_NUMBER, "Infinity": etl.NON_FINITE_NUMBER}
-BAD_NUMBERS |= {"1e309": etl.NON_FINITE_NUMBER, "NaN": etl.NON_FINITE_NUMBER}
+BAD_NUMBERS = {"abc": UNPARSEABLE_NUMBER, "Infinity": NON_FINITE_NUMBER}
+BAD_NUMBERS |= {"1e309": NON_FINITE_NUMBER, "NaN": NON_FINITE_NUMBER}
 # Text that CSV must carry intact: delimiters, quotes, newlines, long values, non-ASCII.
 TEXT = st.one_of(
     st.sampled_from(["Yes", "No", "DSL", 'say "hi", twice', "two\nlines", "é ü ß", " padded "]),
@@ -48,16 +58,16 @@ def rows(draw: st.DrawFn) -> tuple[list[str], str, bool]:
     # A number that does not parse outranks one that is not finite, whichever column it is in.
     bad = sorted(
         (BAD_NUMBERS[v] for v in number_values.values() if v in BAD_NUMBERS),
-        key=[etl.UNPARSEABLE_NUMBER, etl.NON_FINITE_NUMBER].index,
+        key=[UNPARSEABLE_NUMBER, NON_FINITE_NUMBER].index,
     )
     reason = (
-        etl.INVALID_ENCODING
+        INVALID_ENCODING
         if latin1
-        else etl.WRONG_FIELD_COUNT
+        else WRONG_FIELD_COUNT
         if shape != "ok"
-        else etl.MISSING_TARGET
+        else MISSING_TARGET
         if churn == ""
-        else etl.UNKNOWN_TARGET
+        else UNKNOWN_TARGET
         if churn == "Maybe"
         else (bad[0] if bad else "")
     )
@@ -90,7 +100,7 @@ def test_every_generated_row_is_cleaned_or_quarantined_with_its_reason(spark, re
         line += text.count("\n")
         if blank and i == 0:
             body += b"\n"
-            expected[line] = etl.MALFORMED_LINE
+            expected[line] = MALFORMED_LINE
             line += 1
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "generated.csv"
@@ -99,7 +109,7 @@ def test_every_generated_row_is_cleaned_or_quarantined_with_its_reason(spark, re
         read = sources.read_batch(spark, spec, (source,), "base", 0)
         result = cleaning.clean_customers(read.frame, spec)
         try:
-            quarantined = {r[etl.LINE_COL]: r[etl.REASON_COL] for r in result.quarantined.collect()}
+            quarantined = {r[LINE_COL]: r[REASON_COL] for r in result.quarantined.collect()}
             cleaned = {r["customerID"] for r in result.cleaned.collect()}
             counts = result.counts
         finally:

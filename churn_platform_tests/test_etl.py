@@ -6,9 +6,31 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from churn_platform import etl
 from churn_platform.config import DatasetSpec, SourceSpec, TargetSpec, load_spec
 from churn_platform.core import cleaning, features, sources
+from churn_platform.core.columns import (
+    BATCH_COL,
+    DETAIL_COL,
+    DUPLICATE_ID,
+    FEATURES_COL,
+    FILE_COL,
+    INVALID_ENCODING,
+    LABEL_COL,
+    LINE_COL,
+    MALFORMED_LINE,
+    MISSING_ID,
+    MISSING_TARGET,
+    NON_FINITE_NUMBER,
+    OUT_OF_RANGE,
+    REASON_COL,
+    SPLIT_COL,
+    UNKNOWN_TARGET,
+    UNPARSEABLE_NUMBER,
+    WRONG_FIELD_COUNT,
+)
+from churn_platform.core.features import assign_split, cap_training_rows, engineer_features
+from churn_platform.core.lines import with_line_numbers
+from churn_platform.core.sources import InputDataError
 from churn_platform.schemas import cleaned_schema, features_schema
 from churn_platform.settings import DEFAULT_SPEC
 from churn_platform_tests.conftest import TELCO_HEADER, telco_row
@@ -30,7 +52,7 @@ def _read(spark: SparkSession, spec: DatasetSpec, path: Path):
 
 
 def _reasons(quarantined) -> dict[int, str]:
-    return {row[etl.LINE_COL]: row[etl.REASON_COL] for row in quarantined.collect()}
+    return {row[LINE_COL]: row[REASON_COL] for row in quarantined.collect()}
 
 
 def test_bad_rows_are_quarantined_with_reason_and_line(spark, tmp_path):
@@ -55,22 +77,22 @@ def test_bad_rows_are_quarantined_with_reason_and_line(spark, tmp_path):
     result = cleaning.clean_customers(_read(spark, spec, path), spec)
     reasons = _reasons(result.quarantined)
     assert reasons == {
-        3: etl.WRONG_FIELD_COUNT,
-        4: etl.WRONG_FIELD_COUNT,
-        5: etl.UNPARSEABLE_NUMBER,
-        6: etl.MISSING_ID,
-        7: etl.UNKNOWN_TARGET,
-        8: etl.MISSING_TARGET,
-        9: etl.DUPLICATE_ID,
-        11: etl.MALFORMED_LINE,
+        3: WRONG_FIELD_COUNT,
+        4: WRONG_FIELD_COUNT,
+        5: UNPARSEABLE_NUMBER,
+        6: MISSING_ID,
+        7: UNKNOWN_TARGET,
+        8: MISSING_TARGET,
+        9: DUPLICATE_ID,
+        11: MALFORMED_LINE,
     }
-    assert {r[etl.FILE_COL] for r in result.quarantined.collect()} == {str(path)}
-    details = {r[etl.LINE_COL]: r[etl.DETAIL_COL] for r in result.quarantined.collect()}
+    assert {r[FILE_COL] for r in result.quarantined.collect()} == {str(path)}
+    details = {r[LINE_COL]: r[DETAIL_COL] for r in result.quarantined.collect()}
     assert details[5] == "TotalCharges"
     assert details[3] == "22"
     cleaned = {r["customerID"]: r for r in result.cleaned.collect()}
     assert set(cleaned) == {"0001-A", "0009-I", "0012-L"}
-    assert cleaned["0009-I"][etl.LABEL_COL] == 1  # the later line of the duplicate wins
+    assert cleaned["0009-I"][LABEL_COL] == 1  # the later line of the duplicate wins
     assert result.counts["rows_in"] == 11
     assert result.counts["rows_quarantined"] == 8
     assert result.counts["rows_out"] + result.counts["rows_quarantined"] == result.counts["rows_in"]
@@ -93,7 +115,7 @@ def test_bom_and_crlf_read_correctly(spark, tmp_path):
     path = _write(tmp_path / "crlf.csv", lines, newline="\r\n", bom=True)
     result = cleaning.clean_customers(_read(spark, spec, path), spec)
     assert result.quarantined.count() == 0
-    rows = {r["customerID"]: r[etl.LABEL_COL] for r in result.cleaned.collect()}
+    rows = {r["customerID"]: r[LABEL_COL] for r in result.cleaned.collect()}
     assert rows == {"1": 0, "2": 1}
 
 
@@ -106,7 +128,7 @@ def test_non_utf8_bytes_are_quarantined(spark, tmp_path):
         + b"\n"
     )
     result = cleaning.clean_customers(_read(spark, spec, path), spec)
-    assert _reasons(result.quarantined) == {3: etl.INVALID_ENCODING}
+    assert _reasons(result.quarantined) == {3: INVALID_ENCODING}
 
 
 def test_missing_column_names_column_and_file(spark, tmp_path):
@@ -114,7 +136,7 @@ def test_missing_column_names_column_and_file(spark, tmp_path):
     header = TELCO_HEADER.replace(",Contract", "")
     row = telco_row("1").replace(",Month-to-month", "")
     path = _write(tmp_path / "nocontract.csv", [header, row])
-    with pytest.raises(etl.InputDataError, match=r"Contract.*") as info:
+    with pytest.raises(InputDataError, match=r"Contract.*") as info:
         _read(spark, spec, path)
     assert str(path) in str(info.value)
 
@@ -123,7 +145,7 @@ def test_empty_file_is_a_clear_error(spark, tmp_path):
     spec = _spec(tmp_path)
     path = tmp_path / "empty.csv"
     path.write_bytes(b"")
-    with pytest.raises(etl.InputDataError, match="empty"):
+    with pytest.raises(InputDataError, match="empty"):
         _read(spark, spec, path)
 
 
@@ -131,9 +153,9 @@ def test_line_numbers_follow_file_order_across_partitions(spark, tmp_path):
     path = _write(tmp_path / "many.txt", [f"line-{i}" for i in range(1, 5001)])
     spark.conf.set("spark.sql.files.maxPartitionBytes", "4096")
     try:
-        df = etl.with_line_numbers(spark.read.text(str(path)))
+        df = with_line_numbers(spark.read.text(str(path)))
         assert df.rdd.getNumPartitions() > 1
-        mismatched = df.where(F.col("value") != F.concat(F.lit("line-"), F.col(etl.LINE_COL)))
+        mismatched = df.where(F.col("value") != F.concat(F.lit("line-"), F.col(LINE_COL)))
         assert mismatched.count() == 0
     finally:
         spark.conf.unset("spark.sql.files.maxPartitionBytes")
@@ -149,7 +171,7 @@ def test_newest_batch_wins_and_older_records_are_superseded(spark, tmp_path):
         sources.read_batch(spark, spec, (SourceSpec("b2", "csv", str(second)),), "b2", 1).frame
     )
     result = cleaning.clean_customers(raw, spec)
-    rows = {r["customerID"]: (r[etl.LABEL_COL], r[etl.BATCH_COL]) for r in result.cleaned.collect()}
+    rows = {r["customerID"]: (r[LABEL_COL], r[BATCH_COL]) for r in result.cleaned.collect()}
     assert rows == {"1": (0, "base"), "2": (1, "b2")}
     assert result.counts["rows_superseded"] == 1
     assert result.quarantined.count() == 0
@@ -167,14 +189,14 @@ def test_roles_are_inferred_when_the_spec_has_none(spark, tmp_path):
     assert result.numeric == ["spend"] and result.categorical == ["plan"]
     built = features.build_features(result.cleaned, spec)
     assert built.numeric == ["spend"] and built.categorical == ["plan"]
-    assert built.pipeline.transform(built.features).select(etl.FEATURES_COL).count() == 2
+    assert built.pipeline.transform(built.features).select(FEATURES_COL).count() == 2
 
 
 def test_engineered_features(spark, tmp_path):
     spec = _spec(tmp_path)
     path = _write(tmp_path / "f.csv", [TELCO_HEADER, telco_row("1", tenure="0", total=" ")])
     cleaned = cleaning.clean_customers(_read(spark, spec, path), spec).cleaned
-    row = etl.engineer_features(cleaned, spec).first()
+    row = engineer_features(cleaned, spec).first()
     # DSL internet + PhoneService + OnlineSecurity are the "Yes"/active services of telco_row.
     assert row["num_services"] == 3.0
     assert row["tenure_bucket"] == "0-6m"
@@ -187,17 +209,13 @@ def test_split_is_stable_when_new_customers_arrive(spark, tmp_path):
     spec = _spec(tmp_path)
     ids = [(f"c{i}", i % 4 == 0) for i in range(2000)]
     df = spark.createDataFrame(ids, ["customerID", "label"]).withColumn(
-        etl.LABEL_COL, F.col("label").cast("int")
+        LABEL_COL, F.col("label").cast("int")
     )
-    before = {
-        r["customerID"]: (r["split"], r["fold"]) for r in etl.assign_split(df, spec).collect()
-    }
+    before = {r["customerID"]: (r["split"], r["fold"]) for r in assign_split(df, spec).collect()}
     more = df.unionByName(
         spark.createDataFrame([(f"n{i}", 1) for i in range(500)], ["customerID", "label"])
     )
-    after = {
-        r["customerID"]: (r["split"], r["fold"]) for r in etl.assign_split(more, spec).collect()
-    }
+    after = {r["customerID"]: (r["split"], r["fold"]) for r in assign_split(more, spec).collect()}
     assert all(after[k] == v for k, v in before.items())
     test_share = sum(1 for s, _ in before.values() if s == "test") / len(before)
     assert abs(test_share - spec.test_fraction) < 0.03
@@ -209,17 +227,17 @@ def test_split_is_stable_when_new_customers_arrive(spark, tmp_path):
 def test_training_cap_samples_train_rows_stably_and_keeps_every_test_row(spark, tmp_path):
     spec = _spec(tmp_path)
     ids = spark.createDataFrame([(f"c{i}", i % 4 == 0) for i in range(4000)], ["customerID", "y"])
-    df = etl.assign_split(ids.withColumn(etl.LABEL_COL, F.col("y").cast("int")), spec)
+    df = assign_split(ids.withColumn(LABEL_COL, F.col("y").cast("int")), spec)
     train_rows = df.where("split = 'train'").count()
 
-    capped = etl.cap_training_rows(df, spec, 1000)
+    capped = cap_training_rows(df, spec, 1000)
     kept = {r["customerID"] for r in capped.where("split = 'train'").collect()}
     assert abs(len(kept) - 1000) < 100
     assert capped.where("split = 'test'").count() == df.where("split = 'test'").count()
-    again = etl.cap_training_rows(df, spec, 1000).where("split = 'train'").collect()
+    again = cap_training_rows(df, spec, 1000).where("split = 'train'").collect()
     assert {r["customerID"] for r in again} == kept
-    assert etl.cap_training_rows(df, spec, train_rows).count() == df.count()
-    assert etl.cap_training_rows(df, spec, 0).count() == df.count()
+    assert cap_training_rows(df, spec, train_rows).count() == df.count()
+    assert cap_training_rows(df, spec, 0).count() == df.count()
 
 
 def test_feature_pipeline_is_fitted_on_training_rows_only(spark, tmp_path):
@@ -229,7 +247,7 @@ def test_feature_pipeline_is_fitted_on_training_rows_only(spark, tmp_path):
     cleaned = cleaning.clean_customers(_read(spark, spec, path), spec).cleaned
     result = features.build_features(cleaned, spec)
     imputer = result.pipeline.stages[0]
-    train = result.features.where(F.col(etl.SPLIT_COL) == "train")
+    train = result.features.where(F.col(SPLIT_COL) == "train")
     median_train = train.approxQuantile("tenure", [0.5], 0.001)[0]
     assert imputer.surrogateDF.first()["tenure"] == pytest.approx(median_train)
 
@@ -246,7 +264,7 @@ def test_valid_csv_parses_as_the_standard_says_and_bad_rows_keep_their_line(spar
         telco_row("4", total="abc"),  # line 6
     ]
     result = cleaning.clean_customers(_read(spark, spec, _write(tmp_path / "q.csv", lines)), spec)
-    assert _reasons(result.quarantined) == {6: etl.UNPARSEABLE_NUMBER}
+    assert _reasons(result.quarantined) == {6: UNPARSEABLE_NUMBER}
     payment = {r["customerID"]: r["PaymentMethod"] for r in result.cleaned.collect()}
     assert payment == {"1": long_text.strip(), "2": "two\nlines", "3": 'say "hi", twice'}
 
@@ -264,15 +282,12 @@ def test_non_finite_and_out_of_range_numbers_are_quarantined(spark, tmp_path):
     ]
     raw = _read(spark, spec, _write(tmp_path / "n.csv", lines))
     result = cleaning.clean_customers(raw, spec, ranges={"TotalCharges": (0, None)})
-    rows = {
-        r[etl.LINE_COL]: (r[etl.REASON_COL], r[etl.DETAIL_COL])
-        for r in result.quarantined.collect()
-    }
+    rows = {r[LINE_COL]: (r[REASON_COL], r[DETAIL_COL]) for r in result.quarantined.collect()}
     assert rows == {
-        2: (etl.NON_FINITE_NUMBER, "TotalCharges"),
-        3: (etl.NON_FINITE_NUMBER, "TotalCharges"),
-        4: (etl.NON_FINITE_NUMBER, "tenure"),
-        5: (etl.OUT_OF_RANGE, "TotalCharges"),
+        2: (NON_FINITE_NUMBER, "TotalCharges"),
+        3: (NON_FINITE_NUMBER, "TotalCharges"),
+        4: (NON_FINITE_NUMBER, "tenure"),
+        5: (OUT_OF_RANGE, "TotalCharges"),
     }
     assert [r["customerID"] for r in result.cleaned.collect()] == ["5"]
 
@@ -289,5 +304,5 @@ def test_checks_and_fingerprint_come_from_the_layer_aggregate(spark, tmp_path):
     built = features.build_features(result.cleaned, spec, features_schema(spec))
     assert built.cleaned_fingerprint == result.fingerprint
     assert built.stats["schema_problems"] == {}
-    assert etl.FEATURES_COL not in built.features.columns
+    assert FEATURES_COL not in built.features.columns
     assert sum(built.split_counts.values()) == 2

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from churn_platform import etl
 from churn_platform.config import load_spec
 from churn_platform.core import cleaning, sources
+from churn_platform.core.columns import DUPLICATE_ID, FILE_COL, SOURCE_COL
+from churn_platform.core.sources import InputDataError
 from churn_platform_tests.conftest import TELCO_HEADER, telco_row
 
 PG_DSN = os.environ.get(
@@ -70,10 +71,10 @@ def test_csv_joined_with_jdbc_billing(spark, tmp_path, billing_table):
     assert len(cleaned) == 20
     assert cleaned["c5"]["MonthlyCharges"] == pytest.approx(25.0)
     assert cleaned["c5"]["TotalCharges"] == pytest.approx(75.0)
-    assert result.by_reason == {etl.DUPLICATE_ID: 1}
+    assert result.by_reason == {DUPLICATE_ID: 1}
     quarantined = result.quarantined.collect()
-    assert quarantined[0][etl.SOURCE_COL] == "billing"
-    assert quarantined[0][etl.FILE_COL] == f"{PG_JDBC}#{billing_table}"  # no credentials
+    assert quarantined[0][SOURCE_COL] == "billing"
+    assert quarantined[0][FILE_COL] == f"{PG_JDBC}#{billing_table}"  # no credentials
 
 
 def test_wrong_password_names_the_source(spark, tmp_path, billing_table):
@@ -85,7 +86,7 @@ def test_wrong_password_names_the_source(spark, tmp_path, billing_table):
         "id_column: customerID\ntarget: {column: TotalCharges, positive: '1'}\n"
     )
     spec = load_spec(spec_file, tmp_path, {"CHURN_TEST_PG_PASSWORD": "wrong"})
-    with pytest.raises(etl.InputDataError, match=f"source billing .*{billing_table}.*JDBC"):
+    with pytest.raises(InputDataError, match=f"source billing .*{billing_table}.*JDBC"):
         sources.read_batch(spark, spec, spec.sources, "base", 0)
 
 
@@ -98,7 +99,7 @@ def test_credentials_in_the_url_never_reach_the_error(spark, tmp_path, billing_t
         "id_column: customerID\ntarget: {column: TotalCharges, positive: '1'}\n"
     )
     spec = load_spec(spec_file, tmp_path)
-    with pytest.raises(etl.InputDataError, match=f"source billing .*{billing_table}") as info:
+    with pytest.raises(InputDataError, match=f"source billing .*{billing_table}") as info:
         sources.read_batch(spark, spec, spec.sources, "base", 0)
     assert "Wr0ngS3cret" not in str(info.value) and info.value.__cause__ is None
     assert "churn:***@" in str(info.value)

@@ -5,9 +5,15 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from churn_platform import etl
 from churn_platform.config import SourceSpec, load_spec
 from churn_platform.core import cleaning, quality, sources
+from churn_platform.core.columns import (
+    DUPLICATE_ID,
+    LINE_COL,
+    REASON_COL,
+    UNPARSEABLE_NUMBER,
+    WRONG_FIELD_COUNT,
+)
 from churn_platform.settings import DEFAULT_SPEC
 from churn_platform_tests.conftest import TELCO_HEADER, telco_row
 
@@ -42,11 +48,11 @@ def test_quarantined_rows_are_written_with_reason_and_line(spark, tmp_path) -> N
     ]
     result = _clean(spark, tmp_path, lines)
     quarantine = spark.read.parquet(str(tmp_path / "quarantine"))
-    reasons = {r[etl.LINE_COL]: r[etl.REASON_COL] for r in quarantine.collect()}
+    reasons = {r[LINE_COL]: r[REASON_COL] for r in quarantine.collect()}
     assert reasons == {
-        3: etl.UNPARSEABLE_NUMBER,
-        4: etl.WRONG_FIELD_COUNT,
-        5: etl.DUPLICATE_ID,
+        3: UNPARSEABLE_NUMBER,
+        4: WRONG_FIELD_COUNT,
+        5: DUPLICATE_ID,
     }
     assert result.counts["rows_quarantined"] == 3
     assert sorted(spark.read.parquet(str(tmp_path / "cleaned")).columns) == sorted(

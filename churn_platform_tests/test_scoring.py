@@ -17,11 +17,16 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from churn_platform import etl
 from churn_platform.config import DatasetSpec, ScorePopulationSpec, SourceSpec, load_spec
 from churn_platform.core import cleaning, reasons, scoring, sources
+from churn_platform.core.columns import FEATURES_COL, FOLD_COL, LABEL_COL, SPLIT_COL
 from churn_platform.core.encoding import SLOTS_COL, read_encoding
-from churn_platform.core.features import assign_split, engineer_features, fit_feature_pipeline
+from churn_platform.core.features import (
+    assign_split,
+    engineer_features,
+    feature_roles,
+    fit_feature_pipeline,
+)
 from churn_platform.core.models.ensembles import BASE_SUFFIX, voting_head
 from churn_platform.core.models.fitting import PROBABILITY_COL, Part, assemble
 from churn_platform.core.models.stages import DropColumns, PositiveProbability, RenameColumn
@@ -40,12 +45,10 @@ def _telco(spark: SparkSession, spec: DatasetSpec, path: Path) -> DataFrame:
 
 def _champion(cleaned: DataFrame, spec: DatasetSpec, classifier) -> PipelineModel:
     """A model shaped like a logged champion: feature stages, classifier, P(churn)."""
-    train = assign_split(engineer_features(cleaned, spec), spec).where(
-        F.col(etl.SPLIT_COL) == "train"
-    )
-    numeric, categorical = etl.feature_roles(train.drop(etl.SPLIT_COL, etl.FOLD_COL), spec)
+    train = assign_split(engineer_features(cleaned, spec), spec).where(F.col(SPLIT_COL) == "train")
+    numeric, categorical = feature_roles(train.drop(SPLIT_COL, FOLD_COL), spec)
     features = fit_feature_pipeline(train, numeric, categorical)
-    classifier.setFeaturesCol(etl.FEATURES_COL).setLabelCol(etl.LABEL_COL)
+    classifier.setFeaturesCol(FEATURES_COL).setLabelCol(LABEL_COL)
     classifier.setProbabilityCol("p_vec").setRawPredictionCol("raw").setPredictionCol("pred")
     fitted = classifier.fit(features.transform(train))
     positive = PositiveProbability(inputCol="p_vec", outputCol=PROBABILITY_COL)
@@ -112,7 +115,7 @@ def test_probabilities_equal_the_logged_pipelines_for_each_kind_of_model(telco, 
     models = {"lr": lr_champion, "forest": forest, "voting": _voting(lr_champion, forest, count)}
     for name, model in models.items():
         today = model.transform(engineer_features(customers, spec)).select(
-            spec.id_column, vector_to_array(etl.FEATURES_COL).alias("vector"), PROBABILITY_COL
+            spec.id_column, vector_to_array(FEATURES_COL).alias("vector"), PROBABILITY_COL
         )
         new = scoring.probabilities(customers, spec, model).select(
             spec.id_column, SLOTS_COL, F.col(PROBABILITY_COL).alias("new")
@@ -141,7 +144,7 @@ def _contributions(attribution: reasons.Attribution, model: PipelineModel, clean
 def test_linear_reasons_add_up_exactly_to_each_customers_log_odds(telco, lr_champion) -> None:
     spec, cleaned = telco
     model = lr_champion
-    train = assign_split(cleaned, spec).where(F.col(etl.SPLIT_COL) == "train")
+    train = assign_split(cleaned, spec).where(F.col(SPLIT_COL) == "train")
     scores = scoring.score_customers(
         cleaned,
         spec,
@@ -227,7 +230,7 @@ def test_only_customers_who_can_still_churn_are_scored(spark: SparkSession, tmp_
 
 def test_unseen_category_values_are_marked_and_counted(telco, lr_champion) -> None:
     spec, cleaned = telco
-    sample = cleaned.where(F.col(etl.LABEL_COL) == 0).orderBy(spec.id_column).limit(20)
+    sample = cleaned.where(F.col(LABEL_COL) == 0).orderBy(spec.id_column).limit(20)
     first = sample.first()[spec.id_column]
     odd = sample.withColumn(
         "Contract",

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from churn_platform import cli, etl
+from churn_platform import cli
+from churn_platform.core.sources import InputDataError, read_csv_header
 from churn_platform.settings import load_settings
 
 
@@ -20,10 +21,10 @@ def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
 def test_header_with_columns_differing_only_in_case_names_both(tmp_path: Path) -> None:
     path = tmp_path / "customers.csv"
     path.write_text("customerID,tenure,TENURE,Churn\nc1,1,2,No\n")
-    with pytest.raises(etl.InputDataError, match="'tenure' and 'TENURE' differ only in case"):
-        etl.read_csv_header(path, ",")
-    with pytest.raises(etl.InputDataError, match=str(path)):
-        etl.read_csv_header(path, ",")
+    with pytest.raises(InputDataError, match="'tenure' and 'TENURE' differ only in case"):
+        read_csv_header(path, ",")
+    with pytest.raises(InputDataError, match=str(path)):
+        read_csv_header(path, ",")
 
 
 def test_incidents_show_without_an_id(churn_home: Path, capsys) -> None:

@@ -17,7 +17,7 @@ from dagster_pyspark import PySparkResource
 from mlflow.exceptions import MlflowException
 from pyspark.sql import DataFrame, SparkSession
 
-from churn_platform import checks, etl
+from churn_platform import checks
 from churn_platform.config import DatasetSpec
 from churn_platform.core import tracking
 from churn_platform.core.backup.archive import create_backup
@@ -26,6 +26,7 @@ from churn_platform.core.backup.members import MLFLOW_DB
 from churn_platform.core.backup.restore import restore_backup
 from churn_platform.core.backup.retention import apply_retention, list_backups
 from churn_platform.core.backup.verify import verify_backup
+from churn_platform.core.features import engineer_features
 from churn_platform.core.ops.incidents import IncidentStore
 from churn_platform.core.ops.log import OpsLog
 from churn_platform.core.registry import registry_snapshot
@@ -214,7 +215,7 @@ def golden_input(state: StateResource, cleaned_customers: DataFrame) -> DataFram
     """
     spec = state.spec()
     rows = cleaned_customers.orderBy(spec.id_column).limit(GOLDEN_ROWS)
-    return etl.engineer_features(rows, spec).coalesce(1)
+    return engineer_features(rows, spec).coalesce(1)
 
 
 @dg.asset(

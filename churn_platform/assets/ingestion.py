@@ -8,10 +8,11 @@ import dagster as dg
 from dagster_pyspark import PySparkResource
 from pyspark.sql import functions as F
 
-from churn_platform import checks, etl
+from churn_platform import checks
 from churn_platform.config import DatasetSpec, SourceSpec
 from churn_platform.core import quality
 from churn_platform.core import sources as sources_core
+from churn_platform.core.columns import ERROR_COL
 from churn_platform.io_managers import StagedParquet, staged_versions
 from churn_platform.partitions import BASE_BATCH, ingest_batches
 from churn_platform.resources import SPARK_POOL, OpsLogResource, StateResource
@@ -52,7 +53,7 @@ def raw_customers(
     spark = pyspark.spark_session
     for source in sources:
         if source.format != "jdbc" and not Path(str(source.path)).exists():
-            raise etl.InputDataError(
+            raise sources_core.InputDataError(
                 f"{source.path}: file not found (for the default Telco data run "
                 "`churn-platform fetch-data`; for your own data pass --config SPEC.yaml)"
             )
@@ -64,7 +65,7 @@ def raw_customers(
                 raw,
                 [
                     F.count(F.lit(1)).alias("rows"),
-                    F.count(etl.ERROR_COL).alias("malformed"),
+                    F.count(ERROR_COL).alias("malformed"),
                     *quality.schema_aggregates(schema),
                 ],
             )
@@ -72,7 +73,7 @@ def raw_customers(
             stats = dict(observation.get)
             rows, malformed = int(stats["rows"]), int(stats["malformed"])
             if rows == 0:
-                raise etl.InputDataError(
+                raise sources_core.InputDataError(
                     f"{', '.join(s.location for s in sources)}: no data rows "
                     "(empty file or header only)"
                 )

@@ -9,10 +9,12 @@ from dagster_pyspark import PySparkResource
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from churn_platform import checks, etl
+from churn_platform import checks
 from churn_platform.config import DatasetSpec, SourceSpec
 from churn_platform.core import cleaning, output_files, sources, tracking
 from churn_platform.core import scoring as core_scoring
+from churn_platform.core.columns import BATCH_COL, BATCH_ORDER_COL, FOLD_COL, SPLIT_COL
+from churn_platform.core.features import assign_split
 from churn_platform.io_managers import StagedParquet, staged_versions
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import SPARK_POOL, OpsLogResource, StateResource
@@ -33,8 +35,8 @@ def scoring_policy(settings: Settings) -> core_scoring.ScoringPolicy:
 
 def training_reference(cleaned: DataFrame, spec: DatasetSpec) -> DataFrame:
     """The cleaned customers of the training split: reasons are measured from their mean."""
-    split = etl.assign_split(cleaned, spec)
-    return split.where(F.col(etl.SPLIT_COL) == "train").drop(etl.SPLIT_COL, etl.FOLD_COL)
+    split = assign_split(cleaned, spec)
+    return split.where(F.col(SPLIT_COL) == "train").drop(SPLIT_COL, FOLD_COL)
 
 
 def _cell(value: object) -> str:
@@ -192,8 +194,8 @@ def score_file(
     try:
         required = [c for c in spec.declared_columns if c not in (spec.target.column, *spec.drop)]
         tracking.check_input_columns(read.frame.columns, required)
-        raw = read.frame.withColumn(etl.BATCH_COL, F.lit("score")).withColumn(
-            etl.BATCH_ORDER_COL, F.lit(0).cast("long")
+        raw = read.frame.withColumn(BATCH_COL, F.lit("score")).withColumn(
+            BATCH_ORDER_COL, F.lit(0).cast("long")
         )
         cleaned = cleaning.clean_customers(raw, spec, require_target=False, ranges=spec.ranges)
         model, version = core_scoring.load_champion(mlflow, spec, alias)

@@ -42,7 +42,7 @@ from churn_platform.core.columns import (
     UNPARSEABLE_NUMBER,
     WRONG_FIELD_COUNT,
 )
-from churn_platform.etl import InputDataError, require_columns
+from churn_platform.core.sources import InputDataError, require_columns
 
 REASONS = (
     MALFORMED_LINE,

@@ -1,7 +1,6 @@
 """Column names and quarantine reasons shared by every data layer, report and model step.
 
-One home for the vocabulary, so that sources, cleaning, features, training and scoring agree;
-`churn_platform.etl` re-exports these for code that still imports them from there.
+One home for the vocabulary, so that sources, cleaning, features, training and scoring agree.
 """
 
 # Bookkeeping columns carried from raw into quarantine; never features.

@@ -66,12 +66,16 @@ def _offsets(counts: list[tuple[int, int]]) -> dict[int, int]:
 def cached_counts(tagged: DataFrame) -> tuple[DataFrame, dict[int, int], int]:
     """Cache the parsed rows; per-partition offsets and the record count, in one job."""
     tagged = tagged.persist()
-    counts = [
+    counts = _partition_counts(tagged)
+    return tagged, _offsets(counts), sum(n for _, n in counts)
+
+
+def _partition_counts(tagged: DataFrame) -> list[tuple[int, int]]:
+    """(partition, rows) of a `tag_positions` frame, in one job."""
+    return [
         (row["_pid"], row["n"])
         for row in tagged.groupBy("_pid").agg(F.count(F.lit(1)).alias("n")).collect()
     ]
-    offsets = _offsets(counts)
-    return tagged, offsets, sum(n for _, n in counts)
 
 
 @dataclass(frozen=True)
@@ -176,3 +180,13 @@ def line_numbers(tagged: DataFrame, ordinal: Column, lines: LineMap | None) -> D
     return joined.withColumn(
         LINE_COL, first + F.coalesce(F.col("_shift"), F.lit(0)).cast("long")
     ).drop("_ord", "_start", "_end", "_shift")
+
+
+def with_line_numbers(df: DataFrame, first_line: int = 1) -> DataFrame:
+    """Number rows in file order: one job counts each partition's rows (`ordinal`).
+
+    Valid for a scan of one file, whose partitions follow the file's byte order.
+    """
+    tagged = tag_positions(df)
+    line = ordinal(_offsets(_partition_counts(tagged))) + F.lit(first_line)
+    return tagged.withColumn(LINE_COL, line.cast("long")).drop("_pid", "_mid")
