@@ -8,6 +8,7 @@ The class path is part of every saved model: moving a class breaks loading older
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from pyspark import keyword_only
 from pyspark.ml import Transformer
@@ -45,8 +46,13 @@ class PositiveProbability(_ColumnToColumn):
         return dataset.withColumn(self.getOutputCol(), element)
 
 
-class Logit(Transformer, HasInputCols, HasOutputCols, DefaultParamsReadable, DefaultParamsWritable):
-    """Log-odds of probability columns: the scale on which a meta-learner combines models."""
+class _LogOdds(
+    Transformer, HasInputCols, HasOutputCols, DefaultParamsReadable, DefaultParamsWritable
+):
+    """A stage on the log-odds of probability columns, one output column per input column.
+
+    Keyword arguments only (pyspark's `keyword_only`): the params of the class by name.
+    """
 
     epsilon = Param(
         Params._dummy(),
@@ -56,31 +62,35 @@ class Logit(Transformer, HasInputCols, HasOutputCols, DefaultParamsReadable, Def
     )
 
     @keyword_only
-    def __init__(
-        self,
-        *,
-        inputCols: list[str] | None = None,
-        outputCols: list[str] | None = None,
-        epsilon: float = EPSILON,
-    ) -> None:
+    def __init__(self, **params: Any) -> None:
         super().__init__()
         self._setDefault(epsilon=EPSILON)
         self._set(**self._input_kwargs)
 
-    def _transform(self, dataset: DataFrame) -> DataFrame:
+    def _log_odds(self) -> list[tuple[str, Column]]:
+        """(output column, clipped log-odds of its input column) pairs."""
         eps = self.getOrDefault(self.epsilon)
-        return dataset.withColumns(
-            {
-                out: _clipped_logit(F.col(inp), eps)
-                for inp, out in zip(self.getInputCols(), self.getOutputCols(), strict=True)
-            }
-        )
+        return [
+            (out, _clipped_logit(F.col(inp), eps))
+            for inp, out in zip(self.getInputCols(), self.getOutputCols(), strict=True)
+        ]
 
 
-class PlattScaler(
-    Transformer, HasInputCols, HasOutputCols, DefaultParamsReadable, DefaultParamsWritable
-):
-    """sigmoid(slope * logit(p) + intercept) per column: puts models on one probability scale."""
+class Logit(_LogOdds):
+    """Log-odds of probability columns: the scale on which a meta-learner combines models.
+
+    Params: inputCols, outputCols, epsilon.
+    """
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        return dataset.withColumns(dict(self._log_odds()))
+
+
+class PlattScaler(_LogOdds):
+    """sigmoid(slope * logit(p) + intercept) per column: puts models on one probability scale.
+
+    Params: inputCols, outputCols, slopes, intercepts, epsilon.
+    """
 
     slopes = Param(
         Params._dummy(), "slopes", "one slope per input column", TypeConverters.toListFloat
@@ -88,41 +98,15 @@ class PlattScaler(
     intercepts = Param(
         Params._dummy(), "intercepts", "one intercept per input column", TypeConverters.toListFloat
     )
-    epsilon = Param(
-        Params._dummy(),
-        "epsilon",
-        "probabilities are clipped to [epsilon, 1 - epsilon] before the log-odds",
-        typeConverter=TypeConverters.toFloat,
-    )
-
-    @keyword_only
-    def __init__(
-        self,
-        *,
-        inputCols: list[str] | None = None,
-        outputCols: list[str] | None = None,
-        slopes: list[float] | None = None,
-        intercepts: list[float] | None = None,
-        epsilon: float = EPSILON,
-    ) -> None:
-        super().__init__()
-        self._setDefault(epsilon=EPSILON)
-        self._set(**self._input_kwargs)
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
-        eps = self.getOrDefault(self.epsilon)
-        columns = zip(
-            self.getInputCols(),
-            self.getOutputCols(),
-            self.getOrDefault(self.slopes),
-            self.getOrDefault(self.intercepts),
-            strict=True,
+        affine = zip(
+            self.getOrDefault(self.slopes), self.getOrDefault(self.intercepts), strict=True
         )
         return dataset.withColumns(
             {
-                out: F.lit(1.0)
-                / (F.lit(1.0) + F.exp(-(F.lit(a) * _clipped_logit(F.col(inp), eps) + F.lit(b))))
-                for inp, out, a, b in columns
+                out: F.lit(1.0) / (F.lit(1.0) + F.exp(-(F.lit(a) * logit + F.lit(b))))
+                for (out, logit), (a, b) in zip(self._log_odds(), affine, strict=True)
             }
         )
 
