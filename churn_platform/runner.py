@@ -75,9 +75,11 @@ def materialize_selection(
     from churn_platform.partitions import BASE_BATCH, ingest_batches
     from churn_platform.progress import RunProgress
     from churn_platform.run_recovery import PROCESS_TAG
+    from churn_platform.status import record_graph_keys
 
     defs = build_definitions(settings)
     graph = defs.resolve_asset_graph()
+    record_graph_keys(settings, graph)  # so `status` need not build the definitions again
     # "Everything" is the pipeline; backups are their own daily-partitioned job.
     asset_selection = (
         dg.AssetSelection.from_coercible(selection)
