@@ -26,9 +26,11 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from churn_platform.core.process_groups import stop_groups
+
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 300.0
-STOP_TIMEOUT_S = 15.0
+STOP_STEPS = ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0))
 POLL_S = 0.5
 CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 # Runs between fork and Spark's launcher script: ask the kernel for SIGTERM when our parent
@@ -68,14 +70,6 @@ def _log_tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 class _Daemon:
     """One JVM started through Spark's launcher scripts, leader of its own process group."""
 
@@ -104,14 +98,7 @@ class _Daemon:
 
     def stop(self) -> None:
         """SIGTERM the whole group (executors included), then SIGKILL whatever remains."""
-        pgid = self.process.pid
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while time.monotonic() < deadline and (self.process.poll() is None or _group_alive(pgid)):
-            time.sleep(0.2)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
+        stop_groups({self.name: self.process}, STOP_STEPS)
         self.process.wait()
 
 

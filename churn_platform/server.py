@@ -7,8 +7,6 @@ their parent's group, so signalling the group reaches all of them and none is le
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
 import signal
 import socket
 import subprocess
@@ -24,11 +22,10 @@ from types import FrameType
 
 import dagster as dg
 
+from churn_platform.core.process_groups import stop_groups
 from churn_platform.definitions import PIPELINE, build_definitions
 from churn_platform.runner import install_dagster_yaml
 from churn_platform.settings import Settings, environ_restored
-
-_log = logging.getLogger(__name__)
 
 # The code location is the installed package, not a workspace file: there may be no checkout.
 CODE_LOCATION = ("-m", "churn_platform.definitions")
@@ -74,19 +71,6 @@ def expanded_graph_url(url: str, groups: list[str]) -> str:
 
 class PlatformError(RuntimeError):
     """The webserver or daemon failed to start, died, or would not stop."""
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, sig)
 
 
 def _ensure_port_free(host: str, port: int) -> None:
@@ -181,25 +165,9 @@ class _Platform:
 
     def stop(self) -> None:
         """Stop every process group, escalating from SIGINT to SIGKILL; raise if any survives."""
-        for sig, grace in STOP_STEPS:
-            alive = {name: p for name, p in self.children.items() if self._alive(p)}
-            if not alive:
-                return
-            if sig != signal.SIGINT:
-                _log.warning("%s still running; sending %s", ", ".join(alive), sig.name)
-            for process in alive.values():
-                _signal_group(process.pid, sig)
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and any(map(self._alive, alive.values())):
-                time.sleep(0.1)
-        survivors = [name for name, p in self.children.items() if self._alive(p)]
+        survivors = stop_groups(self.children, STOP_STEPS)
         if survivors:
             raise PlatformError(f"{', '.join(survivors)} survived SIGKILL")
-
-    @staticmethod
-    def _alive(process: subprocess.Popen[bytes]) -> bool:
-        process.poll()  # reap the leader, or its zombie keeps the group alive
-        return _group_alive(process.pid)
 
 
 @contextlib.contextmanager
