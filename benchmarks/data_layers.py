@@ -34,9 +34,9 @@ from pyspark.sql import functions as F
 from churn_platform.config import SourceSpec, load_spec
 from churn_platform.core import cleaning, features, quality, sources
 from churn_platform.core.columns import ERROR_COL
+from churn_platform.core.schemas import features_schema, raw_schema
 from churn_platform.core.sources import read_csv_header
 from churn_platform.resources import spark_conf
-from churn_platform.schemas import cleaned_schema, features_schema, raw_schema
 from churn_platform.settings import load_settings
 
 
@@ -107,13 +107,7 @@ def run(spark: SparkSession, csv: Path, rows: int, work: Path, warmup: bool = Fa
     read.release()
     raw = spark.read.parquet(str(work / "raw"))
     with meter.step("cleaned: plan", "cleaned"):
-        planned = cleaning.clean_customers(
-            raw,
-            spec,
-            schema=lambda n, c: cleaned_schema(spec, n, c),
-            ranges=spec.ranges,
-            window=False,
-        )
+        planned = cleaning.clean_layer(raw, spec)
     with meter.step("cleaned: write both, ids (observed)", "cleaned"):
         clean = planned.write(work / "cleaned", work / "quarantine")
     cleaned = spark.read.parquet(str(work / "cleaned"))

@@ -30,8 +30,8 @@ from churn_platform.core.columns import (
 )
 from churn_platform.core.features import assign_split, cap_training_rows, engineer_features
 from churn_platform.core.lines import with_line_numbers
+from churn_platform.core.schemas import cleaned_schema, features_schema
 from churn_platform.core.sources import InputDataError
-from churn_platform.schemas import cleaned_schema, features_schema
 from churn_platform.settings import DEFAULT_SPEC
 from churn_platform_tests.conftest import TELCO_HEADER, telco_row
 

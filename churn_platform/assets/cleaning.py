@@ -12,9 +12,9 @@ from churn_platform.config import DatasetSpec
 from churn_platform.core import cleaning
 from churn_platform.core.columns import LABEL_COL
 from churn_platform.core.ops.log import OpsLog
+from churn_platform.core.schemas import cleaned_schema
 from churn_platform.io_managers import StagedParquet, staged_versions
 from churn_platform.resources import SPARK_POOL, OpsLogResource, StateResource
-from churn_platform.schemas import cleaned_schema
 from churn_platform.settings import Settings
 
 CLEANED_CHECKS = [
@@ -53,13 +53,7 @@ def cleaned_customers(
 ):
     """Clean every ingested batch; the run fails if too many rows are quarantined."""
     spec, settings = state.spec(), state.settings()
-    planned = cleaning.clean_customers(
-        raw_customers,
-        spec,
-        schema=lambda n, c: cleaned_schema(spec, n, c),
-        ranges=spec.ranges,
-        window=False,
-    )
+    planned = cleaning.clean_layer(raw_customers, spec)
     outputs = ("cleaned_customers", "quarantined_customers")
     with staged_versions(settings.warehouse, context, *outputs) as paths:
         result = planned.write(*paths)

@@ -8,9 +8,9 @@ from pyspark.sql import DataFrame
 
 from churn_platform import checks
 from churn_platform.core import features
+from churn_platform.core.schemas import features_schema
 from churn_platform.io_managers import StagedParquet, staged_versions
 from churn_platform.resources import SPARK_POOL, OpsLogResource, StateResource
-from churn_platform.schemas import features_schema
 
 # 2: the table stores columns; the `features` vector is assembled where it is used.
 FEATURES_CODE_VERSION = "2"

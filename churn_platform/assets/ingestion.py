@@ -13,10 +13,10 @@ from churn_platform.config import DatasetSpec, SourceSpec
 from churn_platform.core import quality
 from churn_platform.core import sources as sources_core
 from churn_platform.core.columns import ERROR_COL
+from churn_platform.core.schemas import raw_schema
 from churn_platform.io_managers import StagedParquet, staged_versions
 from churn_platform.partitions import BASE_BATCH, ingest_batches
 from churn_platform.resources import SPARK_POOL, OpsLogResource, StateResource
-from churn_platform.schemas import raw_schema
 from churn_platform.settings import Settings
 
 

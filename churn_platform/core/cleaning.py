@@ -42,6 +42,7 @@ from churn_platform.core.columns import (
     UNPARSEABLE_NUMBER,
     WRONG_FIELD_COUNT,
 )
+from churn_platform.core.schemas import cleaned_schema
 from churn_platform.core.sources import InputDataError, require_columns
 
 REASONS = (
@@ -359,6 +360,19 @@ def _plan(
         schema=layer_schema,
         windowed=windowed,
         replan=replan,
+    )
+
+
+def clean_layer(raw: DataFrame, spec: DatasetSpec) -> CleanResult:
+    """The cleaned layer as the platform builds it from the raw layer: the spec's value ranges,
+    the layer schema's rules observed by the write, and the id window planned only if the written
+    ids repeat (`window=False`). The asset and the data-layer benchmark both call this."""
+    return clean_customers(
+        raw,
+        spec,
+        schema=lambda numeric, categorical: cleaned_schema(spec, numeric, categorical),
+        ranges=spec.ranges,
+        window=False,
     )
 
 
