@@ -314,7 +314,7 @@ def base_job(args: argparse.Namespace, kinds: Sequence[str], data: Path) -> dict
         "seed": DEFAULT_SEED,
         "train_max_rows": settings.train_max_rows,
         "data_only": args.data_only,
-        # Settings fields of the same names, as assets/scoring.py scoring_policy reads them.
+        # Settings fields of the same names, as core/scoring.py scoring_policy reads them.
         "scoring_policy": {
             f.name: getattr(settings, f.name) for f in dataclasses.fields(ScoringPolicy)
         },

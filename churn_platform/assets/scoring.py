@@ -2,19 +2,15 @@
 still churn (see churn_platform.core.scoring)."""
 
 import time
-from pathlib import Path
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from churn_platform import checks
-from churn_platform.config import DatasetSpec, SourceSpec
-from churn_platform.core import cleaning, output_files, sources, tracking
 from churn_platform.core import scoring as core_scoring
-from churn_platform.core.columns import BATCH_COL, BATCH_ORDER_COL, FOLD_COL, SPLIT_COL
-from churn_platform.core.features import assign_split
+from churn_platform.core import tracking
 from churn_platform.io_managers import StagedParquet, staged_versions
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import SPARK_POOL, OpsLogResource, StateResource
@@ -22,21 +18,6 @@ from churn_platform.settings import Settings
 
 UNSEEN_CHECK = "unseen_values_within_limit"
 PREVIEW_ROWS = 10
-
-
-def scoring_policy(settings: Settings) -> core_scoring.ScoringPolicy:
-    return core_scoring.ScoringPolicy(
-        tier_high_ratio=settings.tier_high_ratio,
-        tier_medium_probability=settings.tier_medium_probability,
-        cost_missed_churner=settings.cost_missed_churner,
-        cost_retention_offer=settings.cost_retention_offer,
-    )
-
-
-def training_reference(cleaned: DataFrame, spec: DatasetSpec) -> DataFrame:
-    """The cleaned customers of the training split: reasons are measured from their mean."""
-    split = assign_split(cleaned, spec)
-    return split.where(F.col(SPLIT_COL) == "train").drop(SPLIT_COL, FOLD_COL)
 
 
 def _cell(value: object) -> str:
@@ -109,8 +90,8 @@ def churn_scores(
         spec,
         model,
         (version.name, str(version.version), threshold),
-        scoring_policy(settings),
-        training_reference(cleaned_customers, spec),
+        core_scoring.scoring_policy(settings),
+        core_scoring.training_reference(cleaned_customers, spec),
         population=core_scoring.population_filter(spec),
     )
     # One pass: the scores are written and their statistics observed by the same job.
@@ -166,69 +147,3 @@ def population(result: core_scoring.Scores) -> int:
     if result.population is None:
         raise ValueError("churn_scores is scored with a population rule; none was observed")
     return int(result.population.get["in_population"] or 0)
-
-
-def score_file(
-    spark: SparkSession,
-    spec: DatasetSpec,
-    mlflow: MlflowResource,
-    input_path: Path,
-    output_path: Path,
-    alias: str = "champion",
-    overwrite: bool = False,
-    policy: core_scoring.ScoringPolicy | None = None,
-    reference: DataFrame | None = None,
-) -> dict:
-    """Score an arbitrary CSV or Parquet file of customers into a CSV or Parquet file.
-
-    Input columns are checked against the spec before any work; unusable rows are reported,
-    not scored. Every row is scored (the file is the population); `reference` holds the cleaned
-    customers reasons are measured from (the warehouse's training split). The output appears
-    atomically (staged beside it, then renamed); an existing
-    output is replaced only with `overwrite` and only if it is an earlier score output.
-    """
-    output_files.check_target(output_path, overwrite, output_files.SCORE_COLUMNS)
-    fmt = "parquet" if input_path.suffix == ".parquet" or input_path.is_dir() else "csv"
-    source = SourceSpec(name="score_input", format=fmt, path=str(input_path))
-    read = sources.read_source(spark, source)
-    try:
-        required = [c for c in spec.declared_columns if c not in (spec.target.column, *spec.drop)]
-        tracking.check_input_columns(read.frame.columns, required)
-        raw = read.frame.withColumn(BATCH_COL, F.lit("score")).withColumn(
-            BATCH_ORDER_COL, F.lit(0).cast("long")
-        )
-        cleaned = cleaning.clean_customers(raw, spec, require_target=False, ranges=spec.ranges)
-        model, version = core_scoring.load_champion(mlflow, spec, alias)
-        result = core_scoring.score_customers(
-            cleaned.cleaned,
-            spec,
-            model,
-            (version.name, str(version.version), tracking.model_threshold(version)),
-            policy or core_scoring.ScoringPolicy(),
-            reference,
-        )
-        scores = core_scoring.flat(result.frame)
-        with output_files.staged_output(
-            output_path, overwrite, output_files.SCORE_COLUMNS
-        ) as target:
-            if output_path.suffix == ".parquet":
-                scores.write.parquet(str(target))
-            else:
-                folder = target.with_name(target.name + ".parts")
-                output_files.formula_safe(scores).coalesce(1).write.option("header", True).csv(
-                    str(folder)
-                )
-                next(folder.glob("part-*.csv")).replace(target)
-        summary = result.summary()
-        counts = cleaned.counts
-    finally:
-        read.release()
-    return {
-        "output": str(output_path),
-        "rows_scored": summary["rows"],
-        "rows_quarantined": counts["rows_quarantined"],
-        "quarantine_by_reason": cleaned.by_reason,
-        "model": f"{version.name} v{version.version}",
-        "unseen_values": summary["unseen_by_column"],
-        **result.metadata(),
-    }
