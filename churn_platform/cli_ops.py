@@ -234,7 +234,7 @@ def audit(config: str | None, model_version: str | None, scores: str | None, as_
             report = audit_model(settings, instance, mlflow, spec, model_version or "champion")
     except AuditError as exc:
         raise CommandError(str(exc)) from exc
-    markdown_path, json_path = write_report(settings, report)
+    markdown_path, json_path = write_report(settings.audit_reports, report)
     print(report_json(report) if as_json else render_markdown(report))
     print(f"report written to {markdown_path} and {json_path}", file=sys.stderr)
     return EXIT_OK

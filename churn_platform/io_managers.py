@@ -1,4 +1,5 @@
-"""DataFrames, fitted Spark ML pipelines and JSON summaries <-> versioned warehouse folders.
+"""DataFrames, fitted Spark ML pipelines and JSON summaries <-> versioned warehouse folders;
+audit reports <-> Markdown and JSON files.
 
 Each materialization writes a new `v-<time>-<run>` folder; only after Spark's `_SUCCESS` marker
 (or the ML `metadata/` folder) exists is the `CURRENT` pointer replaced atomically. A run killed
@@ -13,7 +14,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ import pandas as pd
 from dagster_pyspark import PySparkResource
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
+
+from churn_platform.core.audit import render
 
 POINTER = "CURRENT"
 SUMMARY = "summary.json"
@@ -216,3 +219,28 @@ class VersionedParquetIOManager(dg.ConfigurableIOManager):
         for frame in frames[1:]:
             result = result.unionByName(frame, allowMissingColumns=True)
         return result
+
+
+class AuditReportIOManager(dg.ConfigurableIOManager):
+    """Audit reports as a Markdown and a JSON file each, in the folder `churn-platform audit`
+    also writes to (`Settings.audit_reports`); the Markdown is shown on the asset's page."""
+
+    folder: str
+
+    def handle_output(self, context: dg.OutputContext, obj: Mapping) -> None:
+        markdown, data = render.write_report(Path(self.folder), obj)
+        context.add_output_metadata(
+            {
+                "report": dg.MetadataValue.md(markdown.read_text(encoding="utf-8")),
+                "markdown_path": dg.MetadataValue.path(str(markdown)),
+                "json_path": dg.MetadataValue.path(str(data)),
+            }
+        )
+
+    def load_input(self, context: dg.InputContext) -> dict:
+        """The report the asset's latest materialization wrote (its `json_path`)."""
+        event = context.instance.get_latest_materialization_event(context.asset_key)
+        written = event.asset_materialization if event is not None else None
+        if written is None or "json_path" not in written.metadata:
+            raise FileNotFoundError(f"no written report of {context.asset_key.to_user_string()}")
+        return json.loads(Path(str(written.metadata["json_path"].value)).read_text())

@@ -168,7 +168,7 @@ def spark_session(settings: Settings) -> SparkSession:
 
 def build_resources(settings: Settings) -> dict[str, object]:
     """All resources for an environment: local Spark + sqlite MLflow, or a cluster + server."""
-    from churn_platform.io_managers import VersionedParquetIOManager
+    from churn_platform.io_managers import AuditReportIOManager, VersionedParquetIOManager
     from churn_platform.mlflow_resource import MlflowResource
 
     pyspark = build_spark_resource(settings)
@@ -177,6 +177,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "state": StateResource(platform=settings),
         "ops_log": OpsLogResource(platform=settings),
         "io_manager": VersionedParquetIOManager(base_path=str(settings.warehouse), pyspark=pyspark),
+        "audit_reports": AuditReportIOManager(folder=str(settings.audit_reports)),
         "training_frames": TrainingFrames(),
         "mlflow": MlflowResource.from_settings(settings),
     }

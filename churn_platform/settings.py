@@ -190,6 +190,10 @@ class Settings(BaseSettings):
         return self.home / "incidents"
 
     @property
+    def audit_reports(self) -> Path:
+        return self.home / "audit"
+
+    @property
     def environ(self) -> Mapping[str, str]:
         """The environment these settings were read from: a dataset spec names variables of
         its own (a JDBC source's `password_env`, `$VAR` in paths)."""

@@ -15,6 +15,7 @@ from churn_platform.config import DatasetSpec, load_spec
 from churn_platform.core.audit.render import render_markdown, report_json
 from churn_platform.core.audit.report import AuditError
 from churn_platform.core.ops.changes import record_change
+from churn_platform.io_managers import AuditReportIOManager
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import StateResource
 from churn_platform.settings import Settings, load_settings
@@ -358,10 +359,12 @@ def test_render_markdown_says_what_is_missing() -> None:
 
 
 def test_audit_report_asset_writes_markdown_and_json(world: World) -> None:
-    state = StateResource(platform=world.settings)
-    result = dg.materialize(
-        [audit_report], instance=world.instance, resources={"state": state, "mlflow": world.mlflow}
-    )
+    resources = {
+        "state": StateResource(platform=world.settings),
+        "mlflow": world.mlflow,
+        "audit_reports": AuditReportIOManager(folder=str(world.settings.audit_reports)),
+    }
+    result = dg.materialize([audit_report], instance=world.instance, resources=resources)
 
     assert result.success
     metadata = result.asset_materializations_for_node("audit_report")[0].metadata

@@ -11,7 +11,6 @@ from typing import Any
 from churn_platform.core import registry, tracking
 from churn_platform.core.audit.report import RAW_LAYER
 from churn_platform.core.ops.files import FILE_MODE, ensure_dir, write_json_atomic
-from churn_platform.settings import Settings
 
 # The metadata worth a glance in the lineage table; the JSON report keeps all of it.
 DETAIL_KEYS = {
@@ -29,13 +28,15 @@ def report_json(report: Mapping[str, Any]) -> str:
     return json.dumps(report, indent=2, sort_keys=True, default=str)
 
 
-def write_report(settings: Settings, report: Mapping[str, Any]) -> tuple[Path, Path]:
-    """Write `$CHURN_HOME/audit/audit-<model>-v<version>[-scores-<run>]` as .md and .json."""
+def write_report(folder: Path, report: Mapping[str, Any]) -> tuple[Path, Path]:
+    """Write `audit-<model>-v<version>[-scores-<run>]` as .md and .json into `folder`
+    (`Settings.audit_reports`, where both the audit_report asset and `churn-platform audit` keep
+    them)."""
     model = report["model"]
     stem = f"audit-{model['name']}-v{model['version']}"
     if report.get("scores_run"):
         stem += f"-scores-{report['scores_run']['run_id'][:8]}"
-    directory = ensure_dir(settings.home / "audit")
+    directory = ensure_dir(folder)
     markdown, data = directory / f"{stem}.md", directory / f"{stem}.json"
     staging = markdown.with_name(f".{markdown.name}.{os.getpid()}.tmp")
     staging.write_text(render_markdown(report), encoding="utf-8")
