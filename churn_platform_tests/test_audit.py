@@ -374,3 +374,6 @@ def test_audit_report_asset_writes_markdown_and_json(world: World) -> None:
     saved = json.loads(Path(str(metadata["json_path"].value)).read_text())
     assert saved["model"]["version"] == "1"
     assert saved["training"]["dagster_run"]["id"] == world.pipeline_run
+    # A downstream asset would get the same report back from the files.
+    reader = dg.build_input_context(asset_key=dg.AssetKey("audit_report"), instance=world.instance)
+    assert resources["audit_reports"].load_input(reader) == saved
