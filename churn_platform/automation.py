@@ -17,9 +17,10 @@ import pyarrow.parquet as pq
 
 from churn_platform.config import DatasetSpec
 from churn_platform.core.ops.incidents import IncidentStore
+from churn_platform.core.ops.log import OpsLog
 from churn_platform.core.sources import InputDataError, read_csv_header
 from churn_platform.partitions import DATA_LAYER_KEYS, RAW_CUSTOMERS, ingest_batches
-from churn_platform.resources import StateResource
+from churn_platform.resources import OpsLogResource, StateResource
 from churn_platform.settings import Settings
 
 INBOX_SUFFIXES = (".csv", ".parquet")
@@ -249,8 +250,10 @@ def _asset_keys_of_run(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list
     return sorted(k.to_user_string() for k in (run.asset_selection or [])) or [run.job_name]
 
 
-def record_run_failure(settings: Settings, instance: dg.DagsterInstance, run_id: str) -> list:
-    """Open one incident per failed run (idempotent on the run id)."""
+def record_run_failure(
+    settings: Settings, instance: dg.DagsterInstance, run_id: str, ops_log: OpsLog
+) -> list:
+    """Open one incident per failed run (idempotent on the run id), logged to `ops_log`."""
     run = instance.get_run_by_id(run_id)
     if run is None:
         return []
@@ -267,7 +270,7 @@ def record_run_failure(settings: Settings, instance: dg.DagsterInstance, run_id:
         and event.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
         and not event.dagster_event.event_specific_data.passed
     ]
-    store = IncidentStore(settings)
+    store = IncidentStore(settings, ops_log)
     incidents = []
     for check in failed_checks:
         asset = check.asset_key.to_user_string()
@@ -300,9 +303,11 @@ def record_run_failure(settings: Settings, instance: dg.DagsterInstance, run_id:
     return incidents
 
 
-def resolve_after_success(settings: Settings, instance: dg.DagsterInstance, run_id: str) -> list:
+def resolve_after_success(
+    settings: Settings, instance: dg.DagsterInstance, run_id: str, ops_log: OpsLog
+) -> list:
     """A successful materialization of an asset resolves that asset's open incidents."""
-    store = IncidentStore(settings)
+    store = IncidentStore(settings, ops_log)
     resolved = []
     records = instance.get_records_for_run(
         run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
@@ -316,16 +321,22 @@ def resolve_after_success(settings: Settings, instance: dg.DagsterInstance, run_
 @dg.run_failure_sensor(
     default_status=dg.DefaultSensorStatus.RUNNING, monitor_all_code_locations=False
 )
-def incident_on_run_failure(context: dg.RunFailureSensorContext, state: StateResource) -> None:
+def incident_on_run_failure(
+    context: dg.RunFailureSensorContext, state: StateResource, ops_log: OpsLogResource
+) -> None:
     """A run that failed for good (after step retries) opens an incident."""
-    record_run_failure(state.settings(), context.instance, context.dagster_run.run_id)
+    run_id = context.dagster_run.run_id
+    record_run_failure(state.settings(), context.instance, run_id, ops_log.log())
 
 
 @dg.run_status_sensor(
     run_status=dg.DagsterRunStatus.SUCCESS, default_status=dg.DefaultSensorStatus.RUNNING
 )
-def resolve_incidents_on_success(context: dg.RunStatusSensorContext, state: StateResource) -> None:
-    resolve_after_success(state.settings(), context.instance, context.dagster_run.run_id)
+def resolve_incidents_on_success(
+    context: dg.RunStatusSensorContext, state: StateResource, ops_log: OpsLogResource
+) -> None:
+    run_id = context.dagster_run.run_id
+    resolve_after_success(state.settings(), context.instance, run_id, ops_log.log())
 
 
 def freshness_policy(settings: Settings) -> dg.FreshnessPolicy:

@@ -65,6 +65,7 @@ def verify(config: str | None, as_json: bool) -> int:
     from churn_platform.core.backup.verify import archived_chain_anchor
     from churn_platform.core.ops.chain import anchor_path
     from churn_platform.core.ops.incidents import IncidentStore
+    from churn_platform.core.ops.log import OpsLog
     from churn_platform.core.ops.verify import format_verify_report, verify_logs
 
     # The anchor outside logs/ and the newest backup's copy report a deleted log folder.
@@ -73,16 +74,17 @@ def verify(config: str | None, as_json: bool) -> int:
     if report.ok:
         return EXIT_OK
     broken = [f for f in report.files if not f.ok]
-    IncidentStore(settings).open(
-        dedupe_key=f"log-chain:{broken[0].file}:{broken[0].line}",
-        detected_by="churn-platform logs verify",
-        category="security",
-        configuration_item=f"log:{broken[0].file}",
-        impact="high",
-        urgency="high",
-        summary=f"operations log chain broken in {broken[0].file} at line {broken[0].line}",
-        details={"reason": broken[0].reason},
-    )
+    with OpsLog(settings) as ops:
+        IncidentStore(settings, ops).open(
+            dedupe_key=f"log-chain:{broken[0].file}:{broken[0].line}",
+            detected_by="churn-platform logs verify",
+            category="security",
+            configuration_item=f"log:{broken[0].file}",
+            impact="high",
+            urgency="high",
+            summary=f"operations log chain broken in {broken[0].file} at line {broken[0].line}",
+            details={"reason": broken[0].reason},
+        )
     return 3
 
 

@@ -15,6 +15,7 @@ from churn_platform.config import DatasetSpec, load_spec
 from churn_platform.core.audit.render import render_markdown, report_json
 from churn_platform.core.audit.report import AuditError
 from churn_platform.core.ops.changes import record_change
+from churn_platform.core.ops.log import OpsLog
 from churn_platform.io_managers import AuditReportIOManager
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import StateResource
@@ -201,17 +202,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         runs["3"], _ = _register(mlflow, spec, "0" * 36, "features-2")
         client = mlflow.client()
         client.set_registered_model_alias(spec.model_name, "champion", v1)
-        change = record_change(
-            settings,
-            "standard",
-            f"model:{spec.model_name}",
-            "user:alice",
-            None,
-            f"v{v1}",
-            {"metric": "roc_auc", "candidate_roc_auc": 0.84},
-            "Promote churn-audit v1 to champion",
-        )
-        record_change(settings, "normal", "platform_config", "user:bob", None, "spec:x", {}, "x")
+        with OpsLog(settings) as ops:
+            change = record_change(
+                settings,
+                "standard",
+                f"model:{spec.model_name}",
+                "user:alice",
+                None,
+                f"v{v1}",
+                {"metric": "roc_auc", "candidate_roc_auc": 0.84},
+                "Promote churn-audit v1 to champion",
+                ops_log=ops,
+            )
+            record_change(
+                settings, "normal", "platform_config", "user:bob", None, "spec:x", {}, "x",
+                ops_log=ops,
+            )  # fmt: skip
         scores_runs = {v: _run(instance, [_scores(v)]) for v in (v1, v2)}
         yield World(
             settings=settings,

@@ -8,6 +8,7 @@ import dagster as dg
 from churn_platform import automation
 from churn_platform.config import load_spec
 from churn_platform.core.ops.incidents import IncidentStore
+from churn_platform.core.ops.log import OpsLog
 from churn_platform.core.sources import batch_order
 from churn_platform.definitions import build_definitions
 from churn_platform.settings import DEFAULT_SPEC, load_settings
@@ -125,10 +126,10 @@ def test_failed_run_opens_one_incident_and_success_resolves_it(settings):
     def flaky() -> None:
         raise RuntimeError("source unreachable")
 
-    with dg.instance_for_test() as instance:
+    with dg.instance_for_test() as instance, OpsLog(settings) as ops:
         result = dg.materialize([flaky], instance=instance, raise_on_error=False)
-        first = automation.record_run_failure(settings, instance, result.run_id)
-        second = automation.record_run_failure(settings, instance, result.run_id)
+        first = automation.record_run_failure(settings, instance, result.run_id, ops)
+        second = automation.record_run_failure(settings, instance, result.run_id, ops)
         store = IncidentStore(settings)
         assert len(store.list(status="open")) == 1
         assert first[0].id == second[0].id
@@ -140,6 +141,6 @@ def test_failed_run_opens_one_incident_and_success_resolves_it(settings):
             return None
 
         ok = dg.materialize([fixed], instance=instance)
-        automation.resolve_after_success(settings, instance, ok.run_id)
+        automation.resolve_after_success(settings, instance, ok.run_id, ops)
         assert store.list(status="open") == []
         assert store.get(first[0].id).status == "resolved"

@@ -1,10 +1,12 @@
 """Incidents open once per failure, get their ITIL matrix priority and resolve on success."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from churn_platform.core.ops.incidents import Incident, IncidentStore, format_incidents
+from churn_platform.core.ops.log import OpsLog
 from churn_platform.settings import Settings
 from churn_platform_tests.test_ops_log import clear_ambient_ops_env, ops_log_file, ops_records
 
@@ -12,6 +14,12 @@ from churn_platform_tests.test_ops_log import clear_ambient_ops_env, ops_log_fil
 @pytest.fixture(autouse=True)
 def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
     clear_ambient_ops_env(monkeypatch)
+
+
+@pytest.fixture
+def ops(settings: Settings) -> Iterator[OpsLog]:
+    with OpsLog(settings) as log:
+        yield log
 
 
 def _open(
@@ -23,8 +31,8 @@ def _open(
     )  # fmt: skip
 
 
-def test_opening_an_incident_twice_gives_one_incident(settings: Settings) -> None:
-    store = IncidentStore(settings)
+def test_opening_an_incident_twice_gives_one_incident(settings: Settings, ops: OpsLog) -> None:
+    store = IncidentStore(settings, ops)
     first, second = _open(store), _open(store)
     assert first.id == second.id and first.id.startswith("INC-")
     (only,) = store.list()
@@ -52,11 +60,13 @@ def test_priority_comes_from_the_itil_matrix(
     assert IncidentStore(settings).priority(impact, urgency) == priority
 
 
-def test_priority_matrix_file_overrides_the_default(settings: Settings, tmp_path: Path) -> None:
+def test_priority_matrix_file_overrides_the_default(
+    settings: Settings, ops: OpsLog, tmp_path: Path
+) -> None:
     matrix = tmp_path / "matrix.yaml"
     matrix.write_text("critical: {now: P1, later: P2}\nroutine: {now: P3, later: P4}\n")
     settings = settings.model_copy(update={"priority_matrix": matrix})
-    store = IncidentStore(settings)
+    store = IncidentStore(settings, ops)
     assert store.open("k", "cli", "data", "raw", "routine", "now", "late file").priority == "P3"
     with pytest.raises(ValueError, match="known impacts"):
         store.priority("high", "high")
@@ -65,8 +75,8 @@ def test_priority_matrix_file_overrides_the_default(settings: Settings, tmp_path
         IncidentStore(settings)
 
 
-def test_success_of_the_same_asset_resolves_its_incidents(settings: Settings) -> None:
-    store = IncidentStore(settings)
+def test_success_of_the_same_asset_resolves_its_incidents(settings: Settings, ops: OpsLog) -> None:
+    store = IncidentStore(settings, ops)
     features = _open(store)
     scoring = _open(store, key="asset_failed:scores", ci="scores")
     (resolved,) = store.resolve_for("features", "features materialized successfully")
@@ -77,3 +87,16 @@ def test_success_of_the_same_asset_resolves_its_incidents(settings: Settings) ->
     assert _open(store).id != features.id
     log_text = ops_log_file(settings).read_text()
     assert "incident.resolved" in log_text and "Features failed" not in log_text
+
+
+def test_a_store_without_an_ops_log_reads_but_does_not_write(
+    settings: Settings, ops: OpsLog
+) -> None:
+    opened = _open(IncidentStore(settings, ops))
+    reader = IncidentStore(settings)
+    assert [i.id for i in reader.list(status="open")] == [opened.id]
+    with pytest.raises(RuntimeError, match="without an ops log"):
+        _open(reader, key="another")
+    with pytest.raises(RuntimeError, match="without an ops log"):
+        reader.resolve(opened.id, "fixed")
+    assert reader.get(opened.id).status == "open"

@@ -254,7 +254,7 @@ def test_prune_removes_old_files_and_logs_it(ops: OpsLog, settings: Settings) ->
     anchor = json.loads(anchor_path(settings).read_text())
     anchor["files"][old.name] = anchor["files"].pop(path.name)
     anchor_path(settings).write_text(json.dumps(anchor))
-    assert prune_logs(settings) == [old.name]
+    assert prune_logs(settings, ops) == [old.name]
     assert not old.exists()
     (record,) = ops_records(ops_log_file(settings))
     assert record["event_code"] == "logs.pruned" and old.name in record["message"]

@@ -19,7 +19,7 @@ from typing import Any
 
 from churn_platform.core.ops.chain import canonical_json
 from churn_platform.core.ops.files import ensure_dir, locked, next_id, utc_iso, write_json_atomic
-from churn_platform.core.ops.log import OpsLog, default_actor, ops_log_scope
+from churn_platform.core.ops.log import OpsLog, default_actor
 from churn_platform.core.ops.privacy import sanitize
 from churn_platform.settings import Settings
 
@@ -49,7 +49,7 @@ def _changes_dir(settings: Settings) -> Path:
     return ensure_dir(settings.home / "changes")
 
 
-def _store_change(settings: Settings, draft: ChangeRecord, ops_log: OpsLog | None) -> ChangeRecord:
+def _store_change(settings: Settings, draft: ChangeRecord, ops_log: OpsLog) -> ChangeRecord:
     """Give `draft` its id and time, store it and log it; the caller holds the changes lock."""
     directory = _changes_dir(settings)
     now = datetime.now(UTC)
@@ -60,17 +60,16 @@ def _store_change(settings: Settings, draft: ChangeRecord, ops_log: OpsLog | Non
         for k, v in change.why.items()
         if isinstance(v, numbers.Real) and not isinstance(v, bool)
     }
-    with ops_log_scope(settings, ops_log) as ops:
-        ops.event(
-            "change.recorded",
-            f"{change.change_type} change {change.id} on {change.configuration_item}: "
-            f"{change.what_from} -> {change.what_to}",
-            component="change",
-            configuration_item=change.configuration_item,
-            actor=change.who,
-            outcome="recorded",
-            metrics=gate_metrics,
-        )
+    ops_log.event(
+        "change.recorded",
+        f"{change.change_type} change {change.id} on {change.configuration_item}: "
+        f"{change.what_from} -> {change.what_to}",
+        component="change",
+        configuration_item=change.configuration_item,
+        actor=change.who,
+        outcome="recorded",
+        metrics=gate_metrics,
+    )
     return change
 
 
@@ -84,9 +83,10 @@ def record_change(
     why: Mapping[str, Any],
     summary: str,
     *,
-    ops_log: OpsLog | None = None,
+    ops_log: OpsLog,
 ) -> ChangeRecord:
-    """Record a change (e.g. a model promotion with its gate metrics in `why`)."""
+    """Record a change (e.g. a model promotion with its gate metrics in `why`), logged to the
+    caller's `ops_log`."""
     if change_type not in CHANGE_TYPES:
         raise ValueError(f"change_type {change_type!r} must be one of {CHANGE_TYPES}")
     draft = ChangeRecord(
@@ -124,7 +124,7 @@ def _config_version(spec_sha: str, settings_sha: str) -> str:
 
 
 def record_config_change_if_any(
-    settings: Settings, spec_path: Path, *, who: str | None = None, ops_log: OpsLog | None = None
+    settings: Settings, spec_path: Path, *, ops_log: OpsLog, who: str | None = None
 ) -> ChangeRecord | None:
     """Record a `normal` change when the dataset spec or the non-secret settings changed.
 

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from churn_platform.core.ops.files import ensure_dir, locked, next_id, utc_iso, write_json_atomic
-from churn_platform.core.ops.log import OpsLog, default_actor, ops_log_scope
+from churn_platform.core.ops.log import OpsLog, default_actor
 from churn_platform.core.ops.privacy import sanitize
 from churn_platform.settings import Settings
 
@@ -96,6 +96,8 @@ class IncidentStore:
 
     Opening is idempotent per dedupe key while the incident is open, so a sensor that sees the
     same failure on every tick raises one incident (with an occurrence count), not hundreds.
+    Opening and resolving are logged to `ops_log`, the caller's (a run's or a sensor tick's
+    `ops_log` resource, a command's own); a store made without one only reads.
     """
 
     _ID_RE = re.compile(r"INC-\d{8}-\d{4,}")
@@ -137,7 +139,7 @@ class IncidentStore:
         details: Mapping[str, Any] | None = None,
     ) -> Incident:
         """Open an incident, or return the open one with the same `dedupe_key` (count bumped)."""
-        priority = self.priority(impact, urgency)
+        ops, priority = self._log(), self.priority(impact, urgency)
         with self._lock():
             now = datetime.now(UTC)
             ts = utc_iso(now)
@@ -164,33 +166,34 @@ class IncidentStore:
                 history=[{"ts": ts, "status": "open", "actor": detected_by, "note": ""}],
             )
             self._save(incident)
-            with ops_log_scope(self.settings, self._ops_log) as ops:
-                ops.event(
-                    "incident.opened",
-                    f"Incident {incident.id} opened: {priority} {category} on {configuration_item}",
-                    level=logging.WARNING,
-                    component="incident",
-                    configuration_item=configuration_item,
-                    actor=detected_by,
-                    outcome="open",
-                )
+            ops.event(
+                "incident.opened",
+                f"Incident {incident.id} opened: {priority} {category} on {configuration_item}",
+                level=logging.WARNING,
+                component="incident",
+                configuration_item=configuration_item,
+                actor=detected_by,
+                outcome="open",
+            )
         return incident
 
     def resolve(self, incident_id: str, reason: str, *, actor: str | None = None) -> Incident:
         """Resolve one open incident by id (e.g. by an operator from the CLI)."""
+        ops = self._log()
         with self._lock():
             incident = self.get(incident_id)
             if incident.status != "open":
                 raise ValueError(f"{incident_id} is already {incident.status}")
-            return self._resolve(incident, reason, actor or default_actor())
+            return self._resolve(incident, reason, actor or default_actor(), ops)
 
     def resolve_for(
         self, configuration_item: str, reason: str, *, actor: str | None = None
     ) -> list[Incident]:
         """Resolve every open incident of a CI, e.g. when that asset later materializes fine."""
+        ops = self._log()
         with self._lock():
             return [
-                self._resolve(incident, reason, actor or default_actor())
+                self._resolve(incident, reason, actor or default_actor(), ops)
                 for incident in self.list("open")
                 if incident.configuration_item == configuration_item
             ]
@@ -204,7 +207,7 @@ class IncidentStore:
             raise KeyError(f"no incident {incident_id} in {self.root}")
         return _read_incident(path)
 
-    def _resolve(self, incident: Incident, reason: str, actor: str) -> Incident:
+    def _resolve(self, incident: Incident, reason: str, actor: str, ops: OpsLog) -> Incident:
         ts = utc_iso(datetime.now(UTC))
         incident.status = "resolved"
         incident.resolved_at = ts
@@ -213,16 +216,23 @@ class IncidentStore:
             {"ts": ts, "status": "resolved", "actor": actor, "note": incident.resolution}
         )
         self._save(incident)
-        with ops_log_scope(self.settings, self._ops_log) as ops:
-            ops.event(
-                "incident.resolved",
-                f"Incident {incident.id} resolved on {incident.configuration_item}",
-                component="incident",
-                configuration_item=incident.configuration_item,
-                actor=actor,
-                outcome="resolved",
-            )
+        ops.event(
+            "incident.resolved",
+            f"Incident {incident.id} resolved on {incident.configuration_item}",
+            component="incident",
+            configuration_item=incident.configuration_item,
+            actor=actor,
+            outcome="resolved",
+        )
         return incident
+
+    def _log(self) -> OpsLog:
+        if self._ops_log is None:
+            raise RuntimeError(
+                "this IncidentStore was made without an ops log: it can list and show "
+                "incidents, not open or resolve them (pass the caller's OpsLog)"
+            )
+        return self._ops_log
 
     def _lock(self) -> contextlib.AbstractContextManager[None]:
         ensure_dir(self.root)

@@ -2,8 +2,9 @@
 
 One record per event, with fixed fields (`RECORD_FIELDS`) a SIEM can aggregate; the files, the
 chain linking the records and its verification live in `core.ops.chain` and `core.ops.verify`.
-Incidents (`core.ops.incidents`) and change records (`core.ops.changes`) log through
-`ops_log_scope`. Messages must not contain customer data: see `core.ops.privacy`.
+Incidents (`core.ops.incidents`) and change records (`core.ops.changes`) log to the OpsLog
+their caller passes: a run's or a sensor tick's `ops_log` resource, or a command's own.
+Messages must not contain customer data: see `core.ops.privacy`.
 """
 
 from __future__ import annotations
@@ -340,9 +341,7 @@ def _summary(entry: Mapping[str, Any]) -> str:
     return " ".join(part for part in parts if part)
 
 
-def prune_logs(
-    settings: Settings, now: datetime | None = None, *, ops_log: OpsLog | None = None
-) -> list[str]:
+def prune_logs(settings: Settings, ops_log: OpsLog, now: datetime | None = None) -> list[str]:
     """Delete log files older than `log_retention_days` and their chain heads; returns names.
 
     The pruning itself is logged (`logs.pruned`), so a missing old file is explained in the log.
@@ -352,15 +351,11 @@ def prune_logs(
     cutoff = (now or datetime.now(UTC)).date() - timedelta(days=settings.log_retention_days)
     removed = remove_files_before(settings, cutoff)
     if removed:
-        with ops_log_scope(settings, ops_log) as ops:
-            ops.event(
-                "logs.pruned",
-                f"Pruned operations log files dated before {cutoff}: {', '.join(removed)}",
-                component="ops_log",
-                configuration_item="ops_log",
-                metrics={
-                    "files_removed": len(removed),
-                    "retention_days": settings.log_retention_days,
-                },
-            )
+        ops_log.event(
+            "logs.pruned",
+            f"Pruned operations log files dated before {cutoff}: {', '.join(removed)}",
+            component="ops_log",
+            configuration_item="ops_log",
+            metrics={"files_removed": len(removed), "retention_days": settings.log_retention_days},
+        )
     return removed
