@@ -6,10 +6,12 @@ the data layers after any other raw update; failed monitoring checks launch a re
 (degradation sensor); failed and recovered runs open and resolve incidents.
 """
 
+import contextlib
 import datetime as dt
 import re
 import shutil
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -346,6 +348,18 @@ def freshness_policy(settings: Settings) -> dg.FreshnessPolicy:
     )
 
 
+@contextlib.contextmanager
+def _superseded_on_purpose() -> Iterator[None]:
+    """Dagster's last-update freshness checks and their sensor are superseded by
+    `FreshnessPolicy`, which only the daemon evaluates; the platform uses them on purpose (they
+    run in-process, in tests too, and know partitions). Their SupersessionWarning would be
+    printed by every process that loads the code location (the UI's and the daemon's code
+    servers, each run), so it is silenced here, for these two calls only."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.SupersessionWarning)
+        yield
+
+
 def freshness_checks(settings: Settings, assets: list) -> list[dg.AssetChecksDefinition]:
     """In-process freshness checks (the daemon-only policies cannot be evaluated in tests)."""
     unpartitioned = [
@@ -354,9 +368,22 @@ def freshness_checks(settings: Settings, assets: list) -> list[dg.AssetChecksDef
         if isinstance(a, dg.AssetsDefinition) and a.partitions_def is None
         for key in a.keys
     ]
-    return list(
-        dg.build_last_update_freshness_checks(
-            assets=unpartitioned,
-            lower_bound_delta=dt.timedelta(hours=settings.freshness_fail_hours),
+    with _superseded_on_purpose():
+        return list(
+            dg.build_last_update_freshness_checks(
+                assets=unpartitioned,
+                lower_bound_delta=dt.timedelta(hours=settings.freshness_fail_hours),
+            )
         )
-    )
+
+
+def freshness_sensor(freshness: Sequence[dg.AssetChecksDefinition]) -> dg.SensorDefinition:
+    """Runs the freshness checks hourly: their windows are hours long, and a queued check run is
+    invisible to this sensor, so at the default 30 s it fills the queue behind a long training
+    run."""
+    with _superseded_on_purpose():
+        return dg.build_sensor_for_freshness_checks(
+            freshness_checks=freshness,
+            minimum_interval_seconds=3600,
+            default_status=dg.DefaultSensorStatus.RUNNING,
+        )

@@ -117,13 +117,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             automation.degradation_sensor,
             automation.incident_on_run_failure,
             automation.resolve_incidents_on_success,
-            # Hourly: freshness windows are hours long, and a queued check run is invisible to
-            # this sensor, so at the default 30 s it fills the queue behind a long training run.
-            dg.build_sensor_for_freshness_checks(
-                freshness_checks=freshness,
-                minimum_interval_seconds=3600,
-                default_status=dg.DefaultSensorStatus.RUNNING,
-            ),
+            automation.freshness_sensor(freshness),
         ],
         resources=build_resources(settings),
         # One process and one SparkSession per run: a JVM per step would cost ~15 s each.

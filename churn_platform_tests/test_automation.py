@@ -1,6 +1,7 @@
 """Inbox sensor, automation conditions and incident sensors: the platform keeps itself current."""
 
 import datetime as dt
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -144,3 +145,13 @@ def test_failed_run_opens_one_incident_and_success_resolves_it(settings):
         automation.resolve_after_success(settings, instance, ok.run_id, ops)
         assert store.list(status="open") == []
         assert store.get(first[0].id).status == "resolved"
+
+
+def test_building_the_definitions_prints_no_superseded_api_warning(tmp_path):
+    """Every process that loads the code location (each code server, each run) builds them:
+    the freshness checks and their sensor use Dagster's superseded API on purpose, silently."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_definitions(load_settings({"CHURN_HOME": str(tmp_path)}))
+    dagster_warnings = (dg.SupersessionWarning, dg.BetaWarning, dg.PreviewWarning)
+    assert [str(w.message) for w in caught if issubclass(w.category, dagster_warnings)] == []
