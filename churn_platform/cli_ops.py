@@ -15,6 +15,8 @@ from churn_platform.cli_common import (
     EXIT_OK,
     EXIT_USAGE,
     CommandError,
+    RegistryBackend,
+    actor,
     command,
     command_settings,
 )
@@ -32,12 +34,10 @@ def rollback(config: str | None, to_version: str | None, reason: str, force: boo
     settings = command_settings(config)
     from churn_platform.config import platform_spec
     from churn_platform.core.registry import rollback as roll_back
-    from churn_platform.mlflow_resource import MlflowResource
-    from churn_platform.runner import actor
 
     try:
         decision = roll_back(
-            MlflowResource.from_settings(settings),
+            RegistryBackend.from_settings(settings),
             platform_spec(settings),
             settings,
             actor=actor(),

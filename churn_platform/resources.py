@@ -108,9 +108,8 @@ class TrainingFrames(dg.ConfigurableResource):
 
     _key: tuple[Any, ...] | None = PrivateAttr(default=None)
     _frame: TrainingFrame | None = PrivateAttr(default=None)
-    _stack: ExitStack | None = PrivateAttr(default=None)
-    _oot_built: bool = PrivateAttr(default=False)
     _oot: OutOfTimeFrame | None = PrivateAttr(default=None)
+    _stack: ExitStack | None = PrivateAttr(default=None)
 
     def frame(
         self,
@@ -124,31 +123,21 @@ class TrainingFrames(dg.ConfigurableResource):
             self.release()
             stack = ExitStack()
             self._frame = stack.enter_context(training_frame(features, id_col, feature_pipeline))
+            # Lazy: its two caches fill only when the first model fits on them.
+            self._oot = stack.enter_context(out_of_time_frame(self._frame))
             self._stack, self._key = stack, key
         return self._frame
 
-    def out_of_time(
-        self,
-        key: tuple[Any, ...],
-        features: DataFrame,
-        id_col: str,
-        feature_pipeline: PipelineModel,
-    ) -> OutOfTimeFrame | None:
-        """Older and newest batches for `key`, built on first use; None with one batch."""
-        self.frame(key, features, id_col, feature_pipeline)
-        if not self._oot_built:
-            assert self._stack is not None
-            self._oot = self._stack.enter_context(
-                out_of_time_frame(features, id_col, feature_pipeline)
-            )
-            self._oot_built = True
+    def out_of_time(self) -> OutOfTimeFrame | None:
+        """The current frame's older and newest batches; None with one batch."""
+        if self._frame is None:
+            raise RuntimeError("out_of_time() before frame(): no training frame yet")
         return self._oot
 
     def release(self) -> None:
         if self._stack is not None:
             self._stack.close()
         self._stack = self._frame = self._key = self._oot = None
-        self._oot_built = False
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self.release()

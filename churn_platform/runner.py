@@ -6,7 +6,6 @@ the UI's run history, and get the same incident handling as runs the daemon laun
 
 from __future__ import annotations
 
-import getpass
 import re
 import sys
 import uuid
@@ -14,6 +13,7 @@ from typing import Any
 
 import dagster as dg
 
+from churn_platform.cli_common import actor
 from churn_platform.settings import DAGSTER_YAML, Settings
 
 # Tags every run started here carries; the progress watcher finds its run by the token.
@@ -48,14 +48,6 @@ def open_instance(settings: Settings) -> dg.DagsterInstance:
     for run_id in fail_abandoned_runs(settings, instance):
         sys.stderr.write(f"marked run {run_id} failed: its CLI process is gone\n")
     return instance
-
-
-def actor() -> str:
-    """Who started a run or moved a model, for run tags and the operations log."""
-    try:
-        return f"user:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "user:unknown"
 
 
 def materialize_selection(

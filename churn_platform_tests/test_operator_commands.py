@@ -136,6 +136,12 @@ def test_status_reads_the_recorded_asset_keys_without_importing_the_asset_module
     assert found["code"] == cli.EXIT_OK and not found["definitions"] and not found["jvm"], found
 
 
+def test_rollback_moves_aliases_without_importing_dagster(registry_home: Path) -> None:
+    (found,) = probe(registry_home, ("model", "rollback", "--to-version", "1"))
+    assert found["code"] == cli.EXIT_FAILED  # refused: v1 is clearly worse
+    assert "dagster" not in found["heavy"] and not found["jvm"], found
+
+
 def test_status_shows_each_versions_kind_and_test_roc_auc(registry_home: Path, capsys) -> None:
     assert cli.main(["status"]) == cli.EXIT_OK
     out = capsys.readouterr().out

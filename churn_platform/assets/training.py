@@ -210,7 +210,7 @@ def train_and_track(
     versus = ensembles.versus_best_base(fit)
     if versus is not None:
         best_base, metrics["best_base_cv_roc_auc"], metrics["cv_gain_over_best_base"] = versus
-    oot = training_frames.out_of_time(frame_key, capped, spec.id_column, feature_pipeline)
+    oot = training_frames.out_of_time()
     oot_scores = None
     if oot is not None:
         oot_started = time.monotonic()
