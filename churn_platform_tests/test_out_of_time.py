@@ -77,7 +77,7 @@ def fitted(telco: FeatureResult) -> Iterator[Fitted]:
     quick = {k: merged_params(k, None, quick=True) for k in ("logistic_regression", "voting")}
     with (
         training_frame(features, id_col, telco.pipeline) as frame,
-        out_of_time.out_of_time_frame(features, id_col, telco.pipeline) as oot,
+        out_of_time.out_of_time_frame(frame) as oot,
     ):
         assert oot is not None
         lr = fit_model("logistic_regression", frame, quick["logistic_regression"])
@@ -146,14 +146,16 @@ def test_one_batch_or_a_tiny_newest_batch_gives_no_out_of_time_figure(
     telco: FeatureResult,
 ) -> None:
     one_batch = telco.features.withColumn(BATCH_ORDER_COL, F.lit(0).cast("long"))
-    with out_of_time.out_of_time_frame(one_batch, telco.id_column, telco.pipeline) as oot:
-        assert oot is None
     few = telco.features.where(
         (F.col(BATCH_ORDER_COL) == 0) | (F.col(telco.id_column) < F.lit("0100"))
     )
     assert few.where(F.col(BATCH_ORDER_COL) == NEWEST).count() < out_of_time.MIN_ROWS
-    with out_of_time.out_of_time_frame(few, telco.id_column, telco.pipeline) as oot:
-        assert oot is None
+    for features in (one_batch, few):
+        with (
+            training_frame(features, telco.id_column, telco.pipeline) as frame,
+            out_of_time.out_of_time_frame(frame) as oot,
+        ):
+            assert oot is None
 
 
 BATCH_KEY = "20261201T000000Z-newest.csv"

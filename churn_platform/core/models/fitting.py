@@ -32,6 +32,7 @@ from pyspark.util import inheritable_thread_target
 
 from churn_platform.core import evaluation
 from churn_platform.core.columns import (
+    BATCH_ORDER_COL,
     FEATURES_COL,
     FOLD_COL,
     LABEL_COL,
@@ -70,6 +71,9 @@ class TrainingFrame:
     id_col: str
     train_rows: int
     test_rows: int
+    # (batch order, label, customers) over both splits, from the aggregate that counts the
+    # splits; empty when the features carry no batch order. Out-of-time validation reads it.
+    batch_labels: tuple[tuple[int, int, int], ...] = ()
 
     def fold_rows(self, fold: int | None, held_out: bool = False) -> DataFrame:
         """Rows to fit fold `fold`'s model on (all training rows for None), or its held-out rows."""
@@ -91,10 +95,12 @@ def training_frame(
         if feature_pipeline is None:
             raise ValueError(f"no '{FEATURES_COL}' column and no feature pipeline to build it")
         features = feature_pipeline.transform(features)
-    slim = features.select(id_col, LABEL_COL, FOLD_COL, SPLIT_COL, FEATURES_COL)
-    counts = slim.groupBy(SPLIT_COL, FOLD_COL).count().collect()
+    batched = BATCH_ORDER_COL in features.columns
+    kept = [BATCH_ORDER_COL] if batched else []
+    slim = features.select(id_col, LABEL_COL, FOLD_COL, SPLIT_COL, *kept, FEATURES_COL)
+    counts = slim.groupBy(SPLIT_COL, FOLD_COL, LABEL_COL, *kept).count().collect()
     train_rows = sum(r["count"] for r in counts if r[SPLIT_COL] == TRAIN_SPLIT)
-    folds = tuple(sorted(r[FOLD_COL] for r in counts if r[SPLIT_COL] == TRAIN_SPLIT))
+    folds = tuple(sorted({r[FOLD_COL] for r in counts if r[SPLIT_COL] == TRAIN_SPLIT}))
     if len(folds) < 2 or folds != tuple(range(len(folds))):
         raise ValueError(f"training rows need '{FOLD_COL}' values 0..k-1 with k >= 2, got {folds}")
     test_rows = sum(r["count"] for r in counts) - train_rows
@@ -112,10 +118,27 @@ def training_frame(
         train.unpersist()
         raise
     try:
-        yield TrainingFrame(train, test, folds, id_col, train_rows, test_rows)
+        yield TrainingFrame(
+            train,
+            test,
+            folds,
+            id_col,
+            train_rows,
+            test_rows,
+            _batch_labels(counts) if batched else (),
+        )
     finally:
         train.unpersist()
         test.unpersist()
+
+
+def _batch_labels(counts: Sequence[Any]) -> tuple[tuple[int, int, int], ...]:
+    """Customers per (batch order, label), summed over the split and fold groups."""
+    summed: dict[tuple[int, int], int] = {}
+    for r in counts:
+        key = (int(r[BATCH_ORDER_COL]), int(r[LABEL_COL]))
+        summed[key] = summed.get(key, 0) + r["count"]
+    return tuple((order, label, n) for (order, label), n in sorted(summed.items()))
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,12 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from churn_platform.core import evaluation
-from churn_platform.core.columns import BATCH_ORDER_COL, FEATURES_COL, FOLD_COL, LABEL_COL
+from churn_platform.core.columns import BATCH_ORDER_COL, FOLD_COL, LABEL_COL
 from churn_platform.core.models.ensembles import BASE_SUFFIX
 from churn_platform.core.models.fitting import (
     PROBABILITY_COL,
     FitResult,
+    TrainingFrame,
     assemble,
     classifier_part,
     collect_predictions,
@@ -53,46 +54,42 @@ class OutOfTimeFrame:
 
 
 @contextmanager
-def out_of_time_frame(
-    features: DataFrame, id_col: str, feature_pipeline: PipelineModel
-) -> Iterator[OutOfTimeFrame | None]:
-    """The two sides, cached while in use; None with one batch or too few customers on a side.
+def out_of_time_frame(frame: TrainingFrame) -> Iterator[OutOfTimeFrame | None]:
+    """The two sides, cut from the training frame's cached rows and cached while in use; None
+    with one batch or too few customers (or one class) on a side.
 
-    One small aggregate decides; with one batch (the usual first run) nothing else runs.
+    The training frame's own aggregate already counted the customers per batch and label, so
+    deciding costs no Spark job, and the sides are not read or assembled again.
     """
-    if BATCH_ORDER_COL not in features.columns:
-        yield None
-        return
-    counts = features.groupBy(BATCH_ORDER_COL, LABEL_COL).count().collect()
-    orders = sorted({int(r[BATCH_ORDER_COL]) for r in counts})
+    orders = sorted({order for order, _, _ in frame.batch_labels})
     if len(orders) < 2:
         yield None
         return
     newest = orders[-1]
     sides = {
-        side: [r for r in counts if (int(r[BATCH_ORDER_COL]) == newest) == is_newest]
-        for side, is_newest in (("older", False), ("newest", True))
+        is_newest: [
+            (label, n) for order, label, n in frame.batch_labels if (order == newest) == is_newest
+        ]
+        for is_newest in (False, True)
     }
     enough = all(
-        sum(r["count"] for r in rows) >= MIN_ROWS and {r[LABEL_COL] for r in rows} == {0, 1}
+        sum(n for _, n in rows) >= MIN_ROWS and {label for label, _ in rows} == {0, 1}
         for rows in sides.values()
     )
     if not enough:
         yield None
         return
-    if FEATURES_COL not in features.columns:
-        features = feature_pipeline.transform(features)
-    slim = features.select(id_col, LABEL_COL, FOLD_COL, BATCH_ORDER_COL, FEATURES_COL)
-    older = slim.where(F.col(BATCH_ORDER_COL) < newest).coalesce(1).persist()
-    latest = slim.where(F.col(BATCH_ORDER_COL) == newest).coalesce(1).persist()
+    rows = frame.train.unionByName(frame.test)
+    older = rows.where(F.col(BATCH_ORDER_COL) < newest).coalesce(1).persist()
+    latest = rows.where(F.col(BATCH_ORDER_COL) == newest).coalesce(1).persist()
     try:
         yield OutOfTimeFrame(
             older,
             latest,
             newest,
-            id_col,
-            sum(r["count"] for r in sides["older"]),
-            sum(r["count"] for r in sides["newest"]),
+            frame.id_col,
+            sum(n for _, n in sides[False]),
+            sum(n for _, n in sides[True]),
         )
     finally:
         older.unpersist()
