@@ -23,9 +23,10 @@ demo: install services
 	$(BIN)/churn-platform run
 
 # Two worker processes (pytest-xdist; a file, and every user of the session pipeline run, stays
-# on one worker); a plain `pytest FILE` runs in one process.
+# on one worker), taking the groups in conftest.py's order, longest first; a plain `pytest FILE`
+# runs in one process.
 test: install services lint
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
 # The pure logic only: no JVM, no service, no pipeline run (conftest.py marks the rest), ~2 min.
 test-fast: install

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
@@ -49,20 +50,102 @@ INTEGRATION_FIXTURES = frozenset({"spark", "telco_csv", "telco_pipeline"})
 SERVICE_MARKS = ("cluster", "postgres", "daemon", "browser")
 
 
+# `make test` (`-n 2 --dist loadgroup --no-loadscope-reorder`) hands a worker a whole group at a
+# time, in the order the groups first appear in the collection. These go first, longest first
+# (seconds of the fresh-clone CI run of session 10, two workers), so that the daemon's and the
+# servers' waits overlap the other worker's work and the run ends on short groups. In xdist's
+# own order (most tests first) the daemon test came second to last, and one worker sat idle
+# while it ran: 601.8 s. The other groups follow, most tests first.
+LONGEST_GROUPS = (
+    "pipeline",  # the session's run 60 s, the cluster tests 111 s, the UIs 63 s, 10 readers
+    "test_daemon",  # 97 s, most of it waiting on the daemon's sensor ticks and its runs
+    "test_modeling",  # forty model fits
+    "test_server",  # three `serve` start-ups and stops, 66 s
+    "test_out_of_time",  # 52 s in its two slowest parts
+    "test_etl",  # the worker's first Spark queries
+    "test_backup_assets",
+    "test_scoring",
+    "test_tracking",
+    "test_training",
+    "test_synthetic",
+    "test_operator_commands",
+    "test_csv_properties",  # 24 s
+    "test_cli",
+)
+
+
+def group_of(item: pytest.Item) -> str:
+    """Every user of the session's pipeline run shares the worker that made it (the run is
+    made once); any other test stays with its file's tests and module fixtures."""
+    return "pipeline" if "telco_pipeline" in getattr(item, "fixturenames", ()) else item.path.stem
+
+
+def longest_first(groups: Sequence[str]) -> list[str]:
+    """The groups in the order a worker should take them: LONGEST_GROUPS, then by number of
+    tests, most first (xdist's own order), then as collected."""
+    sizes = {name: groups.count(name) for name in groups}
+    first_seen = list(dict.fromkeys(groups))
+
+    def key(name: str) -> tuple[int, int, int]:
+        rank = LONGEST_GROUPS.index(name) if name in LONGEST_GROUPS else len(LONGEST_GROUPS)
+        return rank, -sizes[name], first_seen.index(name)
+
+    return sorted(first_seen, key=key)
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark integration tests from what they use, so `make test-fast` (`-m "not integration"`)
-    runs the pure logic without a JVM, services or a pipeline run, whatever the file."""
-    for item in items:
+    runs the pure logic without a JVM, services or a pipeline run, whatever the file; group
+    them for the workers of `make test`, and in a worker put the longest groups first."""
+    groups = [group_of(item) for item in items]
+    for item, group in zip(items, groups, strict=True):
         fixtures = getattr(item, "fixturenames", ())
         uses = INTEGRATION_FIXTURES.intersection(fixtures)
         if uses or any(item.get_closest_marker(mark) for mark in SERVICE_MARKS):
             item.add_marker(pytest.mark.integration)
-        # With `-n 2 --dist loadgroup` (make test) a file's tests share one worker (and its
-        # module fixtures), and every user of the session's pipeline run shares the worker that
-        # made it, so the run is made once.
-        group = "pipeline" if "telco_pipeline" in fixtures else item.path.stem
         item.add_marker(pytest.mark.xdist_group(group))
+    if hasattr(config, "workerinput"):  # an xdist worker: its order becomes the schedule's
+        order = {name: rank for rank, name in enumerate(longest_first(groups))}
+        ranked = sorted(zip(items, groups, strict=True), key=lambda pair: order[pair[1]])
+        items[:] = [item for item, _ in ranked]
+
+
+@dataclass
+class WorkerTime:
+    """Seconds a worker of `make test` spent on each group, and when it reported last."""
+
+    groups: dict[str, float]
+    last_report_s: float = 0.0
+
+
+WORKER_TIMES: dict[str, WorkerTime] = {}
+SESSION_START = time.monotonic()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """On the controller of an xdist run, each report names its worker (`report.node`)."""
+    node = getattr(report, "node", None)
+    if node is None:
+        return
+    worker = WORKER_TIMES.setdefault(node.gateway.id, WorkerTime({}))
+    group = report.nodeid.rpartition("@")[2]
+    worker.groups[group] = worker.groups.get(group, 0.0) + report.duration
+    worker.last_report_s = time.monotonic() - SESSION_START
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Where an xdist run's time went: the worker that reports last is the critical path."""
+    if not WORKER_TIMES:
+        return
+    terminalreporter.section("seconds per worker and group (setup + call + teardown)")
+    for name, worker in sorted(WORKER_TIMES.items()):
+        busy = sum(worker.groups.values())
+        shown = [f"{g} {s:.0f}" for g, s in worker.groups.items() if s >= 5]
+        terminalreporter.line(
+            f"{name}: last report at {worker.last_report_s:.0f} s, busy {busy:.0f} s, "
+            f"{len(worker.groups)} groups in order: {', '.join(shown)}"
+        )
 
 
 @pytest.fixture(scope="session")
