@@ -134,12 +134,14 @@ def record_outcome(settings: Settings, result: dg.ExecuteInProcessResult) -> Non
     """Runs started here get the incident handling the sensors give daemon runs (the sensors
     never see them)."""
     from churn_platform.automation import record_run_failure, resolve_after_success
+    from churn_platform.core.ops.log import OpsLog
 
     instance = dg.DagsterInstance.get()
-    if result.success:
-        resolve_after_success(settings, instance, result.run_id)
-    else:
-        record_run_failure(settings, instance, result.run_id)
+    with OpsLog(settings) as ops:
+        if result.success:
+            resolve_after_success(settings, instance, result.run_id, ops)
+        else:
+            record_run_failure(settings, instance, result.run_id, ops)
 
 
 def run_summary(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
