@@ -7,6 +7,7 @@ from typing import Any
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
+from dagster_pyspark.resources import spark_session_from_config
 from pydantic import PrivateAttr
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
@@ -143,8 +144,26 @@ class TrainingFrames(dg.ConfigurableResource):
         self.release()
 
 
+class LazyPySparkResource(PySparkResource):
+    """PySparkResource whose session starts on first use instead of when the run starts.
+
+    Dagster sets up every resource a run's steps name, the IO manager's Spark included, so a
+    backup run started a JVM (~10 s here) for an archive that needs none; now only a step that
+    reads, writes or scores with Spark starts it.
+    """
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Nothing yet: `spark_session` starts the session."""
+
+    @property
+    def spark_session(self) -> SparkSession:
+        if self._spark_session is None:
+            self._spark_session = spark_session_from_config(self.spark_config)
+        return self._spark_session
+
+
 def build_spark_resource(settings: Settings) -> PySparkResource:
-    return PySparkResource(spark_config=spark_conf(settings))
+    return LazyPySparkResource(spark_config=spark_conf(settings))
 
 
 def spark_session(settings: Settings) -> SparkSession:

@@ -1,6 +1,7 @@
 """The operator's commands answer without Spark: mistakes are refused before any heavy import,
-status, incidents, logs, audit, restore and rollback never start a JVM, and a rollback to a
-clearly worse model needs --force and says how to re-score."""
+status, incidents, logs, audit, restore, rollback and backup (with no champion, or one an
+earlier drill re-scored) never start a JVM, and a rollback to a clearly worse model needs
+--force and says how to re-score."""
 
 from __future__ import annotations
 
@@ -13,8 +14,18 @@ import pytest
 from mlflow import MlflowClient
 
 from churn_platform import cli, status
+from churn_platform.backup_drill import (
+    GOLDEN_INPUT,
+    TAG_GOLDEN_HASH,
+    proven_golden_hash,
+    same_files_drill,
+)
+from churn_platform.config import platform_spec
+from churn_platform.core import tracking
 from churn_platform.core.registry import METRIC_TAG_PREFIX
 from churn_platform.core.tracking import CHAMPION, TAG_MODEL_KIND
+from churn_platform.io_managers import current_version, new_version_dir, publish_version
+from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.settings import load_settings
 
 # Runs commands one after the other (a JSON list of argument lists); after each, reports its
@@ -124,6 +135,90 @@ def test_operator_commands_never_start_a_jvm(registry_home: Path) -> None:
     found = probe(registry_home, *commands)
     assert [f["code"] for f in found] == list(commands.values()), found
     assert not any(f["jvm"] for f in found), found
+
+
+def proven_champion(home: Path) -> tuple[Path, str]:
+    """A champion as every backup after its first finds it: model files under the artifact root
+    with their SHA-256, a golden input, and the proof tag a drill that re-scored it left (stand-in
+    files: nothing here may read them with Spark). Returns the model folder and the hash."""
+    settings = load_settings({"CHURN_HOME": str(home)})
+    model = Path(settings.mlflow_artifact_root) / "models" / "m-1"
+    (model / "sparkml" / "metadata").mkdir(parents=True)
+    (model / "MLmodel").write_text("flavors: {}\n")
+    (model / "sparkml" / "metadata" / "part-00000").write_text("{}\n")
+    folder = settings.warehouse / GOLDEN_INPUT
+    folder.mkdir(parents=True)
+    rows = new_version_dir(folder, "testrun0")
+    rows.mkdir()
+    (rows / "part-00000.parquet").write_bytes(b"golden rows")
+    publish_version(folder, rows)
+    golden = "ab" * 32
+    tags = {
+        TAG_MODEL_KIND: "logistic_regression",
+        tracking.TAG_MODEL_SHA256: tracking._model_digest(model),
+        TAG_GOLDEN_HASH: f"{rows.name}:{golden}",
+    }
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    client.create_registered_model(MODEL)
+    version = client.create_model_version(MODEL, str(model), tags=tags)
+    client.set_registered_model_alias(MODEL, CHAMPION, version.version)
+    return model, golden
+
+
+def test_backup_starts_no_jvm_without_a_champion_or_for_one_a_drill_proved(
+    churn_home: Path, tmp_path: Path
+) -> None:
+    """The archive needs no Spark: only scoring does, once per champion (its first backup)."""
+    (fresh,) = probe(churn_home, ("backup", "--partition", "2026-11-26"))
+    assert fresh["code"] == cli.EXIT_OK and not fresh["jvm"], fresh
+
+    home = tmp_path / "proven"
+    home.mkdir()
+    _, golden = proven_champion(home)
+    (found,) = probe(home, ("backup", "--partition", "2026-11-27"))
+    assert found["code"] == cli.EXIT_OK and not found["jvm"], found
+    (manifest,) = (home / "backups").rglob("*.manifest.json")
+    recorded = json.loads(manifest.read_text())["golden"]
+    assert recorded["golden_prediction_hash"] == golden
+    assert (recorded["model_name"], recorded["model_version"]) == (MODEL, "1")
+
+
+def test_backup_does_not_reuse_the_proof_of_a_champion_whose_files_changed(
+    churn_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, _ = proven_champion(churn_home)
+    (model / "sparkml" / "metadata" / "part-00000").write_text('{"tampered": true}\n')
+    assert cli.main(["backup", "--partition", "2026-11-27"]) == cli.EXIT_FAILED
+    assert "model files hash to" in capsys.readouterr().err
+    assert not list((churn_home / "backups").rglob("*.manifest.json"))
+
+
+def test_a_drills_proof_counts_only_for_its_hash_files_and_golden_rows(churn_home: Path) -> None:
+    _, golden = proven_champion(churn_home)
+    settings = load_settings({"CHURN_HOME": str(churn_home)})
+    mlflow = MlflowResource.from_settings(settings)
+    version = mlflow.client().get_model_version_by_alias(MODEL, CHAMPION)
+    rows = current_version(settings.warehouse / GOLDEN_INPUT)
+    assert rows is not None
+    assert proven_golden_hash(mlflow, version, rows.name) == golden
+    assert proven_golden_hash(mlflow, version, "v-other-rows") is None
+
+    backed_up = {
+        "model_name": MODEL,
+        "model_version": "1",
+        "golden_input": rows.name,
+        "golden_prediction_hash": golden,
+    }
+    spec = platform_spec(settings)
+    passed, facts = same_files_drill(mlflow, spec, rows.name, backed_up, {})
+    assert passed and facts["rescored"] is False and "failed" not in facts
+    other = {**backed_up, "golden_prediction_hash": "cd" * 32, "model_version": "2"}
+    passed, facts = same_files_drill(mlflow, spec, rows.name, other, {})
+    assert not passed
+    assert facts["failed"] == [
+        "restored champion is not the backed-up one",
+        "no drill proved this hash on these rows",
+    ]
 
 
 def test_status_reads_the_recorded_asset_keys_without_importing_the_asset_modules(

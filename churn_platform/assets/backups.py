@@ -1,35 +1,32 @@
 """Backups: one verified archive of the state root per day, a restore drill, and retention.
 
-The assets are thin wrappers over `churn_platform.core.backup`; what needs Spark or MLflow (the
-golden input and the champion's golden-prediction hash) lives here as plain functions.
+The assets are thin wrappers over `churn_platform.core.backup`; the champion's golden-prediction
+hash and the restore drill (which need MLflow, and Spark only to score) are in
+`churn_platform.backup_drill`.
 """
 
 import datetime as dt
 import logging
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
 from mlflow.exceptions import MlflowException
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame
 
 from churn_platform import checks
+from churn_platform.backup_drill import GOLDEN_INPUT, TAG_GOLDEN_HASH, champion_golden, drill
 from churn_platform.config import DatasetSpec
-from churn_platform.core import tracking
 from churn_platform.core.backup.archive import create_backup
 from churn_platform.core.backup.errors import BackupError
-from churn_platform.core.backup.members import MLFLOW_DB
-from churn_platform.core.backup.restore import restore_backup
 from churn_platform.core.backup.retention import apply_retention, list_backups
 from churn_platform.core.backup.verify import verify_backup
 from churn_platform.core.features import engineer_features
 from churn_platform.core.ops.incidents import IncidentStore
 from churn_platform.core.ops.log import OpsLog
-from churn_platform.core.registry import registry_snapshot
+from churn_platform.core.tracking import ModelIntegrityError
 from churn_platform.io_managers import current_version
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import SPARK_POOL, OpsLogResource, StateResource
@@ -38,10 +35,9 @@ from churn_platform.settings import Settings
 CODE_VERSION = "1"
 BACKUP_VERIFIED = "backup_verified"
 RESTORE_DRILL = "restore_drill"
-GOLDEN_INPUT = "golden_input"
 GOLDEN_ROWS = 200
 # Failures that mean "this backup does not restore to a working champion", as opposed to bugs.
-_DRILL_FAILURES = (BackupError, MlflowException, tracking.ModelIntegrityError, OSError)
+_DRILL_FAILURES = (BackupError, MlflowException, ModelIntegrityError, OSError)
 
 # A partition is the day a backup is taken; end_offset=1 makes today's partition exist, so an
 # operator can back up "now" before a risky change and the 02:00 run labels its own day.
@@ -59,72 +55,6 @@ def needs_golden_input(settings: Settings) -> bool:
         current_version(settings.warehouse / GOLDEN_INPUT) is None
         and current_version(settings.warehouse / "cleaned_customers") is not None
     )
-
-
-def champion_golden(
-    spark: SparkSession, mlflow: MlflowResource, settings: Settings, spec: DatasetSpec
-) -> dict[str, Any] | None:
-    """Champion name, version and golden-prediction hash; None while there is no champion."""
-    registry = registry_snapshot(mlflow, spec)
-    if not any(tracking.CHAMPION in version["aliases"] for version in registry):
-        return None
-    model, version = tracking.load_model(mlflow, spec, alias=tracking.CHAMPION)
-    rows = current_version(settings.warehouse / GOLDEN_INPUT)
-    if rows is None:
-        raise FileNotFoundError(
-            f"no {GOLDEN_INPUT} under {settings.warehouse}, but a champion exists: run the "
-            f"backup with {GOLDEN_INPUT} selected (backup_selection does while it is missing)"
-        )
-    golden_df = spark.read.parquet(str(rows))
-    return {
-        "model_name": version.name,
-        "model_version": str(version.version),
-        "golden_prediction_hash": tracking.golden_prediction_hash(
-            model, golden_df, id_col=spec.id_column
-        ),
-        "golden_input": rows.name,
-    }
-
-
-def drill(
-    spark: SparkSession,
-    settings: Settings,
-    spec: DatasetSpec,
-    partition: str,
-    golden: dict[str, Any] | None,
-) -> tuple[bool, dict[str, Any]]:
-    """Restore a backup into a scratch folder and re-score the golden rows from it alone.
-
-    The restored MLflow database is relocated to the scratch folder by `restore_backup`, so the
-    champion is loaded from the restored artifacts, never from the live state root.
-    """
-    with tempfile.TemporaryDirectory(prefix=f"churn-drill-{partition}-") as tmp:
-        home = Path(tmp) / "home"
-        restored = restore_backup(settings, partition, "all", target_dir=home)
-        facts: dict[str, Any] = {"restored_files": restored.files, "notes": restored.notes}
-        if golden is None:
-            return True, {**facts, "skipped": "no champion when the backup was taken"}
-        if not (home / MLFLOW_DB).is_file():
-            return True, {**facts, "skipped": "MLflow is on PostgreSQL: only files were drilled"}
-        restored_mlflow = MlflowResource(
-            tracking_uri=f"sqlite:///{home / MLFLOW_DB}",
-            artifact_root=str(home / "mlflow" / "artifacts"),
-        )
-        model, version = tracking.load_model(restored_mlflow, spec, alias=tracking.CHAMPION)
-        rows = current_version(home / "warehouse" / GOLDEN_INPUT)
-        if rows is None:
-            raise FileNotFoundError(f"the backup of {partition} holds no {GOLDEN_INPUT}")
-        digest = tracking.golden_prediction_hash(
-            model, spark.read.parquet(str(rows)), id_col=spec.id_column
-        )
-    expected = golden["golden_prediction_hash"]
-    return digest == expected, {
-        **facts,
-        "expected_hash": expected,
-        "restored_hash": digest,
-        "expected_champion": f"{golden['model_name']} v{golden['model_version']}",
-        "restored_champion": f"{version.name} v{version.version}",
-    }
 
 
 def _verify(
@@ -174,20 +104,32 @@ def _verify(
 
 def _restore_drill(
     context: dg.AssetExecutionContext,
-    spark: SparkSession,
+    pyspark: PySparkResource,
+    mlflow: MlflowResource,
     settings: Settings,
     spec: DatasetSpec,
     golden: dict[str, Any] | None,
+    proven: bool,
     ops: OpsLog,
 ) -> dg.AssetCheckResult:
-    """Only a restore proves a backup; a refused archive or unloadable champion fails it."""
+    """Only a restore proves a backup; a refused archive or unloadable champion fails it. A
+    drill that re-scored the champion and matched records the hash on its live version."""
     partition = context.partition_key
     started = time.monotonic()
     try:
-        passed, metadata = drill(spark, settings, spec, partition, golden)
+        passed, metadata = drill(
+            lambda: pyspark.spark_session, settings, spec, partition, golden, proven
+        )
     except _DRILL_FAILURES as exc:
         passed, metadata = False, {"error": f"{type(exc).__name__}: {exc}"}
     seconds = time.monotonic() - started
+    if passed and golden is not None and metadata.get("rescored"):
+        mlflow.client().set_model_version_tag(
+            golden["model_name"],
+            golden["model_version"],
+            TAG_GOLDEN_HASH,
+            f"{golden['golden_input']}:{golden['golden_prediction_hash']}",
+        )
     ops.event(
         "restore.drill.completed",
         f"restore drill of backup {partition}: {'passed' if passed else 'FAILED'}",
@@ -235,7 +177,7 @@ def platform_backup(
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """The day's archive of the state root (MLflow, Dagster, warehouse, config, ops logs)."""
     partition = context.partition_key
-    spec, spark = state.spec(), pyspark.spark_session
+    spec = state.spec()
     # Back up the registry the champion is read from, whatever MLFLOW_TRACKING_URI says.
     settings = state.settings().model_copy(
         update={
@@ -243,7 +185,8 @@ def platform_backup(
             "mlflow_artifact_root": mlflow.artifact_root,
         }
     )
-    golden = champion_golden(spark, mlflow, settings, spec)
+    # The session starts (a JVM, with the lazy resource) only if the champion must be scored.
+    golden, proven = champion_golden(lambda: pyspark.spark_session, mlflow, settings, spec)
     result = create_backup(settings, partition, golden)
     ops = ops_log.log()
     ops.event(
@@ -273,7 +216,8 @@ def platform_backup(
         }
     )
     yield _verify(context, settings, partition, ops)
-    yield _restore_drill(context, spark, settings, spec, result.manifest["golden"], ops)
+    golden = result.manifest["golden"]
+    yield _restore_drill(context, pyspark, mlflow, settings, spec, golden, proven, ops)
 
 
 @dg.asset(deps=[platform_backup], kinds={"backup"}, code_version=CODE_VERSION)
