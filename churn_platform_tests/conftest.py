@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from pyspark.sql import SparkSession
 
+from churn_platform.core.ops.log import OpsLog
 from churn_platform.resources import spark_conf
 from churn_platform.settings import Settings, load_settings
 
@@ -203,6 +204,13 @@ def churn_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
 @pytest.fixture
 def settings(churn_home: Path) -> Settings:
     return load_settings(os.environ)
+
+
+@pytest.fixture
+def ops(settings: Settings) -> Iterator[OpsLog]:
+    """The operations log of the test's state root, closed at the end of the test."""
+    with OpsLog(settings) as log:
+        yield log
 
 
 TELCO_HEADER = (

@@ -1,7 +1,6 @@
 """Change records are stored, listed and logged; config changes are recorded once per change."""
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,6 @@ from churn_platform_tests.test_ops_log import clear_ambient_ops_env, ops_log_fil
 @pytest.fixture(autouse=True)
 def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
     clear_ambient_ops_env(monkeypatch)
-
-
-@pytest.fixture
-def ops(settings: Settings) -> Iterator[OpsLog]:
-    with OpsLog(settings) as log:
-        yield log
 
 
 def test_change_records_are_written_and_listed(settings: Settings, ops: OpsLog) -> None:

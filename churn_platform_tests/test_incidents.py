@@ -1,6 +1,5 @@
 """Incidents open once per failure, get their ITIL matrix priority and resolve on success."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,12 +13,6 @@ from churn_platform_tests.test_ops_log import clear_ambient_ops_env, ops_log_fil
 @pytest.fixture(autouse=True)
 def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
     clear_ambient_ops_env(monkeypatch)
-
-
-@pytest.fixture
-def ops(settings: Settings) -> Iterator[OpsLog]:
-    with OpsLog(settings) as log:
-        yield log
 
 
 def _open(

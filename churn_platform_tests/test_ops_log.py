@@ -6,7 +6,6 @@ import os
 import shutil
 import socket
 import stat
-from collections.abc import Iterator
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
@@ -31,13 +30,6 @@ def clear_ambient_ops_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(autouse=True)
 def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
     clear_ambient_ops_env(monkeypatch)
-
-
-@pytest.fixture
-def ops(settings: Settings) -> Iterator[OpsLog]:
-    log = OpsLog(settings)
-    yield log
-    log.close()
 
 
 def ops_log_file(settings: Settings) -> Path:
