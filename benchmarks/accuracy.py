@@ -5,18 +5,20 @@ For each dataset of `--data-dir` (default ../shared/data next to the repository)
 data layers (read, clean, features) give the split and folds. Each model kind is fitted with
 `fit_model` on that training frame and judged the one way every model is (threshold by F1 out
 of fold, metrics on the test split); ensembles reuse the bases fitted before them, as the asset
-graph does. scikit-learn's LogisticRegression and a HistGradientBoostingClassifier tuned on the
-same folds' mean ROC-AUC get the same feature vectors, folds and metric code. The champion is
-the model with the best test ROC-AUC, as the leaderboard ranks.
+graph does; each ensemble is also compared with its best base on CV. scikit-learn's
+LogisticRegression and a HistGradientBoostingClassifier tuned on the same folds' mean ROC-AUC
+get the same feature vectors, folds and metric code (benchmarks/sklearn_references.py). The
+champion is the promotion candidate: the best test ROC-AUC among the models that earn their
+place (an ensemble must beat its best base on CV).
 
     .venv/bin/python benchmarks/accuracy.py [--data-dir DIR] [--datasets telco] [--models gbt]
+        [--variants '{"stacking_tuned": {"kind": "stacking", "params": {...}}}'] [--spread 20]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import itertools
 import json
 import os
 import shutil
@@ -28,24 +30,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from pyspark.ml.functions import vector_to_array
-from pyspark.sql import DataFrame, SparkSession
-from sklearn.base import ClassifierMixin, clone
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from pyspark.sql import SparkSession
+from sklearn_references import References, grid_size, metrics
 from training import jobs_so_far, jvm_cpu_seconds
 
 from churn_platform.config import load_spec
 from churn_platform.core import cleaning, evaluation, sources
-from churn_platform.core.columns import FEATURES_COL, FOLD_COL, LABEL_COL
 from churn_platform.core.features import build_features
+from churn_platform.core.models.ensembles import versus_best_base
 from churn_platform.core.models.fitting import (
     DEFAULT_SEED,
-    PROBABILITY_COL,
     BaseFit,
+    FitResult,
     TrainingFrame,
     predict,
     training_frame,
@@ -60,11 +56,6 @@ SPECS = Path(__file__).resolve().parent / "specs"
 GENERATED_ID = "customer_id"
 LOGISTIC = "sklearn_logistic_regression"
 HGB = "sklearn_hgb_tuned"
-HGB_GRID = {
-    "learning_rate": [0.05, 0.1],
-    "max_leaf_nodes": [7, 15, 31],
-    "l2_regularization": [0.0, 1.0],
-}
 COLUMNS = (
     ("roc_auc", "test AUC"),
     ("cv_roc_auc", "CV AUC"),
@@ -145,78 +136,6 @@ def stage_input(dataset: Dataset, data_dir: Path, home: Path) -> None:
                     writer.writerow([f"{tag}-{line:04d}", *row])
 
 
-def metrics(oof: Mapping[str, Any], test: Mapping[str, Any]) -> dict[str, float]:
-    """Test metrics at the OOF-F1 threshold; CV ROC-AUC, PR-AUC and Brier as fold means."""
-    threshold, _, judged = evaluation.judge(oof, test)
-    labels, scores = np.asarray(oof[LABEL_COL]), np.asarray(oof[PROBABILITY_COL])
-    folds = np.asarray(oof[FOLD_COL])
-    pr, brier = [], []
-    for fold in np.unique(folds):
-        rows = folds == fold
-        pr.append(evaluation.ranking_metrics(labels[rows], scores[rows])[1])
-        brier.append(float(np.mean((scores[rows] - labels[rows]) ** 2)))
-    return {
-        **judged,
-        "threshold": threshold,
-        "cv_roc_auc": judged["cv_roc_auc_mean"],
-        "cv_pr_auc": float(np.mean(pr)),
-        "cv_brier": float(np.mean(brier)),
-    }
-
-
-def vectors(frame: DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Feature matrix, labels and folds of a training-frame split, on the driver."""
-    data = frame.select(LABEL_COL, FOLD_COL, vector_to_array(FEATURES_COL).alias("x")).toPandas()
-    return np.vstack(data["x"].to_numpy()), data[LABEL_COL].to_numpy(), data[FOLD_COL].to_numpy()
-
-
-class References:
-    """scikit-learn models on the platform's very vectors, split and folds."""
-
-    def __init__(self, frame: TrainingFrame) -> None:
-        self.x, self.y, self.fold = vectors(frame.train)
-        self.x_test, self.y_test, test_fold = vectors(frame.test)
-        self.test = {LABEL_COL: self.y_test, FOLD_COL: test_fold}
-
-    def out_of_fold(self, estimator: ClassifierMixin) -> np.ndarray:
-        oof = np.zeros(len(self.y))
-        for fold in np.unique(self.fold):
-            held_out = self.fold == fold
-            model = clone(estimator).fit(self.x[~held_out], self.y[~held_out])
-            oof[held_out] = model.predict_proba(self.x[held_out])[:, 1]
-        return oof
-
-    def judged(self, estimator: ClassifierMixin, oof: np.ndarray) -> dict[str, float]:
-        """Metrics of the estimator refitted on all training rows, with its OOF predictions."""
-        model = clone(estimator).fit(self.x, self.y)
-        test = {**self.test, PROBABILITY_COL: model.predict_proba(self.x_test)[:, 1]}
-        return metrics({LABEL_COL: self.y, FOLD_COL: self.fold, PROBABILITY_COL: oof}, test)
-
-    def logistic(self) -> dict[str, float]:
-        estimator = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
-        return self.judged(estimator, self.out_of_fold(estimator))
-
-    def tuned_hgb(self) -> tuple[dict[str, float], dict[str, Any]]:
-        """The grid candidate with the best mean fold ROC-AUC; its fold fits give the OOF."""
-        grid = [
-            dict(zip(HGB_GRID, values, strict=True))
-            for values in itertools.product(*HGB_GRID.values())
-        ]
-        oofs = [self.out_of_fold(self._hgb(params)) for params in grid]
-        scores = [
-            np.mean(list(evaluation.roc_auc_by_group(self.y, oof, self.fold).values()))
-            for oof in oofs
-        ]
-        best = int(np.argmax(scores))
-        return self.judged(self._hgb(grid[best]), oofs[best]), grid[best]
-
-    @staticmethod
-    def _hgb(params: Mapping[str, Any]) -> HistGradientBoostingClassifier:
-        return HistGradientBoostingClassifier(
-            max_iter=200, early_stopping=False, random_state=0, **params
-        )
-
-
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     began = time.monotonic()
     return fn(), time.monotonic() - began
@@ -230,8 +149,16 @@ def run_dataset(
     overrides: Mapping[str, Mapping[str, Any]],
     seed: int,
     started: float,
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
+    spread: int = 0,
+    references: bool = True,
 ) -> dict[str, Any]:
-    """Every model and both references on one dataset; its results and notes."""
+    """Every model and both references on one dataset; its results and notes.
+
+    `variants` ({label: {"kind": k, "params": {...}}}) are fitted after the kinds on the same
+    frame, reusing their base fits: other settings of a kind compared at the cost of a head.
+    """
+    variants = variants or {}
     spec = load_spec(dataset.spec, home)
     raw = sources.read_batch(spark, spec, spec.sources, "benchmark", 0)
     clean = cleaning.clean_customers(raw.frame, spec)
@@ -251,30 +178,46 @@ def run_dataset(
             if dataset.given_split:
                 notes.append(_given_split_note(dataset, frame))
             fitted: dict[str, BaseFit] = {}
-            for kind in kinds:
+            runs = [(kind, kind, overrides.get(kind)) for kind in kinds]
+            runs += [(label, v["kind"], v.get("params")) for label, v in variants.items()]
+            for label, kind, params in runs:
                 began, cpu, jobs = time.monotonic(), jvm_cpu_seconds(), jobs_so_far(spark)
-                fit = fit_model(kind, frame, overrides.get(kind), seed, fitted_bases=fitted)
+                fit = fit_model(kind, frame, params, seed, fitted_bases=fitted)
                 judged = metrics(fit.oof, predict(fit.model, frame))
-                results[kind] = {
+                results[label] = {
                     **judged,
+                    **_versus_best_base(fit),
                     "seconds": time.monotonic() - began,
                     "cpu_seconds": jvm_cpu_seconds() - cpu,
                     "jobs": jobs_so_far(spark) - jobs,
                     "params": _plain(fit.params),
                 }
-                if kind in BASE_KINDS:
+                if kind in BASE_KINDS and label == kind:
                     fitted[kind] = fit.as_base()
-                _log(f"{dataset.name} {kind}: {_summary(results[kind])}", started)
+                _log(f"{dataset.name} {label}: {_summary(results[label])}", started)
+            if not references:
+                return {"results": results, "notes": notes}
             refs, prep = timed(lambda: References(frame))
         row, seconds = timed(refs.logistic)
         results[LOGISTIC] = {**row, "seconds": seconds + prep, "cpu_seconds": 0.0, "jobs": 0}
         (row, chosen), seconds = timed(refs.tuned_hgb)
         results[HGB] = {**row, "seconds": seconds + prep, "cpu_seconds": 0.0, "jobs": 0}
-        notes.append(f"{HGB}: {chosen}, best of {_grid_size()} on the folds' mean ROC-AUC")
+        notes.append(f"{HGB}: {chosen}, best of {grid_size()} on the folds' mean ROC-AUC")
+        if spread:
+            notes.append(refs.split_spread(spread, seed))
         _log(f"{dataset.name} references done", started)
     finally:
         raw.release()
     return {"results": results, "notes": notes}
+
+
+def _versus_best_base(fit: FitResult) -> dict[str, Any]:
+    """An ensemble's best base on CV and its gain over it, as the leaderboard shows them."""
+    versus = versus_best_base(fit)
+    if versus is None:
+        return {}
+    base, base_cv, gain = versus
+    return {"best_base": base, "best_base_cv_roc_auc": base_cv, "cv_gain_over_best_base": gain}
 
 
 def _given_split_note(dataset: Dataset, frame: TrainingFrame) -> str:
@@ -291,20 +234,25 @@ def _plain(params: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(params, default=str))
 
 
-def _grid_size() -> int:
-    return int(np.prod([len(v) for v in HGB_GRID.values()]))
-
-
-def champion(results: Mapping[str, Mapping[str, float]]) -> str | None:
-    """Best test ROC-AUC, then CV mean, then name: the order of leaderboard_rows."""
+def champion(results: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The promotion candidate: best test ROC-AUC, then CV mean, then name (the order of
+    leaderboard_rows) among the model kinds that earn their place (`promotion_candidate`)."""
     ours = [k for k in results if k in MODEL_KINDS]
     if not ours:
         return None
-    return min(ours, key=lambda k: (-results[k]["roc_auc"], -results[k]["cv_roc_auc"], k))
+    ranked = sorted(ours, key=lambda k: (-results[k]["roc_auc"], -results[k]["cv_roc_auc"], k))
+    rows = [{"model": k, "cv_roc_auc_mean": results[k]["cv_roc_auc"], **results[k]} for k in ranked]
+    return evaluation.promotion_candidate(rows)[0]
 
 
-def _summary(row: Mapping[str, float]) -> str:
-    return f"test AUC {row['roc_auc']:.4f}, CV AUC {row['cv_roc_auc']:.4f}, {row['seconds']:.0f} s"
+def _summary(row: Mapping[str, Any]) -> str:
+    text = f"test AUC {row['roc_auc']:.4f}, CV AUC {row['cv_roc_auc']:.4f}, {row['seconds']:.0f} s"
+    if "best_base" in row:
+        text += (
+            f"; best base {row['best_base']} CV {row['best_base_cv_roc_auc']:.4f} "
+            f"({row['cv_gain_over_best_base']:+.4f})"
+        )
+    return text
 
 
 def table(name: str, outcome: Mapping[str, Any]) -> str:
@@ -323,6 +271,14 @@ def table(name: str, outcome: Mapping[str, Any]) -> str:
             f"{row[key]:>11.1f}" if key in WHOLE else f"{row[key]:>11.4f}" for key, _ in COLUMNS
         )
         lines.append(f"{label:<30}{cells}")
+    versus = [(model, row) for model, row in results.items() if "best_base" in row]
+    if versus:
+        lines.append("   ensembles against their best base on CV ROC-AUC:")
+        lines += [
+            f"   {model:<27}{row['cv_roc_auc']:>8.4f} vs {row['best_base']:<20}"
+            f"{row['best_base_cv_roc_auc']:>8.4f} {row['cv_gain_over_best_base']:>+8.4f}"
+            for model, row in versus
+        ]
     return "\n".join(lines)
 
 
@@ -336,7 +292,7 @@ def overview(outcomes: Mapping[str, Mapping[str, Any]]) -> str:
     for name, outcome in outcomes.items():
         results = outcome["results"]
         best = champion(results)
-        cells = [(results[best] if best else None), results[LOGISTIC], results[HGB]]
+        cells = [results.get(best) if best else None, results.get(LOGISTIC), results.get(HGB)]
         numbers = "".join(
             f"{row['roc_auc']:>{w}.4f}{row['cv_roc_auc']:>{v}.4f}" if row else f"{'-':>{w + v}}"
             for row, (w, v) in zip(cells, ((10, 9), (9, 8), (10, 8)), strict=True)
@@ -353,6 +309,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--models", default=",".join(MODEL_KINDS), help="comma list")
     parser.add_argument("--params", default="{}", help='JSON {"kind": {param: value}} overrides')
+    parser.add_argument(
+        "--variants",
+        default="{}",
+        help='JSON {"label": {"kind": "stacking", "params": {...}}}: more settings of a kind, '
+        "fitted after --models on their base fits",
+    )
+    parser.add_argument(
+        "--spread",
+        type=int,
+        default=0,
+        help="N: scikit-learn's LogisticRegression CV on N other random splits and fold "
+        "assignments of the same rows (how much the CV figure moves with the split)",
+    )
+    parser.add_argument(
+        "--no-references", action="store_true", help="the platform's models only (exploring)"
+    )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
@@ -372,6 +344,11 @@ def main(argv: list[str] | None = None) -> int:
         if path.name not in covered:
             print(f"note: {path.name} has no spec in DATASETS: skipped", file=sys.stderr)
     overrides: dict[str, dict[str, Any]] = json.loads(args.params)
+    variants: dict[str, dict[str, Any]] = json.loads(args.variants)
+    clashing = sorted(set(variants) & set(MODEL_KINDS))
+    bad = sorted(k for k, v in variants.items() if v.get("kind") not in MODEL_KINDS)
+    if clashing or bad:
+        parser.error(f"--variants: labels must not be kinds ({clashing}), kinds known ({bad})")
 
     started = time.monotonic()
     outcomes: dict[str, dict[str, Any]] = {}
@@ -389,7 +366,16 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 stage_input(dataset, args.data_dir, home)
                 outcomes[dataset.name] = run_dataset(
-                    spark, dataset, home, kinds, overrides, args.seed, started
+                    spark,
+                    dataset,
+                    home,
+                    kinds,
+                    overrides,
+                    args.seed,
+                    started,
+                    variants,
+                    args.spread,
+                    not args.no_references,
                 )
                 print(table(dataset.name, outcomes[dataset.name]), flush=True)
                 if args.json:
