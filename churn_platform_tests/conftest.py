@@ -55,12 +55,13 @@ SERVICE_MARKS = ("cluster", "postgres", "daemon", "browser")
 # time, in the order the groups first appear in the collection. These go first, longest first
 # (seconds of the fresh-clone CI run of session 10, two workers), so that the daemon's and the
 # servers' waits overlap the other worker's work and the run ends on short groups. In xdist's
-# own order (most tests first) the daemon test came second to last, and one worker sat idle
-# while it ran: 601.8 s. The other groups follow, most tests first.
+# own order (most tests first) the daemon test came second to last, so one worker most likely
+# sat idle while it ran: 601.8 s. The other groups follow, most tests first.
 LONGEST_GROUPS = (
     "pipeline",  # the session's run 60 s, the cluster tests 111 s, the UIs 63 s, 10 readers
     "test_daemon",  # 97 s, most of it waiting on the daemon's sensor ticks and its runs
     "test_modeling",  # forty model fits
+    "test_operator_commands",  # fresh interpreters; 1.4x test_server in a loaded test-fast run
     "test_server",  # three `serve` start-ups and stops, 66 s
     "test_out_of_time",  # 52 s in its two slowest parts
     "test_etl",  # the worker's first Spark queries
@@ -69,7 +70,6 @@ LONGEST_GROUPS = (
     "test_tracking",
     "test_training",
     "test_synthetic",
-    "test_operator_commands",
     "test_csv_properties",  # 24 s
     "test_cli",
 )
