@@ -22,7 +22,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from churn_platform.core import evaluation
-from churn_platform.core.columns import FEATURES_COL, FOLD_COL, LABEL_COL
+from churn_platform.core.columns import FOLD_COL, LABEL_COL
 from churn_platform.core.models.fitting import (
     PROBABILITY_COL,
     BaseFit,
@@ -44,11 +44,6 @@ from churn_platform.core.models.stages import (
 )
 
 META_FEATURES = "stacking_features"
-# Stacking options (platform keys of the kind's parameters): the meta-learner also sees the
-# feature vector, and weights the classes equally in its loss.
-META_WITH_FEATURES = "metaFeatures"
-CLASS_WEIGHT = "classWeight"
-WEIGHT_COL = "stacking_weight"
 BASE_SUFFIX = "_probability"
 LOGIT_SUFFIX = "_logit"
 CALIBRATED_SUFFIX = "_calibrated"
@@ -86,11 +81,10 @@ def fit_ensemble(
             fits[base] = fit_classifier(base, kind(base).family, merged, frame, seed).as_base()
     base_oof = _joined_oof(name, fits, frame)
     fit_head = _head_fitter(family, params, bases, base_oof, seed)
-    oof_rows = _head_rows(family, params, base_oof, frame).coalesce(1).cache()
+    spark = frame.train.sparkSession
+    oof_rows = spark.createDataFrame(base_oof).coalesce(1).cache()
     try:
-        heads = run_parallel(
-            frame.train.sparkSession, lambda fold: fit_head(fold, oof_rows), [None, *frame.folds]
-        )
+        heads = run_parallel(spark, lambda fold: fit_head(fold, oof_rows), [None, *frame.folds])
         oof = _cross_fitted(oof_rows, frame, heads[1:])
     finally:
         oof_rows.unpersist()
@@ -152,28 +146,6 @@ def _joined_oof(name: str, fits: Mapping[str, BaseFit], frame: TrainingFrame) ->
     return joined.sort_values(id_col, ignore_index=True)
 
 
-def _head_rows(
-    family: str, params: Mapping[str, Any], base_oof: pd.DataFrame, frame: TrainingFrame
-) -> DataFrame:
-    """The combiner's training rows: the bases' OOF probabilities, with the feature vector
-    when the stacking head sees raw features, and a class weight when it is weighted."""
-    spark = frame.train.sparkSession
-    rows = spark.createDataFrame(base_oof)
-    if family != "stacking":
-        return rows
-    if params.get(META_WITH_FEATURES):
-        rows = rows.join(frame.train.select(frame.id_col, FEATURES_COL), frame.id_col)
-    if params.get(CLASS_WEIGHT) == "balanced":
-        positives = float(base_oof[LABEL_COL].mean())
-        if not 0.0 < positives < 1.0:
-            raise ValueError("balanced class weights need both classes in the training rows")
-        weight = F.when(F.col(LABEL_COL) == 1, 0.5 / positives).otherwise(0.5 / (1 - positives))
-        rows = rows.withColumn(WEIGHT_COL, weight)
-    elif params.get(CLASS_WEIGHT) not in (None, "none"):
-        raise ValueError(f"{CLASS_WEIGHT} must be 'balanced' or 'none', got {params[CLASS_WEIGHT]}")
-    return rows
-
-
 def _base_part(base: str, fit: BaseFit) -> Part:
     """A fitted base model as an ensemble part whose output is `<base>_probability`."""
     rename = RenameColumn(inputCol=PROBABILITY_COL, outputCol=base + BASE_SUFFIX)
@@ -196,14 +168,12 @@ def _head_fitter(
 ) -> Callable[[int | None, DataFrame], Head]:
     """A function fitting the combiner on all OOF rows (None) or on all but one fold."""
     if family == "stacking":
-        meta = {"regParam": float(params["regParam"]), "tol": float(params.get("tol", 1e-6))}
-        with_features = bool(params.get(META_WITH_FEATURES))
-        weighted = params.get(CLASS_WEIGHT) == "balanced"
+        reg = float(params["regParam"])
 
         def fit_stacking(excluded: int | None, rows: DataFrame) -> Head:
             if excluded is not None:
                 rows = rows.where(F.col(FOLD_COL) != excluded)
-            return _stacking_head(rows, bases, meta, with_features, weighted)
+            return _stacking_head(rows, bases, reg)
 
         return fit_stacking
     sample = _sample(base_oof, int(params["maxSampleRows"]), seed)
@@ -225,40 +195,28 @@ def _sample(base_oof: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
     return base_oof.sample(n=max_rows, random_state=seed)
 
 
-def _stacking_head(
-    rows: DataFrame,
-    bases: Sequence[str],
-    meta_params: Mapping[str, float],
-    with_features: bool = False,
-    weighted: bool = False,
-) -> Head:
-    """Meta logistic regression (`meta_params`: regParam, tol) on the log-odds of the bases'
-    out-of-fold probabilities (and the feature vector itself with `with_features`;
-    class-weighted with `weighted`)."""
+def _stacking_head(rows: DataFrame, bases: Sequence[str], reg: float) -> Head:
+    """Meta logistic regression on the log-odds of the bases' out-of-fold probabilities."""
     base_cols = [b + BASE_SUFFIX for b in bases]
     logit_cols = [b + LOGIT_SUFFIX for b in bases]
     meta_cols = ["stacking_raw", "stacking_prob", "stacking_pred"]
-    inputs = [*logit_cols, FEATURES_COL] if with_features else logit_cols
-    meta = LogisticRegression(
-        featuresCol=META_FEATURES,
-        labelCol=LABEL_COL,
-        rawPredictionCol=meta_cols[0],
-        probabilityCol=meta_cols[1],
-        predictionCol=meta_cols[2],
-        **meta_params,
-    )
-    if weighted:
-        meta.setWeightCol(WEIGHT_COL)
     pipeline = Pipeline(
         stages=[
             Logit(inputCols=base_cols, outputCols=logit_cols),
-            VectorAssembler(inputCols=inputs, outputCol=META_FEATURES),
-            meta,
+            VectorAssembler(inputCols=logit_cols, outputCol=META_FEATURES),
+            LogisticRegression(
+                featuresCol=META_FEATURES,
+                labelCol=LABEL_COL,
+                rawPredictionCol=meta_cols[0],
+                probabilityCol=meta_cols[1],
+                predictionCol=meta_cols[2],
+                regParam=reg,
+            ),
             PositiveProbability(inputCol=meta_cols[1], outputCol=PROBABILITY_COL),
         ]
     )
     fitted = pipeline.fit(rows)
-    coefficients = fitted.stages[2].coefficients.toArray()[: len(bases)]
+    coefficients = fitted.stages[2].coefficients.toArray()
     weights = {b: float(c) for b, c in zip(bases, coefficients, strict=True)}
     return Head(list(fitted.stages), [*logit_cols, META_FEATURES, *meta_cols], weights)
 

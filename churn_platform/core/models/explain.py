@@ -50,8 +50,8 @@ def feature_importance(
 
     Trees: featureImportances; logistic regression: signed coefficients on the (assembled)
     features; bagging: the mean over its members. Ensembles answer at the model level instead:
-    stacking gives the meta-LR coefficient of each base model's log-odds (and of each feature
-    when its meta-learner sees them), voting each base model's weight.
+    stacking gives the meta-LR coefficient of each base model's log-odds, voting each base
+    model's weight (feature_names are then not used).
     """
     stages = _flatten(model)
     meta = next(
@@ -68,11 +68,7 @@ def feature_importance(
             for s in stages
             if isinstance(s, VectorAssembler) and s.getOutputCol() == META_FEATURES
         )
-        names = [
-            name
-            for col in assembler.getInputCols()
-            for name in (feature_names if col == FEATURES_COL else [col.removesuffix(LOGIT_SUFFIX)])
-        ]
+        names = [c.removesuffix(LOGIT_SUFFIX) for c in assembler.getInputCols()]
         return _ranked(zip(names, meta.coefficients.toArray(), strict=True))
     vote = next(
         (
