@@ -93,6 +93,7 @@ def materialize_selection(
         **(tags or {}),
     }
     level = "WARNING" if progress else "INFO"
+    record_configuration(settings, run_tags["churn/actor"])
 
     # As dg.materialize does, but under a name the UI can show (it would be
     # __ephemeral_asset_job__): the named job of exactly these assets, else one for the selection.
@@ -128,6 +129,17 @@ def job_name(
         if isinstance(job_selection, dg.AssetSelection) and job_selection.resolve(graph) == keys:
             return job.name
     return "select_" + (re.sub(r"[^A-Za-z0-9]+", "_", selection or "").strip("_") or "assets")
+
+
+def record_configuration(settings: Settings, who: str) -> None:
+    """A `normal` change record when the spec or the non-secret settings differ from the last
+    run's or server's: settings are read once per process, so a run or `serve` is where a
+    changed configuration takes effect (the first one records the baseline)."""
+    from churn_platform.core.ops.changes import record_config_change_if_any
+    from churn_platform.core.ops.log import OpsLog
+
+    with OpsLog(settings) as ops:
+        record_config_change_if_any(settings, settings.spec_path, ops_log=ops, who=who)
 
 
 def record_outcome(settings: Settings, result: dg.ExecuteInProcessResult) -> None:

@@ -22,9 +22,10 @@ from types import FrameType
 
 import dagster as dg
 
+from churn_platform.cli_common import actor
 from churn_platform.core.process_groups import stop_groups
 from churn_platform.definitions import PIPELINE, build_definitions
-from churn_platform.runner import install_dagster_yaml
+from churn_platform.runner import install_dagster_yaml, record_configuration
 from churn_platform.settings import Settings, environ_restored
 
 # The code location is the installed package, not a workspace file: there may be no checkout.
@@ -211,6 +212,8 @@ def serve(
         stop_requested.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if not read_only:
+        record_configuration(settings, actor())
     platform = _Platform(settings, port, host, read_only, daemon)
     try:
         platform.start()

@@ -182,6 +182,10 @@ def test_rollback_restores_previous_champion(pipeline, capsys):
     changes = [json.loads(p.read_text()) for p in Path(settings.home, "changes").glob("CHG-*.json")]
     assert any(c["change_type"] == "emergency" for c in changes)
     assert any(c["change_type"] == "standard" for c in changes)
+    # The run with another promotion margin recorded that configuration change.
+    (config,) = [c for c in changes if c["why"].get("changed_settings", {}).get("promotion_margin")]
+    assert config["change_type"] == "normal"
+    assert config["why"]["changed_settings"]["promotion_margin"] == {"from": 0.0, "to": -1.0}
 
 
 def test_backup_then_restore_into_an_empty_root_reproduces_the_registry(pipeline, tmp_path, capsys):
