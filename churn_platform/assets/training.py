@@ -28,15 +28,21 @@ from churn_platform.core.models.fitting import (
     full_model,
     predict,
 )
-from churn_platform.core.models.kinds import KINDS, MODEL_KINDS, merged_params, model_key
+from churn_platform.core.models.kinds import (
+    BASE_KINDS,
+    KINDS,
+    MODEL_KINDS,
+    merged_params,
+    model_key,
+)
 from churn_platform.core.models.training import fit_model
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import SPARK_POOL, OpsLogResource, StateResource, TrainingFrames
 
 CODE_VERSION = "2"
 # Base models whose fits and out-of-fold predictions the stacking and voting assets reuse
-# instead of refitting them 1 + k times each (the bulk of an ensemble's cost).
-ENSEMBLE_INPUTS = ("logistic_regression", "decision_tree", "random_forest", "gbt")
+# instead of refitting them 1 + k times each (the bulk of an ensemble's cost): every base kind.
+ENSEMBLE_INPUTS = BASE_KINDS
 _DEFAULTS = {name: row.defaults for name, row in KINDS.items()}
 
 
