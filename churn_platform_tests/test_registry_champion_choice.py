@@ -1,11 +1,13 @@
 """The champion asset registers every model of a made-up leaderboard and sends to the gate the
 best test ROC-AUC among the models that earn their place: an ensemble first on test that does
-not beat its best base on CV is passed over. Real MLflow (sqlite), no JVM."""
+not beat its best base on CV is passed over, and the leaderboard's table says so. Real MLflow
+(sqlite), no JVM."""
 
 from typing import Any
 
 import dagster as dg
 
+from churn_platform.assets.evaluation import ensembles_table
 from churn_platform.assets.registry import champion_model
 from churn_platform.core.evaluation import LEADERBOARD_METRICS, leaderboard_rows
 from churn_platform.core.tracking import TAG_MODEL_KIND, TAG_MODEL_SHA256
@@ -75,3 +77,22 @@ def test_the_gate_gets_the_base_when_the_ensemble_does_not_beat_it_on_cv(
     assert challenger.tags[TAG_MODEL_KIND] == "logistic_regression"
     check = result.get_asset_check_evaluations()[0]
     assert check.passed
+
+
+def test_the_leaderboard_table_shows_each_ensemble_against_its_best_base(
+    settings: Settings,
+) -> None:
+    models = _summaries(MlflowResource.from_settings(settings), "telco")
+    table = ensembles_table(leaderboard_rows(models))
+    assert table is not None
+    (record,) = [r.data for r in table.records]
+    assert record == {
+        "model": "stacking",
+        "best_base": "logistic_regression",
+        "earns_its_place": False,
+        "cv_roc_auc_mean": 0.843,
+        "best_base_cv_roc_auc": 0.845,
+        "cv_gain_over_best_base": -0.002,
+    }
+    bases_only = {k: v for k, v in models.items() if k != "model_stacking"}
+    assert ensembles_table(leaderboard_rows(bases_only)) is None
