@@ -114,7 +114,8 @@ def score(config: str | None, input_path: str, output: str, alias: str, overwrit
         raise CommandError(str(exc), EXIT_USAGE) from exc
 
     from churn_platform.config import platform_spec
-    from churn_platform.core.scoring import score_file, scoring_policy, training_reference
+    from churn_platform.core.score_file import score_file
+    from churn_platform.core.scoring import scoring_policy, training_reference
     from churn_platform.core.tracking import SchemaMismatchError
     from churn_platform.io_managers import current_version
     from churn_platform.mlflow_resource import MlflowResource

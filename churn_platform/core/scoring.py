@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from mlflow.entities.model_registry import ModelVersion
@@ -21,11 +20,9 @@ from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.utils import is_remote
 
-from churn_platform.config import DatasetSpec, SourceSpec
-from churn_platform.core import cleaning, output_files, reasons, sources, tracking
+from churn_platform.config import DatasetSpec
+from churn_platform.core import reasons, tracking
 from churn_platform.core.columns import (
-    BATCH_COL,
-    BATCH_ORDER_COL,
     FOLD_COL,
     LABEL_COL,
     PROBABILITY_COL,
@@ -326,85 +323,3 @@ def score_customers(
         F.lit(float(threshold)).alias("threshold"),
     )
     return Scores(frame, attribution, cuts, encoding.categories, observation, observed_population)
-
-
-def flat(scores: DataFrame) -> DataFrame:
-    """Scores for files: `reason_1..3` as text cells, unseen values `;`-joined."""
-    columns = []
-    for column in scores.columns:
-        if column == reasons.REASONS_COL:
-            columns += [
-                reasons.reason_text(F.col(column), i).alias(f"reason_{i + 1}")
-                for i in range(reasons.TOP_REASONS)
-            ]
-        elif column == UNSEEN_COL:
-            columns.append(F.array_join(F.col(column), ";").alias(column))
-        else:
-            columns.append(F.col(f"`{column}`"))
-    return scores.select(*columns)
-
-
-def score_file(
-    spark: SparkSession,
-    spec: DatasetSpec,
-    mlflow: tracking.MlflowBackend,
-    input_path: Path,
-    output_path: Path,
-    alias: str = "champion",
-    overwrite: bool = False,
-    policy: ScoringPolicy | None = None,
-    reference: DataFrame | None = None,
-) -> dict:
-    """Score an arbitrary CSV or Parquet file of customers into a CSV or Parquet file.
-
-    Input columns are checked against the spec before any work; unusable rows are reported,
-    not scored. Every row is scored (the file is the population); `reference` holds the cleaned
-    customers reasons are measured from (the warehouse's training split). The output appears
-    atomically (staged beside it, then renamed); an existing
-    output is replaced only with `overwrite` and only if it is an earlier score output.
-    """
-    output_files.check_target(output_path, overwrite, output_files.SCORE_COLUMNS)
-    fmt = "parquet" if input_path.suffix == ".parquet" or input_path.is_dir() else "csv"
-    source = SourceSpec(name="score_input", format=fmt, path=str(input_path))
-    read = sources.read_source(spark, source)
-    try:
-        required = [c for c in spec.declared_columns if c not in (spec.target.column, *spec.drop)]
-        tracking.check_input_columns(read.frame.columns, required)
-        raw = read.frame.withColumn(BATCH_COL, F.lit("score")).withColumn(
-            BATCH_ORDER_COL, F.lit(0).cast("long")
-        )
-        cleaned = cleaning.clean_customers(raw, spec, require_target=False, ranges=spec.ranges)
-        model, version = load_champion(mlflow, spec, alias)
-        result = score_customers(
-            cleaned.cleaned,
-            spec,
-            model,
-            (version.name, str(version.version), tracking.model_threshold(version)),
-            policy or ScoringPolicy(),
-            reference,
-        )
-        scores = flat(result.frame)
-        with output_files.staged_output(
-            output_path, overwrite, output_files.SCORE_COLUMNS
-        ) as target:
-            if output_path.suffix == ".parquet":
-                scores.write.parquet(str(target))
-            else:
-                folder = target.with_name(target.name + ".parts")
-                output_files.formula_safe(scores).coalesce(1).write.option("header", True).csv(
-                    str(folder)
-                )
-                next(folder.glob("part-*.csv")).replace(target)
-        summary = result.summary()
-        counts = cleaned.counts
-    finally:
-        read.release()
-    return {
-        "output": str(output_path),
-        "rows_scored": summary["rows"],
-        "rows_quarantined": counts["rows_quarantined"],
-        "quarantine_by_reason": cleaned.by_reason,
-        "model": f"{version.name} v{version.version}",
-        "unseen_values": summary["unseen_by_column"],
-        **result.metadata(),
-    }
