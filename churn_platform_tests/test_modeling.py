@@ -376,23 +376,7 @@ def test_same_seed_reproduces_probabilities_and_metrics(
 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
-def test_pipeline_model_save_load_round_trip(
-    kind: str, tmp_path: Path, features: DataFrame, fitted: Callable[[str], FitResult]
-) -> None:
-    model = fitted(kind).model
-    model.write().overwrite().save(str(tmp_path / kind))
-    loaded = PipelineModel.load(str(tmp_path / kind))
-    assert_same_scores(
-        _probabilities(loaded, features), _probabilities(model, features), SAME_MODEL
-    )
-    names = vector_feature_names(features)
-    assert_same_scores(
-        feature_importance(loaded, names), feature_importance(model, names), SAME_MODEL
-    )
-
-
-@pytest.mark.parametrize("kind", MODEL_KINDS)
-def test_full_model_mlflow_round_trip_scores_engineered_columns(
+def test_full_model_mlflow_round_trip_scores_and_explains_as_before(
     kind: str,
     tmp_path: Path,
     engineered: DataFrame,
@@ -400,13 +384,22 @@ def test_full_model_mlflow_round_trip_scores_engineered_columns(
     feature_pipeline: PipelineModel,
     fitted: Callable[[str], FitResult],
 ) -> None:
-    model = full_model(feature_pipeline, fitted(kind).model)
+    """The model as it is logged and served (feature pipeline + fit), saved by MLflow's Spark
+    flavor (Spark's own PipelineModel writer underneath) and loaded back, scores engineered
+    columns and explains itself exactly as the fit did."""
+    fit = fitted(kind).model
+    model = full_model(feature_pipeline, fit)
     path = str(tmp_path / "mlflow_model")
     mlflow.spark.save_model(model, path, pip_requirements=PIP_REQUIREMENTS)
     loaded = mlflow.spark.load_model(path)
+    assert isinstance(loaded, PipelineModel)
     scores = _probabilities(model, engineered)
     assert_same_scores(_probabilities(loaded, engineered), scores, SAME_MODEL)
-    assert_same_scores(scores, _probabilities(fitted(kind).model, features), SAME_MODEL)
+    assert_same_scores(scores, _probabilities(fit, features), SAME_MODEL)
+    names = vector_feature_names(features)
+    assert_same_scores(
+        feature_importance(loaded, names), feature_importance(fit, names), SAME_MODEL
+    )
 
 
 def test_feature_importance_follows_the_simulated_signal(
