@@ -56,7 +56,6 @@ def run(config: str | None, select: str | None, as_json: bool) -> int:
     _progress(f"materializing {select or 'all assets'} (state root {settings.home})", started)
     result = runner.materialize_selection(settings, select, progress=True)
     summary = runner.run_summary(result)
-    runner.record_outcome(settings, result)
     _progress(f"{len(summary['assets'])} assets materialized", started)
     summary["wall_time_s"] = round(time.monotonic() - started, 2)
     if "champion" in summary:

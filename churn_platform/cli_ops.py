@@ -160,7 +160,6 @@ def backup(config: str | None, partition: str | None) -> int:
     keys = backup_selection(settings, retention=False)
     selection = " or ".join(f'key:"{key.to_user_string()}"' for key in keys)
     result = runner.materialize_selection(settings, selection, partition_key=day)
-    runner.record_outcome(settings, result)
     if not result.success:
         raise CommandError(runner.failure_message(result))
     for event in result.get_asset_materialization_events():

@@ -9,12 +9,15 @@ from __future__ import annotations
 import re
 import sys
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
 from churn_platform.cli_common import actor
 from churn_platform.settings import DAGSTER_YAML, Settings
+
+if TYPE_CHECKING:
+    from churn_platform.core.ops.log import OpsLog
 
 # Tags every run started here carries; the progress watcher finds its run by the token.
 RUN_TOKEN_TAG = "churn/cli_run"
@@ -59,9 +62,12 @@ def materialize_selection(
 ) -> dg.ExecuteInProcessResult:
     """Materialize the selected assets in this process (one JVM) and record the run.
 
-    With `progress`, a line per finished asset replaces Dagster's INFO log on the console.
+    The run's records share one OpsLog: a changed configuration before the run, then the
+    incident handling the sensors give daemon runs (they never see runs started here). With
+    `progress`, a line per finished asset replaces Dagster's INFO log on the console.
     """
     instance = open_instance(settings)
+    from churn_platform.core.ops.log import OpsLog
     from churn_platform.core.process_identity import process_token
     from churn_platform.definitions import build_definitions
     from churn_platform.partitions import BASE_BATCH, ingest_batches
@@ -93,7 +99,6 @@ def materialize_selection(
         **(tags or {}),
     }
     level = "WARNING" if progress else "INFO"
-    record_configuration(settings, run_tags["churn/actor"])
 
     # As dg.materialize does, but under a name the UI can show (it would be
     # __ephemeral_asset_job__): the named job of exactly these assets, else one for the selection.
@@ -113,10 +118,15 @@ def materialize_selection(
             run_config={"loggers": {"console": {"config": {"log_level": level}}}},
         )
 
-    if not progress:
-        return run()
-    with RunProgress(instance, (RUN_TOKEN_TAG, token), total=len(keys)):
-        return run()
+    with OpsLog(settings) as ops:
+        record_configuration(settings, run_tags["churn/actor"], ops)
+        if progress:
+            with RunProgress(instance, (RUN_TOKEN_TAG, token), total=len(keys)):
+                result = run()
+        else:
+            result = run()
+        record_outcome(settings, instance, result, ops)
+    return result
 
 
 def job_name(
@@ -131,29 +141,29 @@ def job_name(
     return "select_" + (re.sub(r"[^A-Za-z0-9]+", "_", selection or "").strip("_") or "assets")
 
 
-def record_configuration(settings: Settings, who: str) -> None:
+def record_configuration(settings: Settings, who: str, ops_log: OpsLog) -> None:
     """A `normal` change record when the spec or the non-secret settings differ from the last
     run's or server's: settings are read once per process, so a run or `serve` is where a
     changed configuration takes effect (the first one records the baseline)."""
     from churn_platform.core.ops.changes import record_config_change_if_any
-    from churn_platform.core.ops.log import OpsLog
 
-    with OpsLog(settings) as ops:
-        record_config_change_if_any(settings, settings.spec_path, ops_log=ops, who=who)
+    record_config_change_if_any(settings, settings.spec_path, ops_log=ops_log, who=who)
 
 
-def record_outcome(settings: Settings, result: dg.ExecuteInProcessResult) -> None:
+def record_outcome(
+    settings: Settings,
+    instance: dg.DagsterInstance,
+    result: dg.ExecuteInProcessResult,
+    ops_log: OpsLog,
+) -> None:
     """Runs started here get the incident handling the sensors give daemon runs (the sensors
-    never see them)."""
+    never see them): a failure opens an incident, a success resolves its assets' incidents."""
     from churn_platform.automation import record_run_failure, resolve_after_success
-    from churn_platform.core.ops.log import OpsLog
 
-    instance = dg.DagsterInstance.get()
-    with OpsLog(settings) as ops:
-        if result.success:
-            resolve_after_success(settings, instance, result.run_id, ops)
-        else:
-            record_run_failure(settings, instance, result.run_id, ops)
+    if result.success:
+        resolve_after_success(settings, instance, result.run_id, ops_log)
+    else:
+        record_run_failure(settings, instance, result.run_id, ops_log)
 
 
 def run_summary(result: dg.ExecuteInProcessResult) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from types import FrameType
 import dagster as dg
 
 from churn_platform.cli_common import actor
+from churn_platform.core.ops.log import OpsLog
 from churn_platform.core.process_groups import stop_groups
 from churn_platform.definitions import PIPELINE, build_definitions
 from churn_platform.runner import install_dagster_yaml, record_configuration
@@ -213,7 +214,8 @@ def serve(
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     if not read_only:
-        record_configuration(settings, actor())
+        with OpsLog(settings) as ops:
+            record_configuration(settings, actor(), ops)
     platform = _Platform(settings, port, host, read_only, daemon)
     try:
         platform.start()

@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from churn_platform.core.ops.changes import list_changes
 from churn_platform.core.ops.incidents import Incident, IncidentStore, format_incidents
 from churn_platform.core.ops.log import OpsLog
+from churn_platform.runner import materialize_selection
 from churn_platform.settings import Settings
 from churn_platform_tests.test_ops_log import clear_ambient_ops_env, ops_log_file, ops_records
 
@@ -93,3 +95,17 @@ def test_a_store_without_an_ops_log_reads_but_does_not_write(
     with pytest.raises(RuntimeError, match="without an ops log"):
         reader.resolve(opened.id, "fixed")
     assert reader.get(opened.id).status == "open"
+
+
+def test_a_failed_cli_run_records_its_configuration_and_opens_an_incident(
+    settings: Settings,
+) -> None:
+    """`churn-platform run` and `backup` runs get the records the daemon's sensors give its runs:
+    the configuration they ran with (the first is the baseline), and an incident when they fail
+    (here: an audit report with no champion, which needs no Spark)."""
+    result = materialize_selection(settings, "audit_report")
+    assert not result.success
+    assert [c.configuration_item for c in list_changes(settings)] == ["platform_config"]
+    (incident,) = IncidentStore(settings).list(status="open")
+    assert incident.details["run_id"] == result.run_id
+    assert incident.configuration_item == "asset:audit_report"
