@@ -8,6 +8,7 @@ import dagster as dg
 import pytest
 
 from churn_platform.assets import training
+from churn_platform.core.models.kinds import ENSEMBLE_KINDS, KINDS
 from churn_platform.definitions import build_definitions
 from churn_platform.resources import SPARK_POOL
 from churn_platform.runner import install_dagster_yaml
@@ -95,6 +96,23 @@ def test_churn_models_trains_only_the_chosen_kinds(tmp_path):
     stacking = {k.to_user_string() for k in graph.get(dg.AssetKey("model_stacking")).parent_keys}
     assert "model_logistic_regression" in stacking
     assert not stacking & {"model_decision_tree", "model_random_forest", "model_gbt"}
+
+
+def test_ensembles_wait_for_exactly_the_bases_they_combine(tmp_path):
+    """Retraining a base no ensemble combines (bagged LR, bagged trees) must not retrain the
+    ensembles, and they must not wait for it; every base the default or quick profile combines is
+    an input, so its fit is reused."""
+    combined = {
+        f"model_{base}"
+        for kind in ENSEMBLE_KINDS
+        for params in (KINDS[kind].defaults, KINDS[kind].quick)
+        for base in params["bases"]
+    }
+    assert "model_bagged_trees" not in combined and "model_gbt_tuned" in combined
+    graph = build_definitions(load_settings({"CHURN_HOME": str(tmp_path)})).resolve_asset_graph()
+    for kind in ENSEMBLE_KINDS:
+        parents = {k.to_user_string() for k in graph.get(dg.AssetKey(f"model_{kind}")).parent_keys}
+        assert parents - {"customer_features", "feature_pipeline"} == combined, kind
 
 
 def test_an_unknown_model_kind_is_refused_by_name(tmp_path):

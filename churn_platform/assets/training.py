@@ -30,6 +30,7 @@ from churn_platform.core.models.fitting import (
 )
 from churn_platform.core.models.kinds import (
     BASE_KINDS,
+    ENSEMBLE_KINDS,
     KINDS,
     MODEL_KINDS,
     merged_params,
@@ -41,8 +42,17 @@ from churn_platform.resources import SPARK_POOL, OpsLogResource, StateResource, 
 
 CODE_VERSION = "2"
 # Base models whose fits and out-of-fold predictions the stacking and voting assets reuse
-# instead of refitting them 1 + k times each (the bulk of an ensemble's cost): every base kind.
-ENSEMBLE_INPUTS = BASE_KINDS
+# instead of refitting them 1 + k times each (the bulk of an ensemble's cost): the bases either
+# profile combines, and no other, so retraining e.g. bagged trees does not retrain the ensembles.
+ENSEMBLE_INPUTS = tuple(
+    base
+    for base in BASE_KINDS
+    if any(
+        base in params.get("bases", ())
+        for kind in ENSEMBLE_KINDS
+        for params in (KINDS[kind].defaults, KINDS[kind].quick)
+    )
+)
 _DEFAULTS = {name: row.defaults for name, row in KINDS.items()}
 
 
