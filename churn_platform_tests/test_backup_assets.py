@@ -19,6 +19,7 @@ from churn_platform.assets.backups import (
     GOLDEN_ROWS,
     RESTORE_DRILL,
     backup_assets,
+    backup_partitions,
     backup_schedule,
     backup_selection,
 )
@@ -31,6 +32,7 @@ from churn_platform.core.models.training import fit_model
 from churn_platform.core.ops.incidents import IncidentStore
 from churn_platform.core.synthetic.generate import generate_customers
 from churn_platform.core.synthetic.write import write_customers
+from churn_platform.definitions import build_definitions
 from churn_platform.io_managers import (
     VersionedParquetIOManager,
     current_version,
@@ -250,3 +252,7 @@ def test_backup_runs_select_the_golden_input_only_while_it_is_missing(tmp_path: 
             assert dg.AssetKey(GOLDEN_INPUT) in (scheduled().asset_selection or [])
     assert selected() == backup
     assert scheduled().asset_selection == [*backup, dg.AssetKey("backup_retention")]
+    # The job the schedule launches takes its days from platform_backup.
+    job = build_definitions(settings).resolve_job_def("backup_job")
+    assert job.partitions_def == backup_partitions
+    assert PARTITION in job.partitions_def.get_partition_keys()

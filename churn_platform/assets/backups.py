@@ -256,10 +256,11 @@ def backup_selection(settings: Settings, retention: bool = True) -> list[dg.Asse
     return [asset.key for asset in chosen]
 
 
+# Partitioned by day: Dagster takes the partitions from platform_backup (passing them again is
+# deprecated); golden_input and backup_retention are unpartitioned and run once per run.
 backup_job = dg.define_asset_job(
     "backup_job",
     selection=dg.AssetSelection.assets(*backup_assets),
-    partitions_def=backup_partitions,
     description="Back up the state root for one day, verify and drill it, then apply retention.",
 )
 
