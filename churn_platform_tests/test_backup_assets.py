@@ -29,7 +29,10 @@ from churn_platform.core.backup import archive, errors
 from churn_platform.core.features import build_features
 from churn_platform.core.models.fitting import full_model, training_frame
 from churn_platform.core.models.training import fit_model
+from churn_platform.core.ops.chain import anchor_path
 from churn_platform.core.ops.incidents import IncidentStore
+from churn_platform.core.ops.log import OpsLog
+from churn_platform.core.ops.verify import verify_logs
 from churn_platform.core.synthetic.generate import generate_customers
 from churn_platform.core.synthetic.write import write_customers
 from churn_platform.definitions import build_definitions
@@ -42,6 +45,7 @@ from churn_platform.io_managers import (
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import OpsLogResource, StateResource, spark_conf
 from churn_platform.settings import DEFAULT_SPEC, Settings, load_settings
+from churn_platform_tests.test_ops_log import old_log_file
 
 PARTITION = "2026-11-27"
 
@@ -256,3 +260,28 @@ def test_backup_runs_select_the_golden_input_only_while_it_is_missing(tmp_path: 
     job = build_definitions(settings).resolve_job_def("backup_job")
     assert job.partitions_def == backup_partitions
     assert PARTITION in job.partitions_def.get_partition_keys()
+
+
+def test_retention_prunes_operations_logs_older_than_the_setting(tmp_path: Path) -> None:
+    """CHURN_LOG_RETENTION_DAYS is applied by the nightly backup job's retention step, after the
+    day's verified backup; newer log files stay."""
+    settings = load_settings({"CHURN_HOME": str(tmp_path), "CHURN_LOG_RETENTION_DAYS": "30"})
+    with OpsLog(settings) as ops:
+        old = old_log_file(ops, "2000-01-01")
+        recent = old_log_file(
+            ops, (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=10)).isoformat()
+        )
+    result = dg.materialize(
+        [backups.backup_retention],
+        resources={
+            "state": StateResource(platform=settings),
+            "ops_log": OpsLogResource(platform=settings),
+        },
+    )
+    metadata = result.asset_materializations_for_node("backup_retention")[0].metadata
+    assert metadata["logs_pruned"].value == [old.name]
+    assert metadata["log_retention_days"].value == 30
+    assert not old.exists() and recent.exists()
+    (pruned,) = _events(settings, "logs.pruned")
+    assert old.name in pruned["message"]
+    assert verify_logs(settings.logs, anchor_path(settings)).ok

@@ -44,11 +44,12 @@ def ops_records(path: Path) -> list[dict]:
 
 
 def _write_events(ops: OpsLog, count: int) -> Path:
+    """Append `count` events; returns today's file (the newest)."""
     for index in range(count):
         ops.event(
             "training.completed", f"model {index} trained", metrics={"auc": 0.8 + index / 100}
         )
-    return ops_log_file(ops.settings)
+    return max(ops.settings.logs.glob("ops-*.jsonl"))
 
 
 def _only_broken(settings: Settings) -> tuple[int | None, str]:
@@ -235,9 +236,12 @@ def test_generated_pseudonym_key_is_stored_once(
     assert pseudonym_key(bare) == first == (bare.home / "secrets" / "pseudonym.key").read_text()
 
 
-def test_prune_removes_old_files_and_logs_it(ops: OpsLog, settings: Settings) -> None:
+def old_log_file(ops: OpsLog, day: str = "2000-01-01") -> Path:
+    """Today's log file (two events) renamed to `day`, with its chain head and anchor entry, as
+    if written then (also used by sibling tests)."""
+    settings = ops.settings
     path = _write_events(ops, 2)
-    old = path.with_name("ops-2000-01-01.jsonl")
+    old = path.with_name(f"ops-{day}.jsonl")
     path.rename(old)
     heads_path = settings.logs / "chain_heads.json"
     heads = json.loads(heads_path.read_text())
@@ -246,6 +250,11 @@ def test_prune_removes_old_files_and_logs_it(ops: OpsLog, settings: Settings) ->
     anchor = json.loads(anchor_path(settings).read_text())
     anchor["files"][old.name] = anchor["files"].pop(path.name)
     anchor_path(settings).write_text(json.dumps(anchor))
+    return old
+
+
+def test_prune_removes_old_files_and_logs_it(ops: OpsLog, settings: Settings) -> None:
+    old = old_log_file(ops)
     assert prune_logs(settings, ops) == [old.name]
     assert not old.exists()
     (record,) = ops_records(ops_log_file(settings))

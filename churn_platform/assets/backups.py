@@ -25,7 +25,7 @@ from churn_platform.core.backup.retention import apply_retention, list_backups
 from churn_platform.core.backup.verify import verify_backup
 from churn_platform.core.features import engineer_features
 from churn_platform.core.ops.incidents import IncidentStore
-from churn_platform.core.ops.log import OpsLog
+from churn_platform.core.ops.log import OpsLog, prune_logs
 from churn_platform.core.tracking import ModelIntegrityError
 from churn_platform.io_managers import current_version
 from churn_platform.mlflow_resource import MlflowResource
@@ -224,23 +224,31 @@ def platform_backup(
 def backup_retention(
     context: dg.AssetExecutionContext, state: StateResource, ops_log: OpsLogResource
 ) -> dg.MaterializeResult:
-    """The backups kept by grandfather-father-son retention; the rest are deleted."""
+    """The backups kept by grandfather-father-son retention; the rest are deleted.
+
+    Operations log files older than CHURN_LOG_RETENTION_DAYS are pruned here too: only after a
+    verified backup (a failed check skips this asset), so a pruned file is still in the backups.
+    """
     settings = state.settings()
     deleted = apply_retention(settings)
     kept = list_backups(settings)
-    ops_log.log().event(
+    ops = ops_log.log()
+    ops.event(
         "backup.retention.applied",
         f"backup retention kept {len(kept)} and deleted {len(deleted)} backup(s)",
         configuration_item="backup:retention",
         metrics={"kept": len(kept), "deleted": len(deleted)},
         context=context,
     )
+    pruned = prune_logs(settings, ops)
     return dg.MaterializeResult(
         metadata={
             "kept": dg.MetadataValue.json([day.isoformat() for day in kept]),
             "deleted": dg.MetadataValue.json([day.isoformat() for day in deleted]),
             "policy": f"{settings.backup_keep_daily} daily, {settings.backup_keep_weekly} weekly, "
             f"{settings.backup_keep_monthly} monthly",
+            "logs_pruned": dg.MetadataValue.json(pruned),
+            "log_retention_days": settings.log_retention_days,
         }
     )
 
