@@ -33,18 +33,21 @@ from churn_platform.cli_common import (
 def rollback(config: str | None, to_version: str | None, reason: str, force: bool) -> int:
     settings = command_settings(config)
     from churn_platform.config import platform_spec
+    from churn_platform.core.ops.log import OpsLog
     from churn_platform.core.registry import rollback as roll_back
 
     try:
-        decision = roll_back(
-            RegistryBackend.from_settings(settings),
-            platform_spec(settings),
-            settings,
-            actor=actor(),
-            reason=reason,
-            to_version=to_version,
-            force=force,
-        )
+        with OpsLog(settings) as ops:
+            decision = roll_back(
+                RegistryBackend.from_settings(settings),
+                platform_spec(settings),
+                settings,
+                actor=actor(),
+                reason=reason,
+                to_version=to_version,
+                force=force,
+                ops_log=ops,
+            )
     except ValueError as exc:  # no champion, no such version, worse without --force
         raise CommandError(str(exc)) from None
     print(f"champion is now v{decision.champion_version} ({decision.reason})")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from churn_platform.core.ops.log import ops_log_scope
+from churn_platform.core.ops.log import OpsLog
 from churn_platform.core.process_identity import process_alive
 from churn_platform.settings import Settings
 
@@ -23,19 +23,21 @@ def fail_abandoned_runs(settings: Settings, instance: dg.DagsterInstance) -> lis
     Runs of other hosts, and runs without the tag (launched by the daemon or the UI, which
     Dagster's own run monitoring covers), are left alone.
     """
-    failed: list[str] = []
-    for run in instance.get_runs(filters=dg.RunsFilter(statuses=_UNFINISHED)):
-        token = run.tags.get(PROCESS_TAG)
-        if not token or process_alive(token) is not False:
-            continue
-        pid = token.rsplit(":", 2)[1]
-        message = (
-            f"Abandoned: the CLI process {pid} that ran this run is gone (killed or crashed); "
-            "marked failed at the next CLI start."
-        )
-        instance.report_run_failed(run, message)
-        failed.append(run.run_id)
-        with ops_log_scope(settings, None) as ops:
+    abandoned = [
+        run
+        for run in instance.get_runs(filters=dg.RunsFilter(statuses=_UNFINISHED))
+        if run.tags.get(PROCESS_TAG) and process_alive(run.tags[PROCESS_TAG]) is False
+    ]
+    if not abandoned:  # the usual case: every CLI start asks, so no log is opened for nothing
+        return []
+    with OpsLog(settings) as ops:
+        for run in abandoned:
+            pid = run.tags[PROCESS_TAG].rsplit(":", 2)[1]
+            message = (
+                f"Abandoned: the CLI process {pid} that ran this run is gone (killed or "
+                "crashed); marked failed at the next CLI start."
+            )
+            instance.report_run_failed(run, message)
             ops.event(
                 "dagster.run_abandoned",
                 message,
@@ -44,4 +46,4 @@ def fail_abandoned_runs(settings: Settings, instance: dg.DagsterInstance) -> lis
                 dagster_run_id=run.run_id,
                 configuration_item=f"dagster_run:{run.run_id}",
             )
-    return failed
+    return [run.run_id for run in abandoned]

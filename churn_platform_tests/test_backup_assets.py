@@ -104,7 +104,8 @@ def platform(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> I
         git_commit="test",
     )
     candidate = registry.register_candidate(mlflow, spec, run, {"roc_auc": 0.8}, 0.5)
-    registry.promote(mlflow, spec, candidate, settings=settings)
+    with OpsLog(settings) as ops:
+        registry.promote(mlflow, spec, candidate, settings=settings, ops_log=ops)
     pyspark = PySparkResource(spark_config=spark_conf(settings))
     resources = {
         "pyspark": pyspark,

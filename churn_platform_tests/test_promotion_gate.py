@@ -3,11 +3,12 @@
 import pytest
 
 from churn_platform.config import DatasetSpec, SourceSpec, TargetSpec
+from churn_platform.core.ops.log import OpsLog
 from churn_platform.core.registry import promote, register_candidate
 from churn_platform.core.tracking import TAG_MODEL_SHA256, TrainingRun
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.settings import Settings, load_settings
-from churn_platform_tests.test_ops_log import clear_ambient_ops_env
+from churn_platform_tests.test_ops_log import clear_ambient_ops_env, ops_log_file, ops_records
 
 
 @pytest.fixture(autouse=True)
@@ -32,24 +33,30 @@ def _candidate(settings: Settings, roc_auc: float) -> tuple[MlflowResource, Data
     return resource, spec, version.version
 
 
-def test_a_perfect_first_model_is_not_promoted(settings: Settings) -> None:
+def test_a_perfect_first_model_is_not_promoted(settings: Settings, ops: OpsLog) -> None:
     resource, spec, version = _candidate(settings, roc_auc=1.0)
-    decision = promote(resource, spec, version, settings=settings)
+    decision = promote(resource, spec, version, settings=settings, ops_log=ops)
     assert not decision.promoted and decision.champion_version is None
     assert "implausibly perfect" in decision.reason
     assert "CHURN_ALLOW_PERFECT_METRICS" in decision.reason
     assert "champion" not in resource.client().get_registered_model(spec.model_name).aliases
 
 
-def test_perfect_metrics_are_promoted_when_explicitly_allowed(settings: Settings) -> None:
+def test_perfect_metrics_are_promoted_when_explicitly_allowed(
+    settings: Settings, ops: OpsLog
+) -> None:
     allowed = settings.model_copy(update={"allow_perfect_metrics": True})
     resource, spec, version = _candidate(allowed, roc_auc=1.0)
-    assert promote(resource, spec, version, settings=allowed).promoted
+    assert promote(resource, spec, version, settings=allowed, ops_log=ops).promoted
 
 
-def test_an_honest_first_model_is_promoted(settings: Settings) -> None:
+def test_an_honest_first_model_is_promoted_in_the_callers_log(
+    settings: Settings, ops: OpsLog
+) -> None:
     resource, spec, version = _candidate(settings, roc_auc=0.84)
-    assert promote(resource, spec, version, settings=settings).promoted
+    assert promote(resource, spec, version, settings=settings, ops_log=ops).promoted
+    codes = [r["event_code"] for r in ops_records(ops_log_file(settings))]
+    assert codes == ["change.recorded", "registry.alias.set"]
 
 
 def test_the_opt_in_is_read_from_the_environment(tmp_path) -> None:

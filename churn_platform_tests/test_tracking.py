@@ -24,6 +24,7 @@ from churn_platform.core.models.explain import feature_importance, vector_featur
 from churn_platform.core.models.fitting import PROBABILITY_COL, full_model, training_frame
 from churn_platform.core.models.training import fit_model
 from churn_platform.core.ops.changes import list_changes
+from churn_platform.core.ops.log import OpsLog
 from churn_platform.core.registry import promote, register_candidate, registry_snapshot, rollback
 from churn_platform.core.tracking import (
     ModelIntegrityError,
@@ -229,18 +230,20 @@ def test_a_failing_training_run_is_ended_failed(
 
 
 def test_first_model_becomes_champion_and_a_worse_one_only_challenger(
-    resource: MlflowResource, trained: dict[str, Trained], settings: Settings
+    resource: MlflowResource, trained: dict[str, Trained], settings: Settings, ops: OpsLog
 ) -> None:
     spec = _spec()
     first = _register(resource, spec, trained["medium"])
-    decision = promote(resource, spec, first, settings=settings, actor="user:test")
+    decision = promote(resource, spec, first, settings=settings, ops_log=ops, actor="user:test")
     assert decision.promoted and decision.champion_version == "1"
     assert decision.previous_champion is None
     (change,) = list_changes(settings, f"model:{spec.model_name}")
     assert (change.what_from, change.what_to) == (None, "v1")
 
     worse = _register(resource, spec, trained["weak"])
-    decision = promote(resource, spec, worse.version, settings=settings, actor="user:test")
+    decision = promote(
+        resource, spec, worse.version, settings=settings, ops_log=ops, actor="user:test"
+    )
     assert not decision.promoted
     assert (decision.champion_version, decision.previous_champion) == ("1", "1")
     assert decision.gate["candidate_roc_auc"] < decision.gate["champion_roc_auc"]
@@ -258,12 +261,16 @@ def test_first_model_becomes_champion_and_a_worse_one_only_challenger(
 
 
 def test_a_better_model_beyond_the_margin_replaces_the_champion_with_a_change(
-    resource: MlflowResource, trained: dict[str, Trained], settings: Settings
+    resource: MlflowResource, trained: dict[str, Trained], settings: Settings, ops: OpsLog
 ) -> None:
     spec = _spec()
-    promote(resource, spec, _register(resource, spec, trained["medium"]), settings=settings)
+    promote(
+        resource, spec, _register(resource, spec, trained["medium"]), settings=settings, ops_log=ops
+    )
     better = _register(resource, spec, trained["strong"])
-    decision = promote(resource, spec, better, settings=settings, margin=0.05, actor="user:test")
+    decision = promote(
+        resource, spec, better, settings=settings, ops_log=ops, margin=0.05, actor="user:test"
+    )
     assert decision.promoted
     assert (decision.champion_version, decision.previous_champion) == ("2", "1")
     assert decision.gate["improvement"] > 0.05
@@ -277,35 +284,36 @@ def test_a_better_model_beyond_the_margin_replaces_the_champion_with_a_change(
 
 
 def test_an_improvement_within_the_margin_keeps_the_champion(
-    resource: MlflowResource, trained: dict[str, Trained], settings: Settings
+    resource: MlflowResource, trained: dict[str, Trained], settings: Settings, ops: OpsLog
 ) -> None:
     spec = _spec()
     champion = _register(resource, spec, trained["medium"], roc_auc=0.80)
-    promote(resource, spec, champion, settings=settings)
+    promote(resource, spec, champion, settings=settings, ops_log=ops)
     slightly = _register(resource, spec, trained["strong"], roc_auc=0.805)
-    decision = promote(resource, spec, slightly, settings=settings, margin=0.01)
+    decision = promote(resource, spec, slightly, settings=settings, ops_log=ops, margin=0.01)
     assert not decision.promoted and decision.champion_version == "1"
     assert decision.gate["improvement"] == pytest.approx(0.005)
 
 
 def test_rollback_restores_the_previous_champion_as_an_emergency_change(
-    resource: MlflowResource, trained: dict[str, Trained], settings: Settings
+    resource: MlflowResource, trained: dict[str, Trained], settings: Settings, ops: OpsLog
 ) -> None:
     spec = _spec()
     medium = _register(resource, spec, trained["medium"], roc_auc=0.80)
-    promote(resource, spec, medium, settings=settings)
+    promote(resource, spec, medium, settings=settings, ops_log=ops)
     promote(
         resource,
         spec,
         _register(resource, spec, trained["strong"], roc_auc=0.85),
         settings=settings,
+        ops_log=ops,
     )
     # A clearly worse model (0.05 below the champion) needs an explicit --force.
     with pytest.raises(ValueError, match=r"v1 .*worse than the champion v2.*--force"):
-        rollback(resource, spec, settings, "user:oncall", "complaints about scores")
+        rollback(resource, spec, settings, "user:oncall", "complaints about scores", ops_log=ops)
     assert resource.client().get_registered_model(spec.model_name).aliases["champion"] == 2
     decision = rollback(
-        resource, spec, settings, "user:oncall", "complaints about scores", force=True
+        resource, spec, settings, "user:oncall", "complaints about scores", force=True, ops_log=ops
     )
     assert decision.promoted
     assert (decision.champion_version, decision.previous_champion) == ("1", "2")
@@ -324,16 +332,24 @@ def test_rollback_restores_the_previous_champion_as_an_emergency_change(
     assert change.why["reason"] == "complaints about scores"
     assert _alias_events(settings)[-1]["outcome"] == "rolled_back"
     with pytest.raises(ValueError, match="no earlier champion"):
-        rollback(resource, spec, settings, "user:oncall", "again")
+        rollback(resource, spec, settings, "user:oncall", "again", ops_log=ops)
 
 
 def test_scoring_by_alias_loads_that_version_and_reproduces_its_predictions(
-    resource: MlflowResource, trained: dict[str, Trained], settings: Settings, customers: DataFrame
+    resource: MlflowResource,
+    trained: dict[str, Trained],
+    settings: Settings,
+    customers: DataFrame,
+    ops: OpsLog,
 ) -> None:
     spec = _spec()
-    promote(resource, spec, _register(resource, spec, trained["medium"]), settings=settings)
-    promote(resource, spec, _register(resource, spec, trained["strong"]), settings=settings)
-    rollback(resource, spec, settings, "user:oncall", "drill", force=True)
+    promote(
+        resource, spec, _register(resource, spec, trained["medium"]), settings=settings, ops_log=ops
+    )
+    promote(
+        resource, spec, _register(resource, spec, trained["strong"]), settings=settings, ops_log=ops
+    )
+    rollback(resource, spec, settings, "user:oncall", "drill", force=True, ops_log=ops)
 
     model, version = load_model(resource, spec)
     assert str(version.version) == "1" and model_threshold(version) == 0.42
@@ -354,10 +370,12 @@ def test_scoring_by_alias_loads_that_version_and_reproduces_its_predictions(
 
 
 def test_a_model_whose_files_changed_is_refused(
-    resource: MlflowResource, trained: dict[str, Trained], settings: Settings
+    resource: MlflowResource, trained: dict[str, Trained], settings: Settings, ops: OpsLog
 ) -> None:
     spec = _spec()
-    promote(resource, spec, _register(resource, spec, trained["weak"]), settings=settings)
+    promote(
+        resource, spec, _register(resource, spec, trained["weak"]), settings=settings, ops_log=ops
+    )
     run_id = trained["weak"].run.run_id
     (metadata,) = Path(resource.artifact_root).glob(f"*/{run_id}/artifacts/model/MLmodel")
     original = metadata.read_bytes()

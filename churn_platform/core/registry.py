@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 from churn_platform.config import DatasetSpec
 from churn_platform.core.ops.changes import record_change
 from churn_platform.core.ops.files import ensure_dir, locked, utc_iso
-from churn_platform.core.ops.log import OpsLog, default_actor, ops_log_scope
+from churn_platform.core.ops.log import OpsLog, default_actor
 from churn_platform.core.tracking import (
     CHAMPION,
     TAG_CODE_VERSION,
@@ -139,16 +139,17 @@ def promote(
     candidate_version: ModelVersion | str | int,
     *,
     settings: Settings,
+    ops_log: OpsLog,
     metric: str = "roc_auc",
     margin: float | None = None,
     actor: str | None = None,
-    ops_log: OpsLog | None = None,
     context: Any = None,
 ) -> PromotionDecision:
     """Make the candidate `challenger`, and `champion` if it passes the gate.
 
     Both metrics come from version tags computed on the same fixed test split, so the gate
-    never rescores. `margin` defaults to `settings.promotion_margin`.
+    never rescores. `margin` defaults to `settings.promotion_margin`. The alias move and the
+    change record go to the caller's `ops_log` (its run's, or its command's).
     """
     client = resource.client()
     name = spec.model_name
@@ -171,26 +172,25 @@ def promote(
             client.set_registered_model_alias(name, CHAMPION, candidate.version)
         decision = "promoted" if promoted else "rejected"
         _tag(client, candidate, decision, actor, reason, previous=old or "")
-        with ops_log_scope(settings, ops_log) as ops:
-            if promoted:
-                record_change(
-                    settings, "standard", f"model:{name}", actor,
-                    None if old is None else f"v{old}", f"v{new}", gate,
-                    f"Promote {name} v{new} to champion: {reason}", ops_log=ops,
-                )  # fmt: skip
-            aliases = f"champion -> v{new}" if promoted else f"challenger -> v{new}"
-            ops.event(
-                "registry.alias.set",
-                f"{name}: {aliases} ({decision}: {reason})",
-                component="registry",
-                configuration_item=f"model:{name}",
-                outcome=decision,
-                actor=actor,
-                metrics=_numbers(gate),
-                model_version=new,
-                mlflow_run_id=candidate.run_id,
-                context=context,
-            )
+        if promoted:
+            record_change(
+                settings, "standard", f"model:{name}", actor,
+                None if old is None else f"v{old}", f"v{new}", gate,
+                f"Promote {name} v{new} to champion: {reason}", ops_log=ops_log,
+            )  # fmt: skip
+        aliases = f"champion -> v{new}" if promoted else f"challenger -> v{new}"
+        ops_log.event(
+            "registry.alias.set",
+            f"{name}: {aliases} ({decision}: {reason})",
+            component="registry",
+            configuration_item=f"model:{name}",
+            outcome=decision,
+            actor=actor,
+            metrics=_numbers(gate),
+            model_version=new,
+            mlflow_run_id=candidate.run_id,
+            context=context,
+        )
     champion_now = new if promoted else old
     return PromotionDecision(promoted, champion_now, old, reason, gate)
 
@@ -203,8 +203,8 @@ def rollback(
     reason: str,
     to_version: str | int | None = None,
     *,
+    ops_log: OpsLog,
     force: bool = False,
-    ops_log: OpsLog | None = None,
     context: Any = None,
 ) -> PromotionDecision:
     """Move `champion` back to the previous champion (or `to_version`): an emergency change.
@@ -233,23 +233,22 @@ def rollback(
         _tag(client, restored, "rollback", actor, reason, previous=str(current.version))
         _tag(client, current, "rolled_back", actor, reason)
         why = {"reason": reason, "rolled_back": f"v{current.version}", "restored": f"v{target}"}
-        with ops_log_scope(settings, ops_log) as ops:
-            record_change(
-                settings, "emergency", f"model:{name}", actor, f"v{current.version}", f"v{target}",
-                why, f"Roll back {name} champion to v{target}: {reason}", ops_log=ops,
-            )  # fmt: skip
-            ops.event(
-                "registry.alias.set",
-                f"{name}: champion -> v{target} (rollback from v{current.version}: {reason})",
-                level="WARNING",
-                component="registry",
-                configuration_item=f"model:{name}",
-                outcome="rolled_back",
-                actor=actor,
-                model_version=target,
-                mlflow_run_id=restored.run_id,
-                context=context,
-            )
+        record_change(
+            settings, "emergency", f"model:{name}", actor, f"v{current.version}", f"v{target}",
+            why, f"Roll back {name} champion to v{target}: {reason}", ops_log=ops_log,
+        )  # fmt: skip
+        ops_log.event(
+            "registry.alias.set",
+            f"{name}: champion -> v{target} (rollback from v{current.version}: {reason})",
+            level="WARNING",
+            component="registry",
+            configuration_item=f"model:{name}",
+            outcome="rolled_back",
+            actor=actor,
+            model_version=target,
+            mlflow_run_id=restored.run_id,
+            context=context,
+        )
     return PromotionDecision(True, target, str(current.version), reason, why)
 
 

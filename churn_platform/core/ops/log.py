@@ -9,7 +9,6 @@ Messages must not contain customer data: see `core.ops.privacy`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -18,7 +17,7 @@ import numbers
 import os
 import pwd
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from logging.handlers import SysLogHandler
@@ -226,19 +225,6 @@ class OpsLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@contextlib.contextmanager
-def ops_log_scope(settings: Settings, ops_log: OpsLog | None) -> Iterator[OpsLog]:
-    """`ops_log` if the caller has one, else an OpsLog for this root that is closed afterwards."""
-    if ops_log is not None:
-        yield ops_log
-        return
-    owned = OpsLog(settings)
-    try:
-        yield owned
-    finally:
-        owned.close()
 
 
 def _level(level: int | str | None, error: BaseException | None) -> int:
