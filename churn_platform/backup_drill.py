@@ -36,7 +36,7 @@ def model_files_digest(mlflow: MlflowResource, version: ModelVersion) -> str:
     """SHA-256 of a version's model files, as `tracking.load_model` checks them, without Spark."""
     source = mlflow.client().get_model_version_download_uri(version.name, version.version)
     with tempfile.TemporaryDirectory(prefix="churn-model-") as tmp:
-        return tracking._model_digest(tracking.local_artifacts(source, mlflow.tracking_uri, tmp))
+        return tracking.model_digest(tracking.local_artifacts(source, mlflow.tracking_uri, tmp))
 
 
 def proven_golden_hash(mlflow: MlflowResource, version: ModelVersion, rows: str) -> str | None:

@@ -155,7 +155,7 @@ def proven_champion(home: Path) -> tuple[Path, str]:
     golden = "ab" * 32
     tags = {
         TAG_MODEL_KIND: "logistic_regression",
-        tracking.TAG_MODEL_SHA256: tracking._model_digest(model),
+        tracking.TAG_MODEL_SHA256: tracking.model_digest(model),
         TAG_GOLDEN_HASH: f"{rows.name}:{golden}",
     }
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)

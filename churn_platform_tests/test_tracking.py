@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow.spark
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,6 +21,7 @@ from pyspark.sql import functions as F
 
 from churn_platform.config import DatasetSpec, SourceSpec, TargetSpec
 from churn_platform.core.evaluation import plot_curves
+from churn_platform.core.model_loading import load_local_pipeline
 from churn_platform.core.models.explain import feature_importance, vector_feature_names
 from churn_platform.core.models.fitting import PROBABILITY_COL, full_model, training_frame
 from churn_platform.core.models.training import fit_model
@@ -385,6 +387,29 @@ def test_a_model_whose_files_changed_is_refused(
             load_model(resource, spec)
     finally:
         metadata.write_bytes(original)
+
+
+def test_a_logged_model_loads_in_place_with_the_stages_and_probabilities_of_mlflows_load(
+    resource: MlflowResource, trained: dict[str, Trained], customers: DataFrame
+) -> None:
+    """`score` loads the champion's checked folder in place, metadata read without Spark jobs:
+    the same stages, parameters and probabilities as `mlflow.spark.load_model`."""
+    run_id = trained["strong"].run.run_id
+    (folder,) = Path(resource.artifact_root).glob(f"*/{run_id}/artifacts/model")
+    by_mlflow = mlflow.spark.load_model(str(folder))
+    in_place = load_local_pipeline(folder / "sparkml")
+
+    def described(model: PipelineModel) -> list[tuple[type, str, dict[str, object]]]:
+        return [
+            (type(s), s.uid, {p.name: v for p, v in s.extractParamMap().items()})
+            for s in model.stages
+        ]
+
+    assert in_place.uid == by_mlflow.uid
+    assert described(in_place) == described(by_mlflow)
+    modules = {type(s).__module__.split(".")[0] for s in in_place.stages}
+    assert modules == {"pyspark", "churn_platform"}  # JVM stages and the platform's own
+    assert _probabilities(in_place, customers) == _probabilities(by_mlflow, customers)
 
 
 def test_schema_mismatch_names_the_missing_columns(

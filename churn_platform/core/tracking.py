@@ -49,6 +49,7 @@ from sqlalchemy.engine import make_url
 
 from churn_platform.config import DatasetSpec
 from churn_platform.core.columns import PROBABILITY_COL
+from churn_platform.core.model_loading import load_local_pipeline
 from churn_platform.core.ops.files import ensure_dir, locked
 from churn_platform.settings import PACKAGE_DIR, environ_restored
 
@@ -234,7 +235,7 @@ def log_training_run(
         with tempfile.TemporaryDirectory(prefix="churn-model-") as tmp:
             uri = mlflow.get_artifact_uri(MODEL_ARTIFACT)
             local = local_artifacts(uri, resource.tracking_uri, tmp)
-            mlflow.set_tag(TAG_MODEL_SHA256, _model_digest(local))
+            mlflow.set_tag(TAG_MODEL_SHA256, model_digest(local))
     _LOGGED[_cache_key(info.model_uri)] = model
     return TrainingRun(run.info.run_id, info.model_uri)
 
@@ -304,7 +305,7 @@ def local_artifacts(artifact_uri: str, tracking_uri: str, tmp: str) -> Path:
     return Path(downloaded)
 
 
-def _model_digest(model_dir: Path) -> str:
+def model_digest(model_dir: Path) -> str:
     """SHA-256 over the files a load reads (MLmodel and the Spark model), by relative path."""
     files = [model_dir / "MLmodel", *(model_dir / "sparkml").rglob("*")]
     digest = hashlib.sha256()
@@ -330,13 +331,33 @@ def load_model(
     source = client.get_model_version_download_uri(version.name, version.version)
     with tempfile.TemporaryDirectory(prefix="churn-model-") as tmp:
         local = local_artifacts(source, resource.tracking_uri, tmp)
-        actual = _model_digest(local)
+        actual = model_digest(local)
         if actual != expected:
             raise ModelIntegrityError(
                 f"{version.name} v{version.version}: model files hash to {actual}, "
                 f"but {expected} was recorded when it was logged"
             )
-        return mlflow.spark.load_model(str(local)), version
+        return _load_checked(local, downloaded=local.is_relative_to(tmp)), version
+
+
+def _load_checked(model_dir: Path, downloaded: bool) -> PipelineModel:
+    """The Spark model of a checked model folder, read in place when it is the local artifact
+    store's own folder and Spark is local.
+
+    `mlflow.spark.load_model` copies the folder to a temporary one (and, on a cluster whose file
+    system is not the local one, to a DFS folder) before loading; loading the files just hashed
+    saves that copy, and `core.model_loading` reads the stages' metadata without Spark jobs. A
+    download is loaded through MLflow: its temporary folder is removed on return, and a loaded
+    stage may still read its files (an ImputerModel's values are a DataFrame over them).
+    """
+    if (
+        downloaded
+        or is_remote()
+        or not SparkSession.active().sparkContext.master.startswith("local")
+    ):
+        return mlflow.spark.load_model(str(model_dir))
+    flavor = Model.load(str(model_dir / "MLmodel")).flavors[mlflow.spark.FLAVOR_NAME]
+    return load_local_pipeline(model_dir / flavor["model_data"])
 
 
 # Models this process logged, by model URI: an ensemble in the same run reuses the fitted
