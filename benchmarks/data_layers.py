@@ -112,7 +112,9 @@ def run(spark: SparkSession, csv: Path, rows: int, work: Path, warmup: bool = Fa
         clean = planned.write(work / "cleaned", work / "quarantine")
     cleaned = spark.read.parquet(str(work / "cleaned"))
     with meter.step("features: fit pipeline (train rows)", "features"):
-        built = features.build_features(cleaned, spec, features_schema(spec))
+        built = features.build_features(
+            cleaned, spec, features_schema(spec), settings.train_max_rows
+        )
     with meter.step("features: write, ids (observed)", "features"):
         built.write(work / "features")
     meter.summary()

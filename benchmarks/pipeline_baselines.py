@@ -120,7 +120,9 @@ def run_pyspark(job: Mapping[str, Any], spec: DatasetSpec, timeline: Timeline) -
         clean = clean_customers(spark.read.parquet(layers["raw"]), spec, ranges=spec.ranges)
         clean.write(Path(layers["cleaned"]), Path(layers["quarantined"]))
     with timeline.step("customer_features"):
-        built = build_features(spark.read.parquet(layers["cleaned"]), spec)
+        built = build_features(
+            spark.read.parquet(layers["cleaned"]), spec, fit_max_rows=job["train_max_rows"]
+        )
         built.write(Path(layers["features"]))
     if job["data_only"]:
         return Candidate("-", None, 0.0, math.nan, math.nan)

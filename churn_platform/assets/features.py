@@ -44,7 +44,7 @@ def customer_features(
     """Build features from the cleaned customers; the encoders see training rows only."""
     spec, settings = state.spec(), state.settings()
     schema = features_schema(spec)
-    result = features.build_features(cleaned_customers, spec, schema)
+    result = features.build_features(cleaned_customers, spec, schema, settings.train_max_rows)
     with staged_versions(settings.warehouse, context, "customer_features") as (path,):
         result.write(path)
     # Same cleaned content, code and spec give the same version: retraining keys off this.

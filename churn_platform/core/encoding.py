@@ -161,13 +161,14 @@ class Encoding:
             if isinstance(item, Category)
         }
 
+    def slotted(self, df: DataFrame) -> DataFrame:
+        """`df` with the index columns and the slots array (no vector)."""
+        slots = f"array({', '.join(self.slots(dict(df.dtypes)))}) AS {quote(SLOTS_COL)}"
+        return self.indexed(df).selectExpr("*", slots)
+
     def vectors(self, df: DataFrame) -> DataFrame:
         """`df` with the index columns, the slots array and the `features` vector."""
-        indexed = self.indexed(df)
-        slots = f"array({', '.join(self.slots(dict(df.dtypes)))}) AS {quote(SLOTS_COL)}"
-        return indexed.selectExpr("*", slots).withColumn(
-            FEATURES_COL, array_to_vector(F.col(SLOTS_COL))
-        )
+        return self.slotted(df).withColumn(FEATURES_COL, array_to_vector(F.col(SLOTS_COL)))
 
 
 def read_encoding(model: PipelineModel) -> Encoding:

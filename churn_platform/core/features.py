@@ -222,13 +222,17 @@ class FeatureResult(quality.LayerResult):
 
 
 def build_features(
-    cleaned: DataFrame, spec: DatasetSpec, schema: pa.DataFrameSchema | None = None
+    cleaned: DataFrame,
+    spec: DatasetSpec,
+    schema: pa.DataFrameSchema | None = None,
+    fit_max_rows: int = 0,
 ) -> FeatureResult:
     """Engineered columns, split/fold assignment and the encoding pipeline fitted on train rows.
 
-    The pipeline's fit reads the training rows (a few jobs over the stored cleaned columns);
-    the split counts, checks and the cleaned content's fingerprint are aggregates that `write`
-    observes.
+    The pipeline's fit reads the training rows (a few jobs over the stored cleaned columns):
+    with `fit_max_rows` (the training row cap, `cap_training_rows`) only the rows the models
+    are trained on, so its cost stops growing with the data. The split counts, checks and the
+    cleaned content's fingerprint are aggregates that `write` observes.
     """
     content = [c for c in cleaned.columns if c not in (BATCH_COL, BATCH_ORDER_COL)]
     # The batch order stays (out-of-time validation trains on older batches); the name goes.
@@ -241,8 +245,9 @@ def build_features(
         for split in ("train", "test")
         for value, name in ((1, "churn"), (0, "stay"))
     ]
+    fitted_on = cap_training_rows(engineered, spec, fit_max_rows)
     pipeline = fit_feature_pipeline(
-        engineered.where(F.col(SPLIT_COL) == "train"), numeric, categorical
+        fitted_on.where(F.col(SPLIT_COL) == "train"), numeric, categorical
     )
     return FeatureResult(
         features=engineered,

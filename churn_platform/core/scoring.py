@@ -16,6 +16,7 @@ from typing import Any
 
 from mlflow.entities.model_registry import ModelVersion
 from pyspark.ml import PipelineModel
+from pyspark.ml.classification import LogisticRegressionModel
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.utils import is_remote
@@ -28,7 +29,15 @@ from churn_platform.core.columns import (
     PROBABILITY_COL,
     SPLIT_COL,
 )
-from churn_platform.core.encoding import Encoding, classifier, quote, read_encoding, text
+from churn_platform.core.encoding import (
+    SLOTS_COL,
+    Encoding,
+    classifier,
+    number,
+    quote,
+    read_encoding,
+    text,
+)
 from churn_platform.core.features import assign_split, engineer_features
 from churn_platform.core.sampling import sampled
 from churn_platform.settings import Settings
@@ -232,16 +241,37 @@ def _model_key(version: ModelVersion) -> tuple[str, str, str, str]:
 
 def probabilities(cleaned: DataFrame, spec: DatasetSpec, model: PipelineModel) -> DataFrame:
     """The cleaned customers with the model's `churn_probability` (the feature stages as column
-    expressions, then the classifier stages): one Spark job before any action, to read the
+    expressions, then the classifier): one Spark job before any action, to read the
     imputation values."""
     encoding = read_encoding(model)
-    return _classified(classifier(model, encoding), encoding, cleaned, spec)
+    return _classified(model, encoding, cleaned, spec)
+
+
+def logistic_probability(lr: LogisticRegressionModel, size: int) -> str:
+    """P(churn) of a binary logistic regression over `SLOTS_COL`, as SQL.
+
+    The margin adds every slot's term in slot order, then the intercept, as Spark's dot product
+    does, and 1 / (1 + e^-margin) is Spark's own binary probability: the model's value without a
+    vector, three JVM UDFs and a probability vector per row (benchmarks/scoring.py).
+    """
+    weights = lr.coefficients.toArray()
+    terms = " + ".join(f"{number(weights[j])} * {quote(SLOTS_COL)}[{j}]" for j in range(size))
+    margin = f"(0.0D + {terms}) + {number(float(lr.intercept))}"
+    return f"1.0D / (1.0D + exp(-({margin})))"
 
 
 def _classified(
-    head: PipelineModel, encoding: Encoding, cleaned: DataFrame, spec: DatasetSpec
+    model: PipelineModel, encoding: Encoding, cleaned: DataFrame, spec: DatasetSpec
 ) -> DataFrame:
-    return head.transform(encoding.vectors(engineer_features(cleaned, spec)))
+    """`cleaned` with the slots and `churn_probability`: a logistic-regression champion as one
+    SQL expression, any other through its classifier stages on the assembled vector."""
+    engineered = engineer_features(cleaned, spec)
+    lr = reasons.exact_logistic(model, encoding)
+    size = len(encoding.slot_columns)
+    if lr is not None and lr.numFeatures == size:
+        probability = logistic_probability(lr, size)
+        return encoding.slotted(engineered).selectExpr("*", f"{probability} AS {PROBABILITY_COL}")
+    return classifier(model, encoding).transform(encoding.vectors(engineered))
 
 
 def score_customers(
@@ -256,7 +286,8 @@ def score_customers(
     """Scores of the cleaned customers `population` selects (all without it), as one lazy frame.
 
     The model's feature stages are replaced by column expressions (core.encoding) and its
-    classifier stages applied to the vector they assemble; probability, decision, tier, contact
+    classifier stages applied to the vector they assemble (a logistic regression is one more
+    expression, `logistic_probability`); probability, decision, tier, contact
     value, reasons and unseen values come out of the same projection. `model_version` is
     (name, version, decision threshold). `reference` holds the cleaned customers the reasons
     are measured against (the training split); without it, those scored. Before the frame is
@@ -266,7 +297,6 @@ def score_customers(
     name, version, threshold = model_version
     cuts = tier_cuts(threshold, policy)
     encoding = read_encoding(model)
-    head = classifier(model, encoding)
     customers = cleaned.where(population) if population is not None else cleaned
     observed_population = None
     if population is not None:
@@ -284,9 +314,9 @@ def score_customers(
         model,
         encoding,
         encoding.vectors(engineer_features(measured_from, spec)),
-        lambda: _classified(head, encoding, customers, spec),
+        lambda: _classified(model, encoding, customers, spec),
     )
-    classified = _classified(head, encoding, cleaned, spec)
+    classified = _classified(model, encoding, cleaned, spec)
     columns = encoding.columns
     flags = encoding.unseen()
     # A narrow frame before the reasons: the id, the probability and a few arrays (Spark's
