@@ -53,17 +53,18 @@ SERVICE_MARKS = ("cluster", "postgres", "daemon", "browser")
 
 # `make test` (`-n 2 --dist loadgroup --no-loadscope-reorder`) hands a worker a whole group at a
 # time, in the order the groups first appear in the collection. These go first, longest first
-# (seconds of the fresh-clone CI run of session 10, two workers), so that the daemon's and the
+# (seconds of session 11's fresh-clone CI runs, two workers), so that the daemon's and the
 # servers' waits overlap the other worker's work and the run ends on short groups. In xdist's
 # own order (most tests first) the daemon test came second to last, so one worker most likely
-# sat idle while it ran: 601.8 s. The other groups follow, most tests first.
+# sat idle while it ran: 601.8 s. The other groups follow, most tests first. One worker takes
+# the pipeline group, the other the daemon and modeling groups; the rest fill in behind them.
 LONGEST_GROUPS = (
-    "pipeline",  # the session's run 60 s, the cluster tests 111 s, the UIs 63 s, 10 readers
-    "test_daemon",  # 97 s, most of it waiting on the daemon's sensor ticks and its runs
-    "test_modeling",  # forty model fits
+    "pipeline",  # 360-400 s: the session's run 110 s, the cluster test, the UIs 77 s, 10 readers
+    "test_daemon",  # 185-215 s, waiting on the daemon's two runs (each a fresh process and JVM)
+    "test_modeling",  # 185-225 s: the nine kinds' fits and their checks
     "test_operator_commands",  # fresh interpreters; 1.4x test_server in a loaded test-fast run
-    "test_server",  # three `serve` start-ups and stops, 66 s
-    "test_out_of_time",  # 52 s in its two slowest parts
+    "test_server",  # three `serve` start-ups and stops, 60 s
+    "test_out_of_time",  # 62 s
     "test_etl",  # the worker's first Spark queries
     "test_backup_assets",
     "test_scoring",
