@@ -24,6 +24,7 @@ from churn_platform.cli_common import (
     CommandError,
     command,
     command_settings,
+    scoring_session,
 )
 from churn_platform.settings import DEFAULT_SPEC
 
@@ -118,9 +119,8 @@ def score(config: str | None, input_path: str, output: str, alias: str, overwrit
     from churn_platform.core.tracking import SchemaMismatchError
     from churn_platform.io_managers import current_version
     from churn_platform.mlflow_resource import MlflowResource
-    from churn_platform.resources import spark_session
 
-    spark, spec = spark_session(settings), platform_spec(settings)
+    spark, spec = scoring_session(settings, Path(input_path)), platform_spec(settings)
     # Reasons are measured from the training customers when the warehouse has them.
     stored = current_version(settings.warehouse / "cleaned_customers")
     reference = training_reference(spark.read.parquet(str(stored)), spec) if stored else None
