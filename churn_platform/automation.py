@@ -85,13 +85,15 @@ def retrain_condition(cron: str, model_keys: Sequence[str] = ()) -> dg.Automatio
     ).with_label("retrain on new feature data, new code or cron")
 
 
-automation_sensor = dg.AutomationConditionSensorDefinition(
-    "churn_automation",
-    target=dg.AssetSelection.all(),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=15,
-    description="Evaluates the automation conditions; shipped running so retraining works.",
-)
+def automation_sensor(interval_seconds: int) -> dg.AutomationConditionSensorDefinition:
+    """Shipped running so retraining works; `Settings.automation_interval_seconds` apart."""
+    return dg.AutomationConditionSensorDefinition(
+        "churn_automation",
+        target=dg.AssetSelection.all(),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=interval_seconds,
+        description="Evaluates the automation conditions; shipped running so retraining works.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,22 +187,29 @@ def scan_inbox(settings: Settings, spec: DatasetSpec, now: dt.datetime) -> dg.Se
     )
 
 
-@dg.sensor(
-    minimum_interval_seconds=10,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    asset_selection=list(DATA_LAYER_KEYS),
-    description="New CSV/Parquet files in $CHURN_HOME/inbox/ become raw batches, then features.",
-)
-def inbox_sensor(context: dg.SensorEvaluationContext, state: StateResource) -> dg.SensorResult:
-    result = scan_inbox(state.settings(), state.spec(), dg_now())
-    if result.cursor is None:
-        result = dg.SensorResult(
-            run_requests=result.run_requests,
-            dynamic_partitions_requests=result.dynamic_partitions_requests,
-            skip_reason=result.skip_reason,
-            cursor=context.cursor,
-        )
-    return result
+def inbox_sensor(interval_seconds: int) -> dg.SensorDefinition:
+    """Looks into the inbox `Settings.inbox_interval_seconds` apart."""
+
+    @dg.sensor(
+        name="inbox_sensor",
+        minimum_interval_seconds=interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        asset_selection=list(DATA_LAYER_KEYS),
+        description="New CSV/Parquet files in $CHURN_HOME/inbox/ become raw batches, then "
+        "features.",
+    )
+    def sensor(context: dg.SensorEvaluationContext, state: StateResource) -> dg.SensorResult:
+        result = scan_inbox(state.settings(), state.spec(), dg_now())
+        if result.cursor is None:
+            result = dg.SensorResult(
+                run_requests=result.run_requests,
+                dynamic_partitions_requests=result.dynamic_partitions_requests,
+                skip_reason=result.skip_reason,
+                cursor=context.cursor,
+            )
+        return result
+
+    return sensor
 
 
 def dg_now() -> dt.datetime:

@@ -112,8 +112,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         jobs=named_jobs(freshness),
         schedules=[backups.backup_schedule],
         sensors=[
-            automation.automation_sensor,
-            automation.inbox_sensor,
+            automation.automation_sensor(settings.automation_interval_seconds),
+            automation.inbox_sensor(settings.inbox_interval_seconds),
             automation.degradation_sensor,
             automation.incident_on_run_failure,
             automation.resolve_incidents_on_success,

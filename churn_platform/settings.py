@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     freshness_warn_hours: float = 24.0
     freshness_fail_hours: float = 72.0
     retrain_cron: str = "0 3 * * 0"
+    # How often the daemon looks into the inbox and evaluates the automation conditions: each
+    # look costs a gRPC call to the code server, and a file waits for the next one.
+    inbox_interval_seconds: int = Field(10, ge=1)
+    automation_interval_seconds: int = Field(15, ge=1)
     log_retention_days: int = 90
     syslog_address: str | None = None
     # Unset: a key generated once under $CHURN_HOME/secrets (see core.ops.privacy).

@@ -51,6 +51,10 @@ def test_inbox_drop_trains_and_scores_without_a_click(spark, churn_home, telco_c
             "CHURN_SHUFFLE_PARTITIONS": "2",  # 2,000 rows: one task per core
             # One model, the cheapest: this test is about the daemon carrying a drop through.
             "CHURN_MODELS": "decision_tree",
+            # The inbox and the automation conditions looked at every few seconds, not every 10
+            # and 15: the file and the new features wait less for the daemon's next look.
+            "CHURN_INBOX_INTERVAL_SECONDS": "2",
+            "CHURN_AUTOMATION_INTERVAL_SECONDS": "3",
         }
     )
     settings.export_library_env()  # this process reads the instance too (churn_home restores)
