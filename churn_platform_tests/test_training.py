@@ -22,14 +22,18 @@ from churn_platform.assets.training import (
 )
 from churn_platform.config import DatasetSpec, SourceSpec, TargetSpec
 from churn_platform.core import tracking
+from churn_platform.core.features import fit_feature_pipeline
+from churn_platform.core.models.explain import feature_importance, vector_feature_names
 from churn_platform.core.models.fitting import (
     PROBABILITY_COL,
     FitResult,
     TrainingFrame,
     full_model,
+    numeric_slots,
     training_frame,
 )
 from churn_platform.core.models.kinds import KINDS, merged_params
+from churn_platform.core.models.stages import SignedLog
 from churn_platform.core.models.training import fit_model
 from churn_platform.io_managers import SUMMARY, VersionedParquetIOManager, current_version
 from churn_platform.mlflow_resource import MlflowResource
@@ -227,7 +231,13 @@ def test_model_params_merge_defaults_run_config_quick_profile_and_extra_json_in_
         "maxIter": 7,
     }
     quick = model_params("logistic_regression", config, "quick")
-    assert quick == {**lr.defaults, "regParam": 0.01, "elasticNetParam": 0.2, "maxIter": 7}
+    assert quick == {
+        **lr.defaults,
+        "regParam": 0.01,
+        "elasticNetParam": 0.2,
+        "maxIter": 7,
+        "logNumeric": False,
+    }
     extra = LogisticRegressionConfig(extra_params_json='{"regParam": [0.1, 0.2]}')
     assert model_params("logistic_regression", extra, "quick")["regParam"] == [0.1, 0.2]
     assert model_params("stacking", ModelConfig()) == dict(KINDS["stacking"].defaults)
@@ -243,3 +253,38 @@ def test_merged_params_precedence_and_unknown_kind() -> None:
     assert dict(KINDS["gbt"].defaults) == defaults, "merging never changes the table"
     with pytest.raises(ValueError, match="unknown model kind 'svm'"):
         merged_params("svm")
+
+
+def test_log_numeric_adds_the_log_of_numeric_slots_only(spark: SparkSession) -> None:
+    """`logNumeric` gives the regression sign(x) * log(1 + |x|) of the numeric columns; the
+    one-hot indicators of a categorical column are not repeated."""
+    table = spark.createDataFrame(
+        [(3.0, "a"), (-1.0, "b"), (0.0, "a")], "tenure double, plan string"
+    )
+    pipeline = fit_feature_pipeline(table, ["tenure"], ["plan"])
+    vectors = pipeline.transform(table)
+    assert numeric_slots(vectors) == [0]
+    logged = SignedLog(inputCol="features", outputCol="logged", slots=numeric_slots(vectors))
+    rows = logged.transform(vectors).collect()
+    assert [list(r.logged)[:-1] for r in rows] == [list(r.features) for r in rows]
+    appended = [r.logged[len(r.features)] for r in rows]
+    assert appended == pytest.approx([np.log(4.0), -np.log(2.0), 0.0], **SAME_MODEL)
+
+
+def test_a_log_numeric_regression_scores_the_same_after_saving_and_names_its_log_slots(
+    frame: TrainingFrame, feature_pipeline: PipelineModel, engineered: DataFrame, tmp_path: Path
+) -> None:
+    """The stage persists by its params, so the model is served as it was fitted; its
+    coefficients are reported on the plain and the log slots."""
+    params = {"regParam": 0.1, "maxIter": 10, "logNumeric": True}
+    fit = fit_model("logistic_regression", frame, params)
+    model = full_model(feature_pipeline, fit.model)
+    model.write().save(str(tmp_path / "model"))
+    scored = model.transform(engineered).select(ID, PROBABILITY_COL).orderBy(ID).collect()
+    loaded = PipelineModel.load(str(tmp_path / "model")).transform(engineered)
+    assert_same_scores(loaded.select(ID, PROBABILITY_COL).orderBy(ID).collect(), scored, SAME_MODEL)
+    assert not [c for c in loaded.columns if c.endswith("_logged")], "scratch column left"
+    importance = feature_importance(fit.model, vector_feature_names(frame.train))
+    assert {name for name, _ in importance} == {"x1", "x2", "log x1", "log x2"}
+    with pytest.raises(ValueError, match="logistic regression only"):
+        fit_model("gbt", frame, {"maxIter": 2, "logNumeric": True})

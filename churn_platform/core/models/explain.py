@@ -17,7 +17,7 @@ from pyspark.sql import DataFrame
 
 from churn_platform.core.columns import FEATURES_COL, PROBABILITY_COL
 from churn_platform.core.models.ensembles import CALIBRATED_SUFFIX, LOGIT_SUFFIX, META_FEATURES
-from churn_platform.core.models.stages import WeightedAverage
+from churn_platform.core.models.stages import SignedLog, WeightedAverage
 
 _CLASSIFIER_MODELS = (
     LogisticRegressionModel,
@@ -49,9 +49,10 @@ def feature_importance(
     """What drives a model's predictions, largest magnitude first.
 
     Trees: featureImportances; logistic regression: signed coefficients on the (assembled)
-    features; bagging: the mean over its members. Ensembles answer at the model level instead:
-    stacking gives the meta-LR coefficient of each base model's log-odds, voting each base
-    model's weight (feature_names are then not used).
+    features, and on `log <name>` for the slots it also sees on a log scale; bagging: the mean
+    over its members. Ensembles answer at the model level instead: stacking gives the meta-LR
+    coefficient of each base model's log-odds, voting each base model's weight (feature_names
+    are then not used).
     """
     stages = _flatten(model)
     meta = next(
@@ -93,6 +94,12 @@ def feature_importance(
         for s in classifiers
     ]
     mean = np.mean(vectors, axis=0)
+    logged = next((s for s in stages if isinstance(s, SignedLog)), None)
+    if logged is not None and len(feature_names) + len(logged.getOrDefault(logged.slots)) == len(
+        mean
+    ):
+        slots = logged.getOrDefault(logged.slots)
+        feature_names = [*feature_names, *(f"log {feature_names[i]}" for i in slots)]
     if len(feature_names) != len(mean):
         raise ValueError(
             f"{len(feature_names)} feature names for a {len(mean)}-slot feature vector"

@@ -39,7 +39,12 @@ from churn_platform.core.columns import (
     PROBABILITY_COL,
     SPLIT_COL,
 )
-from churn_platform.core.models.stages import DropColumns, PositiveProbability, WeightedAverage
+from churn_platform.core.models.stages import (
+    DropColumns,
+    PositiveProbability,
+    SignedLog,
+    WeightedAverage,
+)
 
 DEFAULT_SEED = 42
 TRAIN_SPLIT = "train"
@@ -52,6 +57,9 @@ _BAGGING_KEYS = ("base", "numModels", "sampleFraction")
 # model gets the fold models' mean number of rounds.
 EARLY_STOPPING = "earlyStopping"
 VALIDATION_COL = "is_validation"
+# A platform key, logistic regression only: the numeric slots of the vector also enter on a log
+# scale (`stages.SignedLog`).
+LOG_NUMERIC = "logNumeric"
 _ESTIMATORS: dict[str, type] = {
     "logistic_regression": LogisticRegression,
     "decision_tree": DecisionTreeClassifier,
@@ -207,10 +215,21 @@ def classifier_part(
     """Fit one MLlib classifier (or a bag of them) on `rows`; its P(churn) lands in `output`."""
     if family == "bagging":
         return _bagging_part(params, seed, rows, prefix, output)
+    params = dict(params)
+    before: list[Transformer] = []
+    features = FEATURES_COL
+    if params.pop(LOG_NUMERIC, False):
+        if family != "logistic_regression":
+            raise ValueError(f"{family}: {LOG_NUMERIC} applies to logistic regression only")
+        features = f"{prefix}_logged"
+        before.append(
+            SignedLog(inputCol=FEATURES_COL, outputCol=features, slots=numeric_slots(rows))
+        )
+        rows = before[0].transform(rows)
     estimator = _ESTIMATORS[family]()
     temps = [f"{prefix}_raw", f"{prefix}_prob", f"{prefix}_pred"]
     columns = dict(zip(("rawPredictionCol", "probabilityCol", "predictionCol"), temps, strict=True))
-    for name, value in {"featuresCol": FEATURES_COL, "labelCol": LABEL_COL, **columns}.items():
+    for name, value in {"featuresCol": features, "labelCol": LABEL_COL, **columns}.items():
         estimator.set(estimator.getParam(name), value)
     if estimator.hasParam("seed"):
         estimator.set(estimator.getParam("seed"), seed)
@@ -219,7 +238,23 @@ def classifier_part(
             raise ValueError(f"{family}: unknown Spark parameter {name!r}")
         estimator.set(estimator.getParam(name), value)
     fitted = estimator.fit(rows)
-    return Part([fitted, PositiveProbability(inputCol=temps[1], outputCol=output)], temps, output)
+    stages = [*before, fitted, PositiveProbability(inputCol=temps[1], outputCol=output)]
+    return Part(stages, temps + ([features] if before else []), output)
+
+
+def numeric_slots(rows: DataFrame) -> list[int]:
+    """Slots of the `features` vector that hold numeric columns, not one-hot indicators.
+
+    Read from the assembler's metadata (no Spark job); a vector without it: every slot (one
+    job reads its size).
+    """
+    metadata = rows.schema[FEATURES_COL].metadata.get("ml_attr", {})
+    if "attrs" in metadata:
+        return sorted(int(a["idx"]) for a in metadata["attrs"].get("numeric", []))
+    if "num_attrs" in metadata:
+        return list(range(int(metadata["num_attrs"])))
+    first = rows.select(FEATURES_COL).first()
+    return list(range(first[0].size)) if first else []
 
 
 def _bagging_part(

@@ -12,7 +12,7 @@ from typing import Any
 
 from pyspark import keyword_only
 from pyspark.ml import Transformer
-from pyspark.ml.functions import vector_to_array
+from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasInputCols, HasOutputCol, HasOutputCols
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
@@ -161,3 +161,37 @@ class RenameColumn(_ColumnToColumn):
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         return dataset.withColumnRenamed(self.getInputCol(), self.getOutputCol())
+
+
+class SignedLog(_ColumnToColumn):
+    """The vector with sign(x) * log(1 + |x|) of some of its slots appended.
+
+    A logistic regression is linear in its inputs; churn risk falls steeply over a customer's
+    first months and then flattens, which a log scale of tenure or charges expresses.
+    Params: inputCol, outputCol, slots (indices of the input slots to add on a log scale).
+    """
+
+    slots = Param(Params._dummy(), "slots", "input slots to append", TypeConverters.toListInt)
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        inputCol: str | None = None,
+        outputCol: str | None = None,
+        slots: list[int] | None = None,
+    ) -> None:
+        given = self._input_kwargs  # the parent's `keyword_only` __init__ resets it
+        super().__init__()
+        self._setDefault(slots=[])
+        self._set(**given)
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        slots = self.getOrDefault(self.slots)
+        if not slots:
+            return dataset.withColumn(self.getOutputCol(), F.col(self.getInputCol()))
+        values = vector_to_array(F.col(self.getInputCol()))
+        logs = [F.signum(values[i]) * F.log1p(F.abs(values[i])) for i in slots]
+        return dataset.withColumn(
+            self.getOutputCol(), array_to_vector(F.concat(values, F.array(*logs)))
+        )
