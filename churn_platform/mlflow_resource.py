@@ -10,6 +10,7 @@ import threading
 
 import dagster as dg
 from mlflow import MlflowClient
+from pydantic import PrivateAttr
 
 from churn_platform.core.tracking import backend_client, ensure_experiment, initialise_backend
 from churn_platform.settings import Settings
@@ -26,6 +27,7 @@ class MlflowResource(dg.ConfigurableResource):
 
     tracking_uri: str
     artifact_root: str
+    _initialising: threading.Thread | None = PrivateAttr(default=None)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MlflowResource:
@@ -39,7 +41,20 @@ class MlflowResource(dg.ConfigurableResource):
         MLflow's first use migrates a new database (about 5 s); started here, the first model
         asset finds it ready instead of paying for it. `client()` waits for it under the lock.
         """
-        threading.Thread(target=initialise_backend, args=(self.tracking_uri,), daemon=True).start()
+        self._initialising = threading.Thread(
+            target=initialise_backend, args=(self.tracking_uri,), daemon=True
+        )
+        self._initialising.start()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        """Wait for the schema set-up before the run's process may exit.
+
+        A run that failed within seconds ended its process while MLflow was still migrating a
+        new sqlite file; the half-migrated database then failed every later run of that state
+        root (`table _alembic_tmp_latest_metrics already exists`).
+        """
+        if self._initialising is not None:
+            self._initialising.join()
 
     def client(self) -> MlflowClient:
         """A client whose tracking and registry are both this resource's backend."""
