@@ -13,9 +13,11 @@ first status after a code change builds the definitions and records their keys (
     .venv/bin/python benchmarks/startup.py --runs 5 --backup --score --json
 
 `--score` and `--backup` need a real champion: the platform trains one in a second state root
-(`generate`, then `run` with one logistic regression and the quick profile:
-untimed, a few minutes). `--score` times `score` on a file of its first 50 customers, next to the
-JVM start it cannot avoid: a SparkSession with the platform's configuration running one job.
+(`generate`, then `run` with the quick profile and `--champion-models`, one logistic regression
+by default: untimed, a few minutes; `decision_tree,stacking` gives an ensemble champion, whose
+load reads more stages). `--score` times `score` on a file of its first 50 customers, next to the
+JVM start it cannot avoid: a SparkSession with the platform's configuration running one job, and
+the same with the short-lived JVM `score` starts for a small input (cli_common.scoring_session).
 `--backup` times that champion's first backup once (it writes the golden input, hashes the
 champion's predictions and re-scores them in the drill: Spark), then the backups after it
 (the drill's proof reused: no Spark).
@@ -72,6 +74,12 @@ JVM_START = (
     "from churn_platform.resources import spark_session; "
     "from churn_platform.settings import load_settings; "
     "spark_session(load_settings()).range(1).count()"
+)
+SCORE_JVM_START = (
+    "from pathlib import Path; "
+    "from churn_platform.cli_common import scoring_session; "
+    "from churn_platform.settings import load_settings; "
+    f"scoring_session(load_settings(), Path('customers_{SCORE_ROWS}.csv')).range(1).count()"
 )
 
 
@@ -161,6 +169,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per command (median)")
     parser.add_argument("--backup", action="store_true", help="also time `backup` (trains)")
     parser.add_argument("--score", action="store_true", help="also time `score` (trains)")
+    parser.add_argument(
+        "--champion-models",
+        default="logistic_regression",
+        help="CHURN_MODELS of the champion --score and --backup train (default: one LR)",
+    )
     parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="startup-bench-") as folder:
@@ -181,25 +194,29 @@ def main() -> None:
         forget = {"churn-platform status (keys not recorded)": lambda: record.unlink(True)}
         rows = measure(commands, args.runs, env, Path(folder), forget)
         if args.score or args.backup:
-            rows += with_champion(Path(folder) / "trained", args.runs, args.score, args.backup)
+            trained = Path(folder) / "trained"
+            rows += with_champion(trained, args.runs, args.score, args.backup, args.champion_models)
     print(f"load average at the start: {load:.1f} ({os.cpu_count()} cores)")
     print(table(rows))
     if args.json:
         print(json.dumps(rows))
 
 
-def with_champion(folder: Path, runs: int, score: bool, backup: bool) -> list[dict]:
+def with_champion(
+    folder: Path, runs: int, score: bool, backup: bool, models: str = "logistic_regression"
+) -> list[dict]:
     """`score` and `backup` against a state root whose champion the platform trained."""
     home = folder / "home"
     home.mkdir(parents=True)
     extra = {"CHURN_HOME": str(home), "CHURN_TRAINING_PROFILE": "quick"}
-    env = load_settings({**extra, "CHURN_MODELS": "logistic_regression"}).child_env()
+    env = load_settings({**extra, "CHURN_MODELS": models}).child_env()
     print("  training a champion (untimed)", file=sys.stderr, flush=True)
     trained_champion(home, env)
     rows = []
     if score:
         scoring = {
             "JVM start: SparkSession + 1 job": [sys.executable, "-c", JVM_START],
+            "JVM start, score's small-input JVM": [sys.executable, "-c", SCORE_JVM_START],
             **{f"churn-platform {n}": [*CLI, *a] for n, a in SCORE.items()},
         }
         rows += measure(scoring, runs, env, folder)
