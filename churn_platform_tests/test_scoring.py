@@ -28,8 +28,13 @@ from churn_platform.core.features import (
     fit_feature_pipeline,
 )
 from churn_platform.core.models.ensembles import BASE_SUFFIX, voting_head
-from churn_platform.core.models.fitting import PROBABILITY_COL, Part, assemble
-from churn_platform.core.models.stages import DropColumns, PositiveProbability, RenameColumn
+from churn_platform.core.models.fitting import PROBABILITY_COL, Part, assemble, numeric_slots
+from churn_platform.core.models.stages import (
+    DropColumns,
+    PositiveProbability,
+    RenameColumn,
+    SignedLog,
+)
 from churn_platform.settings import DEFAULT_SPEC
 
 # The new scoring path may differ from the logged pipeline only by summation order (issue 17).
@@ -43,17 +48,26 @@ def _telco(spark: SparkSession, spec: DatasetSpec, path: Path) -> DataFrame:
     ).cleaned
 
 
-def _champion(cleaned: DataFrame, spec: DatasetSpec, classifier) -> PipelineModel:
-    """A model shaped like a logged champion: feature stages, classifier, P(churn)."""
+def _champion(
+    cleaned: DataFrame, spec: DatasetSpec, classifier, log_numeric: bool = False
+) -> PipelineModel:
+    """A model shaped like a logged champion: feature stages, classifier, P(churn); with
+    `log_numeric`, the numeric slots also on a log scale first (the default profile's LR)."""
     train = assign_split(engineer_features(cleaned, spec), spec).where(F.col(SPLIT_COL) == "train")
     numeric, categorical = feature_roles(train.drop(SPLIT_COL, FOLD_COL), spec)
     features = fit_feature_pipeline(train, numeric, categorical)
+    rows = features.transform(train)
+    before, temps = [], ["p_vec", "raw", "pred"]
     classifier.setFeaturesCol(FEATURES_COL).setLabelCol(LABEL_COL)
+    if log_numeric:
+        before = [SignedLog(inputCol=FEATURES_COL, outputCol="logged", slots=numeric_slots(rows))]
+        rows, temps = before[0].transform(rows), [*temps, "logged"]
+        classifier.setFeaturesCol("logged")
     classifier.setProbabilityCol("p_vec").setRawPredictionCol("raw").setPredictionCol("pred")
-    fitted = classifier.fit(features.transform(train))
+    fitted = classifier.fit(rows)
     positive = PositiveProbability(inputCol="p_vec", outputCol=PROBABILITY_COL)
-    drop = DropColumns(columns=["p_vec", "raw", "pred"])
-    return PipelineModel(stages=[*features.stages, fitted, positive, drop])
+    drop = DropColumns(columns=temps)
+    return PipelineModel(stages=[*features.stages, *before, fitted, positive, drop])
 
 
 def _voting(lr: PipelineModel, forest: PipelineModel, feature_stages: int) -> PipelineModel:
@@ -91,6 +105,12 @@ def lr_champion(telco) -> PipelineModel:
     return _champion(cleaned, spec, LogisticRegression(regParam=0.01, maxIter=50))
 
 
+@pytest.fixture(scope="module")
+def logged_lr_champion(telco) -> PipelineModel:
+    spec, cleaned = telco
+    return _champion(cleaned, spec, LogisticRegression(regParam=0.01, maxIter=50), True)
+
+
 def _odd(cleaned: DataFrame, spec: DatasetSpec) -> DataFrame:
     """The customers with a few values the model never saw or must impute."""
     rank = F.pmod(F.xxhash64(F.col(spec.id_column)), F.lit(97))
@@ -105,14 +125,21 @@ def _odd(cleaned: DataFrame, spec: DatasetSpec) -> DataFrame:
     )
 
 
-def test_probabilities_equal_the_logged_pipelines_for_each_kind_of_model(telco, lr_champion):
+def test_probabilities_equal_the_logged_pipelines_for_each_kind_of_model(
+    telco, lr_champion, logged_lr_champion
+):
     spec, cleaned = telco
     customers = _odd(cleaned, spec)
     forest = _champion(
         cleaned, spec, RandomForestClassifier(numTrees=10, maxDepth=5, seed=3, subsamplingRate=0.8)
     )
     count = read_encoding(lr_champion).stage_count
-    models = {"lr": lr_champion, "forest": forest, "voting": _voting(lr_champion, forest, count)}
+    models = {
+        "lr": lr_champion,
+        "lr with logged numbers": logged_lr_champion,
+        "forest": forest,
+        "voting": _voting(lr_champion, forest, count),
+    }
     for name, model in models.items():
         today = model.transform(engineer_features(customers, spec)).select(
             spec.id_column, vector_to_array(FEATURES_COL).alias("vector"), PROBABILITY_COL
@@ -141,9 +168,13 @@ def _contributions(attribution: reasons.Attribution, model: PipelineModel, clean
     return frame, frame[columns].to_numpy()
 
 
-def test_linear_reasons_add_up_exactly_to_each_customers_log_odds(telco, lr_champion) -> None:
+def test_linear_reasons_add_up_exactly_to_each_customers_log_odds(
+    telco, logged_lr_champion
+) -> None:
+    """Also with the default profile's log-scale numbers: a column's reason is the sum of its
+    slot's and its log's terms."""
     spec, cleaned = telco
-    model = lr_champion
+    model = logged_lr_champion
     train = assign_split(cleaned, spec).where(F.col(SPLIT_COL) == "train")
     scores = scoring.score_customers(
         cleaned,

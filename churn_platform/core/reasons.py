@@ -40,7 +40,7 @@ from churn_platform.core.encoding import (
     quote,
     text,
 )
-from churn_platform.core.models.stages import DropColumns, PositiveProbability
+from churn_platform.core.models.stages import DropColumns, PositiveProbability, SignedLog
 
 REASONS_COL = "reasons"
 TOP_REASONS = 3
@@ -57,6 +57,7 @@ LOGIT_CLIP = 1e-3
 _FIDELITY = "fidelity:"
 # The arrays reasons are read from (`inputs`): contributions, and values as text or number.
 PARTS, TEXTS, NUMBERS = "__reason_parts", "__reason_texts", "__reason_numbers"
+_LOGGED = "__reasons_logged"
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ class Attribution:
     reference: np.ndarray
     slot_columns: tuple[str, ...]
     fidelity_r2: float | None = None
+    # Vector slots the model also reads on a signed log scale (`stages.SignedLog`), in the order
+    # their terms follow the vector's own: coefficients, reference and slot_columns hold them too.
+    logged: tuple[int, ...] = ()
 
     @property
     def baseline_log_odds(self) -> float:
@@ -82,18 +86,47 @@ class Attribution:
         return described
 
 
-def exact_logistic(model: PipelineModel, encoding: Encoding) -> LogisticRegressionModel | None:
-    """The logistic regression whose P(churn) is the model's output, if that is all it is."""
+@dataclass(frozen=True)
+class Linear:
+    """A logistic regression whose P(churn) is the model's output, over the `features` vector
+    and the signed logs of its `logged` slots appended to it (none without a SignedLog stage)."""
+
+    lr: LogisticRegressionModel
+    logged: tuple[int, ...] = ()
+
+
+def exact_logistic(model: PipelineModel, encoding: Encoding) -> Linear | None:
+    """The logistic regression (after an optional SignedLog) that is all the model is, if so."""
     head = [s for s in model.stages[encoding.stage_count :] if not isinstance(s, DropColumns)]
+    logged: tuple[int, ...] = ()
+    features = FEATURES_COL
+    if head and isinstance(head[0], SignedLog):
+        signed_log = head.pop(0)
+        if signed_log.getInputCol() != FEATURES_COL:
+            return None
+        logged = tuple(signed_log.getOrDefault(signed_log.slots))
+        features = signed_log.getOutputCol()
     if len(head) != 2:
         return None
     lr, positive = head
     if not (isinstance(lr, LogisticRegressionModel) and isinstance(positive, PositiveProbability)):
         return None
-    if lr.numClasses != 2 or lr.getFeaturesCol() != FEATURES_COL:
+    if lr.numClasses != 2 or lr.getFeaturesCol() != features:
+        return None
+    if lr.numFeatures != len(encoding.slot_columns) + len(logged):
         return None
     wired = positive.getInputCol() == lr.getProbabilityCol()
-    return lr if wired and positive.getOutputCol() == PROBABILITY_COL else None
+    return Linear(lr, logged) if wired and positive.getOutputCol() == PROBABILITY_COL else None
+
+
+def signed_log(value: str) -> str:
+    """sign(x) * log(1 + |x|) in SQL: `stages.SignedLog`'s functions, so the same double."""
+    return f"(signum({value}) * log1p(abs({value})))"
+
+
+def with_logged(slots: Sequence[str], logged: Sequence[int]) -> list[str]:
+    """The slots (SQL, one each) followed by the signed logs of the `logged` ones."""
+    return [*slots, *(signed_log(slots[j]) for j in logged)]
 
 
 def slot_values(size: int, array: str = SLOTS_COL) -> list[str]:
@@ -101,13 +134,13 @@ def slot_values(size: int, array: str = SLOTS_COL) -> list[str]:
     return [f"{quote(array)}[{j}]" for j in range(size)]
 
 
-def mean_vector(vectors: DataFrame) -> np.ndarray | None:
+def mean_vector(vectors: DataFrame, column: str = FEATURES_COL) -> np.ndarray | None:
     """The mean `features` vector (one Spark job): the reference customer; None without rows.
 
     Spark's Summarizer adds each row's vector in one loop: measured here at half the cost of an
     average per slot.
     """
-    row = vectors.select(Summarizer.metrics("mean", "count").summary(F.col(FEATURES_COL))).first()
+    row = vectors.select(Summarizer.metrics("mean", "count").summary(F.col(column))).first()
     summary = row[0] if row else None
     if summary is None or not summary["count"]:
         return None
@@ -133,12 +166,19 @@ def fit_attribution(
     surrogate, which is fitted on a bounded sample of it (a count and the fit).
     """
     sources = encoding.slot_columns
-    mean = mean_vector(reference)
-    lr = exact_logistic(model, encoding)
-    if lr is not None:
+    linear = exact_logistic(model, encoding)
+    if linear is not None:
+        logged = linear.logged
+        columns = (*sources, *(sources[j] for j in logged))
+        extended = SignedLog(inputCol=FEATURES_COL, outputCol=_LOGGED, slots=list(logged))
+        mean = mean_vector(extended.transform(reference), _LOGGED)
         if mean is None:
-            mean = np.zeros(len(sources))
-        return Attribution(EXACT, lr.coefficients.toArray(), float(lr.intercept), mean, sources)
+            mean = np.zeros(len(columns))
+        coefficients = linear.lr.coefficients.toArray()
+        return Attribution(
+            EXACT, coefficients, float(linear.lr.intercept), mean, columns, logged=logged
+        )
+    mean = mean_vector(reference)
     scored_frame = scored()
     if mean is None:
         mean = mean_vector(scored_frame)
@@ -180,9 +220,11 @@ def contributions(attribution: Attribution, slots: Sequence[str]) -> dict[str, s
 
 def encoded_contributions(attribution: Attribution, encoding: Encoding) -> dict[str, str]:
     """`contributions` over `Encoding.vectors`' columns, with the same values: a category's
-    one-hot slots are read as its index's coefficient (one slot is 1, the others add 0)."""
+    one-hot slots are read as its index's coefficient (one slot is 1, the others add 0), a
+    logged slot's term joins its column's."""
     coefficients, reference = attribution.coefficients, attribution.reference
-    expressions: dict[str, str] = {}
+    terms: dict[str, list[str]] = {}
+    offsets: dict[str, float] = {}
     slot = 0
     for item in encoding.inputs:
         if isinstance(item, Category):
@@ -195,9 +237,16 @@ def encoded_contributions(attribution: Attribution, encoding: Encoding) -> dict[
             width, column = 1, item.column if isinstance(item, Imputed) else item
             term = f"{number(coefficients[slot])} * {quote(SLOTS_COL)}[{slot}]"
         offset = float(sum(coefficients[j] * reference[j] for j in range(slot, slot + width)))
-        expressions[column] = f"({term}) - {number(offset)}"
+        terms.setdefault(column, []).append(term)
+        offsets[column] = offsets.get(column, 0.0) + offset
         slot += width
-    return expressions
+    for k, source in enumerate(attribution.logged):
+        column, j = attribution.slot_columns[source], slot + k
+        terms[column].append(
+            f"{number(coefficients[j])} * {signed_log(f'{quote(SLOTS_COL)}[{source}]')}"
+        )
+        offsets[column] += float(coefficients[j] * reference[j])
+    return {c: f"({' + '.join(t)}) - {number(offsets[c])}" for c, t in terms.items()}
 
 
 def with_contributions(df: DataFrame, attribution: Attribution) -> DataFrame:
@@ -205,7 +254,8 @@ def with_contributions(df: DataFrame, attribution: Attribution) -> DataFrame:
     (what the tests and audits check)."""
     x = "__reasons_x"
     vectors = df.withColumn(x, vector_to_array(F.col(FEATURES_COL)))
-    parts = contributions(attribution, slot_values(len(attribution.slot_columns), x))
+    size = len(attribution.slot_columns) - len(attribution.logged)
+    parts = contributions(attribution, with_logged(slot_values(size, x), attribution.logged))
     named = [f"{e} AS {quote(f'contribution:{c}')}" for c, e in parts.items()]
     return vectors.selectExpr("*", *named).drop(x)
 

@@ -16,7 +16,6 @@ from typing import Any
 
 from mlflow.entities.model_registry import ModelVersion
 from pyspark.ml import PipelineModel
-from pyspark.ml.classification import LogisticRegressionModel
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.utils import is_remote
@@ -30,7 +29,6 @@ from churn_platform.core.columns import (
     SPLIT_COL,
 )
 from churn_platform.core.encoding import (
-    SLOTS_COL,
     Encoding,
     classifier,
     number,
@@ -247,16 +245,18 @@ def probabilities(cleaned: DataFrame, spec: DatasetSpec, model: PipelineModel) -
     return _classified(model, encoding, cleaned, spec)
 
 
-def logistic_probability(lr: LogisticRegressionModel, size: int) -> str:
-    """P(churn) of a binary logistic regression over `SLOTS_COL`, as SQL.
+def logistic_probability(linear: reasons.Linear, size: int) -> str:
+    """P(churn) of a binary logistic regression over `SLOTS_COL` (and the signed logs of its
+    `logged` slots), as SQL.
 
     The margin adds every slot's term in slot order, then the intercept, as Spark's dot product
     does, and 1 / (1 + e^-margin) is Spark's own binary probability: the model's value without a
     vector, three JVM UDFs and a probability vector per row (benchmarks/scoring.py).
     """
-    weights = lr.coefficients.toArray()
-    terms = " + ".join(f"{number(weights[j])} * {quote(SLOTS_COL)}[{j}]" for j in range(size))
-    margin = f"(0.0D + {terms}) + {number(float(lr.intercept))}"
+    weights = linear.lr.coefficients.toArray()
+    slots = reasons.with_logged(reasons.slot_values(size), linear.logged)
+    terms = " + ".join(f"{number(w)} * {slot}" for w, slot in zip(weights, slots, strict=True))
+    margin = f"(0.0D + {terms}) + {number(float(linear.lr.intercept))}"
     return f"1.0D / (1.0D + exp(-({margin})))"
 
 
@@ -266,10 +266,9 @@ def _classified(
     """`cleaned` with the slots and `churn_probability`: a logistic-regression champion as one
     SQL expression, any other through its classifier stages on the assembled vector."""
     engineered = engineer_features(cleaned, spec)
-    lr = reasons.exact_logistic(model, encoding)
-    size = len(encoding.slot_columns)
-    if lr is not None and lr.numFeatures == size:
-        probability = logistic_probability(lr, size)
+    linear = reasons.exact_logistic(model, encoding)
+    if linear is not None:
+        probability = logistic_probability(linear, len(encoding.slot_columns))
         return encoding.slotted(engineered).selectExpr("*", f"{probability} AS {PROBABILITY_COL}")
     return classifier(model, encoding).transform(encoding.vectors(engineered))
 
