@@ -36,7 +36,7 @@ class ModelKind:
         return self.family in ENSEMBLE_FAMILIES
 
 
-# The quick profile keeps the plain regression (26 fewer Spark jobs on Telco, exact reasons).
+# The quick profile keeps the plain regression: 26 fewer Spark jobs on Telco.
 _QUICK_LR = {"regParam": 0.01, "maxIter": 10, "logNumeric": False}
 # The bases stacking and voting combine by default; gbt_tuned among them: BigML telecom CV
 # 0.9036 -> 0.9164 for voting and 0.9002 -> 0.9143 for stacking (docs/BENCHMARKS.md, session 11).
