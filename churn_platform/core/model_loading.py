@@ -5,7 +5,8 @@ to find its class, once in its reader) and loads the stages one after the other.
 champion of 17 stages that is 47 jobs, most of `score`'s model load on a cold JVM. The metadata
 are small JSON files on the local disk: here they are read without Spark, a Python stage is
 built from them as its `DefaultParamsReader` would, and only the JVM stages (which read their
-fitted data with Spark) go through their own readers, concurrently.
+fitted data with Spark) go through their own readers, concurrently. `tracking.load_model`
+loads a checked model through `load_checked`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import mlflow.spark
+from mlflow.models import Model
 from pyspark.ml import PipelineModel, Transformer
 from pyspark.ml.pipeline import PipelineSharedReadWrite
 from pyspark.ml.util import DefaultParamsReader
+from pyspark.sql import SparkSession
+from pyspark.sql.utils import is_remote
 
 # Stages loaded at once: the JVM's loads mostly wait on small jobs. A stacking champion's first
 # load in a fresh JVM took 5.3-5.4 s with 4 against 6.8-7.9 s one by one, same JVM CPU seconds.
@@ -60,3 +65,23 @@ def _stage(path: Path) -> Transformer:
     instance._resetUid(metadata["uid"])
     DefaultParamsReader.getAndSetParams(instance, metadata)
     return instance
+
+
+def load_checked(model_dir: Path, downloaded: bool) -> PipelineModel:
+    """The Spark model of a checked model folder, read in place when it is the local artifact
+    store's own folder and Spark is local.
+
+    `mlflow.spark.load_model` copies the folder to a temporary one (and, on a cluster whose file
+    system is not the local one, to a DFS folder) before loading; loading the files just hashed
+    saves that copy, and `load_local_pipeline` reads the stages' metadata without Spark jobs. A
+    download is loaded through MLflow: its temporary folder is removed on return, and a loaded
+    stage may still read its files (an ImputerModel's values are a DataFrame over them).
+    """
+    if (
+        downloaded
+        or is_remote()
+        or not SparkSession.active().sparkContext.master.startswith("local")
+    ):
+        return mlflow.spark.load_model(str(model_dir))
+    flavor = Model.load(str(model_dir / "MLmodel")).flavors[mlflow.spark.FLAVOR_NAME]
+    return load_local_pipeline(model_dir / flavor["model_data"])

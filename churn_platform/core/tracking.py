@@ -49,7 +49,7 @@ from sqlalchemy.engine import make_url
 
 from churn_platform.config import DatasetSpec
 from churn_platform.core.columns import PROBABILITY_COL
-from churn_platform.core.model_loading import load_local_pipeline
+from churn_platform.core.model_loading import load_checked
 from churn_platform.core.ops.files import ensure_dir, locked
 from churn_platform.settings import PACKAGE_DIR, environ_restored
 
@@ -337,27 +337,7 @@ def load_model(
                 f"{version.name} v{version.version}: model files hash to {actual}, "
                 f"but {expected} was recorded when it was logged"
             )
-        return _load_checked(local, downloaded=local.is_relative_to(tmp)), version
-
-
-def _load_checked(model_dir: Path, downloaded: bool) -> PipelineModel:
-    """The Spark model of a checked model folder, read in place when it is the local artifact
-    store's own folder and Spark is local.
-
-    `mlflow.spark.load_model` copies the folder to a temporary one (and, on a cluster whose file
-    system is not the local one, to a DFS folder) before loading; loading the files just hashed
-    saves that copy, and `core.model_loading` reads the stages' metadata without Spark jobs. A
-    download is loaded through MLflow: its temporary folder is removed on return, and a loaded
-    stage may still read its files (an ImputerModel's values are a DataFrame over them).
-    """
-    if (
-        downloaded
-        or is_remote()
-        or not SparkSession.active().sparkContext.master.startswith("local")
-    ):
-        return mlflow.spark.load_model(str(model_dir))
-    flavor = Model.load(str(model_dir / "MLmodel")).flavors[mlflow.spark.FLAVOR_NAME]
-    return load_local_pipeline(model_dir / flavor["model_data"])
+        return load_checked(local, downloaded=local.is_relative_to(tmp)), version
 
 
 # Models this process logged, by model URI: an ensemble in the same run reuses the fitted
