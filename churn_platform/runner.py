@@ -85,6 +85,9 @@ def materialize_selection(
         else dg.AssetSelection.all() - dg.AssetSelection.groups("backups")
     )
     keys = asset_selection.resolve(graph)
+    whole = whole_steps(graph, keys)
+    if whole != keys:  # e.g. '*churn_scores' names cleaned_customers but not its quarantine
+        keys, asset_selection = whole, dg.AssetSelection.assets(*whole)
     batch_partitioned = {k for k in keys if graph.get(k).partitions_def == ingest_batches}
     if batch_partitioned and partition_key is None:
         if not instance.has_dynamic_partition(ingest_batches.name, BASE_BATCH):
@@ -127,6 +130,12 @@ def materialize_selection(
             result = run()
         record_outcome(settings, instance, result, ops)
     return result
+
+
+def whole_steps(graph: Any, keys: set[dg.AssetKey]) -> set[dg.AssetKey]:
+    """`keys` with every asset its step also writes: a multi-asset such as the cleaned layer
+    (cleaned and quarantined customers) runs whole, so selecting one of them selects both."""
+    return {k for key in keys for k in graph.get(key).execution_set_asset_keys}
 
 
 def job_name(

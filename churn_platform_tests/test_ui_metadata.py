@@ -21,7 +21,7 @@ from churn_platform.assets.registry import PROMOTION_GATE, gate_result
 from churn_platform.assets.training import curve_metadata, training_time_tags
 from churn_platform.core.evaluation import LEADERBOARD_METRICS, curves, leaderboard_rows
 from churn_platform.definitions import PIPELINE, build_definitions
-from churn_platform.runner import job_name
+from churn_platform.runner import job_name, whole_steps
 from churn_platform.settings import load_settings
 from churn_platform_tests.conftest import DATA_LAYERS
 
@@ -138,6 +138,25 @@ def test_runs_are_named_after_the_job_of_exactly_the_selected_assets(tmp_path) -
     assert name("group:training or group:ensembles or group:evaluation") == (
         "select_group_training_or_group_ensembles_or_group_evaluation"
     )
+
+
+def test_an_upstream_selection_runs_the_cleaned_layer_whole(tmp_path) -> None:
+    """`run --select '*churn_scores'` names cleaned_customers but not the quarantine written by
+    the same step; Dagster cannot run part of that step, so the runner selects both."""
+    defs = build_definitions(load_settings({"CHURN_HOME": str(tmp_path)}))
+    graph = defs.resolve_asset_graph()
+    keys = dg.AssetSelection.from_coercible("*churn_scores").resolve(graph)
+    whole = whole_steps(graph, keys)
+    assert whole - keys == {dg.AssetKey("quarantined_customers")}
+
+    def job(selection: dg.AssetSelection) -> dg.JobDefinition:
+        jobs = [dg.define_asset_job("j", selection=selection)]
+        resolved = dg.Definitions(assets=list(defs.assets), resources=defs.resources, jobs=jobs)
+        return resolved.resolve_job_def("j")
+
+    with pytest.raises(dg.DagsterInvalidDefinitionError):
+        job(dg.AssetSelection.assets(*keys))
+    assert job(dg.AssetSelection.assets(*whole)).name == "j"
 
 
 def test_churn_scores_has_blocking_checks_on_its_rows_and_probabilities(tmp_path) -> None:
