@@ -28,6 +28,7 @@ from churn_platform.core.evaluation import (
 from churn_platform.core.models.ensembles import BASE_SUFFIX, platt, simplex_grid
 from churn_platform.core.models.explain import feature_importance, vector_feature_names
 from churn_platform.core.models.fitting import (
+    LOG_NUMERIC,
     PROBABILITY_COL,
     FitResult,
     TrainingFrame,
@@ -195,7 +196,9 @@ def _hand_fold_predictions(
     on the other training folds only."""
     train = features.where((F.col("split") == "train") & (F.col("fold") != fold))
     held_out = features.where((F.col("split") == "train") & (F.col("fold") == fold))
-    model = LogisticRegression(featuresCol="features", labelCol="label", **params).fit(train)
+    # logNumeric is the platform's switch, off here: the same plain regression Spark fits.
+    spark_params = {k: v for k, v in params.items() if k != LOG_NUMERIC}
+    model = LogisticRegression(featuresCol="features", labelCol="label", **spark_params).fit(train)
     rows = model.transform(held_out).select(ID, "label", "probability").collect()
     return sorted((r[ID], int(r["label"]), float(r["probability"][1])) for r in rows)
 
