@@ -105,17 +105,16 @@ def scoring_session(settings: Settings, input_path: Path) -> SparkSession:
     session is already running in this process: it is returned as it is configured)."""
     from pyspark.sql import SparkSession
 
-    from churn_platform.resources import spark_conf
+    from churn_platform.resources import spark_conf, spark_session
 
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
-    conf = spark_conf(settings)
-    java_options = conf.get("spark.driver.extraJavaOptions")
+    java_options = spark_conf(settings).get("spark.driver.extraJavaOptions")
+    overrides = {}
     if java_options is not None and input_bytes(input_path) <= SMALL_INPUT_BYTES:
-        conf["spark.driver.extraJavaOptions"] = f"{java_options} {SHORT_JVM_OPTIONS}"
-        conf["spark.sql.codegen.wholeStage"] = "false"
-    builder = SparkSession.builder
-    for key, value in conf.items():
-        builder = builder.config(key, value)
-    return builder.getOrCreate()
+        overrides = {
+            "spark.driver.extraJavaOptions": f"{java_options} {SHORT_JVM_OPTIONS}",
+            "spark.sql.codegen.wholeStage": "false",
+        }
+    return spark_session(settings, overrides)

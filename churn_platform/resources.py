@@ -1,6 +1,7 @@
 """Resources: Spark, MLflow and the state root. The one place where the environment is chosen."""
 
 import sys
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -166,10 +167,11 @@ def build_spark_resource(settings: Settings) -> PySparkResource:
     return LazyPySparkResource(spark_config=spark_conf(settings))
 
 
-def spark_session(settings: Settings) -> SparkSession:
-    """A SparkSession outside a Dagster run (scoring a file, generating data), same config."""
+def spark_session(settings: Settings, overrides: Mapping[str, str] | None = None) -> SparkSession:
+    """A SparkSession outside a Dagster run (scoring a file, generating data), same config;
+    `overrides` replace some of its keys (`score`'s short-lived JVM)."""
     builder = SparkSession.builder
-    for key, value in spark_conf(settings).items():
+    for key, value in {**spark_conf(settings), **(overrides or {})}.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
 
