@@ -13,6 +13,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -27,6 +28,9 @@ from churn_platform.cli_common import (
     scoring_session,
 )
 from churn_platform.settings import DEFAULT_SPEC
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
 
 
 def _progress(message: str, started: float) -> None:
@@ -121,9 +125,12 @@ def score(config: str | None, input_path: str, output: str, alias: str, overwrit
     from churn_platform.mlflow_resource import MlflowResource
 
     spark, spec = scoring_session(settings, Path(input_path)), platform_spec(settings)
-    # Reasons are measured from the training customers when the warehouse has them.
-    stored = current_version(settings.warehouse / "cleaned_customers")
-    reference = training_reference(spark.read.parquet(str(stored)), spec) if stored else None
+
+    def reference() -> DataFrame | None:
+        """The warehouse's training customers, if reasons are measured now (read lazily)."""
+        stored = current_version(settings.warehouse / "cleaned_customers")
+        return training_reference(spark.read.parquet(str(stored)), spec) if stored else None
+
     try:
         result = score_file(
             spark,
@@ -135,6 +142,7 @@ def score(config: str | None, input_path: str, output: str, alias: str, overwrit
             overwrite=overwrite,
             policy=scoring_policy(settings),
             reference=reference,
+            batch_scores=current_version(settings.warehouse / "churn_scores"),
         )
     except SchemaMismatchError as exc:
         raise CommandError(f"{input_path}: {exc}", EXIT_USAGE) from exc

@@ -8,11 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.parquet as pq
 import pytest
 
 from churn_platform import cli
 from churn_platform.config import load_spec
 from churn_platform.core.registry import registry_snapshot
+from churn_platform.io_managers import current_version
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.settings import load_settings
 from churn_platform_tests.conftest import PIPELINE_MODELS, PipelineRun, restored_environ
@@ -113,6 +115,12 @@ def test_scores_file_and_schema_mismatch(pipeline, capsys, tmp_path):
     assert all(0.0 <= float(r["churn_probability"]) <= 1.0 for r in scored)
     assert {r["risk_tier"] for r in scored} <= {"low", "medium", "high"}
     assert all(r["reason_1"] and r["reason_2"] and r["reason_3"] for r in scored)
+    # The batch scores keep their attribution: a file scored by the model that made them reads
+    # its reasons from it (another test may have moved the champion since).
+    batch = current_version(load_settings().warehouse / "churn_scores")
+    made_by = pq.read_table(batch, columns=["model_version"]).column(0).unique().to_pylist()
+    same_model = made_by == [result["model"].rsplit(" v", 1)[1]]
+    assert result["reasons_from"] == ("batch scores" if same_model else "measured now")
 
     bad = tmp_path / "bad.csv"
     header = rows[0]

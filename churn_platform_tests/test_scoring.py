@@ -36,6 +36,7 @@ from churn_platform.core.models.stages import (
     SignedLog,
 )
 from churn_platform.settings import DEFAULT_SPEC
+from churn_platform_tests.conftest import SAME_MODEL
 
 # The new scoring path may differ from the logged pipeline only by summation order (issue 17).
 SAME_PROBABILITY = 1e-9
@@ -211,9 +212,17 @@ def test_linear_reasons_add_up_exactly_to_each_customers_log_odds(
         assert shown.get("Contract", contract) == contract
 
 
-def test_a_tree_champion_is_explained_by_a_surrogate_with_its_true_fidelity(telco) -> None:
+@pytest.fixture(scope="module")
+def tree_champion(telco) -> PipelineModel:
     spec, cleaned = telco
-    model = _champion(cleaned, spec, DecisionTreeClassifier(maxDepth=4, seed=1))
+    return _champion(cleaned, spec, DecisionTreeClassifier(maxDepth=4, seed=1))
+
+
+def test_a_tree_champion_is_explained_by_a_surrogate_with_its_true_fidelity(
+    telco, tree_champion
+) -> None:
+    spec, cleaned = telco
+    model = tree_champion
     population = cleaned.where(scoring.population_filter(spec))
     scores = scoring.score_customers(
         population, spec, model, ("churn-telco", "2", 0.4), scoring.ScoringPolicy()
@@ -229,6 +238,49 @@ def test_a_tree_champion_is_explained_by_a_surrogate_with_its_true_fidelity(telc
     assert attribution.fidelity_r2 == pytest.approx(r2, abs=1e-6)
     assert attribution.fidelity_r2 > 0.5
     assert scores.metadata()["reasons_surrogate_r2"] == attribution.fidelity_r2
+
+
+def test_a_few_customers_read_as_in_the_batch_scores_of_the_same_model(
+    telco, tree_champion, tmp_path
+) -> None:
+    """`score` on a small file takes the attribution stored beside the batch scores, if it is
+    the same model's: each customer's reasons read exactly as in the batch (no surrogate fitted
+    on a handful of rows), and the surrogate's R² is measured on the file's customers."""
+    spec, cleaned = telco
+    population = cleaned.where(scoring.population_filter(spec))
+    model_version, identity = ("churn-telco", "2", 0.4), ("churn-telco", "2", "sha-of-files")
+    policy = scoring.ScoringPolicy()
+    reference = scoring.training_reference(cleaned, spec)
+    batch = scoring.score_customers(
+        population, spec, tree_champion, model_version, policy, reference
+    )
+    in_batch = {row[spec.id_column]: row for row in batch.frame.collect()}
+    batch.summary()
+    reasons.save_attribution(tmp_path, identity, batch.attribution)
+    assert reasons.load_attribution(tmp_path, ("churn-telco", "3", "sha-of-files")) is None
+    assert reasons.load_attribution(tmp_path, ("churn-telco", "2", "other-files")) is None
+    stored = reasons.load_attribution(tmp_path, identity)
+    assert stored is not None and stored.baseline_log_odds == batch.attribution.baseline_log_odds
+
+    few = population.orderBy(spec.id_column).limit(50)
+    scores = scoring.score_customers(
+        few, spec, tree_champion, model_version, policy, attribution=stored
+    )
+    rows = scores.frame.collect()
+    assert len(rows) == 50
+    for row in rows:
+        expected = in_batch[row[spec.id_column]]
+        assert row["churn_probability"] == pytest.approx(
+            expected["churn_probability"], **SAME_MODEL
+        )
+        read = [(r["feature"], r["value"]) for r in row["reasons"]]
+        assert read == [(r["feature"], r["value"]) for r in expected["reasons"]]
+        assert [r["contribution"] for r in row["reasons"]] == pytest.approx(
+            [r["contribution"] for r in expected["reasons"]], **SAME_MODEL
+        )
+    scores.summary()
+    assert scores.attribution.method == reasons.SURROGATE
+    assert scores.attribution.fidelity_r2 != batch.attribution.fidelity_r2
 
 
 def test_tiers_follow_the_decision_threshold_and_the_contact_break_even() -> None:

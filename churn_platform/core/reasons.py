@@ -8,7 +8,9 @@ by a surrogate: a ridge-regularised linear model of the champion's log-odds, fit
 scored customers, whose contributions add up the same way to the surrogate's log-odds; its
 fidelity (R² against the champion's log-odds over every scored customer) is measured while the
 scores are written (`fidelity_aggregates`). One-hot slots are summed back into the column they
-encode, so a reason reads `Contract = Month-to-month`, never one slot of it.
+encode, so a reason reads `Contract = Month-to-month`, never one slot of it. The batch scores
+keep the attribution they were explained with (`save_attribution`): a file scored later by the
+same model is explained the same way, without the reference's and the surrogate's Spark jobs.
 
 Everything is a Spark column expression without higher-order functions (a lambda makes Spark
 interpret the whole expression under it row by row instead of compiling it).
@@ -17,8 +19,10 @@ interpret the whole expression under it row by row instead of compiling it).
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,6 +59,8 @@ SURROGATE_REG_PARAM = 1e-3
 # Tree leaves give probabilities of exactly 0 or 1; their log-odds are clipped to +-6.9.
 LOGIT_CLIP = 1e-3
 _FIDELITY = "fidelity:"
+# Beside a scores version: the attribution its reasons came from, and the model it explains.
+STORED = "_reasons.json"
 # The arrays reasons are read from (`inputs`): contributions, and values as text or number.
 PARTS, TEXTS, NUMBERS = "__reason_parts", "__reason_texts", "__reason_numbers"
 _LOGGED = "__reasons_logged"
@@ -84,6 +90,40 @@ class Attribution:
         if self.fidelity_r2 is not None:
             described["reasons_surrogate_r2"] = self.fidelity_r2
         return described
+
+
+def save_attribution(folder: Path, model: Sequence[str], attribution: Attribution) -> None:
+    """Store `attribution` beside the scores in `folder` (Spark skips `_` files), with the
+    model it explains: `model_identity`'s (name, version, file hash)."""
+    stored = {
+        "model": list(model),
+        "method": attribution.method,
+        "coefficients": attribution.coefficients.tolist(),
+        "intercept": attribution.intercept,
+        "reference": attribution.reference.tolist(),
+        "slot_columns": list(attribution.slot_columns),
+        "logged": list(attribution.logged),
+    }
+    (folder / STORED).write_text(json.dumps(stored))
+
+
+def load_attribution(folder: Path | None, model: Sequence[str]) -> Attribution | None:
+    """The attribution stored beside the scores in `folder`, if it explains `model` (else None:
+    scores of an earlier champion, or written before attributions were stored)."""
+    path = folder / STORED if folder is not None else None
+    if path is None or not path.is_file():
+        return None
+    stored = json.loads(path.read_text())
+    if stored["model"] != list(model):
+        return None
+    return Attribution(
+        stored["method"],
+        np.array(stored["coefficients"], dtype=float),
+        float(stored["intercept"]),
+        np.array(stored["reference"], dtype=float),
+        tuple(stored["slot_columns"]),
+        logged=tuple(stored["logged"]),
+    )
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ a file through the same cleaning, scores every row and writes a flat CSV or Parq
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
@@ -18,6 +19,7 @@ from churn_platform.core.scoring import (
     UNSEEN_COL,
     ScoringPolicy,
     load_champion,
+    model_identity,
     score_customers,
 )
 
@@ -47,15 +49,19 @@ def score_file(
     alias: str = "champion",
     overwrite: bool = False,
     policy: ScoringPolicy | None = None,
-    reference: DataFrame | None = None,
+    reference: Callable[[], DataFrame | None] | None = None,
+    batch_scores: Path | None = None,
 ) -> dict:
     """Score an arbitrary CSV or Parquet file of customers into a CSV or Parquet file.
 
     Input columns are checked against the spec before any work; unusable rows are reported,
-    not scored. Every row is scored (the file is the population); `reference` holds the cleaned
-    customers reasons are measured from (the warehouse's training split). The output appears
-    atomically (staged beside it, then renamed); an existing
-    output is replaced only with `overwrite` and only if it is an earlier score output.
+    not scored. Every row is scored (the file is the population). Reasons are those of the
+    batch scores' version folder `batch_scores` when they come from the same model (its stored
+    attribution: the same reference customer and surrogate, no Spark job); otherwise they are
+    measured from the cleaned customers `reference` gives (the warehouse's training split),
+    or from the file's own rows. The output appears atomically (staged beside it, then
+    renamed); an existing output is replaced only with `overwrite` and only if it is an
+    earlier score output.
     """
     output_files.check_target(output_path, overwrite, output_files.SCORE_COLUMNS)
     fmt = "parquet" if input_path.suffix == ".parquet" or input_path.is_dir() else "csv"
@@ -69,13 +75,15 @@ def score_file(
         )
         cleaned = cleaning.clean_customers(raw, spec, require_target=False, ranges=spec.ranges)
         model, version = load_champion(mlflow, spec, alias)
+        stored = reasons.load_attribution(batch_scores, model_identity(version))
         result = score_customers(
             cleaned.cleaned,
             spec,
             model,
             (version.name, str(version.version), tracking.model_threshold(version)),
             policy or ScoringPolicy(),
-            reference,
+            reference() if reference is not None and stored is None else None,
+            attribution=stored,
         )
         scores = flat(result.frame)
         with output_files.staged_output(
@@ -99,6 +107,7 @@ def score_file(
         "rows_quarantined": counts["rows_quarantined"],
         "quarantine_by_reason": cleaned.by_reason,
         "model": f"{version.name} v{version.version}",
+        "reasons_from": "batch scores" if stored is not None else "measured now",
         "unseen_values": summary["unseen_by_column"],
         **result.metadata(),
     }

@@ -233,8 +233,12 @@ def load_champion(
 def _model_key(version: ModelVersion) -> tuple[str, str, str, str]:
     session = SparkSession.active()
     owner = str(id(session)) if is_remote() else session.sparkContext.applicationId
-    digest = version.tags.get(tracking.TAG_MODEL_SHA256, "")
-    return (owner, version.name, str(version.version), digest)
+    return (owner, *model_identity(version))
+
+
+def model_identity(version: ModelVersion) -> tuple[str, str, str]:
+    """(name, version, hash of the model's files): what a stored attribution explains."""
+    return (version.name, str(version.version), version.tags.get(tracking.TAG_MODEL_SHA256, ""))
 
 
 def probabilities(cleaned: DataFrame, spec: DatasetSpec, model: PipelineModel) -> DataFrame:
@@ -281,6 +285,7 @@ def score_customers(
     policy: ScoringPolicy,
     reference: DataFrame | None = None,
     population: Column | None = None,
+    attribution: reasons.Attribution | None = None,
 ) -> Scores:
     """Scores of the cleaned customers `population` selects (all without it), as one lazy frame.
 
@@ -291,7 +296,9 @@ def score_customers(
     (name, version, decision threshold). `reference` holds the cleaned customers the reasons
     are measured against (the training split); without it, those scored. Before the frame is
     written this runs a few small jobs: the imputation values, the reference's mean, and for a
-    non-linear champion the surrogate's fit on a bounded sample.
+    non-linear champion the surrogate's fit on a bounded sample. A stored `attribution` of this
+    model (`reasons.load_attribution`) replaces the last two: the reasons of a few customers
+    read as the batch scores' do, and the surrogate's R² is measured on them.
     """
     name, version, threshold = model_version
     cuts = tier_cuts(threshold, policy)
@@ -305,16 +312,17 @@ def score_customers(
             F.count(F.lit(1)).alias("rows_in"),
             F.sum(population.cast("long")).alias("in_population"),
         ).where(population)
-    measured_from = reference if reference is not None else customers
-    measured_from = sampled(
-        measured_from, measured_from.count(), reasons.REFERENCE_MAX_ROWS, spec.id_column
-    )
-    attribution = reasons.fit_attribution(
-        model,
-        encoding,
-        encoding.vectors(engineer_features(measured_from, spec)),
-        lambda: _classified(model, encoding, customers, spec),
-    )
+    if attribution is None:
+        measured_from = reference if reference is not None else customers
+        measured_from = sampled(
+            measured_from, measured_from.count(), reasons.REFERENCE_MAX_ROWS, spec.id_column
+        )
+        attribution = reasons.fit_attribution(
+            model,
+            encoding,
+            encoding.vectors(engineer_features(measured_from, spec)),
+            lambda: _classified(model, encoding, customers, spec),
+        )
     classified = _classified(model, encoding, cleaned, spec)
     columns = encoding.columns
     flags = encoding.unseen()
