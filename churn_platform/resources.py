@@ -1,7 +1,7 @@
 """Resources: Spark, MLflow and the state root. The one place where the environment is chosen."""
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -116,15 +116,17 @@ class TrainingFrames(dg.ConfigurableResource):
     def frame(
         self,
         key: tuple[Any, ...],
-        features: DataFrame,
+        features: Callable[[], DataFrame],
         id_col: str,
         feature_pipeline: PipelineModel,
     ) -> TrainingFrame:
-        """The frame for `key` (features version, row cap), built on first use."""
+        """The frame for `key` (features version, row cap), built on first use from the
+        features `features` gives (called only then: capping the rows counts them)."""
         if self._frame is None or self._key != key:
             self.release()
             stack = ExitStack()
-            self._frame = stack.enter_context(training_frame(features, id_col, feature_pipeline))
+            built = training_frame(features(), id_col, feature_pipeline)
+            self._frame = stack.enter_context(built)
             # Lazy: its two caches fill only when the first model fits on them.
             self._oot = stack.enter_context(out_of_time_frame(self._frame))
             self._stack, self._key = stack, key

@@ -113,7 +113,7 @@ def leaderboard_asset(model_keys: list[str]) -> dg.AssetsDefinition:
     ) -> dict:
         """All models ranked by test ROC-AUC on the shared held-out split."""
         # Every model step of the run has finished: the cached training frame would otherwise
-        # hold the JVM's memory through scoring and monitoring (10M rows: 8.7 GB peak).
+        # hold the JVM's memory through scoring and monitoring.
         training_frames.release()
         rows = leaderboard_rows(models)
         tables = {

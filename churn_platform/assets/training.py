@@ -199,14 +199,18 @@ def train_and_track(
     started = time.monotonic()
     settings, spec = state.settings(), state.spec()
     params = model_params(kind, config, settings.training_profile)
-    capped = cap_training_rows(customer_features, spec, settings.train_max_rows)
     fingerprint = {
         "features_data_version": _latest_data_version(context, "customer_features"),
         "seed": config.seed,
         "train_max_rows": settings.train_max_rows,
     }
     frame_key = (fingerprint["features_data_version"], settings.train_max_rows)
-    frame = training_frames.frame(frame_key, capped, spec.id_column, feature_pipeline)
+    frame = training_frames.frame(
+        frame_key,
+        lambda: cap_training_rows(customer_features, spec, settings.train_max_rows),
+        spec.id_column,
+        feature_pipeline,
+    )
     wanted = {model_key(b) for b in params.get("bases", [])}
     usable = {k: v for k, v in (bases or {}).items() if k in wanted}
     reused = _reusable_bases(context, usable, fingerprint, mlflow, feature_pipeline)
