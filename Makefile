@@ -12,7 +12,9 @@ $(BIN)/churn-platform: setup.py
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $@
 
+# The Spark driver's class-data archive: every Spark start about 4 s shorter (built once, ~1 min).
 install: $(BIN)/churn-platform
+	$(BIN)/churn-platform jvm-archive
 
 # System packages (PostgreSQL, JDBC driver, OpenBLAS, Chromium) and the test PostgreSQL server.
 services:

@@ -45,6 +45,15 @@ def fetch_data(config: str | None) -> int:
     return EXIT_OK
 
 
+@command("jvm-archive", "build the Spark driver's class-data archive (`make install` runs it)")
+def jvm_archive(config: str | None) -> int:
+    from churn_platform.core.jvm_archive import build
+
+    path, built = build()
+    print(f"{'built' if built else 'already built'}: {path}")
+    return EXIT_OK
+
+
 @command("run", "materialize assets (all by default) in the persistent instance")
 @click.option("--select", help="asset selection, e.g. 'customer_features' or '*churn_scores'")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON summary as the last line")
@@ -245,7 +254,18 @@ def simulate(
 
 cli = click.Group(
     "churn-platform",
-    commands=[fetch_data, run, generate, score, top, simulate, serve, mlflow_ui, *cli_ops.COMMANDS],
+    commands=[
+        fetch_data,
+        jvm_archive,
+        run,
+        generate,
+        score,
+        top,
+        simulate,
+        serve,
+        mlflow_ui,
+        *cli_ops.COMMANDS,
+    ],
     help="Runs, scores and operations of the churn platform. Runs go through the persistent "
     "Dagster instance under $CHURN_HOME, so they show up in the UI's run history.",
 )

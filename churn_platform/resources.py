@@ -14,6 +14,7 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 
 from churn_platform.config import DatasetSpec, platform_spec
+from churn_platform.core import jvm_archive
 from churn_platform.core.models.fitting import TrainingFrame, training_frame
 from churn_platform.core.models.out_of_time import OutOfTimeFrame, out_of_time_frame
 from churn_platform.core.ops.log import OpsLog
@@ -54,7 +55,8 @@ def spark_conf(settings: Settings) -> dict[str, str]:
     log_dir = settings.logs
     log_dir.mkdir(parents=True, exist_ok=True)
     java_opts = f"-Dlog4j2.configurationFile=file:{LOG4J2_TEMPLATE} -Dchurn.log.dir={log_dir}"
-    conf["spark.driver.extraJavaOptions"] = java_opts
+    # The driver maps the installation's class-data archive if `make install` built it.
+    conf["spark.driver.extraJavaOptions"] = f"{java_opts} {jvm_archive.java_options()}".rstrip()
     conf["spark.executor.extraJavaOptions"] = java_opts
     return conf
 
