@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 import warnings
@@ -49,7 +50,10 @@ def fetch_data(config: str | None) -> int:
 def jvm_archive(config: str | None) -> int:
     from churn_platform.core.jvm_archive import build
 
-    path, built = build()
+    try:
+        path, built = build()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        raise CommandError(f"{exc}\nEvery command works without it.", EXIT_FAILED) from exc
     print(f"{'built' if built else 'already built'}: {path}")
     return EXIT_OK
 

@@ -52,15 +52,16 @@ def build(folder: Path = ARCHIVE_DIR) -> tuple[Path, bool]:
     path.parent.mkdir(parents=True, exist_ok=True)
     staged = path.with_name(f".{path.name}.{os.getpid()}")
     try:
-        subprocess.run(
+        child = subprocess.run(
             [sys.executable, "-m", "churn_platform.core.jvm_archive", str(staged)],
-            check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            text=True,
             timeout=BUILD_TIMEOUT_S,
         )
-        if not staged.is_file():
-            raise RuntimeError(f"the JVM wrote no class-data archive to {staged}")
+        if child.returncode != 0 or not staged.is_file():
+            tail = "\n".join(child.stderr.splitlines()[-10:])
+            raise RuntimeError(f"no class-data archive written to {staged}:\n{tail}")
         os.replace(staged, path)
     finally:
         staged.unlink(missing_ok=True)
