@@ -11,6 +11,7 @@ JDK) starts as it did before, and without it nothing changes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import subprocess
@@ -27,10 +28,13 @@ QUIET = "-Xlog:disable -Xlog:all=warning:stderr"
 BUILD_TIMEOUT_S = 900
 
 
+@functools.cache
 def archive_path(folder: Path = ARCHIVE_DIR) -> Path:
-    """Where the archive of this PySpark installation and JDK is (named after both)."""
+    """Where the archive of this PySpark installation is (named after its version and jars;
+    once per process: every `spark_conf` asks). The JVM checks the JDK itself: an archive of
+    another JDK is not mapped (that JVM starts as it did without one)."""
     jars = sorted(p.name for p in (Path(pyspark.__file__).parent / "jars").glob("*.jar"))
-    identity = "\n".join([pyspark.__version__, os.environ.get("JAVA_HOME", ""), *jars])
+    identity = "\n".join([pyspark.__version__, *jars])
     return folder / f"spark-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.jsa"
 
 
