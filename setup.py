@@ -70,5 +70,5 @@ setup(
             "lightgbm>=4,<5",
         ],
     },
-    entry_points={"console_scripts": ["churn-platform=churn_platform.cli:main"]},
+    entry_points={"console_scripts": ["churn-platform=churn_platform.cli:entry"]},
 )

@@ -48,7 +48,7 @@ from churn_platform.core.models.fitting import (
 )
 from churn_platform.core.models.kinds import BASE_KINDS, MODEL_KINDS
 from churn_platform.core.models.training import fit_model
-from churn_platform.resources import spark_conf
+from churn_platform.core.spark_setup import spark_conf
 from churn_platform.settings import DEFAULT_SPEC, load_settings
 
 REPO = Path(__file__).resolve().parents[1]

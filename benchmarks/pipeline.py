@@ -59,8 +59,8 @@ from churn_platform.core.features import SERVICE_COLUMNS
 from churn_platform.core.models.fitting import DEFAULT_SEED
 from churn_platform.core.models.kinds import MODEL_KINDS, merged_params, model_key
 from churn_platform.core.scoring import ScoringPolicy
+from churn_platform.core.spark_setup import spark_conf
 from churn_platform.datasets import TELCO_FILE, ensure_telco_csv
-from churn_platform.resources import spark_conf
 from churn_platform.runner import failure_message, materialize_selection, run_summary
 from churn_platform.settings import DEFAULT_SPEC, load_settings
 

@@ -71,7 +71,7 @@ from churn_platform.core.models.fitting import DEFAULT_SEED, full_model, trainin
 from churn_platform.core.models.kinds import MODEL_KINDS, merged_params
 from churn_platform.core.models.training import fit_model
 from churn_platform.core.sampling import sampled
-from churn_platform.resources import spark_conf
+from churn_platform.core.spark_setup import spark_conf
 from churn_platform.settings import DEFAULT_SPEC, load_settings
 
 # Issue 17's target for scoring including the Parquet write, at 1M rows.

@@ -71,7 +71,7 @@ SCORE = {
     ]
 }
 JVM_START = (
-    "from churn_platform.resources import spark_session; "
+    "from churn_platform.core.spark_setup import spark_session; "
     "from churn_platform.settings import load_settings; "
     "spark_session(load_settings()).range(1).count()"
 )

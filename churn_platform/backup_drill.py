@@ -21,7 +21,7 @@ from churn_platform.core import tracking
 from churn_platform.core.backup.members import MLFLOW_DB
 from churn_platform.core.backup.restore import restore_backup
 from churn_platform.core.registry import registry_snapshot
-from churn_platform.io_managers import current_version
+from churn_platform.core.versions import current_version
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.settings import Settings
 

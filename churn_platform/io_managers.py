@@ -25,8 +25,8 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 
 from churn_platform.core.audit import render
+from churn_platform.core.versions import POINTER, current_version
 
-POINTER = "CURRENT"
 SUMMARY = "summary.json"
 # Small driver-side tables inside a summary (a model's out-of-fold predictions) are stored
 # beside it as Parquet and come back as pandas DataFrames.
@@ -46,15 +46,6 @@ def read_summary(version: Path) -> dict:
         k: pd.read_parquet(version / v) if isinstance(v, str) and v.endswith(TABLE_SUFFIX) else v
         for k, v in summary.items()
     }
-
-
-def current_version(folder: Path) -> Path | None:
-    """The version folder the pointer names, or None if nothing was published yet."""
-    pointer = folder / POINTER
-    if not pointer.is_file():
-        return None
-    version = folder / pointer.read_text().strip()
-    return version if version.is_dir() else None
 
 
 def load_summary(folder: Path) -> dict | None:

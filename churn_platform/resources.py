@@ -1,9 +1,7 @@
 """Resources: Spark, MLflow and the state root. The one place where the environment is chosen."""
 
-import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -14,51 +12,15 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 
 from churn_platform.config import DatasetSpec, platform_spec
-from churn_platform.core import jvm_archive
 from churn_platform.core.models.fitting import TrainingFrame, training_frame
 from churn_platform.core.models.out_of_time import OutOfTimeFrame, out_of_time_frame
 from churn_platform.core.ops.log import OpsLog
+from churn_platform.core.spark_setup import spark_conf
 from churn_platform.settings import Settings
 
-POSTGRES_JDBC_JAR = Path("/usr/share/java/postgresql.jar")
-LOG4J2_TEMPLATE = Path(__file__).resolve().parent / "log4j2.properties"
 # Every asset that runs Spark is in this pool; dagster.yaml lets one run holding it run at a
 # time, so two Spark runs never share the cores, while check-only runs (freshness) need no slot.
 SPARK_POOL = "spark"
-
-
-def spark_conf(settings: Settings) -> dict[str, str]:
-    """Spark configuration for a run: master or Spark Connect URL, JDBC driver, log file."""
-    conf: dict[str, str] = {
-        "spark.app.name": "churn_platform",
-        "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
-        "spark.sql.session.timeZone": "UTC",
-        "spark.ui.enabled": "false",
-        "spark.ui.showConsoleProgress": "false",
-        "spark.sql.execution.arrow.pyspark.enabled": "true",
-        # HotSpot compiles no method over 8,000 bytes of bytecode: a whole-stage-codegen method
-        # past that runs interpreted. At this limit Spark runs such a stage operator by
-        # operator instead (its documented HotSpot setting). benchmarks/scoring.py at 1M rows:
-        # the logged model's transform and write took 5.1 s instead of 8.2 s.
-        "spark.sql.codegen.hugeMethodLimit": "8000",
-        # Python workers (if any) run the platform's own interpreter, not whatever is on PATH.
-        "spark.pyspark.python": sys.executable,
-        "spark.pyspark.driver.python": sys.executable,
-    }
-    if settings.spark_remote:
-        conf["spark.remote"] = settings.spark_remote
-        return conf
-    conf["spark.master"] = settings.spark_master
-    conf["spark.driver.memory"] = settings.spark_driver_memory
-    if POSTGRES_JDBC_JAR.exists():
-        conf["spark.jars"] = str(POSTGRES_JDBC_JAR)
-    log_dir = settings.logs
-    log_dir.mkdir(parents=True, exist_ok=True)
-    java_opts = f"-Dlog4j2.configurationFile=file:{LOG4J2_TEMPLATE} -Dchurn.log.dir={log_dir}"
-    # The driver maps the installation's class-data archive if `make install` built it.
-    conf["spark.driver.extraJavaOptions"] = f"{java_opts} {jvm_archive.java_options()}".rstrip()
-    conf["spark.executor.extraJavaOptions"] = java_opts
-    return conf
 
 
 # No `from __future__ import annotations` in this module: Dagster recognises the resource
@@ -169,15 +131,6 @@ class LazyPySparkResource(PySparkResource):
 
 def build_spark_resource(settings: Settings) -> PySparkResource:
     return LazyPySparkResource(spark_config=spark_conf(settings))
-
-
-def spark_session(settings: Settings, overrides: Mapping[str, str] | None = None) -> SparkSession:
-    """A SparkSession outside a Dagster run (scoring a file, generating data), same config;
-    `overrides` replace some of its keys (`score`'s short-lived JVM)."""
-    builder = SparkSession.builder
-    for key, value in {**spark_conf(settings), **(overrides or {})}.items():
-        builder = builder.config(key, value)
-    return builder.getOrCreate()
 
 
 def build_resources(settings: Settings) -> dict[str, object]:

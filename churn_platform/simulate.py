@@ -42,9 +42,9 @@ def simulate(
     """Yield each dropped file; the last synthetic batch carries `drift` to lower model quality."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     if synthetic_rows:
+        from churn_platform.core.spark_setup import spark_session
         from churn_platform.core.synthetic.generate import generate_customers
         from churn_platform.core.synthetic.write import write_customers
-        from churn_platform.resources import spark_session
 
         spark = spark_session(settings)
         for i in range(batches):

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from churn_platform.config import DatasetSpec
 from churn_platform.core.output_files import FORMULA_STARTS, staged_output
-from churn_platform.io_managers import current_version
+from churn_platform.core.versions import current_version
 from churn_platform.settings import Settings
 
 SCORE_COLUMNS = ("churn_probability", "risk_tier", "expected_value", "reasons")

@@ -16,7 +16,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from churn_platform.core.ops.log import OpsLog
-from churn_platform.resources import spark_conf
+from churn_platform.core.spark_setup import spark_conf
 from churn_platform.settings import Settings, load_settings
 
 # The data layers only (selecting "raw_customers*" would also train every model).

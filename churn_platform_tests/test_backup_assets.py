@@ -33,17 +33,14 @@ from churn_platform.core.ops.chain import anchor_path
 from churn_platform.core.ops.incidents import IncidentStore
 from churn_platform.core.ops.log import OpsLog
 from churn_platform.core.ops.verify import verify_logs
+from churn_platform.core.spark_setup import spark_conf
 from churn_platform.core.synthetic.generate import generate_customers
 from churn_platform.core.synthetic.write import write_customers
+from churn_platform.core.versions import current_version
 from churn_platform.definitions import build_definitions
-from churn_platform.io_managers import (
-    VersionedParquetIOManager,
-    current_version,
-    new_version_dir,
-    publish_version,
-)
+from churn_platform.io_managers import VersionedParquetIOManager, new_version_dir, publish_version
 from churn_platform.mlflow_resource import MlflowResource
-from churn_platform.resources import OpsLogResource, StateResource, spark_conf
+from churn_platform.resources import OpsLogResource, StateResource
 from churn_platform.settings import DEFAULT_SPEC, Settings, load_settings
 from churn_platform_tests.test_ops_log import old_log_file
 

@@ -9,13 +9,8 @@ import pytest
 from dagster_pyspark import PySparkResource
 from pyspark.sql import DataFrame
 
-from churn_platform.io_managers import (
-    POINTER,
-    SUMMARY,
-    VersionedParquetIOManager,
-    current_version,
-    publish_version,
-)
+from churn_platform.core.versions import POINTER, current_version
+from churn_platform.io_managers import SUMMARY, VersionedParquetIOManager, publish_version
 
 
 def _manager(base: Path) -> VersionedParquetIOManager:

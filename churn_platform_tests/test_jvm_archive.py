@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from churn_platform.core import jvm_archive
-from churn_platform.resources import spark_conf
+from churn_platform.core.spark_setup import spark_conf
 from churn_platform.settings import load_settings
 
 pytestmark = pytest.mark.integration  # a JVM of its own (and the archive's build, if missing)
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration  # a JVM of its own (and the archive's buil
 # A fresh driver with the platform's configuration, logging where each class came from.
 SESSION = """
 import sys
-from churn_platform.resources import spark_session
+from churn_platform.core.spark_setup import spark_session
 from churn_platform.settings import load_settings
 
 settings = load_settings({"CHURN_HOME": sys.argv[1]})

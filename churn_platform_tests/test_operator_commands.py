@@ -24,7 +24,8 @@ from churn_platform.config import platform_spec
 from churn_platform.core import tracking
 from churn_platform.core.registry import METRIC_TAG_PREFIX
 from churn_platform.core.tracking import CHAMPION, TAG_MODEL_KIND
-from churn_platform.io_managers import current_version, new_version_dir, publish_version
+from churn_platform.core.versions import current_version
+from churn_platform.io_managers import new_version_dir, publish_version
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.settings import load_settings
 
@@ -135,6 +136,18 @@ def test_operator_commands_never_start_a_jvm(registry_home: Path) -> None:
     found = probe(registry_home, *commands)
     assert [f["code"] for f in found] == list(commands.values()), found
     assert not any(f["jvm"] for f in found), found
+
+
+def test_score_reads_with_spark_and_mlflow_but_without_dagster(churn_home: Path) -> None:
+    """`score` needs a JVM and the registry, not Dagster (about 1 s of imports): here a file
+    without the columns the model needs is refused after Spark has read its header."""
+    customers = churn_home / "customers.csv"
+    customers.write_text("customerID,gender\nC-1,Male\n")
+    (found,) = probe(churn_home, ("score", "--input", str(customers), "--output", "scores.csv"))
+    assert found["code"] == cli.EXIT_USAGE and found["jvm"], found
+    assert found["heavy"] == ["pyspark", "mlflow"] and not found["definitions"], found
+    assert "missing 18 column(s) the model needs: SeniorCitizen" in found["stderr"]
+    assert not (churn_home / "scores.csv").exists()
 
 
 def proven_champion(home: Path) -> tuple[Path, str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from churn_platform.resources import LOG4J2_TEMPLATE
+from churn_platform.core.spark_setup import LOG4J2_TEMPLATE
 from churn_platform.settings import DAGSTER_YAML, DEFAULT_SPEC, PACKAGE_DIR, load_settings
 
 CHECKOUT = Path(__file__).resolve().parents[1]

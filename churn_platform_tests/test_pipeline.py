@@ -14,7 +14,7 @@ import pytest
 from churn_platform import cli
 from churn_platform.config import load_spec
 from churn_platform.core.registry import registry_snapshot
-from churn_platform.io_managers import current_version
+from churn_platform.core.versions import current_version
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.settings import load_settings
 from churn_platform_tests.conftest import PIPELINE_MODELS, PipelineRun, restored_environ

@@ -35,7 +35,8 @@ from churn_platform.core.models.fitting import (
 from churn_platform.core.models.kinds import KINDS, merged_params
 from churn_platform.core.models.stages import SignedLog
 from churn_platform.core.models.training import fit_model
-from churn_platform.io_managers import SUMMARY, VersionedParquetIOManager, current_version
+from churn_platform.core.versions import current_version
+from churn_platform.io_managers import SUMMARY, VersionedParquetIOManager
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform_tests.conftest import SAME_MODEL, assert_same_scores
 

@@ -27,7 +27,7 @@ from churn_platform.core.features import engineer_features
 from churn_platform.core.ops.incidents import IncidentStore
 from churn_platform.core.ops.log import OpsLog, prune_logs
 from churn_platform.core.tracking import ModelIntegrityError
-from churn_platform.io_managers import current_version
+from churn_platform.core.versions import current_version
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import SPARK_POOL, OpsLogResource, StateResource
 from churn_platform.settings import Settings

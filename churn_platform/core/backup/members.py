@@ -23,6 +23,7 @@ from churn_platform.core.backup.storage import KEY_ENV, local_path
 from churn_platform.core.ops.chain import HEADS_NAME, LOCK_NAME
 from churn_platform.core.ops.files import locked
 from churn_platform.core.ops.privacy import redact_url
+from churn_platform.core.versions import POINTER
 from churn_platform.settings import Settings
 
 COMPONENT_DIRS: dict[str, tuple[str, ...]] = {
@@ -35,7 +36,6 @@ COMPONENT_DIRS: dict[str, tuple[str, ...]] = {
 ALL_COMPONENTS: tuple[str, ...] = tuple(COMPONENT_DIRS)
 MANIFEST_MEMBER = "MANIFEST.json"
 FORMAT = "churn-backup/1"
-POINTER = "CURRENT"
 MLFLOW_DB = "mlflow/mlflow.db"
 MLFLOW_ARTIFACTS = "mlflow/artifacts"
 # Where `core.ops.privacy.pseudonym_key` keeps the key (the path is inline there).

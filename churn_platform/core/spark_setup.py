@@ -1,0 +1,59 @@
+"""The platform's Spark configuration and a session built from it, for Dagster runs and for the
+commands that need Spark outside one (`score`, `generate`): one place, no Dagster import."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from churn_platform.core import jvm_archive
+from churn_platform.settings import Settings
+
+POSTGRES_JDBC_JAR = Path("/usr/share/java/postgresql.jar")
+LOG4J2_TEMPLATE = Path(__file__).resolve().parents[1] / "log4j2.properties"
+
+
+def spark_conf(settings: Settings) -> dict[str, str]:
+    """Spark configuration for a run: master or Spark Connect URL, JDBC driver, log file."""
+    conf: dict[str, str] = {
+        "spark.app.name": "churn_platform",
+        "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # HotSpot compiles no method over 8,000 bytes of bytecode: a whole-stage-codegen method
+        # past that runs interpreted. At this limit Spark runs such a stage operator by
+        # operator instead (its documented HotSpot setting). benchmarks/scoring.py at 1M rows:
+        # the logged model's transform and write took 5.1 s instead of 8.2 s.
+        "spark.sql.codegen.hugeMethodLimit": "8000",
+        # Python workers (if any) run the platform's own interpreter, not whatever is on PATH.
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+    }
+    if settings.spark_remote:
+        conf["spark.remote"] = settings.spark_remote
+        return conf
+    conf["spark.master"] = settings.spark_master
+    conf["spark.driver.memory"] = settings.spark_driver_memory
+    if POSTGRES_JDBC_JAR.exists():
+        conf["spark.jars"] = str(POSTGRES_JDBC_JAR)
+    log_dir = settings.logs
+    log_dir.mkdir(parents=True, exist_ok=True)
+    java_opts = f"-Dlog4j2.configurationFile=file:{LOG4J2_TEMPLATE} -Dchurn.log.dir={log_dir}"
+    # The driver maps the installation's class-data archive if `make install` built it.
+    conf["spark.driver.extraJavaOptions"] = f"{java_opts} {jvm_archive.java_options()}".rstrip()
+    conf["spark.executor.extraJavaOptions"] = java_opts
+    return conf
+
+
+def spark_session(settings: Settings, overrides: Mapping[str, str] | None = None) -> SparkSession:
+    """A SparkSession outside a Dagster run (scoring a file, generating data), same config;
+    `overrides` replace some of its keys (`score`'s short-lived JVM)."""
+    builder = SparkSession.builder
+    for key, value in {**spark_conf(settings), **(overrides or {})}.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
