@@ -3,6 +3,7 @@ tiers, reason codes, unseen values and the statistics observed by the one write.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -281,6 +282,27 @@ def test_a_few_customers_read_as_in_the_batch_scores_of_the_same_model(
     scores.summary()
     assert scores.attribution.method == reasons.SURROGATE
     assert scores.attribution.fidelity_r2 != batch.attribution.fidelity_r2
+
+
+def test_stored_reasons_that_do_not_read_are_measured_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A damaged `_reasons.json` (a disk filled mid-write, a hand edit) does not fail `score`:
+    it says which file, and the reasons are measured as without one."""
+    identity = ("churn-telco", "2", "sha-of-files")
+    attribution = reasons.Attribution(
+        reasons.SURROGATE, np.array([0.5, -1.0]), 0.1, np.array([1.0, 0.0]), ("tenure", "Contract")
+    )
+    reasons.save_attribution(tmp_path, identity, attribution)
+    assert reasons.load_attribution(tmp_path, identity).baseline_log_odds == pytest.approx(0.6)
+    stored = tmp_path / reasons.STORED
+    text = stored.read_text()
+    for damaged in (text[:40], text.replace("[1.0, 0.0]", "[1.0]"), "{}"):
+        stored.write_text(damaged)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=reasons.__name__):
+            assert reasons.load_attribution(tmp_path, identity) is None
+        assert f"{stored} is unreadable" in caplog.text
 
 
 def test_tiers_follow_the_decision_threshold_and_the_contact_break_even() -> None:

@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandera.pyspark as pa
 from pyspark.sql import Column, DataFrame, Window
@@ -75,6 +76,8 @@ class CleanResult(quality.LayerResult):
     marked: DataFrame
     windowed: bool
     replan: Callable[[bool], CleanResult] = field(repr=False)
+    counting: list[Column] = field(repr=False)
+    _count_row: dict[str, Any] | None = field(default=None, repr=False)
 
     def write(self, cleaned_path: Path, quarantine_path: Path) -> CleanResult:
         """Write both outputs as Parquet; the statistics are observed during the first write.
@@ -109,14 +112,24 @@ class CleanResult(quality.LayerResult):
     def _checked(self, table: DataFrame) -> DataFrame:
         return table.select(*[F.col(f"`{c}`") for c in self.content])
 
+    def _counts(self) -> dict[str, Any]:
+        """Rows in, out, superseded and quarantined by reason: the written layer's statistics,
+        or for rows that are only read (`score`) one aggregate of these counts alone, without
+        the id and schema checks that belong to a written layer (four Spark jobs fewer)."""
+        if self._stats is not None:
+            return self._stats
+        if self._count_row is None:
+            self._count_row = self.marked.agg(*self.counting).first().asDict()
+        return self._count_row
+
     @property
     def by_reason(self) -> dict[str, int]:
-        row = self.stats
+        row = self._counts()
         return {r: int(row[f"reason:{r}"]) for r in REASONS if row[f"reason:{r}"]}
 
     @property
     def counts(self) -> dict[str, int]:
-        row = self.stats
+        row = self._counts()
         return {
             "rows_in": int(row["rows_in"] or 0),
             "rows_out": int(row["rows_out"] or 0),
@@ -333,11 +346,14 @@ def _plan(
         F.col(REASON_COL).alias("_reason"),
     )
     kept = F.col("_kept")
-    aggregates = [
+    counting = [
         F.count(F.lit(1)).alias("rows_in"),
         F.sum(kept.cast("long")).alias("rows_out"),
         F.sum(F.col("_superseded").cast("long")).alias("rows_superseded"),
         *[F.sum((F.col("_reason") == r).cast("long")).alias(f"reason:{r}") for r in REASONS],
+    ]
+    aggregates = [
+        *counting,
         *[
             F.sum((F.col("_valid") & F.col(f"`{c}`").isNull()).cast("long")).alias(f"blank:{c}")
             for c in keep_numeric
@@ -357,6 +373,7 @@ def _plan(
         content=content,
         marked=view,
         aggregates=aggregates,
+        counting=counting,
         schema=layer_schema,
         windowed=windowed,
         replan=replan,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from churn_platform.core.encoding import (
 )
 from churn_platform.core.models.stages import DropColumns, PositiveProbability, SignedLog
 
+LOG = logging.getLogger(__name__)
 REASONS_COL = "reasons"
 TOP_REASONS = 3
 EXACT, SURROGATE = "exact", "surrogate"
@@ -109,21 +111,32 @@ def save_attribution(folder: Path, model: Sequence[str], attribution: Attributio
 
 def load_attribution(folder: Path | None, model: Sequence[str]) -> Attribution | None:
     """The attribution stored beside the scores in `folder`, if it explains `model` (else None:
-    scores of an earlier champion, or written before attributions were stored)."""
+    scores of an earlier champion, or written before attributions were stored). A file that
+    does not read as one (damaged, edited) is reported and the reasons are measured again."""
     path = folder / STORED if folder is not None else None
     if path is None or not path.is_file():
         return None
-    stored = json.loads(path.read_text())
-    if stored["model"] != list(model):
+    try:
+        stored = json.loads(path.read_text())
+        if stored["model"] != list(model):
+            return None
+        attribution = Attribution(
+            stored["method"],
+            np.array(stored["coefficients"], dtype=float),
+            float(stored["intercept"]),
+            np.array(stored["reference"], dtype=float),
+            tuple(stored["slot_columns"]),
+            logged=tuple(stored["logged"]),
+        )
+        slots = len(attribution.slot_columns)
+        if attribution.coefficients.shape != (slots,) or attribution.reference.shape != (slots,):
+            raise ValueError(f"{slots} slot columns, vectors of {attribution.coefficients.shape}")
+    except (ValueError, KeyError, TypeError) as exc:
+        LOG.warning(
+            "%s is unreadable (%s: %s): reasons are measured again", path, type(exc).__name__, exc
+        )
         return None
-    return Attribution(
-        stored["method"],
-        np.array(stored["coefficients"], dtype=float),
-        float(stored["intercept"]),
-        np.array(stored["reference"], dtype=float),
-        tuple(stored["slot_columns"]),
-        logged=tuple(stored["logged"]),
-    )
+    return attribution
 
 
 @dataclass(frozen=True)
