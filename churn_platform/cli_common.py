@@ -129,17 +129,17 @@ def scoring_session(settings: Settings, input_path: Path) -> SparkSession:
     session is already running in this process: it is returned as it is configured)."""
     from pyspark.sql import SparkSession
 
-    from churn_platform.core.spark_setup import spark_conf, spark_session
+    from churn_platform.core.spark_setup import session_of, spark_conf
 
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
-    java_options = spark_conf(settings).get("spark.driver.extraJavaOptions")
-    overrides = {}
+    conf = spark_conf(settings)
+    java_options = conf.get("spark.driver.extraJavaOptions")
     if java_options is not None and input_bytes(input_path) <= SMALL_INPUT_BYTES:
-        overrides = {
+        conf |= {
             "spark.driver.extraJavaOptions": f"{java_options} {SHORT_JVM_OPTIONS}",
             "spark.sql.codegen.wholeStage": "false",
             "spark.sql.codegen.factoryMode": "NO_CODEGEN",
         }
-    return spark_session(settings, overrides)
+    return session_of(conf)

@@ -4,6 +4,8 @@ import csv
 import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from churn_platform.settings import load_settings
 from churn_platform_tests.conftest import PIPELINE_MODELS, PipelineRun, restored_environ
 
 LEADERBOARD_SIZE = len(PIPELINE_MODELS)
+CLI = Path(sys.executable).with_name("churn-platform")
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +124,18 @@ def test_scores_file_and_schema_mismatch(pipeline, capsys, tmp_path):
     made_by = pq.read_table(batch, columns=["model_version"]).column(0).unique().to_pylist()
     same_model = made_by == [result["model"].rsplit(" v", 1)[1]]
     assert result["reasons_from"] == ("batch scores" if same_model else "measured now")
+    # As a user runs it: the console script in its own short-lived JVM (C1 compiler, no
+    # generated code for a small input) writes the same bytes as the test session's JVM.
+    child = tmp_path / "child_scores.csv"
+    done = subprocess.run(
+        [str(CLI), "score", "--input", str(subset), "--output", str(child)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) | {"output": str(out)} == result
+    assert child.read_bytes() == out.read_bytes()
 
     bad = tmp_path / "bad.csv"
     header = rows[0]

@@ -52,8 +52,13 @@ def spark_conf(settings: Settings) -> dict[str, str]:
 
 def spark_session(settings: Settings, overrides: Mapping[str, str] | None = None) -> SparkSession:
     """A SparkSession outside a Dagster run (scoring a file, generating data), same config;
-    `overrides` replace some of its keys (`score`'s short-lived JVM)."""
+    `overrides` replace some of its keys."""
+    return session_of({**spark_conf(settings), **(overrides or {})})
+
+
+def session_of(conf: Mapping[str, str]) -> SparkSession:
+    """The SparkSession of `conf` (one already running in this process is returned as is)."""
     builder = SparkSession.builder
-    for key, value in {**spark_conf(settings), **(overrides or {})}.items():
+    for key, value in conf.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
