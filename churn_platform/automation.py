@@ -21,7 +21,12 @@ from churn_platform.config import DatasetSpec
 from churn_platform.core.ops.incidents import IncidentStore
 from churn_platform.core.ops.log import OpsLog
 from churn_platform.core.sources import InputDataError, read_csv_header
-from churn_platform.partitions import DATA_LAYER_KEYS, RAW_CUSTOMERS, ingest_batches
+from churn_platform.partitions import (
+    CUSTOMER_FEATURES,
+    DATA_LAYER_KEYS,
+    RAW_CUSTOMERS,
+    ingest_batches,
+)
 from churn_platform.resources import OpsLogResource, StateResource
 from churn_platform.settings import Settings
 
@@ -58,6 +63,23 @@ def layer_condition() -> dg.AutomationCondition:
         "any_deps_missing",
         dg.AutomationCondition.any_deps_match(missing).with_label("any_deps_missing_not_failed"),
     )
+
+
+def scores_condition() -> dg.AutomationCondition:
+    """Scoring: as `layer_condition`, but not while the features are being built or requested.
+
+    An inbox run builds cleaned, then features; scoring in between would re-score with the
+    champion the new features are about to retrain, and hold the one Spark slot the retraining
+    waits for (a real daemon: scores 71 s after a drop, then the models behind them). Waiting,
+    the scores are requested in the tick that requests the retraining and run in its run, right
+    after the new champion (features whose data did not change retrain nothing: the scores
+    then run alone).
+    """
+    features = dg.AutomationCondition.asset_matches(
+        CUSTOMER_FEATURES,
+        dg.AutomationCondition.in_progress() | dg.AutomationCondition.will_be_requested(),
+    )
+    return (layer_condition() & ~features).with_label("eager, after the features")
 
 
 def retrain_condition(cron: str, model_keys: Sequence[str] = ()) -> dg.AutomationCondition:

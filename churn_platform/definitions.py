@@ -47,6 +47,8 @@ def _automation(
         return None
     if name in model_keys:
         return automation.retrain_condition(settings.retrain_cron, model_keys)
+    if name == "churn_scores":
+        return automation.scores_condition()
     return automation.layer_condition()
 
 

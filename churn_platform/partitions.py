@@ -11,12 +11,13 @@ ingest_batches = dg.DynamicPartitionsDefinition(name="ingest_batches")
 BASE_BATCH = "base"
 
 RAW_CUSTOMERS = dg.AssetKey("raw_customers")
+CUSTOMER_FEATURES = dg.AssetKey("customer_features")
 # A scan's last batch rebuilds the data layers in its own run: one process and one JVM start
 # instead of a second run that declarative automation would launch a tick later.
 DATA_LAYER_KEYS = (
     RAW_CUSTOMERS,
     dg.AssetKey("cleaned_customers"),
     dg.AssetKey("quarantined_customers"),
-    dg.AssetKey("customer_features"),
+    CUSTOMER_FEATURES,
     dg.AssetKey("feature_pipeline"),
 )

@@ -28,11 +28,15 @@ def platform_graph(
     features_version: str = "f1",
     model_code: dict[str, str] | None = None,
     raw_fails: bool = False,
+    scoring: bool = False,
+    building_features: Callable[[], None] | None = None,
 ) -> list[dg.AssetsDefinition]:
-    """raw -> cleaned -> features -> two models -> an ensemble, with the platform's conditions.
+    """raw -> cleaned -> features -> two models -> an ensemble, with the platform's conditions;
+    with `scoring`, also the champion (over the models) and the scores (of the cleaned
+    customers, by the champion).
 
     `features_version` is the content-based data version the features report; `model_code` the
-    code version of each model.
+    code version of each model; `building_features` runs while the features are built.
     """
     code = {name: "1" for name in MODELS} | (model_code or {})
 
@@ -56,6 +60,8 @@ def platform_graph(
         code_version="1",
     )
     def customer_features() -> dg.MaterializeResult:
+        if building_features is not None:
+            building_features()
         return dg.MaterializeResult(data_version=dg.DataVersion(features_version))
 
     def model(name: str) -> dg.AssetsDefinition:
@@ -70,12 +76,21 @@ def platform_graph(
 
         return _model
 
-    return [
-        raw_customers,
-        cleaned_customers,
-        customer_features,
-        *(model(n) for n in sorted(MODELS)),
-    ]
+    models = [model(n) for n in sorted(MODELS)]
+
+    @dg.asset(deps=models, automation_condition=automation.layer_condition())
+    def champion_model() -> None:
+        pass
+
+    @dg.asset(
+        deps=[cleaned_customers, champion_model],
+        automation_condition=automation.scores_condition(),
+    )
+    def churn_scores() -> None:
+        pass
+
+    scored = [champion_model, churn_scores] if scoring else []
+    return [raw_customers, cleaned_customers, customer_features, *models, *scored]
 
 
 class Platform:
@@ -187,6 +202,34 @@ def test_layers_wait_for_a_batch_that_has_not_been_ingested_yet(platform):
     assert platform.tick(platform_graph()) == LAYERS
 
 
+def test_scores_wait_for_the_features_and_follow_the_retrained_champion_in_its_run():
+    """An inbox run builds cleaned, then features. Between the two, scoring would re-score with
+    the champion the new features are about to replace (and hold the Spark slot the retraining
+    waits for): the scores are requested with the retraining instead, and run after it."""
+    scored = {"champion_model", "churn_scores"}
+    platform = Platform(dg.DagsterInstance.ephemeral())
+    platform.ingest("base")
+    platform.run(LAYERS | MODELS | scored, scoring=True)
+    assert platform.tick(platform_graph(scoring=True)) == set()
+
+    platform.ingest("20261127T103000Z-new.csv")
+    assert platform.tick(platform_graph(scoring=True)) == LAYERS
+    midway: list[set] = []
+    graph = {"features_version": "f2", "scoring": True}
+    building = lambda: midway.append(platform.tick(platform_graph(**graph)))  # noqa: E731
+    platform.run(LAYERS, building_features=building, **graph)
+    assert midway == [set()], "cleaned is new, the features not yet: nothing is scored"
+    assert platform.tick(platform_graph(**graph)) == MODELS | scored
+    platform.run(MODELS | scored, **graph)
+    assert platform.tick(platform_graph(**graph)) == set()
+
+    platform.ingest("20261127T110000Z-same_customers.csv")
+    platform.tick(platform_graph(**graph))
+    platform.run(LAYERS, **graph)
+    assert platform.tick(platform_graph(**graph)) == {"churn_scores"}, "no retrain: scores alone"
+    platform.instance.dispose()
+
+
 def test_platform_assets_carry_the_platform_conditions_and_automation_ships_running(
     settings: Settings,
 ):
@@ -203,7 +246,12 @@ def test_platform_assets_carry_the_platform_conditions_and_automation_ships_runn
         assert node.automation_condition == retrain, f"{node.key} does not retrain"
     for group in ("cleaning", "features", "scoring", "monitoring"):
         for node in by_group[group]:
-            assert node.automation_condition == automation.layer_condition(), node.key
+            expected = (
+                automation.scores_condition()
+                if node.key.to_user_string() == "churn_scores"
+                else automation.layer_condition()
+            )
+            assert node.automation_condition == expected, node.key
     sensor = defs.get_sensor_def("churn_automation")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert sensor.asset_selection.resolve(graph) >= {n.key for n in models}
