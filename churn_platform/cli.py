@@ -133,7 +133,7 @@ def score(config: str | None, input_path: str, output: str, alias: str, overwrit
     except OutputRefused as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
 
-    with importing("churn_platform.core.score_file", "churn_platform.config"):
+    with importing("churn_platform.core.score_file"):
         spark = scoring_session(settings, Path(input_path))
     from churn_platform.config import platform_spec
     from churn_platform.core.score_file import score_file
