@@ -32,6 +32,7 @@ from typing import TextIO
 import dagster as dg
 
 from churn_platform.core.models.kinds import MODEL_KINDS, model_key
+from churn_platform.core.synthetic.generate import ID_SPACE
 from churn_platform.core.versions import current_version
 from churn_platform.server import running_platform
 from churn_platform.settings import load_settings
@@ -110,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         settings.export_library_env()
         models = [model_key(k) for k in (settings.models or MODEL_KINDS)]
         batch = Path(tmp) / "batch.csv"
-        # Ids after Telco's and after any earlier drop of this script: new customers each time.
-        id_start = 100_000 + int(time.time()) % 1_000_000 * 10
+        # A block of ids per second of the clock: each run drops customers the state has not
+        # seen (an earlier run's block, reused with --home, would only update them).
+        id_start = int(time.time()) * args.rows % (ID_SPACE - args.rows)
         subprocess.run(
             [*CLI, "generate", "--rows", str(args.rows), "--output", str(batch)]
             + ["--id-start", str(id_start)],
