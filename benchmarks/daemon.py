@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from typing import TextIO
 
 import dagster as dg
 
+from churn_platform.cluster import free_port
 from churn_platform.core.models.kinds import MODEL_KINDS, model_key
 from churn_platform.core.synthetic.generate import ID_SPACE
 from churn_platform.core.versions import current_version
@@ -56,12 +56,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="where the webserver's, daemon's and runs' output goes",
     )
     return parser.parse_args(argv)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def built_state(folder: Path) -> Path:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from pyspark.sql import SparkSession
 
+from churn_platform.cli_common import SHORT_JVM_OPTIONS
 from churn_platform.core.ops.log import OpsLog
 from churn_platform.core.spark_setup import spark_conf
 from churn_platform.settings import Settings, load_settings
@@ -155,21 +156,17 @@ def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("churn_home_session")
 
 
-# Every JVM of the test run (this session's, and the CLI, daemon and code-server runs, cluster
-# daemons, executors and Connect server started from it) works on a few thousand rows, and `make
-# test`'s two workers keep both cores busy: what a JVM spends in the C2 compiler and parallel GC
-# threads, the other worker waits for. C1 alone and one collector thread: test_modeling alone
-# 5 % longer but 16 % fewer CPU seconds (208 -> 174); the fresh-clone suite's workers busy
-# 1,148 s instead of 1,177 (C2 and G1 in this JVM, C1 in the others), pytest 596 s (610).
-JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
-
-
 @pytest.fixture(scope="session")
 def spark(session_home: Path) -> Iterator[SparkSession]:
     """The one SparkSession of the test run; JVM start-up costs ~10 s, so it is shared."""
     settings = load_settings({"CHURN_HOME": str(session_home), "CHURN_SHUFFLE_PARTITIONS": "2"})
+    # Every JVM of the test run (this one, and the CLI, daemon and code-server runs, cluster
+    # daemons, executors and Connect server started from it) works on a few thousand rows while
+    # `make test`'s two workers keep both cores busy, so all get `score`'s short-lived JVM
+    # options: C1 alone and one collector thread. test_modeling alone 5 % longer but 16 % fewer
+    # CPU seconds (208 -> 174); the fresh-clone suite's workers busy 1,148 s instead of 1,177.
     os.environ["JAVA_TOOL_OPTIONS"] = " ".join(
-        filter(None, [os.environ.get("JAVA_TOOL_OPTIONS"), JVM_OPTIONS])
+        filter(None, [os.environ.get("JAVA_TOOL_OPTIONS"), SHORT_JVM_OPTIONS])
     )
     builder = SparkSession.builder
     conf = spark_conf(settings)

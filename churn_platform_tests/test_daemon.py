@@ -1,12 +1,12 @@
 """With a real daemon, a file dropped into the inbox is ingested, trained on and scored."""
 
 import csv
-import socket
 import time
 
 import dagster as dg
 import pytest
 
+from churn_platform.cluster import free_port
 from churn_platform.config import load_spec
 from churn_platform.core.registry import registry_snapshot
 from churn_platform.mlflow_resource import MlflowResource
@@ -16,12 +16,6 @@ from churn_platform.settings import load_settings
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(1800)]
 BATCH_ROWS = 2000
 DEADLINE_S = 1500
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _versions(settings) -> set[str]:
@@ -62,7 +56,7 @@ def test_inbox_drop_trains_and_scores_without_a_click(spark, churn_home, telco_c
         rows = list(csv.reader(handle))
     assert not _versions(settings)
 
-    with running_platform(settings, _free_port(), daemon=True):
+    with running_platform(settings, free_port(), daemon=True):
         inbox = settings.inbox
         inbox.mkdir(exist_ok=True)
         staging = inbox / ".batch.csv.part"  # not a .csv: the sensor must not see half a file

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import psutil
 import pytest
 
+from churn_platform.cluster import free_port
 from churn_platform.core.models.kinds import ENSEMBLE_KINDS
 from churn_platform.server import (
     PlatformError,
@@ -58,12 +59,6 @@ SERVE = (
 URL_LINE = re.compile(r"^Dagster UI .*: (http://\S+)$", re.MULTILINE)
 GRAPH_LINE = re.compile(r"^Asset graph with every group expanded: (http://\S+)$", re.MULTILINE)
 README = Path(__file__).parents[1] / "README.md"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
