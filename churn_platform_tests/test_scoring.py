@@ -147,9 +147,10 @@ def test_probabilities_equal_the_logged_pipelines_for_each_kind_of_model(
             spec.id_column, vector_to_array(FEATURES_COL).alias("vector"), PROBABILITY_COL
         )
         new = scoring.probabilities(customers, spec, model).select(
-            spec.id_column, SLOTS_COL, F.col(PROBABILITY_COL).alias("new")
+            spec.id_column, F.col(PROBABILITY_COL).alias("new")
         )
-        both = today.join(new, spec.id_column).toPandas()
+        slots = read_encoding(model).slotted(engineer_features(customers, spec))
+        both = today.join(new, spec.id_column).join(slots, spec.id_column).toPandas()
         assert len(both) == 7043, name
         # The vector the classifier reads is the pipeline's own, slot for slot (NaN included).
         np.testing.assert_array_equal(np.stack(both["vector"]), np.stack(both[SLOTS_COL]))

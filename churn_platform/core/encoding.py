@@ -5,12 +5,14 @@ JVM UDF per column and a sparse vector per column and row. The vocabularies are 
 same vector is built here from `CASE` expressions over the labels and the imputation values the
 stages learnt, and assembled once from an array of doubles. The vector is the stages' own,
 slot for slot (compared in churn_platform_tests/test_scoring.py), so the classifier stages that
-follow give the same probabilities.
+follow give the same probabilities. A linear model needs no vector at all: its terms are read
+straight from the columns (`Encoding.terms`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyspark.ml import PipelineModel
@@ -69,6 +71,22 @@ def number(value: float) -> str:
     if math.isnan(value) or math.isinf(value):
         return f"CAST('{value!r}' AS DOUBLE)"
     return f"{float(value)!r}D"
+
+
+def _numeric_value(item: Imputed | str, types: dict[str, str]) -> str:
+    """A numeric assembler input's slot value (SQL over df's own columns)."""
+    if isinstance(item, str):
+        # VectorAssembler's "keep" puts NaN where a value is null.
+        return f"coalesce(CAST({quote(item)} AS DOUBLE), {number(math.nan)})"
+    value = f"CAST({quote(item.column)} AS DOUBLE)"
+    missing = (
+        f"isnan({value})"
+        if math.isnan(item.missing_value)
+        else f"{value} = {number(item.missing_value)}"
+    )
+    imputed = f"CASE WHEN {value} IS NULL OR {missing} THEN {number(item.surrogate)}"
+    # The Imputer casts back to the column's own type before the assembler reads it.
+    return f"CAST(CAST({imputed} ELSE {value} END AS {types[item.column]}) AS DOUBLE)"
 
 
 def feature_stage_count(model: PipelineModel) -> int:
@@ -131,35 +149,55 @@ class Encoding:
         """One double per vector slot (SQL over `indexed(df)`); `types` are df's column types."""
         values: list[str] = []
         for item in self.inputs:
-            if isinstance(item, Imputed):
-                value = f"CAST({quote(item.column)} AS DOUBLE)"
-                missing = (
-                    f"isnan({value})"
-                    if math.isnan(item.missing_value)
-                    else f"{value} = {number(item.missing_value)}"
-                )
-                imputed = f"CASE WHEN {value} IS NULL OR {missing} THEN {number(item.surrogate)}"
-                # The Imputer casts back to the column's own type before the assembler reads it.
-                values.append(
-                    f"CAST(CAST({imputed} ELSE {value} END AS {types[item.column]}) AS DOUBLE)"
-                )
-            elif isinstance(item, Category):
+            if isinstance(item, Category):
                 index = quote(item.index_col)
                 values += [f"CAST({index} = {k} AS DOUBLE)" for k in range(item.slots)]
             else:
-                # VectorAssembler's "keep" puts NaN where a value is null.
-                values.append(f"coalesce(CAST({quote(item)} AS DOUBLE), {number(math.nan)})")
+                values.append(_numeric_value(item, types))
         return values
 
+    def terms(self, coefficients: Sequence[float], types: dict[str, str]) -> list[tuple[str, str]]:
+        """A linear model's terms over the vector, one per assembler input in slot order, as
+        (dataset column, SQL over df's own columns): a numeric slot's coefficient times its
+        value; a category's as one `CASE` lookup of its value's coefficient (its one-hot slot
+        is 1, the others add 0). No index column, no slots array: what scoring a linear model
+        needs per row."""
+        terms: list[tuple[str, str]] = []
+        slot = 0
+        for item in self.inputs:
+            if isinstance(item, Category):
+                # Index k's coefficient; an index past the slots (dropLast) adds nothing.
+                weights = [
+                    number(float(coefficients[slot + k])) if k < item.slots else "0.0D"
+                    for k in range(len(item.labels) + 1)
+                ]
+                value = f"CAST({quote(item.column)} AS STRING)"
+                cases = " ".join(
+                    f"WHEN {text(label)} THEN {weights[k]}" for k, label in enumerate(item.labels)
+                )
+                unknown = weights[-1]
+                terms.append(
+                    (item.column, f"CASE {value} {cases} ELSE {unknown} END" if cases else unknown)
+                )
+                slot += item.slots
+            else:
+                column = item.column if isinstance(item, Imputed) else item
+                value = _numeric_value(item, types)
+                terms.append((column, f"{number(float(coefficients[slot]))} * {value}"))
+                slot += 1
+        return terms
+
     def unseen(self) -> dict[str, str]:
-        """Per category (SQL over `indexed(df)`): a value is present but was never seen in
+        """Per category (SQL over df's own columns): a value is present but was never seen in
         training."""
-        return {
-            item.column: f"{quote(item.column)} IS NOT NULL AND "
-            f"{quote(item.index_col)} = {len(item.labels)}"
-            for item in self.inputs
-            if isinstance(item, Category)
-        }
+        flags = {}
+        for item in self.inputs:
+            if isinstance(item, Category):
+                value = quote(item.column)
+                seen = ", ".join(text(label) for label in item.labels)
+                known = f" AND NOT CAST({value} AS STRING) IN ({seen})" if seen else ""
+                flags[item.column] = f"{value} IS NOT NULL{known}"
+        return flags
 
     def slotted(self, df: DataFrame) -> DataFrame:
         """`df` with the index columns and the slots array (no vector)."""

@@ -38,9 +38,7 @@ from pyspark.sql import functions as F
 from churn_platform.core.columns import FEATURES_COL, PROBABILITY_COL
 from churn_platform.core.encoding import (
     SLOTS_COL,
-    Category,
     Encoding,
-    Imputed,
     number,
     quote,
     text,
@@ -271,35 +269,18 @@ def contributions(attribution: Attribution, slots: Sequence[str]) -> dict[str, s
     return expressions
 
 
-def encoded_contributions(attribution: Attribution, encoding: Encoding) -> dict[str, str]:
-    """`contributions` over `Encoding.vectors`' columns, with the same values: a category's
-    one-hot slots are read as its index's coefficient (one slot is 1, the others add 0), a
-    logged slot's term joins its column's."""
-    coefficients, reference = attribution.coefficients, attribution.reference
-    terms: dict[str, list[str]] = {}
-    offsets: dict[str, float] = {}
-    slot = 0
-    for item in encoding.inputs:
-        if isinstance(item, Category):
-            width, column = item.slots, item.column
-            cases = " ".join(
-                f"WHEN {k} THEN {number(coefficients[slot + k])}" for k in range(width)
-            )
-            term = f"CASE {quote(item.index_col)} {cases} ELSE 0.0D END"
-        else:
-            width, column = 1, item.column if isinstance(item, Imputed) else item
-            term = f"{number(coefficients[slot])} * {quote(SLOTS_COL)}[{slot}]"
-        offset = float(sum(coefficients[j] * reference[j] for j in range(slot, slot + width)))
-        terms.setdefault(column, []).append(term)
-        offsets[column] = offsets.get(column, 0.0) + offset
-        slot += width
-    for k, source in enumerate(attribution.logged):
-        column, j = attribution.slot_columns[source], slot + k
-        terms[column].append(
-            f"{number(coefficients[j])} * {signed_log(f'{quote(SLOTS_COL)}[{source}]')}"
-        )
-        offsets[column] += float(coefficients[j] * reference[j])
-    return {c: f"({' + '.join(t)}) - {number(offsets[c])}" for c, t in terms.items()}
+def linear_terms(
+    coefficients: np.ndarray, logged: Sequence[int], encoding: Encoding, types: Mapping[str, str]
+) -> list[tuple[str, str]]:
+    """A linear model's terms over the vector and the signed logs of its `logged` slots, as
+    (dataset column, SQL over the engineered columns), in the order the model sums them:
+    `Encoding.terms`, then the logged slots'."""
+    terms = encoding.terms(coefficients, dict(types))
+    size, values = len(encoding.slot_columns), encoding.slots(dict(types))
+    for k, source in enumerate(logged):
+        weight = number(float(coefficients[size + k]))
+        terms.append((encoding.slot_columns[source], f"{weight} * {signed_log(values[source])}"))
+    return terms
 
 
 def with_contributions(df: DataFrame, attribution: Attribution) -> DataFrame:
@@ -343,16 +324,29 @@ def with_fidelity(attribution: Attribution, observed: Mapping[str, Any]) -> Attr
     return dataclasses.replace(attribution, fidelity_r2=float(r2))
 
 
-def inputs(attribution: Attribution, encoding: Encoding, types: Mapping[str, str]) -> list[str]:
-    """The arrays `with_reasons` reads, as SQL select items over `Encoding.vectors`' columns:
-    each dataset column's contribution (`PARTS`) and its value as text or as a number (`TEXTS`,
-    `NUMBERS`), in `encoding.columns` order. `types` are the dataset columns' types."""
-    parts = encoded_contributions(attribution, encoding)
+def inputs(
+    attribution: Attribution,
+    encoding: Encoding,
+    types: Mapping[str, str],
+    named: Mapping[str, str],
+) -> list[str]:
+    """The arrays `with_reasons` reads, as SQL select items over the engineered columns: each
+    dataset column's contribution (`PARTS`) and its value as text or as a number (`TEXTS`,
+    `NUMBERS`), in `encoding.columns` order. `types` are the columns' types; `named` gives the
+    column that holds each of the attribution's `linear_terms` (computed once per row)."""
+    offsets: dict[str, float] = {}
+    for j, column in enumerate(attribution.slot_columns):
+        offset = float(attribution.coefficients[j] * attribution.reference[j])
+        offsets[column] = offsets.get(column, 0.0) + offset
+    terms: dict[str, list[str]] = {}
+    for column, sql in linear_terms(attribution.coefficients, attribution.logged, encoding, types):
+        terms.setdefault(column, []).append(quote(named[sql]))
     columns = encoding.columns
+    parts = [f"({' + '.join(terms[c])}) - {number(offsets[c])}" for c in columns]
     texts = [quote(c) if types[c] == "string" else "CAST(NULL AS STRING)" for c in columns]
     numbers = [f"CAST({quote(c)} AS DOUBLE)" if types[c] != "string" else "NULL" for c in columns]
     return [
-        f"array({', '.join(parts[c] for c in columns)}) AS {quote(PARTS)}",
+        f"array({', '.join(parts)}) AS {quote(PARTS)}",
         f"array({', '.join(texts)}) AS {quote(TEXTS)}",
         f"CAST(array({', '.join(numbers)}) AS ARRAY<DOUBLE>) AS {quote(NUMBERS)}",
     ]

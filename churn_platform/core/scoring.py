@@ -11,6 +11,7 @@ contact still pays for itself on average.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,35 +247,39 @@ def probabilities(cleaned: DataFrame, spec: DatasetSpec, model: PipelineModel) -
     expressions, then the classifier): one Spark job before any action, to read the
     imputation values."""
     encoding = read_encoding(model)
-    return _classified(model, encoding, cleaned, spec)
-
-
-def logistic_probability(linear: reasons.Linear, size: int) -> str:
-    """P(churn) of a binary logistic regression over `SLOTS_COL` (and the signed logs of its
-    `logged` slots), as SQL.
-
-    The margin adds every slot's term in slot order, then the intercept, as Spark's dot product
-    does, and 1 / (1 + e^-margin) is Spark's own binary probability: the model's value without a
-    vector, three JVM UDFs and a probability vector per row (benchmarks/scoring.py).
-    """
-    weights = linear.lr.coefficients.toArray()
-    slots = reasons.with_logged(reasons.slot_values(size), linear.logged)
-    terms = " + ".join(f"{number(w)} * {slot}" for w, slot in zip(weights, slots, strict=True))
-    margin = f"(0.0D + {terms}) + {number(float(linear.lr.intercept))}"
-    return f"1.0D / (1.0D + exp(-({margin})))"
+    return _classified(model, encoding, engineer_features(cleaned, spec))[0]
 
 
 def _classified(
-    model: PipelineModel, encoding: Encoding, cleaned: DataFrame, spec: DatasetSpec
-) -> DataFrame:
-    """`cleaned` with the slots and `churn_probability`: a logistic-regression champion as one
-    SQL expression, any other through its classifier stages on the assembled vector."""
-    engineered = engineer_features(cleaned, spec)
+    model: PipelineModel,
+    encoding: Encoding,
+    engineered: DataFrame,
+    explained: Sequence[tuple[str, str]] = (),
+) -> tuple[DataFrame, dict[str, str]]:
+    """`engineered` with `churn_probability`, and with one column per distinct term SQL of the
+    model (for a logistic regression) and of `explained` (`reasons.linear_terms`): the names of
+    those columns by their SQL.
+
+    A logistic-regression champion is its terms summed in the model's order, then the intercept
+    and Spark's own 1 / (1 + e^-margin): the same double as its stages without a vector, three
+    JVM UDFs and a probability vector per row (benchmarks/scoring.py). Any other champion runs
+    its classifier stages on the assembled vector.
+    """
     linear = reasons.exact_logistic(model, encoding)
+    modelled = []
     if linear is not None:
-        probability = logistic_probability(linear, len(encoding.slot_columns))
-        return encoding.slotted(engineered).selectExpr("*", f"{probability} AS {PROBABILITY_COL}")
-    return classifier(model, encoding).transform(encoding.vectors(engineered))
+        coefficients = linear.lr.coefficients.toArray()
+        types = dict(engineered.dtypes)
+        modelled = reasons.linear_terms(coefficients, linear.logged, encoding, types)
+    distinct = dict.fromkeys(sql for _, sql in (*modelled, *explained))
+    named = {sql: f"__term{i}" for i, sql in enumerate(distinct)}
+    termed = engineered.selectExpr("*", *(f"{sql} AS {quote(n)}" for sql, n in named.items()))
+    if linear is None:
+        return classifier(model, encoding).transform(encoding.vectors(termed)), named
+    margin = " + ".join(["0.0D", *(quote(named[sql]) for _, sql in modelled)])
+    intercept = number(float(linear.lr.intercept))
+    probability = f"1.0D / (1.0D + exp(-(({margin}) + {intercept})))"
+    return termed.selectExpr("*", f"{probability} AS {PROBABILITY_COL}"), named
 
 
 def score_customers(
@@ -290,8 +295,8 @@ def score_customers(
     """Scores of the cleaned customers `population` selects (all without it), as one lazy frame.
 
     The model's feature stages are replaced by column expressions (core.encoding) and its
-    classifier stages applied to the vector they assemble (a logistic regression is one more
-    expression, `logistic_probability`); probability, decision, tier, contact
+    classifier stages applied to the vector they assemble; a logistic regression is the sum of
+    its terms, which the reasons read too (`_classified`). Probability, decision, tier, contact
     value, reasons and unseen values come out of the same projection. `model_version` is
     (name, version, decision threshold). `reference` holds the cleaned customers the reasons
     are measured against (the training split); without it, those scored. Before the frame is
@@ -321,9 +326,12 @@ def score_customers(
             model,
             encoding,
             encoding.vectors(engineer_features(measured_from, spec)),
-            lambda: _classified(model, encoding, customers, spec),
+            lambda: _classified(model, encoding, engineer_features(customers, spec))[0],
         )
-    classified = _classified(model, encoding, cleaned, spec)
+    engineered = engineer_features(cleaned, spec)
+    types = dict(engineered.dtypes)
+    explained = reasons.linear_terms(attribution.coefficients, attribution.logged, encoding, types)
+    classified, named = _classified(model, encoding, engineered, explained)
     columns = encoding.columns
     flags = encoding.unseen()
     # A narrow frame before the reasons: the id, the probability and a few arrays (Spark's
@@ -331,7 +339,7 @@ def score_customers(
     scored = classified.selectExpr(
         quote(spec.id_column),
         quote(PROBABILITY_COL),
-        *reasons.inputs(attribution, encoding, dict(classified.dtypes)),
+        *reasons.inputs(attribution, encoding, types, named),
         f"array({', '.join(flags.values()) or 'false'}) AS {quote(UNSEEN_FLAGS)}",
     )
     probability = F.col(PROBABILITY_COL)
