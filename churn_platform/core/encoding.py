@@ -156,12 +156,14 @@ class Encoding:
                 values.append(_numeric_value(item, types))
         return values
 
-    def terms(self, coefficients: Sequence[float], types: dict[str, str]) -> list[tuple[str, str]]:
+    def terms(
+        self, coefficients: Sequence[float], types: dict[str, str], indexed: bool = False
+    ) -> list[tuple[str, str]]:
         """A linear model's terms over the vector, one per assembler input in slot order, as
-        (dataset column, SQL over df's own columns): a numeric slot's coefficient times its
-        value; a category's as one `CASE` lookup of its value's coefficient (its one-hot slot
-        is 1, the others add 0). No index column, no slots array: what scoring a linear model
-        needs per row."""
+        (dataset column, SQL): a numeric slot's coefficient times its value; a category's
+        coefficient of its one-hot slot (the others add 0) as one `CASE` lookup, of its index
+        column when `indexed` (the frame has them, as `vectors` makes it), else of its value.
+        No slots array: a linear model needs no vector per row."""
         terms: list[tuple[str, str]] = []
         slot = 0
         for item in self.inputs:
@@ -171,11 +173,17 @@ class Encoding:
                     number(float(coefficients[slot + k])) if k < item.slots else "0.0D"
                     for k in range(len(item.labels) + 1)
                 ]
-                value = f"CAST({quote(item.column)} AS STRING)"
-                cases = " ".join(
-                    f"WHEN {text(label)} THEN {weights[k]}" for k, label in enumerate(item.labels)
-                )
-                unknown = weights[-1]
+                if indexed:
+                    value, keys = quote(item.index_col), [str(k) for k in range(item.slots)]
+                else:
+                    value, keys = (
+                        f"CAST({quote(item.column)} AS STRING)",
+                        list(map(text, item.labels)),
+                    )
+                cases = " ".join(f"WHEN {key} THEN {weights[k]}" for k, key in enumerate(keys))
+                # No match: an index past the slots adds nothing; a value never seen (or null)
+                # has the unseen index's coefficient.
+                unknown = "0.0D" if indexed else weights[-1]
                 terms.append(
                     (item.column, f"CASE {value} {cases} ELSE {unknown} END" if cases else unknown)
                 )

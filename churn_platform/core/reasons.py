@@ -270,12 +270,16 @@ def contributions(attribution: Attribution, slots: Sequence[str]) -> dict[str, s
 
 
 def linear_terms(
-    coefficients: np.ndarray, logged: Sequence[int], encoding: Encoding, types: Mapping[str, str]
+    coefficients: np.ndarray,
+    logged: Sequence[int],
+    encoding: Encoding,
+    types: Mapping[str, str],
+    indexed: bool = False,
 ) -> list[tuple[str, str]]:
     """A linear model's terms over the vector and the signed logs of its `logged` slots, as
     (dataset column, SQL over the engineered columns), in the order the model sums them:
-    `Encoding.terms`, then the logged slots'."""
-    terms = encoding.terms(coefficients, dict(types))
+    `Encoding.terms` (`indexed`: read the index columns), then the logged slots'."""
+    terms = encoding.terms(coefficients, dict(types), indexed)
     size, values = len(encoding.slot_columns), encoding.slots(dict(types))
     for k, source in enumerate(logged):
         weight = number(float(coefficients[size + k]))
@@ -328,21 +332,21 @@ def inputs(
     attribution: Attribution,
     encoding: Encoding,
     types: Mapping[str, str],
-    named: Mapping[str, str],
+    terms: Sequence[tuple[str, str]],
 ) -> list[str]:
     """The arrays `with_reasons` reads, as SQL select items over the engineered columns: each
     dataset column's contribution (`PARTS`) and its value as text or as a number (`TEXTS`,
-    `NUMBERS`), in `encoding.columns` order. `types` are the columns' types; `named` gives the
-    column that holds each of the attribution's `linear_terms` (computed once per row)."""
+    `NUMBERS`), in `encoding.columns` order. `types` are the columns' types; `terms` name the
+    column that holds each of the attribution's `linear_terms`, with its dataset column."""
     offsets: dict[str, float] = {}
     for j, column in enumerate(attribution.slot_columns):
         offset = float(attribution.coefficients[j] * attribution.reference[j])
         offsets[column] = offsets.get(column, 0.0) + offset
-    terms: dict[str, list[str]] = {}
-    for column, sql in linear_terms(attribution.coefficients, attribution.logged, encoding, types):
-        terms.setdefault(column, []).append(quote(named[sql]))
+    summed: dict[str, list[str]] = {}
+    for column, term in terms:
+        summed.setdefault(column, []).append(quote(term))
     columns = encoding.columns
-    parts = [f"({' + '.join(terms[c])}) - {number(offsets[c])}" for c in columns]
+    parts = [f"({' + '.join(summed[c])}) - {number(offsets[c])}" for c in columns]
     texts = [quote(c) if types[c] == "string" else "CAST(NULL AS STRING)" for c in columns]
     numbers = [f"CAST({quote(c)} AS DOUBLE)" if types[c] != "string" else "NULL" for c in columns]
     return [

@@ -11,7 +11,6 @@ contact still pays for itself on average.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -254,32 +253,39 @@ def _classified(
     model: PipelineModel,
     encoding: Encoding,
     engineered: DataFrame,
-    explained: Sequence[tuple[str, str]] = (),
-) -> tuple[DataFrame, dict[str, str]]:
-    """`engineered` with `churn_probability`, and with one column per distinct term SQL of the
-    model (for a logistic regression) and of `explained` (`reasons.linear_terms`): the names of
-    those columns by their SQL.
+    explained: reasons.Attribution | None = None,
+) -> tuple[DataFrame, list[tuple[str, str]]]:
+    """`engineered` with `churn_probability`, and the `explained` attribution's
+    `reasons.linear_terms` as columns: (dataset column, term column) for each.
 
     A logistic-regression champion is its terms summed in the model's order, then the intercept
     and Spark's own 1 / (1 + e^-margin): the same double as its stages without a vector, three
-    JVM UDFs and a probability vector per row (benchmarks/scoring.py). Any other champion runs
-    its classifier stages on the assembled vector.
+    JVM UDFs and a probability vector per row (benchmarks/scoring.py); the reasons' terms are
+    the same columns. Any other champion runs its classifier stages on the assembled vector,
+    and the reasons' terms read the index columns made for it.
     """
     linear = reasons.exact_logistic(model, encoding)
+    types = dict(engineered.dtypes)
+    frame = engineered if linear is not None else encoding.vectors(engineered)
     modelled = []
     if linear is not None:
         coefficients = linear.lr.coefficients.toArray()
-        types = dict(engineered.dtypes)
         modelled = reasons.linear_terms(coefficients, linear.logged, encoding, types)
-    distinct = dict.fromkeys(sql for _, sql in (*modelled, *explained))
+    explaining = []
+    if explained is not None:
+        explaining = reasons.linear_terms(
+            explained.coefficients, explained.logged, encoding, types, indexed=linear is None
+        )
+    distinct = dict.fromkeys(sql for _, sql in (*modelled, *explaining))
     named = {sql: f"__term{i}" for i, sql in enumerate(distinct)}
-    termed = engineered.selectExpr("*", *(f"{sql} AS {quote(n)}" for sql, n in named.items()))
+    termed = frame.selectExpr("*", *(f"{sql} AS {quote(n)}" for sql, n in named.items()))
+    terms = [(column, named[sql]) for column, sql in explaining]
     if linear is None:
-        return classifier(model, encoding).transform(encoding.vectors(termed)), named
+        return classifier(model, encoding).transform(termed), terms
     margin = " + ".join(["0.0D", *(quote(named[sql]) for _, sql in modelled)])
     intercept = number(float(linear.lr.intercept))
     probability = f"1.0D / (1.0D + exp(-(({margin}) + {intercept})))"
-    return termed.selectExpr("*", f"{probability} AS {PROBABILITY_COL}"), named
+    return termed.selectExpr("*", f"{probability} AS {PROBABILITY_COL}"), terms
 
 
 def score_customers(
@@ -329,9 +335,7 @@ def score_customers(
             lambda: _classified(model, encoding, engineer_features(customers, spec))[0],
         )
     engineered = engineer_features(cleaned, spec)
-    types = dict(engineered.dtypes)
-    explained = reasons.linear_terms(attribution.coefficients, attribution.logged, encoding, types)
-    classified, named = _classified(model, encoding, engineered, explained)
+    classified, terms = _classified(model, encoding, engineered, attribution)
     columns = encoding.columns
     flags = encoding.unseen()
     # A narrow frame before the reasons: the id, the probability and a few arrays (Spark's
@@ -339,7 +343,7 @@ def score_customers(
     scored = classified.selectExpr(
         quote(spec.id_column),
         quote(PROBABILITY_COL),
-        *reasons.inputs(attribution, encoding, types, named),
+        *reasons.inputs(attribution, encoding, dict(engineered.dtypes), terms),
         f"array({', '.join(flags.values()) or 'false'}) AS {quote(UNSEEN_FLAGS)}",
     )
     probability = F.col(PROBABILITY_COL)
