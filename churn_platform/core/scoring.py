@@ -278,7 +278,11 @@ def _classified(
         )
     distinct = dict.fromkeys(sql for _, sql in (*modelled, *explaining))
     named = {sql: f"__term{i}" for i, sql in enumerate(distinct)}
-    termed = frame.selectExpr("*", *(f"{sql} AS {quote(n)}" for sql, n in named.items()))
+    termed = (
+        frame.selectExpr("*", *(f"{sql} AS {quote(n)}" for sql, n in named.items()))
+        if named
+        else frame
+    )
     terms = [(column, named[sql]) for column, sql in explaining]
     if linear is None:
         return classifier(model, encoding).transform(termed), terms
