@@ -157,13 +157,13 @@ class Encoding:
         return values
 
     def terms(
-        self, coefficients: Sequence[float], types: dict[str, str], indexed: bool = False
+        self, coefficients: Sequence[float], types: dict[str, str], vectored: bool = False
     ) -> list[tuple[str, str]]:
         """A linear model's terms over the vector, one per assembler input in slot order, as
         (dataset column, SQL): a numeric slot's coefficient times its value; a category's
-        coefficient of its one-hot slot (the others add 0) as one `CASE` lookup, of its index
-        column when `indexed` (the frame has them, as `vectors` makes it), else of its value.
-        No slots array: a linear model needs no vector per row."""
+        coefficient of its one-hot slot (the others add 0) as one `CASE` lookup. `vectored`:
+        the frame has `vectors`' columns, and the terms read its index columns and slots;
+        otherwise they read the columns themselves (a linear model needs no vector per row)."""
         terms: list[tuple[str, str]] = []
         slot = 0
         for item in self.inputs:
@@ -173,7 +173,7 @@ class Encoding:
                     number(float(coefficients[slot + k])) if k < item.slots else "0.0D"
                     for k in range(len(item.labels) + 1)
                 ]
-                if indexed:
+                if vectored:
                     value, keys = quote(item.index_col), [str(k) for k in range(item.slots)]
                 else:
                     value, keys = (
@@ -183,14 +183,14 @@ class Encoding:
                 cases = " ".join(f"WHEN {key} THEN {weights[k]}" for k, key in enumerate(keys))
                 # No match: an index past the slots adds nothing; a value never seen (or null)
                 # has the unseen index's coefficient.
-                unknown = "0.0D" if indexed else weights[-1]
+                unknown = "0.0D" if vectored else weights[-1]
                 terms.append(
                     (item.column, f"CASE {value} {cases} ELSE {unknown} END" if cases else unknown)
                 )
                 slot += item.slots
             else:
                 column = item.column if isinstance(item, Imputed) else item
-                value = _numeric_value(item, types)
+                value = f"{quote(SLOTS_COL)}[{slot}]" if vectored else _numeric_value(item, types)
                 terms.append((column, f"{number(float(coefficients[slot]))} * {value}"))
                 slot += 1
         return terms

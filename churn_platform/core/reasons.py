@@ -274,16 +274,19 @@ def linear_terms(
     logged: Sequence[int],
     encoding: Encoding,
     types: Mapping[str, str],
-    indexed: bool = False,
+    vectored: bool = False,
 ) -> list[tuple[str, str]]:
     """A linear model's terms over the vector and the signed logs of its `logged` slots, as
     (dataset column, SQL over the engineered columns), in the order the model sums them:
-    `Encoding.terms` (`indexed`: read the index columns), then the logged slots'."""
-    terms = encoding.terms(coefficients, dict(types), indexed)
-    size, values = len(encoding.slot_columns), encoding.slots(dict(types))
-    for k, source in enumerate(logged):
-        weight = number(float(coefficients[size + k]))
-        terms.append((encoding.slot_columns[source], f"{weight} * {signed_log(values[source])}"))
+    `Encoding.terms` (`vectored`: over `Encoding.vectors`' columns), then the logged slots'."""
+    terms = encoding.terms(coefficients, dict(types), vectored)
+    if logged:
+        size = len(encoding.slot_columns)
+        values = slot_values(size) if vectored else encoding.slots(dict(types))
+        for k, source in enumerate(logged):
+            weight = number(float(coefficients[size + k]))
+            column = encoding.slot_columns[source]
+            terms.append((column, f"{weight} * {signed_log(values[source])}"))
     return terms
 
 

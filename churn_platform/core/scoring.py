@@ -262,7 +262,7 @@ def _classified(
     and Spark's own 1 / (1 + e^-margin): the same double as its stages without a vector, three
     JVM UDFs and a probability vector per row (benchmarks/scoring.py); the reasons' terms are
     the same columns. Any other champion runs its classifier stages on the assembled vector,
-    and the reasons' terms read the index columns made for it.
+    and the reasons' terms read the index columns and slots made for it.
     """
     linear = reasons.exact_logistic(model, encoding)
     types = dict(engineered.dtypes)
@@ -274,7 +274,7 @@ def _classified(
     explaining = []
     if explained is not None:
         explaining = reasons.linear_terms(
-            explained.coefficients, explained.logged, encoding, types, indexed=linear is None
+            explained.coefficients, explained.logged, encoding, types, vectored=linear is None
         )
     distinct = dict.fromkeys(sql for _, sql in (*modelled, *explaining))
     named = {sql: f"__term{i}" for i, sql in enumerate(distinct)}
