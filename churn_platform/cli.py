@@ -233,7 +233,7 @@ def mlflow_ui(config: str | None, port: int) -> int:
 
     ui = ui_command(settings, f"churn-{platform_spec(settings).name}", port)
     print(f"MLflow UI on {settings.mlflow_tracking_uri}: {ui.url}", flush=True)
-    os.execv(ui.command[0], ui.command)
+    os.execve(ui.command[0], ui.command, {**os.environ, **ui.environment})
 
 
 @command("simulate", "drop batches into the inbox one at a time")

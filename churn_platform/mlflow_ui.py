@@ -19,13 +19,18 @@ from churn_platform.settings import Settings
 HOST = "127.0.0.1"
 # The classic runs table: MLflow's UI reads the workflow type from this URL parameter.
 RUNS_VIEW = "workflowType=machine_learning"
+# MLflow 3's server starts a job runner (seven huey consumer processes) for GenAI jobs this
+# platform never submits; without it the UI is one server process.
+ENVIRONMENT = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 @dataclass(frozen=True)
 class MlflowUi:
-    """The `mlflow ui` command line for a state root and the URL to open once it serves."""
+    """The `mlflow ui` command line and its environment for a state root, and the URL to open
+    once it serves."""
 
     command: list[str]
+    environment: dict[str, str]
     url: str
 
 
@@ -85,4 +90,4 @@ def mlflow_ui(settings: Settings, experiment: str, port: int) -> MlflowUi:
         *("--workers", "1"),
     ]
     url = f"{base}/{found}/runs?{RUNS_VIEW}" if found else f"{base}?{RUNS_VIEW}"
-    return MlflowUi(command, url)
+    return MlflowUi(command, ENVIRONMENT, url)

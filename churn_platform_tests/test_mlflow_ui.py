@@ -16,9 +16,15 @@ from churn_platform import cli
 
 @pytest.fixture
 def exec_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """The command line the CLI would become, instead of becoming it."""
+    """The command line the CLI would become, instead of becoming it; its environment is the
+    caller's with MLflow's job runner off."""
     calls: list[list[str]] = []
-    monkeypatch.setattr(os, "execv", lambda path, argv: calls.append([path, *argv[1:]]))
+
+    def execve(path: str, argv: list[str], environment: dict[str, str]) -> None:
+        assert environment == {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        calls.append([path, *argv[1:]])
+
+    monkeypatch.setattr(os, "execve", execve)
     return calls
 
 

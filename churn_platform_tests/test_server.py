@@ -387,6 +387,9 @@ def mlflow_ui_started(log: Path) -> Iterator[str]:
         found = MLFLOW_URL_LINE.search(log.read_text())
         assert found, f"mlflow-ui exited early:\n{log.read_text()}"
         wait_for(lambda: answers(f"http://127.0.0.1:{port}/health"), START_TIMEOUT_S, "MLflow")
+        # One server process: no MLflow job runner (started with the server) or its consumers.
+        children = psutil.Process(process.pid).children(recursive=True)
+        assert not [c for c in children if "mlflow.server.jobs" in " ".join(c.cmdline())]
         yield found.group(1)
     finally:
         process.send_signal(signal.SIGTERM)
