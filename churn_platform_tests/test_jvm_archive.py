@@ -46,3 +46,38 @@ def test_a_spark_driver_loads_its_classes_from_the_installations_archive(tmp_pat
     from_jars = [line for line in spark_classes if ".jar" in line.partition("source: ")[2]]
     # Spark's classes come from the archive, a few from its jars (lambdas are made at run time).
     assert len(from_archive) > 1000 and len(from_jars) < 0.05 * len(from_archive)
+
+
+def fake_jdk(root: Path, version: str) -> Path:
+    """A JDK folder as the launcher finds it: bin/java and the `release` file naming its build."""
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "java").write_text("#!/bin/sh\n")
+    (root / "release").write_text(f'JAVA_VERSION="{version}"\n')
+    return root
+
+
+def test_a_jdk_upgrade_names_a_new_archive_and_its_build_removes_the_old_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the JDK changes, the old archive (HotSpot does not map it) is not offered and
+    `jvm-archive` builds a new one; building it removes the old 230 MB file."""
+    jdk = fake_jdk(tmp_path / "jdk", "17.0.15")
+    monkeypatch.setenv("JAVA_HOME", str(jdk))
+    folder = tmp_path / "archives"
+    folder.mkdir()
+    before = jvm_archive.archive_path.__wrapped__(folder)
+    before.write_bytes(b"an archive of 17.0.15")
+    assert jvm_archive.archive_path.__wrapped__(folder) == before
+
+    (jdk / "release").write_text('JAVA_VERSION="17.0.16"\n')
+    after = jvm_archive.archive_path.__wrapped__(folder)
+    assert after != before and not after.exists()
+
+    def staged_build(command: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        Path(command[-1]).write_bytes(b"an archive of 17.0.16")  # what the child JVM writes
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    # The child JVM's real workload is the test above's.
+    monkeypatch.setattr(subprocess, "run", staged_build)
+    assert jvm_archive.build(folder) == (after, True)
+    assert sorted(folder.iterdir()) == [after]

@@ -5,8 +5,8 @@ waits here before its first job. HotSpot's class-data sharing maps the classes a
 loaded from an archive instead: a SparkSession plus one job took 4.1-4.7 s with it against
 8.4-9.8 s without (this machine, C1 only; 6.8 s with C2). The archive belongs to the
 installation (PySpark's jars, the JDK), so `make install` builds it once
-(`churn-platform jvm-archive`) into the virtual environment; a JVM that cannot map it (another
-JDK) starts as it did before, and without it nothing changes.
+(`churn-platform jvm-archive`) into the virtual environment, again after a JDK upgrade (the
+archive is named after the JDK too); without it nothing changes.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,13 +29,26 @@ QUIET = "-Xlog:disable -Xlog:all=warning:stderr"
 BUILD_TIMEOUT_S = 900
 
 
+def jdk_identity() -> str:
+    """The JDK Spark's launcher runs ($JAVA_HOME/bin/java, else `java` on PATH): its real path
+    and its `release` file (version and build), without starting it; "" if there is none."""
+    home = os.environ.get("JAVA_HOME")
+    found = Path(home, "bin", "java") if home else shutil.which("java")
+    if found is None or not Path(found).exists():
+        return ""
+    java = Path(found).resolve()
+    release = java.parent.parent / "release"
+    return f"{java}\n{release.read_text(errors='replace') if release.is_file() else ''}"
+
+
 @functools.cache
 def archive_path(folder: Path = ARCHIVE_DIR) -> Path:
-    """Where the archive of this PySpark installation is (named after its version and jars;
-    once per process: every `spark_conf` asks). The JVM checks the JDK itself: an archive of
-    another JDK is not mapped (that JVM starts as it did without one)."""
+    """Where the archive of this installation is, named after PySpark's version and jars and
+    the JDK (once per process: every `spark_conf` asks). After a JDK upgrade the name changes:
+    the JVM starts without an archive (HotSpot does not map one of another JDK build) until
+    `jvm-archive` builds the new one, where before it said "already built"."""
     jars = sorted(p.name for p in (Path(pyspark.__file__).parent / "jars").glob("*.jar"))
-    identity = "\n".join([pyspark.__version__, *jars])
+    identity = "\n".join([pyspark.__version__, *jars, jdk_identity()])
     return folder / f"spark-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.jsa"
 
 
@@ -69,6 +83,9 @@ def build(folder: Path = ARCHIVE_DIR) -> tuple[Path, bool]:
         os.replace(staged, path)
     finally:
         staged.unlink(missing_ok=True)
+    for stale in path.parent.glob("spark-*.jsa"):  # earlier builds of this command (~230 MB)
+        if stale != path:
+            stale.unlink(missing_ok=True)
     return path, True
 
 
