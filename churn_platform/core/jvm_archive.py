@@ -46,7 +46,7 @@ def archive_path(folder: Path = ARCHIVE_DIR) -> Path:
     """Where the archive of this installation is, named after PySpark's version and jars and
     the JDK (once per process: every `spark_conf` asks). After a JDK upgrade the name changes:
     the JVM starts without an archive (HotSpot does not map one of another JDK build) until
-    `jvm-archive` builds the new one, where before it said "already built"."""
+    `jvm-archive` builds the new one."""
     jars = sorted(p.name for p in (Path(pyspark.__file__).parent / "jars").glob("*.jar"))
     identity = "\n".join([pyspark.__version__, *jars, jdk_identity()])
     return folder / f"spark-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.jsa"
