@@ -51,10 +51,11 @@ def fetch_data(config: str | None) -> int:
 
 @command("jvm-archive", "build the Spark driver's class-data archive (`make install` runs it)")
 def jvm_archive(config: str | None) -> int:
+    settings = command_settings(config)
     from churn_platform.core.jvm_archive import build
 
     try:
-        path, built = build()
+        path, built = build(settings.environ.get("JAVA_HOME"))
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         raise CommandError(f"{exc}\nEvery command works without it.", EXIT_FAILED) from exc
     print(f"{'built' if built else 'already built'}: {path}")
@@ -233,7 +234,7 @@ def mlflow_ui(config: str | None, port: int) -> int:
 
     ui = ui_command(settings, f"churn-{platform_spec(settings).name}", port)
     print(f"MLflow UI on {settings.mlflow_tracking_uri}: {ui.url}", flush=True)
-    os.execve(ui.command[0], ui.command, {**os.environ, **ui.environment})
+    os.execve(ui.command[0], ui.command, {**settings.child_env(), **ui.environment})
 
 
 @command("simulate", "drop batches into the inbox one at a time")

@@ -27,8 +27,9 @@ spark.range(10).selectExpr("id % 3 AS k").groupBy("k").count().collect()
 
 
 def test_a_spark_driver_loads_its_classes_from_the_installations_archive(tmp_path: Path) -> None:
-    path, _ = jvm_archive.build()  # what `make install` did already, or does now
     settings = load_settings({"CHURN_HOME": str(tmp_path / "home")})
+    # What `make install` did already, or does now.
+    path, _ = jvm_archive.build(settings.environ.get("JAVA_HOME"))
     options = spark_conf(settings)["spark.driver.extraJavaOptions"]
     assert f"-XX:SharedArchiveFile={path}" in options
     assert not list(path.parent.glob(f".{path.name}.*")), "a staged archive was left behind"
@@ -62,15 +63,14 @@ def test_a_jdk_upgrade_names_a_new_archive_and_its_build_removes_the_old_one(
     """After the JDK changes, the old archive (HotSpot does not map it) is not offered and
     `jvm-archive` builds a new one; building it removes the old 230 MB file."""
     jdk = fake_jdk(tmp_path / "jdk", "17.0.15")
-    monkeypatch.setenv("JAVA_HOME", str(jdk))
     folder = tmp_path / "archives"
     folder.mkdir()
-    before = jvm_archive.archive_path.__wrapped__(folder)
+    before = jvm_archive.archive_path.__wrapped__(str(jdk), folder)
     before.write_bytes(b"an archive of 17.0.15")
-    assert jvm_archive.archive_path.__wrapped__(folder) == before
+    assert jvm_archive.archive_path.__wrapped__(str(jdk), folder) == before
 
     (jdk / "release").write_text('JAVA_VERSION="17.0.16"\n')
-    after = jvm_archive.archive_path.__wrapped__(folder)
+    after = jvm_archive.archive_path.__wrapped__(str(jdk), folder)
     assert after != before and not after.exists()
 
     def staged_build(command: list[str], **_: object) -> subprocess.CompletedProcess[str]:
@@ -79,5 +79,5 @@ def test_a_jdk_upgrade_names_a_new_archive_and_its_build_removes_the_old_one(
 
     # The child JVM's real workload is the test above's.
     monkeypatch.setattr(subprocess, "run", staged_build)
-    assert jvm_archive.build(folder) == (after, True)
+    assert jvm_archive.build(str(jdk), folder) == (after, True)
     assert sorted(folder.iterdir()) == [after]

@@ -12,16 +12,18 @@ from pathlib import Path
 import pytest
 
 from churn_platform import cli
+from churn_platform.settings import load_settings
 
 
 @pytest.fixture
 def exec_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """The command line the CLI would become, instead of becoming it; its environment is the
-    caller's with MLflow's job runner off."""
+    settings' child environment with MLflow's job runner off."""
     calls: list[list[str]] = []
 
     def execve(path: str, argv: list[str], environment: dict[str, str]) -> None:
-        assert environment == {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        expected = load_settings().child_env()
+        assert environment == {**expected, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         calls.append([path, *argv[1:]])
 
     monkeypatch.setattr(os, "execve", execve)

@@ -29,11 +29,11 @@ QUIET = "-Xlog:disable -Xlog:all=warning:stderr"
 BUILD_TIMEOUT_S = 900
 
 
-def jdk_identity() -> str:
-    """The JDK Spark's launcher runs ($JAVA_HOME/bin/java, else `java` on PATH): its real path
-    and its `release` file (version and build), without starting it; "" if there is none."""
-    home = os.environ.get("JAVA_HOME")
-    found = Path(home, "bin", "java") if home else shutil.which("java")
+def jdk_identity(java_home: str | None) -> str:
+    """The JDK Spark's launcher runs (`java_home`/bin/java, the settings' JAVA_HOME, else `java`
+    on PATH): its real path and its `release` file (version and build), without starting it;
+    "" if there is none."""
+    found = Path(java_home, "bin", "java") if java_home else shutil.which("java")
     if found is None or not Path(found).exists():
         return ""
     java = Path(found).resolve()
@@ -42,29 +42,29 @@ def jdk_identity() -> str:
 
 
 @functools.cache
-def archive_path(folder: Path = ARCHIVE_DIR) -> Path:
+def archive_path(java_home: str | None, folder: Path = ARCHIVE_DIR) -> Path:
     """Where the archive of this installation is, named after PySpark's version and jars and
     the JDK (once per process: every `spark_conf` asks). After a JDK upgrade the name changes:
     the JVM starts without an archive (HotSpot does not map one of another JDK build) until
     `jvm-archive` builds the new one."""
     jars = sorted(p.name for p in (Path(pyspark.__file__).parent / "jars").glob("*.jar"))
-    identity = "\n".join([pyspark.__version__, *jars, jdk_identity()])
+    identity = "\n".join([pyspark.__version__, *jars, jdk_identity(java_home)])
     return folder / f"spark-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.jsa"
 
 
-def java_options(folder: Path = ARCHIVE_DIR) -> str:
+def java_options(java_home: str | None, folder: Path = ARCHIVE_DIR) -> str:
     """The driver's JVM options that map the archive, if it was built ("" if not)."""
-    path = archive_path(folder)
+    path = archive_path(java_home, folder)
     return f"-XX:SharedArchiveFile={path} {QUIET}" if path.is_file() else ""
 
 
-def build(folder: Path = ARCHIVE_DIR) -> tuple[Path, bool]:
+def build(java_home: str | None, folder: Path = ARCHIVE_DIR) -> tuple[Path, bool]:
     """Build the archive unless it exists: (its path, whether it was built now).
 
     A child process runs a small Spark workload and its JVM writes the classes it loaded as it
     exits, into a staged file renamed into place once complete (two builds never mix).
     """
-    path = archive_path(folder)
+    path = archive_path(java_home, folder)
     if path.is_file():
         return path, False
     path.parent.mkdir(parents=True, exist_ok=True)

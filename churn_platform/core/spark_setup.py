@@ -45,7 +45,8 @@ def spark_conf(settings: Settings) -> dict[str, str]:
     log_dir.mkdir(parents=True, exist_ok=True)
     java_opts = f"-Dlog4j2.configurationFile=file:{LOG4J2_TEMPLATE} -Dchurn.log.dir={log_dir}"
     # The driver maps the installation's class-data archive if `make install` built it.
-    conf["spark.driver.extraJavaOptions"] = f"{java_opts} {jvm_archive.java_options()}".rstrip()
+    archive = jvm_archive.java_options(settings.environ.get("JAVA_HOME"))
+    conf["spark.driver.extraJavaOptions"] = f"{java_opts} {archive}".rstrip()
     conf["spark.executor.extraJavaOptions"] = java_opts
     return conf
 
