@@ -4,9 +4,13 @@ import ast
 import importlib
 import importlib.util
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from churn_platform.core import reasons
@@ -91,3 +95,40 @@ def test_benchmark_jobs_build_from_current_platform_code(
     ours = (baselines.TOP_REASONS, baselines.SURROGATE_MAX_ROWS, baselines.SURROGATE_REG_PARAM)
     assert ours == (reasons.TOP_REASONS, reasons.SURROGATE_MAX_ROWS, reasons.SURROGATE_REG_PARAM)
     assert baselines.LOGIT_CLIP == reasons.LOGIT_CLIP
+
+
+HOLDER = """
+import os, sys, time
+held = bytearray(300 * 2**20)  # touched: resident
+for i in range(0, len(held), 4096):
+    held[i] = 1
+if os.fork() == 0:  # a child that never execs: the same pages, not new memory
+    time.sleep(30)
+    os._exit(0)
+print("ready", flush=True)
+time.sleep(30)
+"""
+
+
+def test_memory_sampler_counts_a_child_that_has_not_exec_d_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The JVM starts commands by posix_spawn; until the exec such a child reports its parent's
+    whole RSS, which made a 4.9 GB run look like 14.8 GB."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    pipeline = importlib.import_module("pipeline")
+    monkeypatch.setattr(pipeline, "SAMPLE_SECONDS", 0.01)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        (child,) = psutil.Process(holder.pid).children()
+        assert child.memory_info().rss > 250 * 2**20  # what the earlier sampler added again
+        with pipeline.MemorySampler(holder.pid) as sampler:
+            time.sleep(0.2)
+    finally:
+        for process in psutil.Process(holder.pid).children() + [psutil.Process(holder.pid)]:
+            process.kill()
+        holder.wait()
+    assert sampler.samples
+    assert min(s.driver for s in sampler.samples) > 250 * 2**20
+    assert max(s.jvm for s in sampler.samples) < 50 * 2**20
