@@ -153,13 +153,18 @@ def test_training_frame_assembles_features_and_releases_its_caches(
     engineered: DataFrame, feature_pipeline: PipelineModel
 ) -> None:
     customers = _customers()
+    cached_rdds = engineered.sparkSession.sparkContext._jsc.getPersistentRDDs
+    before = len(cached_rdds())
     with training_frame(engineered, ID, feature_pipeline) as built:
         assert built.folds == tuple(range(FOLDS))
         assert built.train_rows == int((customers["split"] == "train").sum())
         assert built.test_rows == int((customers["split"] == "test").sum())
         assert built.train.is_cached and built.test.is_cached
+        # The one read both splits were cut from is released once they are cached.
+        assert len(cached_rdds()) == before + 2
         assert vector_feature_names(built.train)[:3] == ["x1", "x2", "x3"]
     assert not built.train.is_cached and not built.test.is_cached
+    assert len(cached_rdds()) == before
     with pytest.raises(ValueError, match="no 'features' column"):
         with training_frame(engineered, ID):
             pass
@@ -167,6 +172,7 @@ def test_training_frame_assembles_features_and_releases_its_caches(
     with pytest.raises(ValueError, match="k >= 2"):
         with training_frame(one_fold, ID, feature_pipeline):
             pass
+    assert len(cached_rdds()) == before
 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)

@@ -105,26 +105,34 @@ def training_frame(
         features = feature_pipeline.transform(features)
     batched = BATCH_ORDER_COL in features.columns
     kept = [BATCH_ORDER_COL] if batched else []
-    slim = features.select(id_col, LABEL_COL, FOLD_COL, SPLIT_COL, *kept, FEATURES_COL)
-    counts = slim.groupBy(SPLIT_COL, FOLD_COL, LABEL_COL, *kept).count().collect()
-    train_rows = sum(r["count"] for r in counts if r[SPLIT_COL] == TRAIN_SPLIT)
-    folds = tuple(sorted({r[FOLD_COL] for r in counts if r[SPLIT_COL] == TRAIN_SPLIT}))
-    if len(folds) < 2 or folds != tuple(range(len(folds))):
-        raise ValueError(f"training rows need '{FOLD_COL}' values 0..k-1 with k >= 2, got {folds}")
-    test_rows = sum(r["count"] for r in counts) - train_rows
-
-    def sized(split: Any, rows: int) -> DataFrame:
-        parts = max(1, round(rows / ROWS_PER_PARTITION))
-        frame = slim.where(split).drop(SPLIT_COL).coalesce(parts).persist()
-        frame.count()
-        return frame
-
-    train = sized(F.col(SPLIT_COL) == TRAIN_SPLIT, train_rows)
+    # One read of the features: the counts fill a cache that both splits are cut from. Cut
+    # from the source, each split read it again, and `coalesce` ran that read in the split's
+    # few partitions (10M customers: 500k training rows in one task, 26 s; both splits 44 s).
+    read = features.select(id_col, LABEL_COL, FOLD_COL, SPLIT_COL, *kept, FEATURES_COL).persist()
     try:
-        test = sized(F.col(SPLIT_COL) != TRAIN_SPLIT, test_rows)
-    except BaseException:
-        train.unpersist()
-        raise
+        counts = read.groupBy(SPLIT_COL, FOLD_COL, LABEL_COL, *kept).count().collect()
+        train_rows = sum(r["count"] for r in counts if r[SPLIT_COL] == TRAIN_SPLIT)
+        folds = tuple(sorted({r[FOLD_COL] for r in counts if r[SPLIT_COL] == TRAIN_SPLIT}))
+        if len(folds) < 2 or folds != tuple(range(len(folds))):
+            raise ValueError(
+                f"training rows need '{FOLD_COL}' values 0..k-1 with k >= 2, got {folds}"
+            )
+        test_rows = sum(r["count"] for r in counts) - train_rows
+
+        def sized(split: Any, rows: int) -> DataFrame:
+            parts = max(1, round(rows / ROWS_PER_PARTITION))
+            frame = read.where(split).drop(SPLIT_COL).coalesce(parts).persist()
+            frame.count()
+            return frame
+
+        train = sized(F.col(SPLIT_COL) == TRAIN_SPLIT, train_rows)
+        try:
+            test = sized(F.col(SPLIT_COL) != TRAIN_SPLIT, test_rows)
+        except BaseException:
+            train.unpersist()
+            raise
+    finally:
+        read.unpersist()
     try:
         yield TrainingFrame(
             train,
