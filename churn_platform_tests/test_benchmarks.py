@@ -1,4 +1,5 @@
-"""The pipeline benchmark's imports and per-run jobs still build from the platform (no JVM)."""
+"""The pipeline benchmark's imports and per-run jobs still build from the platform, and its
+memory sampler counts each address space once (no JVM)."""
 
 import ast
 import importlib
@@ -98,7 +99,7 @@ def test_benchmark_jobs_build_from_current_platform_code(
 
 
 HOLDER = """
-import os, sys, time
+import os, time
 held = bytearray(300 * 2**20)  # touched: resident
 for i in range(0, len(held), 4096):
     held[i] = 1
