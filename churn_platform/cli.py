@@ -55,7 +55,7 @@ def jvm_archive(config: str | None) -> int:
     from churn_platform.core.jvm_archive import build
 
     try:
-        path, built = build(settings.environ.get("JAVA_HOME"))
+        path, built = build(settings.java_home)
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         raise CommandError(f"{exc}\nEvery command works without it.", EXIT_FAILED) from exc
     print(f"{'built' if built else 'already built'}: {path}")
@@ -234,7 +234,7 @@ def mlflow_ui(config: str | None, port: int) -> int:
 
     ui = ui_command(settings, f"churn-{platform_spec(settings).name}", port)
     print(f"MLflow UI on {settings.mlflow_tracking_uri}: {ui.url}", flush=True)
-    os.execve(ui.command[0], ui.command, {**settings.child_env(), **ui.environment})
+    os.execve(ui.command[0], ui.command, ui.environment)
 
 
 @command("simulate", "drop batches into the inbox one at a time")

@@ -21,13 +21,13 @@ HOST = "127.0.0.1"
 RUNS_VIEW = "workflowType=machine_learning"
 # MLflow 3's server starts a job runner (seven huey consumer processes) for GenAI jobs this
 # platform never submits; without it the UI is one server process.
-ENVIRONMENT = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+JOB_RUNNER_OFF = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 @dataclass(frozen=True)
 class MlflowUi:
-    """The `mlflow ui` command line and its environment for a state root, and the URL to open
-    once it serves."""
+    """The `mlflow ui` command line and its environment (the settings' child environment, job
+    runner off) for a state root, and the URL to open once it serves."""
 
     command: list[str]
     environment: dict[str, str]
@@ -90,4 +90,4 @@ def mlflow_ui(settings: Settings, experiment: str, port: int) -> MlflowUi:
         *("--workers", "1"),
     ]
     url = f"{base}/{found}/runs?{RUNS_VIEW}" if found else f"{base}?{RUNS_VIEW}"
-    return MlflowUi(command, ENVIRONMENT, url)
+    return MlflowUi(command, {**settings.child_env(), **JOB_RUNNER_OFF}, url)

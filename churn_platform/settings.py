@@ -203,6 +203,11 @@ class Settings(BaseSettings):
         its own (a JDBC source's `password_env`, `$VAR` in paths)."""
         return MappingProxyType(dict(self._environ))
 
+    @property
+    def java_home(self) -> str | None:
+        """The JDK Spark's launcher runs (JAVA_HOME; None: the `java` on PATH)."""
+        return self._environ.get("JAVA_HOME")
+
     def public_values(self) -> dict[str, Any]:
         """Every value but the secrets, as JSON types with credentials masked in URLs: what
         change records and backups may keep."""

@@ -29,7 +29,7 @@ spark.range(10).selectExpr("id % 3 AS k").groupBy("k").count().collect()
 def test_a_spark_driver_loads_its_classes_from_the_installations_archive(tmp_path: Path) -> None:
     settings = load_settings({"CHURN_HOME": str(tmp_path / "home")})
     # What `make install` did already, or does now.
-    path, _ = jvm_archive.build(settings.environ.get("JAVA_HOME"))
+    path, _ = jvm_archive.build(settings.java_home)
     options = spark_conf(settings)["spark.driver.extraJavaOptions"]
     assert f"-XX:SharedArchiveFile={path}" in options
     assert not list(path.parent.glob(f".{path.name}.*")), "a staged archive was left behind"

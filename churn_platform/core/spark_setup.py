@@ -45,7 +45,7 @@ def spark_conf(settings: Settings) -> dict[str, str]:
     log_dir.mkdir(parents=True, exist_ok=True)
     java_opts = f"-Dlog4j2.configurationFile=file:{LOG4J2_TEMPLATE} -Dchurn.log.dir={log_dir}"
     # The driver maps the installation's class-data archive if `make install` built it.
-    archive = jvm_archive.java_options(settings.environ.get("JAVA_HOME"))
+    archive = jvm_archive.java_options(settings.java_home)
     conf["spark.driver.extraJavaOptions"] = f"{java_opts} {archive}".rstrip()
     conf["spark.executor.extraJavaOptions"] = java_opts
     return conf
