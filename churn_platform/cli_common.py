@@ -88,13 +88,12 @@ class RegistryBackend:
 
 # Inputs up to this size are scored by a JVM that lives for seconds: HotSpot's C1 compiler only
 # and one collector thread (`score` on 50 rows spent about half the JVM CPU seconds of the
-# default tiered JIT and parallel GC, with identical output), and no generated code at all:
+# default tiered JIT and collector, with identical output), and no generated code at all:
 # Janino compiling the wide scoring projection and each expression costs more than it saves on
 # a few rows (whole-stage code generation off; `factoryMode` NO_CODEGEN, Spark's switch to its
 # interpreted projections and predicates, saved another 1.2-1.5 s of 10 on 50 rows, same
 # output). A larger input keeps the defaults, which pay off on long stages.
 SMALL_INPUT_BYTES = 16 * 1024 * 1024
-SHORT_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 
 @contextlib.contextmanager
@@ -134,11 +133,10 @@ def scoring_session(settings: Settings, input_path: Path) -> SparkSession:
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
-    conf = spark_conf(settings)
-    java_options = conf.get("spark.driver.extraJavaOptions")
-    if java_options is not None and input_bytes(input_path) <= SMALL_INPUT_BYTES:
+    small = not settings.spark_remote and input_bytes(input_path) <= SMALL_INPUT_BYTES
+    conf = spark_conf(settings, short_lived=small)
+    if small:
         conf |= {
-            "spark.driver.extraJavaOptions": f"{java_options} {SHORT_JVM_OPTIONS}",
             "spark.sql.codegen.wholeStage": "false",
             "spark.sql.codegen.factoryMode": "NO_CODEGEN",
         }

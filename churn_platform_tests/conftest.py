@@ -15,9 +15,8 @@ from typing import Any
 import pytest
 from pyspark.sql import SparkSession
 
-from churn_platform.cli_common import SHORT_JVM_OPTIONS
 from churn_platform.core.ops.log import OpsLog
-from churn_platform.core.spark_setup import spark_conf
+from churn_platform.core.spark_setup import SHORT_JVM_OPTIONS, spark_conf
 from churn_platform.settings import Settings, load_settings
 
 # The data layers only (selecting "raw_customers*" would also train every model).

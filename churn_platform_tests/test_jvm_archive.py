@@ -1,7 +1,9 @@
-"""The Spark driver's JVM maps the installation's class-data archive (`make install` builds it)."""
+"""The Spark driver's JVM: it maps the installation's class-data archive (`make install` builds
+it) and runs the collector chosen for it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from churn_platform.core import jvm_archive
-from churn_platform.core.spark_setup import spark_conf
+from churn_platform.core.spark_setup import (
+    C1_ONLY,
+    SERIAL_GC,
+    SHORT_JVM_OPTIONS,
+    THROUGHPUT_GC,
+    spark_conf,
+)
 from churn_platform.settings import load_settings
 
 pytestmark = pytest.mark.integration  # a JVM of its own (and the archive's build, if missing)
@@ -81,3 +89,54 @@ def test_a_jdk_upgrade_names_a_new_archive_and_its_build_removes_the_old_one(
     monkeypatch.setattr(subprocess, "run", staged_build)
     assert jvm_archive.build(str(jdk), folder) == (after, True)
     assert sorted(folder.iterdir()) == [after]
+
+
+# A fresh driver with the platform's configuration, naming its JVM's garbage collectors.
+COLLECTORS = """
+import sys
+from churn_platform.core.spark_setup import spark_session
+from churn_platform.settings import load_settings
+
+spark = spark_session(load_settings({"CHURN_HOME": sys.argv[1]}))
+beans = spark._jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
+print(",".join(sorted(bean.getName() for bean in beans)))
+"""
+
+
+def test_a_local_driver_runs_the_throughput_collector_unless_the_environment_picks_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inherited = ("JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS")
+    environment = {k: v for k, v in os.environ.items() if k not in inherited}
+
+    def collectors(extra: dict[str, str]) -> str:
+        child = subprocess.run(
+            [sys.executable, "-c", COLLECTORS, str(tmp_path / "home")],
+            env={**environment, **extra},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert child.returncode == 0, child.stderr[-2000:]
+        return child.stdout.strip().splitlines()[-1]
+
+    assert collectors({}) == "PS MarkSweep,PS Scavenge"  # HotSpot's parallel collector
+    # A collector the environment's JVM options choose is the one: the driver adds none (with
+    # two, HotSpot stops at "Multiple garbage collectors selected").
+    assert collectors({"JAVA_TOOL_OPTIONS": SERIAL_GC}) == "Copy,MarkSweepCompact"
+
+    # `score`'s JVM for a small file: C1 only and the serial collector, or the environment's.
+    for name in inherited:
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings({"CHURN_HOME": str(tmp_path / "home")})
+    short = spark_conf(settings, short_lived=True)["spark.driver.extraJavaOptions"]
+    assert short.endswith(SHORT_JVM_OPTIONS) and THROUGHPUT_GC not in short
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-XX:+UseG1GC")
+    options = spark_conf(settings, short_lived=True)["spark.driver.extraJavaOptions"]
+    assert options.endswith(C1_ONLY) and SERIAL_GC not in options
+    # A cluster's driver runs no tasks: the JVM's own choice.
+    monkeypatch.delenv("JAVA_TOOL_OPTIONS")
+    cluster = load_settings(
+        {"CHURN_HOME": str(tmp_path / "home"), "SPARK_MASTER": "spark://m:7077"}
+    )
+    assert "GC" not in spark_conf(cluster)["spark.driver.extraJavaOptions"]
