@@ -33,7 +33,7 @@ from churn_platform.core.models.fitting import (
     training_frame,
 )
 from churn_platform.core.models.kinds import KINDS, merged_params
-from churn_platform.core.models.stages import SignedLog
+from churn_platform.core.models.stages import DropColumns, RenameColumn, SignedLog, WeightedAverage
 from churn_platform.core.models.training import fit_model
 from churn_platform.core.versions import current_version
 from churn_platform.io_managers import SUMMARY, VersionedParquetIOManager
@@ -270,6 +270,44 @@ def test_log_numeric_adds_the_log_of_numeric_slots_only(spark: SparkSession) -> 
     assert [list(r.logged)[:-1] for r in rows] == [list(r.features) for r in rows]
     appended = [r.logged[len(r.features)] for r in rows]
     assert appended == pytest.approx([np.log(4.0), -np.log(2.0), 0.0], **SAME_MODEL)
+
+
+def test_the_platforms_stages_save_without_a_spark_job_and_load_with_sparks_reader(
+    spark: SparkSession, engineered: DataFrame, tmp_path: Path
+) -> None:
+    """A model's own stages write their params from the driver (Spark ran a job per stage, 44 of
+    the 188 that saved the demo's models) in the layout Spark's reader loads."""
+    stages = [
+        RenameColumn(inputCol="x1", outputCol="renamed"),
+        WeightedAverage(inputCols=["renamed", "x2"], weights=[0.25, 0.75], outputCol="mean"),
+        DropColumns(columns=["renamed"]),
+    ]
+    model = PipelineModel(stages=stages)
+    group = f"save-{tmp_path.name}"
+    context = spark.sparkContext
+    context.setJobGroup(group, "saving the platform's stages")
+    try:
+        model.write().save(str(tmp_path / "model"))
+    finally:
+        context.setLocalProperty("spark.jobGroup.id", None)
+    # One job: the pipeline's own metadata, which PySpark's pipeline writer writes.
+    assert len(context.statusTracker().getJobIdsForGroup(group)) == 1
+    folders = sorted((tmp_path / "model" / "stages").iterdir())
+    assert [sorted(p.name for p in (f / "metadata").iterdir()) for f in folders] == [
+        ["_SUCCESS", "part-00000"]
+    ] * 3
+
+    def described(pipeline: PipelineModel) -> list[tuple[type, str, dict[str, object]]]:
+        return [
+            (type(s), s.uid, {p.name: v for p, v in s.extractParamMap().items()})
+            for s in pipeline.stages
+        ]
+
+    loaded = PipelineModel.load(str(tmp_path / "model"))
+    assert described(loaded) == described(model)
+    assert loaded.transform(engineered).collect() == model.transform(engineered).collect()
+    with pytest.raises(FileExistsError):  # as Spark's writer, never over an earlier save
+        stages[0].write().save(str(folders[0]))
 
 
 def test_a_log_numeric_regression_scores_the_same_after_saving_and_names_its_log_slots(
