@@ -23,8 +23,10 @@ import pandas as pd
 from dagster_pyspark import PySparkResource
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.utils import is_remote
 
 from churn_platform.core.audit import render
+from churn_platform.core.model_loading import load_local_pipeline
 from churn_platform.core.versions import POINTER, current_version
 
 SUMMARY = "summary.json"
@@ -37,6 +39,11 @@ KEEP_VERSIONS = 3
 PUBLISHED = "_PUBLISHED"
 # An unpublished version untouched this long belongs to a killed run, not a running one.
 ABANDONED_AFTER_SECONDS = 3600.0
+# Fitted pipelines read in this process, by Spark application and version folder. A published
+# version never changes, and every model step of a run reads the same feature pipeline: Spark's
+# load took 15 jobs and 0.9-1.3 s each time on the Telco data in a warm JVM, the in-place load
+# 10 jobs and 0.5 s, a step that finds it here none.
+_PIPELINES: dict[tuple[str, Path], PipelineModel] = {}
 
 
 def read_summary(version: Path) -> dict:
@@ -202,14 +209,27 @@ class VersionedParquetIOManager(dg.ConfigurableIOManager):
             )
         if (versions[0] / SUMMARY).is_file():
             return read_summary(versions[0])
-        if (versions[0] / "metadata").is_dir():
-            return PipelineModel.load(str(versions[0]))
         spark = self._spark()
+        if (versions[0] / "metadata").is_dir():
+            return fitted_pipeline(versions[0], spark)
         frames = [spark.read.parquet(str(v)) for v in versions]
         result = frames[0]
         for frame in frames[1:]:
             result = result.unionByName(frame, allowMissingColumns=True)
         return result
+
+
+def fitted_pipeline(folder: Path, spark: SparkSession) -> PipelineModel:
+    """The PipelineModel of a published version `folder`, read once per process and Spark
+    application; in place (stage metadata without Spark jobs) when Spark is local."""
+    if is_remote():
+        return PipelineModel.load(str(folder))
+    context = spark.sparkContext
+    key = (context.applicationId, folder.resolve())
+    if key not in _PIPELINES:
+        local = context.master.startswith("local")
+        _PIPELINES[key] = load_local_pipeline(folder) if local else PipelineModel.load(str(folder))
+    return _PIPELINES[key]
 
 
 class AuditReportIOManager(dg.ConfigurableIOManager):

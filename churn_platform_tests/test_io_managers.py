@@ -7,6 +7,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from dagster_pyspark import PySparkResource
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.feature import Imputer, StringIndexer, VectorAssembler
 from pyspark.sql import DataFrame
 
 from churn_platform.core.versions import POINTER, current_version
@@ -42,6 +44,42 @@ def test_a_failed_write_leaves_the_previous_version_readable(spark, tmp_path):
         manager.handle_output(dg.build_output_context(asset_key=key, run_id="bad00000"), failing)
     assert current_version(tmp_path / "things") == good
     assert manager.load_input(dg.build_input_context(asset_key=key)).count() == 3
+
+
+def test_a_fitted_pipeline_is_read_once_per_version_and_scores_as_fitted(spark, tmp_path):
+    """Each model step of a run reads the feature pipeline: the first read loads it, the others
+    get it without a Spark job; a new version is read anew."""
+    table = spark.createDataFrame(
+        [(1.0, "a"), (None, "b"), (3.0, "a"), (4.0, None)], "charge double, plan string"
+    )
+    stages = [
+        Imputer(inputCols=["charge"], outputCols=["charge_i"]),
+        StringIndexer(inputCol="plan", outputCol="plan_i", handleInvalid="keep"),
+        VectorAssembler(inputCols=["charge_i", "plan_i"], outputCol="features"),
+    ]
+    manager = _manager(tmp_path)
+    key = dg.AssetKey("feature_pipeline")
+    fitted = Pipeline(stages=stages).fit(table)
+    manager.handle_output(dg.build_output_context(asset_key=key, run_id="fit00001"), fitted)
+
+    context = spark.sparkContext
+    context.setJobGroup(f"load-{tmp_path.name}", "reading the fitted pipeline")
+    try:
+        first = manager.load_input(dg.build_input_context(asset_key=key))
+        jobs = len(context.statusTracker().getJobIdsForGroup(f"load-{tmp_path.name}"))
+        again = manager.load_input(dg.build_input_context(asset_key=key))
+        assert len(context.statusTracker().getJobIdsForGroup(f"load-{tmp_path.name}")) == jobs
+    finally:
+        context.setLocalProperty("spark.jobGroup.id", None)
+    assert isinstance(first, PipelineModel) and again is first
+    rows = first.transform(table).select("features").collect()
+    assert rows == fitted.transform(table).select("features").collect()
+
+    refit = Pipeline(stages=stages).fit(table.where("plan = 'a'"))
+    manager.handle_output(dg.build_output_context(asset_key=key, run_id="fit00002"), refit)
+    newer = manager.load_input(dg.build_input_context(asset_key=key))
+    assert newer is not first
+    assert newer.stages[1].labels == refit.stages[1].labels == ["a"]
 
 
 def test_loading_before_any_write_names_the_asset(spark, tmp_path):
