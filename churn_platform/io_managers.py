@@ -27,6 +27,7 @@ from pyspark.sql.utils import is_remote
 
 from churn_platform.core.audit import render
 from churn_platform.core.model_loading import load_local_pipeline
+from churn_platform.core.spark_setup import local_classic
 from churn_platform.core.versions import POINTER, current_version
 
 SUMMARY = "summary.json"
@@ -224,11 +225,12 @@ def fitted_pipeline(folder: Path, spark: SparkSession) -> PipelineModel:
     application; in place (stage metadata without Spark jobs) when Spark is local."""
     if is_remote():
         return PipelineModel.load(str(folder))
-    context = spark.sparkContext
-    key = (context.applicationId, folder.resolve())
+    key = (spark.sparkContext.applicationId, folder.resolve())
     if key not in _PIPELINES:
-        local = context.master.startswith("local")
-        _PIPELINES[key] = load_local_pipeline(folder) if local else PipelineModel.load(str(folder))
+        in_place = local_classic(spark)
+        _PIPELINES[key] = (
+            load_local_pipeline(folder) if in_place else PipelineModel.load(str(folder))
+        )
     return _PIPELINES[key]
 
 

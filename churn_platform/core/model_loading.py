@@ -23,7 +23,8 @@ from pyspark.ml import PipelineModel, Transformer
 from pyspark.ml.pipeline import PipelineSharedReadWrite
 from pyspark.ml.util import DefaultParamsReader
 from pyspark.sql import SparkSession
-from pyspark.sql.utils import is_remote
+
+from churn_platform.core.spark_setup import local_classic
 
 # Stages loaded at once: the JVM's loads mostly wait on small jobs. A stacking champion's first
 # load in a fresh JVM took 5.3-5.4 s with 4 against 6.8-7.9 s one by one, same JVM CPU seconds.
@@ -77,11 +78,7 @@ def load_checked(model_dir: Path, downloaded: bool) -> PipelineModel:
     download is loaded through MLflow: its temporary folder is removed on return, and a loaded
     stage may still read its files (an ImputerModel's values are a DataFrame over them).
     """
-    if (
-        downloaded
-        or is_remote()
-        or not SparkSession.active().sparkContext.master.startswith("local")
-    ):
+    if downloaded or not local_classic(SparkSession.active()):
         return mlflow.spark.load_model(str(model_dir))
     flavor = Model.load(str(model_dir / "MLmodel")).flavors[mlflow.spark.FLAVOR_NAME]
     return load_local_pipeline(model_dir / flavor["model_data"])

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pyspark.sql import SparkSession
+from pyspark.sql.utils import is_remote
 
 from churn_platform.core import jvm_archive
 from churn_platform.settings import Settings
@@ -78,6 +79,12 @@ def _driver_jvm(settings: Settings, short_lived: bool) -> str:
     else:
         collector = THROUGHPUT_GC if settings.spark_master.startswith("local") else ""
     return " ".join(filter(None, [C1_ONLY if short_lived else "", collector]))
+
+
+def local_classic(spark: SparkSession) -> bool:
+    """Classic Spark (not Spark Connect) with a local master: its tasks read and write the
+    driver's own disk, so the driver may read or write small files there itself."""
+    return not is_remote() and spark.sparkContext.master.startswith("local")
 
 
 def spark_session(settings: Settings, overrides: Mapping[str, str] | None = None) -> SparkSession:

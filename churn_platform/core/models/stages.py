@@ -20,7 +20,8 @@ from pyspark.ml.param.shared import HasInputCol, HasInputCols, HasOutputCol, Has
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable, DefaultParamsWriter
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.utils import is_remote
+
+from churn_platform.core.spark_setup import local_classic
 
 EPSILON = 1e-6
 
@@ -28,7 +29,7 @@ EPSILON = 1e-6
 def _driver_disk_folder(path: str, spark: SparkSession) -> Path | None:
     """`path` as a folder of the driver's own disk, when local Spark writes there too (an
     absolute path: a relative one is the JVM's, whose working folder may differ)."""
-    if is_remote() or not spark.sparkContext.master.startswith("local"):
+    if not local_classic(spark):
         return None
     parsed = urllib.parse.urlparse(path)
     if parsed.scheme not in ("", "file"):
