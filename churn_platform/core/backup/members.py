@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from churn_platform.core.backup.errors import BackupError, UsageError
-from churn_platform.core.backup.storage import KEY_ENV, local_path
+from churn_platform.core.backup.storage import KEY_ENV
 from churn_platform.core.ops.chain import HEADS_NAME, LOCK_NAME
-from churn_platform.core.ops.files import locked
+from churn_platform.core.ops.files import local_path, locked
 from churn_platform.core.ops.privacy import redact_url
 from churn_platform.core.versions import POINTER
 from churn_platform.settings import Settings

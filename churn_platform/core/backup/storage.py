@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.exceptions import ClientError
@@ -34,7 +34,7 @@ from churn_platform.core.backup.errors import (
     Problem,
     UsageError,
 )
-from churn_platform.core.ops.files import fsync_path
+from churn_platform.core.ops.files import fsync_path, local_path
 from churn_platform.settings import Settings
 
 KEY_ENV = "CHURN_BACKUP_KEY"
@@ -86,13 +86,6 @@ def sha256_file(path: Path) -> str:
     """The file's SHA-256 as the `.sha256` sidecar and the manifest record it."""
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def local_path(location: str) -> Path | None:
-    """A `file:` URL or plain path as a Path; None for any other URL scheme."""
-    if location.startswith("file:"):
-        return Path(unquote(urlsplit(location).path))
-    return None if "://" in location else Path(location)
 
 
 def fernet_for(key: SecretStr | None) -> Fernet | None:

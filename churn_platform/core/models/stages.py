@@ -8,7 +8,6 @@ The class path is part of every saved model: moving a class breaks loading older
 from __future__ import annotations
 
 import functools
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable, Defaul
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from churn_platform.core.ops.files import local_path
 from churn_platform.core.spark_setup import local_classic
 
 EPSILON = 1e-6
@@ -29,13 +29,8 @@ EPSILON = 1e-6
 def _driver_disk_folder(path: str, spark: SparkSession) -> Path | None:
     """`path` as a folder of the driver's own disk, when local Spark writes there too (an
     absolute path: a relative one is the JVM's, whose working folder may differ)."""
-    if not local_classic(spark):
-        return None
-    parsed = urllib.parse.urlparse(path)
-    if parsed.scheme not in ("", "file"):
-        return None
-    folder = Path(urllib.parse.unquote(parsed.path) if parsed.scheme else path)
-    return folder if folder.is_absolute() else None
+    folder = local_path(path) if local_classic(spark) else None
+    return folder if folder is not None and folder.is_absolute() else None
 
 
 class _MetadataWriter(DefaultParamsWriter):

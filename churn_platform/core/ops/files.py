@@ -17,9 +17,17 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 DIR_MODE = 0o750
 FILE_MODE = 0o640
+
+
+def local_path(location: str) -> Path | None:
+    """A `file:` URL or plain path as a Path; None for any other URL scheme."""
+    if location.startswith("file:"):
+        return Path(unquote(urlsplit(location).path))
+    return None if "://" in location else Path(location)
 
 
 def utc_iso(moment: datetime) -> str:
