@@ -61,6 +61,13 @@ def test_quarantined_rows_are_written_with_reason_and_line(spark, tmp_path) -> N
 
 
 def test_distinct_ids_counts_repeats_and_skips_nulls(spark) -> None:
+    """The same counts whether Spark counts the hashes (no row count given, or above the bound)
+    or the driver sorts them (a layer's known row count within it)."""
     frame = spark.createDataFrame([("a",), ("b",), ("a",), (None,), ("c",)], "id string")
-    assert quality.distinct_ids(frame, "id") == 3
-    assert quality.distinct_ids(frame.where("id != 'a' or id is null"), "id") == 2
+    unique = frame.where("id != 'a' or id is null")
+    for rows in (None, 5):
+        assert quality.distinct_ids(frame, "id", rows) == 3
+        assert quality.distinct_ids(unique, "id", rows) == 2
+        assert quality.distinct_ids(frame.limit(0), "id", rows) == 0
+    many = spark.range(5000).selectExpr("CAST(id % 4000 AS STRING) AS id")
+    assert quality.distinct_ids(many, "id", 5000) == quality.distinct_ids(many, "id") == 4000

@@ -14,11 +14,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandera.pyspark as pa
 from pyspark.sql import Column, DataFrame, Observation
 from pyspark.sql import functions as F
 
 HASH_MODULUS = 1_000_000_007
+# Up to this many rows a layer's ids are checked on the driver (160 MB of hashes at most).
+DRIVER_DISTINCT_MAX_ROWS = 20_000_000
 
 
 def observed(frame: DataFrame, aggregates: Sequence[Column]) -> tuple[DataFrame, Observation]:
@@ -100,21 +103,34 @@ def quality_aggregates(
     return aggs
 
 
-def distinct_ids(df: DataFrame, id_col: str) -> int:
+def distinct_ids(df: DataFrame, id_col: str, rows: int | None = None) -> int:
     """Distinct non-null ids of a layer, from one job over the ids' 64-bit hashes.
 
     As many distinct hashes as ids proves the ids distinct (equal ids hash equally); only if
-    hashes repeat (a duplicate or, rarely, a collision) are the ids themselves counted. Counting
-    distinct longs took about half the JVM CPU of distinct strings on a million ids.
+    hashes repeat (a duplicate or, rarely, a collision) are the ids themselves counted. Up to
+    `DRIVER_DISTINCT_MAX_ROWS` rows (the layer's count, when known) the hashes are sorted on
+    the driver, 8 bytes each, instead of counted by Spark's shuffle: 1.3-1.9 s against 6.6-7.1
+    s on 10M ids.
     """
     value = F.col(f"`{id_col}`")
-    row = df.agg(
-        F.count(value).alias("ids"),
-        F.count_distinct(F.when(value.isNotNull(), F.xxhash64(value))).alias("hashes"),
-    ).first()
-    if row["hashes"] == row["ids"]:
-        return int(row["ids"])
+    if rows is not None and rows <= DRIVER_DISTINCT_MAX_ROWS:
+        ids, hashes = _driver_distinct_hashes(df.where(value.isNotNull()).select(F.xxhash64(value)))
+    else:
+        row = df.agg(
+            F.count(value).alias("ids"),
+            F.count_distinct(F.when(value.isNotNull(), F.xxhash64(value))).alias("hashes"),
+        ).first()
+        ids, hashes = int(row["ids"]), int(row["hashes"])
+    if hashes == ids:
+        return ids
     return int(df.agg(F.count_distinct(value)).first()[0])
+
+
+def _driver_distinct_hashes(hashes: DataFrame) -> tuple[int, int]:
+    """(values, distinct values) of a frame's one long column, sorted on the driver."""
+    column = hashes.toArrow().column(0)
+    values = np.sort(column.to_numpy()) if len(column) else np.empty(0, dtype=np.int64)
+    return len(values), int(np.count_nonzero(values[1:] != values[:-1])) + min(len(values), 1)
 
 
 @dataclass(kw_only=True)
@@ -155,7 +171,7 @@ class LayerResult:
     def _finish(self, row: dict[str, Any], table: DataFrame) -> dict[str, Any]:
         """The aggregate row completed with what one aggregate cannot hold: the distinct ids
         (the unique-ids check) and, with a schema, the schema problems."""
-        row["quality:ids"] = distinct_ids(table, self.id_column)
+        row["quality:ids"] = distinct_ids(table, self.id_column, row.get("quality:rows"))
         if self.schema:
             row["schema_problems"] = schema_problems(self._checked(table), self.schema, row)
         return row
