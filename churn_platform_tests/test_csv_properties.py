@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from churn_platform.config import SourceSpec, load_spec
-from churn_platform.core import cleaning, sources
+from churn_platform.core import cleaning, lines, sources
 from churn_platform.core.columns import (
     INVALID_ENCODING,
     LINE_COL,
@@ -118,3 +118,27 @@ def test_every_generated_row_is_cleaned_or_quarantined_with_its_reason(spark, re
     assert cleaned == {f"id{i}" for i, (_, reason, _) in enumerate(records) if not reason}
     assert counts["rows_in"] == len(expected)
     assert counts["rows_out"] + counts["rows_quarantined"] == len(expected)
+
+
+LINE_PIECES = st.sampled_from(
+    ["a,b", '"x', 'say "hi"', "\n", "\r\n", "\r", " ", "\t", "\x0b", "é", '""', ",", "\x00"]
+)
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(st.lists(LINE_PIECES, max_size=40))
+def test_a_small_file_is_counted_on_the_driver_as_spark_counts_it(spark, pieces):
+    """The driver's count of a one-partition file (no job) equals Spark's job over its text:
+    lines per partition, irregular lines (blank, odd quotes) and the file's hash and lines."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "lines.csv"
+        path.write_bytes("".join(["id,plan\n", *pieces]).encode())
+        assert path.stat().st_size <= lines.one_split_bytes(spark)
+        counted, scanned = lines.count_lines_here(path)
+        assert counted == lines.count_lines(spark, path)
+        assert scanned == lines.scan_file(path)

@@ -29,7 +29,7 @@ from churn_platform.core.columns import (
     WRONG_FIELD_COUNT,
 )
 from churn_platform.core.features import assign_split, cap_training_rows, engineer_features
-from churn_platform.core.lines import with_line_numbers
+from churn_platform.core.lines import one_split_bytes, with_line_numbers
 from churn_platform.core.schemas import cleaned_schema, features_schema
 from churn_platform.core.sources import InputDataError
 from churn_platform.settings import DEFAULT_SPEC
@@ -157,6 +157,23 @@ def test_line_numbers_follow_file_order_across_partitions(spark, tmp_path):
         assert df.rdd.getNumPartitions() > 1
         mismatched = df.where(F.col("value") != F.concat(F.lit("line-"), F.col(LINE_COL)))
         assert mismatched.count() == 0
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+
+
+def test_a_file_of_many_partitions_quarantines_by_line(spark, tmp_path):
+    """A file larger than one split is counted by Spark's job over its text (a small one on the
+    driver): a bad record deep in the file keeps its line number."""
+    spec = _spec(tmp_path)
+    rows = [telco_row(str(i), tenure="abc" if i in (3, 250) else "12") for i in range(300)]
+    path = _write(tmp_path / "many.csv", [TELCO_HEADER, *rows])
+    spark.conf.set("spark.sql.files.maxPartitionBytes", "4096")
+    try:
+        assert path.stat().st_size > one_split_bytes(spark)
+        raw = _read(spark, spec, path)
+        assert raw.rdd.getNumPartitions() > 1
+        result = cleaning.clean_customers(raw, spec)
+        assert _reasons(result.quarantined) == {5: UNPARSEABLE_NUMBER, 252: UNPARSEABLE_NUMBER}
     finally:
         spark.conf.unset("spark.sql.files.maxPartitionBytes")
 

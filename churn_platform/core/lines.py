@@ -2,7 +2,8 @@
 
 The raw layer quarantines a bad record by the line it starts on. When every record is one
 line, a record's line follows from its partition's offset (`count_lines`, one cheap job over the
-file as text) and its position; a file with blank lines or quoted newlines is also parsed by
+file as text, or `count_lines_here` on the driver for a file read as one partition) and its
+position; a file with blank lines or quoted newlines is also parsed by
 Python's csv module (`map_record_lines`) to find where its records start.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.utils import is_remote
 
 from churn_platform.core.columns import LINE_COL
 
@@ -24,6 +26,8 @@ from churn_platform.core.columns import LINE_COL
 # large; the record -> line map is joined instead.
 MAX_LINE_BREAKPOINTS = 500
 _CHUNK = 1 << 22
+# What Java's trim() removes: a line of only these is one Spark's CSV reader skips.
+_BLANK = bytes(range(0x21))
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,32 @@ def count_lines(spark: SparkSession, path: Path) -> LineCounts:
     return LineCounts(
         _offsets(counts), sum(n for _, n in counts), sum(int(r["odd"] or 0) for r in rows)
     )
+
+
+def one_split_bytes(spark: SparkSession) -> int:
+    """Bytes up to which a file is read as one partition, whatever the parallelism: Spark's
+    split size is never below the smaller of the open cost and the partition maximum. 0 where
+    the session's configuration is not at hand (Spark Connect)."""
+    if is_remote():
+        return 0
+    conf = spark._jsparkSession.sessionState().conf()  # noqa: SLF001
+    return int(min(conf.filesOpenCostInBytes(), conf.filesMaxPartitionBytes()))
+
+
+def count_lines_here(path: Path) -> tuple[LineCounts, FileScan]:
+    """`count_lines` and `scan_file` of a file read as one partition, from its bytes on the
+    driver: no Spark job (the first query of `score`, or a small batch's raw layer).
+
+    Lines end at LF, CR or CR LF, as Hadoop's line reader splits them; a line is irregular as
+    `count_lines` judges it (only bytes up to 0x20, or an odd number of quotes).
+    """
+    data = path.read_bytes()
+    lines = data.splitlines()
+    irregular = sum(1 for line in lines if not line.strip(_BLANK) or line.count(b'"') % 2)
+    counted = LineCounts({0: 0} if lines else {}, max(len(lines) - 1, 0), irregular)
+    newlines = data.count(b"\n")
+    scanned = newlines + (1 if data and not data.endswith(b"\n") else 0)
+    return counted, FileScan(hashlib.sha256(data).hexdigest(), scanned)
 
 
 def ordinal(offsets: dict[int, int]) -> Column:

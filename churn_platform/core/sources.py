@@ -3,7 +3,8 @@
 CSV goes through Spark's CSV reader (RFC 4180 quoting: long fields, doubled quotes, quoted
 newlines) with an all-text schema and a corrupt-record column; no regex ever parses a line.
 Line numbers come from a cheap path: a job over the file as plain text counts each partition's
-lines and finds blank lines and lines with an odd number of quotes (a quoted newline). When
+lines and finds blank lines and lines with an odd number of quotes (a quoted newline); a file
+small enough to be one partition is counted from its bytes on the driver, without a job. When
 there are none, every record is one line, so a record's line follows from its partition's
 offset and its position, and the CSV is parsed once, by the write. Only a file with blank lines
 or quoted newlines is parsed as multi-line CSV (cached) and by Python's csv module, to map
@@ -41,8 +42,10 @@ from churn_platform.core.lines import (
     LineMap,
     cached_counts,
     count_lines,
+    count_lines_here,
     line_numbers,
     map_record_lines,
+    one_split_bytes,
     ordinal,
     scan_file,
     tag_positions,
@@ -212,10 +215,13 @@ def read_csv_source(
     names = read_csv_header(path, source.delimiter)
     lines: LineMap | None = None
     cache: DataFrame | None = None
-    with ThreadPoolExecutor(max_workers=1) as pool:  # hash the file while Spark counts lines
-        scanning = pool.submit(scan_file, path)
-        counted = count_lines(spark, path)
-        scan = scanning.result()
+    if path.stat().st_size <= one_split_bytes(spark):
+        counted, scan = count_lines_here(path)
+    else:
+        with ThreadPoolExecutor(max_workers=1) as pool:  # hash the file while Spark counts
+            scanning = pool.submit(scan_file, path)
+            counted = count_lines(spark, path)
+            scan = scanning.result()
     if counted.irregular == 0 and counted.records == scan.lines - 1:
         reader = _reader(spark, names, source.delimiter, multiline=False)
         tagged = tag_positions(reader.csv(str(path)))
