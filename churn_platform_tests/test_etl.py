@@ -29,7 +29,7 @@ from churn_platform.core.columns import (
     WRONG_FIELD_COUNT,
 )
 from churn_platform.core.features import assign_split, cap_training_rows, engineer_features
-from churn_platform.core.lines import one_split_bytes, with_line_numbers
+from churn_platform.core.lines import HERE_MAX_BYTES, one_split_bytes, with_line_numbers
 from churn_platform.core.schemas import cleaned_schema, features_schema
 from churn_platform.core.sources import InputDataError
 from churn_platform.settings import DEFAULT_SPEC
@@ -175,6 +175,19 @@ def test_a_file_of_many_partitions_quarantines_by_line(spark, tmp_path):
         result = cleaning.clean_customers(raw, spec)
         assert _reasons(result.quarantined) == {5: UNPARSEABLE_NUMBER, 252: UNPARSEABLE_NUMBER}
     finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+
+
+def test_the_driver_counts_the_lines_of_small_files_only(spark):
+    """However large Spark's splits are configured, the driver reads at most HERE_MAX_BYTES of
+    a file into memory to count its lines; above that Spark's job counts them."""
+    assert 0 < one_split_bytes(spark) <= HERE_MAX_BYTES
+    spark.conf.set("spark.sql.files.openCostInBytes", "1g")
+    spark.conf.set("spark.sql.files.maxPartitionBytes", "1g")
+    try:
+        assert one_split_bytes(spark) == HERE_MAX_BYTES
+    finally:
+        spark.conf.unset("spark.sql.files.openCostInBytes")
         spark.conf.unset("spark.sql.files.maxPartitionBytes")
 
 

@@ -26,6 +26,9 @@ from churn_platform.core.columns import LINE_COL
 # large; the record -> line map is joined instead.
 MAX_LINE_BREAKPOINTS = 500
 _CHUNK = 1 << 22
+# The largest file whose lines the driver counts from its bytes held in memory (4 MB is Spark's
+# default open cost, which usually bounds it first).
+HERE_MAX_BYTES = 64 << 20
 # What Java's trim() removes: a line of only these is one Spark's CSV reader skips.
 _BLANK = bytes(range(0x21))
 
@@ -120,11 +123,12 @@ def count_lines(spark: SparkSession, path: Path) -> LineCounts:
 def one_split_bytes(spark: SparkSession) -> int:
     """Bytes up to which a file is read as one partition, whatever the parallelism: Spark's
     split size is never below the smaller of the open cost and the partition maximum. 0 where
-    the session's configuration is not at hand (Spark Connect)."""
+    the session's configuration is not at hand (Spark Connect); at most `HERE_MAX_BYTES`, the
+    most `count_lines_here` reads into the driver's memory."""
     if is_remote():
         return 0
     conf = spark._jsparkSession.sessionState().conf()  # noqa: SLF001
-    return int(min(conf.filesOpenCostInBytes(), conf.filesMaxPartitionBytes()))
+    return int(min(conf.filesOpenCostInBytes(), conf.filesMaxPartitionBytes(), HERE_MAX_BYTES))
 
 
 def count_lines_here(path: Path) -> tuple[LineCounts, FileScan]:
