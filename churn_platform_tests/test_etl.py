@@ -1,5 +1,7 @@
 """Reading, cleaning and feature functions: every bad row is quarantined with file and line."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,18 @@ def _write(path: Path, lines: list[str], newline: str = "\n", bom: bool = False)
 def _read(spark: SparkSession, spec: DatasetSpec, path: Path):
     source = SourceSpec(name="customers", format="csv", path=str(path))
     return sources.read_batch(spark, spec, (source,), "base", 0).frame
+
+
+@contextmanager
+def _files_conf(spark: SparkSession, **values: str) -> Iterator[None]:
+    """`spark.sql.files.<key>` set to each value for the block, then back to the default."""
+    for key, value in values.items():
+        spark.conf.set(f"spark.sql.files.{key}", value)
+    try:
+        yield
+    finally:
+        for key in values:
+            spark.conf.unset(f"spark.sql.files.{key}")
 
 
 def _reasons(quarantined) -> dict[int, str]:
@@ -151,14 +165,11 @@ def test_empty_file_is_a_clear_error(spark, tmp_path):
 
 def test_line_numbers_follow_file_order_across_partitions(spark, tmp_path):
     path = _write(tmp_path / "many.txt", [f"line-{i}" for i in range(1, 5001)])
-    spark.conf.set("spark.sql.files.maxPartitionBytes", "4096")
-    try:
+    with _files_conf(spark, maxPartitionBytes="4096"):
         df = with_line_numbers(spark.read.text(str(path)))
         assert df.rdd.getNumPartitions() > 1
         mismatched = df.where(F.col("value") != F.concat(F.lit("line-"), F.col(LINE_COL)))
         assert mismatched.count() == 0
-    finally:
-        spark.conf.unset("spark.sql.files.maxPartitionBytes")
 
 
 def test_a_file_of_many_partitions_quarantines_by_line(spark, tmp_path):
@@ -167,28 +178,20 @@ def test_a_file_of_many_partitions_quarantines_by_line(spark, tmp_path):
     spec = _spec(tmp_path)
     rows = [telco_row(str(i), tenure="abc" if i in (3, 250) else "12") for i in range(300)]
     path = _write(tmp_path / "many.csv", [TELCO_HEADER, *rows])
-    spark.conf.set("spark.sql.files.maxPartitionBytes", "4096")
-    try:
+    with _files_conf(spark, maxPartitionBytes="4096"):
         assert path.stat().st_size > one_split_bytes(spark)
         raw = _read(spark, spec, path)
         assert raw.rdd.getNumPartitions() > 1
         result = cleaning.clean_customers(raw, spec)
         assert _reasons(result.quarantined) == {5: UNPARSEABLE_NUMBER, 252: UNPARSEABLE_NUMBER}
-    finally:
-        spark.conf.unset("spark.sql.files.maxPartitionBytes")
 
 
 def test_the_driver_counts_the_lines_of_small_files_only(spark):
     """However large Spark's splits are configured, the driver reads at most HERE_MAX_BYTES of
     a file into memory to count its lines; above that Spark's job counts them."""
     assert 0 < one_split_bytes(spark) <= HERE_MAX_BYTES
-    spark.conf.set("spark.sql.files.openCostInBytes", "1g")
-    spark.conf.set("spark.sql.files.maxPartitionBytes", "1g")
-    try:
+    with _files_conf(spark, openCostInBytes="1g", maxPartitionBytes="1g"):
         assert one_split_bytes(spark) == HERE_MAX_BYTES
-    finally:
-        spark.conf.unset("spark.sql.files.openCostInBytes")
-        spark.conf.unset("spark.sql.files.maxPartitionBytes")
 
 
 def test_newest_batch_wins_and_older_records_are_superseded(spark, tmp_path):

@@ -49,8 +49,13 @@ def scan_file(path: Path) -> FileScan:
             digest.update(chunk)
             newlines += chunk.count(b"\n")
             last = chunk
-    lines = newlines + (1 if last and not last.endswith(b"\n") else 0)
-    return FileScan(digest.hexdigest(), lines)
+    return _scanned(digest, newlines, last)
+
+
+def _scanned(digest: hashlib._Hash, newlines: int, last: bytes) -> FileScan:
+    """The scan of bytes that held `newlines` line feeds and ended with `last` (a final line
+    without a line feed counts too)."""
+    return FileScan(digest.hexdigest(), newlines + (1 if last and not last.endswith(b"\n") else 0))
 
 
 def tag_positions(frame: DataFrame) -> DataFrame:
@@ -141,10 +146,9 @@ def count_lines_here(path: Path) -> tuple[LineCounts, FileScan]:
     data = path.read_bytes()
     lines = data.splitlines()
     irregular = sum(1 for line in lines if not line.strip(_BLANK) or line.count(b'"') % 2)
-    counted = LineCounts({0: 0} if lines else {}, max(len(lines) - 1, 0), irregular)
-    newlines = data.count(b"\n")
-    scanned = newlines + (1 if data and not data.endswith(b"\n") else 0)
-    return counted, FileScan(hashlib.sha256(data).hexdigest(), scanned)
+    counts = [(0, len(lines) - 1)] if lines else []  # the header is the first line
+    counted = LineCounts(_offsets(counts), sum(n for _, n in counts), irregular)
+    return counted, _scanned(hashlib.sha256(data), data.count(b"\n"), data)
 
 
 def ordinal(offsets: dict[int, int]) -> Column:
