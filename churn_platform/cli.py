@@ -134,7 +134,9 @@ def score(config: str | None, input_path: str, output: str, alias: str, overwrit
     except OutputRefused as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
 
-    with importing("churn_platform.core.score_file"):
+    backend = RegistryBackend.from_settings(settings)
+    # The registry's client (MLflow's sqlite store: about 1 s) is ready when the JVM is.
+    with importing("churn_platform.core.score_file", then=backend.client):
         spark = scoring_session(settings, Path(input_path))
     from churn_platform.config import platform_spec
     from churn_platform.core.score_file import score_file
@@ -153,7 +155,7 @@ def score(config: str | None, input_path: str, output: str, alias: str, overwrit
         result = score_file(
             spark,
             spec,
-            RegistryBackend.from_settings(settings),
+            backend,
             Path(input_path),
             Path(output),
             alias=alias,

@@ -97,15 +97,19 @@ SMALL_INPUT_BYTES = 16 * 1024 * 1024
 
 
 @contextlib.contextmanager
-def importing(*modules: str) -> Iterator[None]:
-    """Import `modules` in a thread while the body runs: the body starts a JVM, seconds in which
-    the interpreter would otherwise only wait. A module that fails to import here raises again
-    where the command imports it."""
+def importing(*modules: str, then: Callable[[], object] | None = None) -> Iterator[None]:
+    """Import `modules` in a thread while the body runs, then call `then`: the body starts a
+    JVM, seconds in which the interpreter would otherwise only wait. A module that fails to
+    import here raises again where the command imports it, as does a failing `then` where the
+    command calls it again (what it prepares is cached)."""
 
     def load() -> None:
         for name in modules:
             with contextlib.suppress(Exception):
                 importlib.import_module(name)
+        if then is not None:
+            with contextlib.suppress(Exception):
+                then()
 
     thread = threading.Thread(target=load, name="command-imports", daemon=True)
     thread.start()

@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from churn_platform import cli, status
+from churn_platform import cli, cli_common, status
 from churn_platform.backup_drill import (
     GOLDEN_INPUT,
     TAG_GOLDEN_HASH,
@@ -148,6 +149,23 @@ def test_score_reads_with_spark_and_mlflow_but_without_dagster(churn_home: Path)
     assert found["heavy"] == ["pyspark", "mlflow"] and not found["definitions"], found
     assert "missing 18 column(s) the model needs: SeniorCitizen" in found["stderr"]
     assert not (churn_home / "scores.csv").exists()
+
+
+def test_score_prepares_the_registry_in_the_background_while_the_jvm_starts() -> None:
+    """`importing` imports the command's modules, then calls `then` (the registry's client), in
+    a thread while the body starts the JVM; a failure there is not raised: the command meets it
+    again where it calls the same thing itself."""
+    seen: list[tuple[str, bool]] = []
+
+    def prepare() -> None:
+        seen.append(
+            (threading.current_thread().name, "churn_platform.core.score_file" in sys.modules)
+        )
+        raise RuntimeError("registry unavailable")
+
+    with cli_common.importing("churn_platform.core.score_file", then=prepare):
+        pass
+    assert seen == [("command-imports", True)]
 
 
 def proven_champion(home: Path) -> tuple[Path, str]:
