@@ -142,3 +142,46 @@ def test_a_small_file_is_counted_on_the_driver_as_spark_counts_it(spark, pieces)
         counted, scanned = lines.count_lines_here(path)
         assert counted == lines.count_lines(spark, path)
         assert scanned == lines.scan_file(path)
+
+
+# Lines of a file split into ranges of a few bytes, so that lines start on range boundaries.
+REGULAR_LINES = st.lists(st.text(st.sampled_from("ab,é\t "), min_size=1, max_size=9), max_size=60)
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(REGULAR_LINES, st.integers(3, 40), st.booleans(), st.sampled_from(["", '"', "\r", "\n"]))
+def test_a_split_file_is_counted_on_the_driver_as_spark_counts_it(
+    spark, body, split_bytes, final_newline, odd
+):
+    """The driver's per-split count of a many-partition file (the scan's planned byte ranges,
+    no job) equals Spark's job over its text; a file with a quote, a CR or a blank line is
+    left to Spark's job."""
+    text = "id,plan\n" + "\n".join(body) + ("\n" if final_newline else "")
+    if odd and body:
+        text = text.replace("\n", f"\n{odd}", 1)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "lines.csv"
+        path.write_bytes(text.encode())
+        spark.conf.set("spark.sql.files.maxPartitionBytes", str(split_bytes))
+        spark.conf.set("spark.sql.files.openCostInBytes", str(split_bytes))
+        try:
+            frame = spark.read.schema("id string, plan string").csv(str(path), header=True)
+            splits = lines.planned_splits(frame)
+            counted = lines.count_lines_split(path, splits)
+            job = lines.count_lines(spark, path)
+        finally:
+            spark.conf.unset("spark.sql.files.maxPartitionBytes")
+            spark.conf.unset("spark.sql.files.openCostInBytes")
+    assert splits and len(splits) == -(-len(text.encode()) // split_bytes)
+    file_lines = text.split("\n")
+    if not file_lines[-1]:
+        file_lines.pop()  # the final line feed ends the last line
+    if any(not line.strip(" \t") for line in file_lines) or (body and odd in ('"', "\r")):
+        assert counted is None
+    else:
+        assert counted == job

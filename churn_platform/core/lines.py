@@ -1,9 +1,10 @@
 """Where each CSV record starts: line counts per partition and the record -> line map.
 
 The raw layer quarantines a bad record by the line it starts on. When every record is one
-line, a record's line follows from its partition's offset (`count_lines`, one cheap job over the
-file as text, or `count_lines_here` on the driver for a file read as one partition) and its
-position; a file with blank lines or quoted newlines is also parsed by
+line, a record's line follows from its partition's offset (`count_lines_split` on the driver for
+the scan's planned byte ranges, `count_lines_here` for a file read as one partition, or
+`count_lines`, one job over the file as text, where a quote, CR or blank line makes the driver's
+count unsure) and its position; a file with blank lines or quoted newlines is also parsed by
 Python's csv module (`map_record_lines`) to find where its records start.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,9 @@ _CHUNK = 1 << 22
 HERE_MAX_BYTES = 64 << 20
 # What Java's trim() removes: a line of only these is one Spark's CSV reader skips.
 _BLANK = bytes(range(0x21))
+# A line of only such bytes between two line feeds (a CR, which could also end a line, is
+# refused before this is searched).
+_BLANK_LINE = re.compile(rb"\n[\x00-\x09\x0b-\x20]*\n")
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,66 @@ def count_lines_here(path: Path) -> tuple[LineCounts, FileScan]:
     counts = [(0, len(lines) - 1)] if lines else []  # the header is the first line
     counted = LineCounts(_offsets(counts), sum(n for _, n in counts), irregular)
     return counted, _scanned(hashlib.sha256(data), data.count(b"\n"), data)
+
+
+def planned_splits(frame: DataFrame) -> list[tuple[int, int, int]] | None:
+    """(partition, first byte, end byte) of each range a scan of one file reads, from the
+    scan's planned partitions: no Spark job. None under Spark Connect or for another plan."""
+    if is_remote():
+        return None
+    leaves = frame._jdf.queryExecution().executedPlan().collectLeaves()  # noqa: SLF001
+    scan = leaves.head() if leaves.size() == 1 else None
+    if scan is None or scan.getClass().getSimpleName() != "FileSourceScanExec":
+        return None
+    return [
+        (partition.index(), piece.start(), piece.start() + piece.length())
+        for partition in scan.inputRDD().partitions()
+        for piece in partition.files()
+    ]
+
+
+def count_lines_split(path: Path, splits: list[tuple[int, int, int]] | None) -> LineCounts | None:
+    """`count_lines` from the file's bytes on the driver, for the byte ranges `planned_splits`
+    gives: no job over the file as text.
+
+    Hadoop's line reader gives a range the lines that start after its first byte and up to its
+    end byte (the first range also the line at byte 0). None, for Spark's job to count, where
+    that is not sure to be every CSV record: ranges that do not tile the file in partition
+    order, or a CR (a line end too), a quote (a record may span lines) or a blank line anywhere.
+    """
+    ordered = sorted(splits or [])
+    size = path.stat().st_size
+    ends = [0] + [end for _, _, end in ordered]
+    if (
+        not ordered
+        or ends[-1] != size
+        or any(a != e for (_, a, _), e in zip(ordered, ends[:-1], strict=True))
+    ):
+        return None
+    counts: dict[int, int] = {}
+    carry = b"\n"  # the line read so far while it is blank (a blank first line is irregular)
+    with path.open("rb") as handle:
+        for pid, start, end in ordered:
+            handle.seek(start)
+            lines = 1 if start == 0 else 0  # the line at byte 0; the others follow a line feed
+            while handle.tell() < end:
+                chunk = handle.read(min(_CHUNK, end - handle.tell()))
+                window = carry + chunk
+                if not chunk or b"\r" in chunk or b'"' in chunk or _BLANK_LINE.search(window):
+                    return None
+                lines += chunk.count(b"\n")
+                last = window.rfind(b"\n")
+                if last >= 0 or carry:  # else a line with a non-blank byte goes on
+                    tail = window[max(last, 0) :]
+                    carry = tail if not tail.strip(_BLANK) else b""
+            counts[pid] = counts.get(pid, 0) + lines
+    if carry not in (b"", b"\n"):
+        return None  # a last line of only blanks, which the reader skips
+    if carry == b"\n":
+        counts[ordered[-1][0]] -= 1  # a final line feed starts no line
+    # As Spark's job counts: the partitions that read a line, less the header from the first.
+    read = [(pid, n - (1 if pid == ordered[0][0] else 0)) for pid, n in counts.items() if n]
+    return LineCounts(_offsets(read), sum(n for _, n in read), 0)
 
 
 def ordinal(offsets: dict[int, int]) -> Column:

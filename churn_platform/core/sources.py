@@ -2,9 +2,10 @@
 
 CSV goes through Spark's CSV reader (RFC 4180 quoting: long fields, doubled quotes, quoted
 newlines) with an all-text schema and a corrupt-record column; no regex ever parses a line.
-Line numbers come from a cheap path: a job over the file as plain text counts each partition's
-lines and finds blank lines and lines with an odd number of quotes (a quoted newline); a file
-small enough to be one partition is counted from its bytes on the driver, without a job. When
+Line numbers come from a cheap path: the driver counts the lines of each byte range the CSV
+scan is planned to read from the file's bytes, beside its hash (no Spark job); where a quote, a
+CR or a blank line makes that unsure, a job over the file as plain text counts each partition's
+lines and finds blank lines and lines with an odd number of quotes (a quoted newline). When
 there are none, every record is one line, so a record's line follows from its partition's
 offset and its position, and the CSV is parsed once, by the write. Only a file with blank lines
 or quoted newlines is parsed as multi-line CSV (cached) and by Python's csv module, to map
@@ -43,10 +44,12 @@ from churn_platform.core.lines import (
     cached_counts,
     count_lines,
     count_lines_here,
+    count_lines_split,
     line_numbers,
     map_record_lines,
     one_split_bytes,
     ordinal,
+    planned_splits,
     scan_file,
     tag_positions,
     with_line_numbers,
@@ -215,16 +218,16 @@ def read_csv_source(
     names = read_csv_header(path, source.delimiter)
     lines: LineMap | None = None
     cache: DataFrame | None = None
+    parsed = _reader(spark, names, source.delimiter, multiline=False).csv(str(path))
     if path.stat().st_size <= one_split_bytes(spark):
         counted, scan = count_lines_here(path)
     else:
-        with ThreadPoolExecutor(max_workers=1) as pool:  # hash the file while Spark counts
+        with ThreadPoolExecutor(max_workers=1) as pool:  # hash the file while lines are counted
             scanning = pool.submit(scan_file, path)
-            counted = count_lines(spark, path)
+            counted = count_lines_split(path, planned_splits(parsed)) or count_lines(spark, path)
             scan = scanning.result()
     if counted.irregular == 0 and counted.records == scan.lines - 1:
-        reader = _reader(spark, names, source.delimiter, multiline=False)
-        tagged = tag_positions(reader.csv(str(path)))
+        tagged = tag_positions(parsed)
         offsets = counted.offsets
     else:
         # Blank lines or quoted newlines: parse as multi-line CSV (one split per file, so only
