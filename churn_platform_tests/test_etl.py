@@ -172,16 +172,20 @@ def test_line_numbers_follow_file_order_across_partitions(spark, tmp_path):
         assert mismatched.count() == 0
 
 
-@pytest.mark.parametrize("quoted", [False, True], ids=["driver-counted", "spark-counted"])
-def test_a_file_of_many_partitions_quarantines_by_line(spark, tmp_path, quoted):
-    """A file larger than one split has its lines counted per split on the driver, or by Spark's
-    job over its text where a quote could make a record span lines: either way a bad record
-    deep in the file keeps its line number."""
+@pytest.mark.parametrize(
+    ("quoted", "newline"),
+    [(False, "\n"), (True, "\n"), (False, "\r\n")],
+    ids=["driver-counted", "quoted-driver-counted", "crlf-spark-counted"],
+)
+def test_a_file_of_many_partitions_quarantines_by_line(spark, tmp_path, quoted, newline):
+    """A file larger than one split has its lines counted per split on the driver (a quoted
+    field with its quotes paired too), or by Spark's job over its text where a CR ends lines:
+    either way a bad record deep in the file keeps its line number."""
     spec = _spec(tmp_path)
     rows = [telco_row(str(i), tenure="abc" if i in (3, 250) else "12") for i in range(300)]
     if quoted:
         rows[100] = rows[100].replace("Electronic check", '"Electronic, check"')
-    path = _write(tmp_path / "many.csv", [TELCO_HEADER, *rows])
+    path = _write(tmp_path / "many.csv", [TELCO_HEADER, *rows], newline=newline)
     with _files_conf(spark, maxPartitionBytes="4096"):
         assert path.stat().st_size > one_split_bytes(spark)
         raw = _read(spark, spec, path)

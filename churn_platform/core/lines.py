@@ -1,11 +1,12 @@
 """Where each CSV record starts: line counts per partition and the record -> line map.
 
 The raw layer quarantines a bad record by the line it starts on. When every record is one
-line, a record's line follows from its partition's offset (`count_lines_split` on the driver for
-the scan's planned byte ranges, `count_lines_here` for a file read as one partition, or
-`count_lines`, one job over the file as text, where a quote, CR or blank line makes the driver's
-count unsure) and its position; a file with blank lines or quoted newlines is also parsed by
-Python's csv module (`map_record_lines`) to find where its records start.
+line, a record's line follows from its partition's offset and its position. The offsets come
+from `count_lines_split` (the driver, for the scan's planned byte ranges), `count_lines_here`
+(the driver, for a file read as one partition) or `count_lines` (one job over the file as text,
+where a CR, a blank line or a line with an odd number of quotes makes the driver's count
+unsure); a file with blank lines or quoted newlines is also parsed by Python's csv module
+(`map_record_lines`) to find where its records start.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -179,7 +181,8 @@ def count_lines_split(path: Path, splits: list[tuple[int, int, int]] | None) -> 
     Hadoop's line reader gives a range the lines that start after its first byte and up to its
     end byte (the first range also the line at byte 0). None, for Spark's job to count, where
     that is not sure to be every CSV record: ranges that do not tile the file in partition
-    order, or a CR (a line end too), a quote (a record may span lines) or a blank line anywhere.
+    order, or anywhere a CR (a line end too), a line with an odd number of quotes (its record
+    may go on) or a blank line.
     """
     ordered = sorted(splits or [])
     size = path.stat().st_size
@@ -192,6 +195,7 @@ def count_lines_split(path: Path, splits: list[tuple[int, int, int]] | None) -> 
         return None
     counts: dict[int, int] = {}
     carry = b"\n"  # the line read so far while it is blank (a blank first line is irregular)
+    quotes: int | None = 0  # parity of the quotes on the line read so far
     with path.open("rb") as handle:
         for pid, start, end in ordered:
             handle.seek(start)
@@ -199,7 +203,10 @@ def count_lines_split(path: Path, splits: list[tuple[int, int, int]] | None) -> 
             while handle.tell() < end:
                 chunk = handle.read(min(_CHUNK, end - handle.tell()))
                 window = carry + chunk
-                if not chunk or b"\r" in chunk or b'"' in chunk or _BLANK_LINE.search(window):
+                if not chunk or b"\r" in chunk or _BLANK_LINE.search(window):
+                    return None
+                quotes = _quote_parity(chunk, quotes)
+                if quotes is None:
                     return None
                 lines += chunk.count(b"\n")
                 last = window.rfind(b"\n")
@@ -207,13 +214,26 @@ def count_lines_split(path: Path, splits: list[tuple[int, int, int]] | None) -> 
                     tail = window[max(last, 0) :]
                     carry = tail if not tail.strip(_BLANK) else b""
             counts[pid] = counts.get(pid, 0) + lines
-    if carry not in (b"", b"\n"):
-        return None  # a last line of only blanks, which the reader skips
+    if carry not in (b"", b"\n") or quotes:
+        return None  # a last line of only blanks (the reader skips it) or with an odd quote
     if carry == b"\n":
         counts[ordered[-1][0]] -= 1  # a final line feed starts no line
     # As Spark's job counts: the partitions that read a line, less the header from the first.
     read = [(pid, n - (1 if pid == ordered[0][0] else 0)) for pid, n in counts.items() if n]
     return LineCounts(_offsets(read), sum(n for _, n in read), 0)
+
+
+def _quote_parity(chunk: bytes, parity: int) -> int | None:
+    """The parity of the quotes on the line `chunk` leaves open, given `parity` on the line it
+    goes on with; None if a line it ends holds an odd number of quotes."""
+    if b'"' not in chunk:
+        return None if parity and b"\n" in chunk else parity
+    data = np.frombuffer(chunk, dtype=np.uint8)
+    breaks = np.flatnonzero(data == ord("\n"))
+    line_of_quote = np.searchsorted(breaks, np.flatnonzero(data == ord('"')))
+    per_line = np.bincount(line_of_quote, minlength=len(breaks) + 1)
+    per_line[0] += parity
+    return None if (per_line[:-1] % 2).any() else int(per_line[-1] % 2)
 
 
 def ordinal(offsets: dict[int, int]) -> Column:

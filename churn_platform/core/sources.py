@@ -3,13 +3,13 @@
 CSV goes through Spark's CSV reader (RFC 4180 quoting: long fields, doubled quotes, quoted
 newlines) with an all-text schema and a corrupt-record column; no regex ever parses a line.
 Line numbers come from a cheap path: the driver counts the lines of each byte range the CSV
-scan is planned to read from the file's bytes, beside its hash (no Spark job); where a quote, a
-CR or a blank line makes that unsure, a job over the file as plain text counts each partition's
-lines and finds blank lines and lines with an odd number of quotes (a quoted newline). When
-there are none, every record is one line, so a record's line follows from its partition's
-offset and its position, and the CSV is parsed once, by the write. Only a file with blank lines
-or quoted newlines is parsed as multi-line CSV (cached) and by Python's csv module, to map
-records to the lines they start on (the line bookkeeping is `core.lines`).
+scan is planned to read from the file's bytes, beside its hash (no Spark job); where a CR, a
+blank line or a line with an odd number of quotes makes that unsure, a job over the file as
+plain text counts each partition's lines and finds blank lines and lines with an odd number of
+quotes (a quoted newline). When there are none, every record is one line, so a record's line
+follows from its partition's offset and its position, and the CSV is parsed once, by the write.
+Only a file with blank lines or quoted newlines is parsed as multi-line CSV (cached) and by
+Python's csv module, to map records to the lines they start on (the bookkeeping: `core.lines`).
 """
 
 from __future__ import annotations
