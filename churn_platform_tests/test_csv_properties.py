@@ -2,10 +2,11 @@
 
 import csv
 import io
+import re
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from churn_platform.config import SourceSpec, load_spec
@@ -144,8 +145,9 @@ def test_a_small_file_is_counted_on_the_driver_as_spark_counts_it(spark, pieces)
         assert scanned == lines.scan_file(path)
 
 
-# Lines of a file split into ranges of a few bytes, so that lines start on range boundaries.
-REGULAR_LINES = st.lists(st.text(st.sampled_from('ab,é\t "'), min_size=1, max_size=9), max_size=60)
+# Lines of a file split into ranges of a few bytes, so that lines start on range boundaries;
+# what makes a file irregular comes from one `extra` piece inserted after its header.
+REGULAR_LINES = st.lists(st.from_regex(r"[ab,é][ab,é\t ]{0,8}", fullmatch=True), max_size=60)
 
 
 @settings(
@@ -154,15 +156,24 @@ REGULAR_LINES = st.lists(st.text(st.sampled_from('ab,é\t "'), min_size=1, max_s
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-@given(REGULAR_LINES, st.integers(3, 40), st.booleans(), st.sampled_from(["", '""', "\r", "\n"]))
+@example(["ab", "cd", "ef"], 4, "\r\n", True, "")
+@example(["ab", "cd"], 4, "\n", True, "\r")
+@example(["ab", "cd"], 5, "\n", False, '"')
+@given(
+    REGULAR_LINES,
+    st.integers(3, 40),
+    st.sampled_from(["\n", "\r\n"]),
+    st.booleans(),
+    st.sampled_from(["", '""', '"', "\r", "\n"]),
+)
 def test_a_split_file_is_counted_on_the_driver_as_spark_counts_it(
-    spark, body, split_bytes, final_newline, extra
+    spark, body, split_bytes, newline, final_newline, extra
 ):
     """The driver's per-split count of a many-partition file (the scan's planned byte ranges,
-    no job) equals Spark's job over its text; a file with a CR, a blank line or a line with an
-    odd number of quotes is left to Spark's job."""
-    text = "id,plan\n" + "\n".join(body) + ("\n" if final_newline else "")
-    text = text.replace("\n", f"\n{extra}", 1) if body else text
+    no job) equals Spark's job over its text, with LF or CR LF line ends; a file with a lone
+    CR, a blank line or a line with an odd number of quotes is left to Spark's job."""
+    text = f"id,plan{newline}" + newline.join(body) + (newline if final_newline else "")
+    text = text.replace(newline, newline + extra, 1) if body else text
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "lines.csv"
         path.write_bytes(text.encode())
@@ -177,11 +188,11 @@ def test_a_split_file_is_counted_on_the_driver_as_spark_counts_it(
             spark.conf.unset("spark.sql.files.maxPartitionBytes")
             spark.conf.unset("spark.sql.files.openCostInBytes")
     assert splits and len(splits) == -(-len(text.encode()) // split_bytes)
-    file_lines = text.split("\n")
+    file_lines = re.split(r"\r\n|\r|\n", text)
     if not file_lines[-1]:
-        file_lines.pop()  # the final line feed ends the last line
-    blank_or_odd = [not line.strip(" \t") or line.count('"') % 2 for line in file_lines]
-    if "\r" in text or any(blank_or_odd):
+        file_lines.pop()  # the final line end ends the last line
+    lone_cr = re.search(r"\r(?!\n)", text)
+    if lone_cr or any(not line.strip(" \t") or line.count('"') % 2 for line in file_lines):
         assert counted is None
     else:
         assert counted == job

@@ -6,7 +6,7 @@ import pytest
 from mlflow import MlflowClient
 
 from churn_platform import cli
-from churn_platform.core.sources import InputDataError, read_csv_header
+from churn_platform.core.sources import HEADER_MAX_BYTES, InputDataError, read_csv_header
 from churn_platform.settings import load_settings
 
 
@@ -24,6 +24,18 @@ def test_header_with_columns_differing_only_in_case_names_both(tmp_path: Path) -
     with pytest.raises(InputDataError, match="'tenure' and 'TENURE' differ only in case"):
         read_csv_header(path, ",")
     with pytest.raises(InputDataError, match=str(path)):
+        read_csv_header(path, ",")
+
+
+@pytest.mark.parametrize("line_end", ["\n", "\r\n", "\r"])
+def test_the_header_line_ends_where_spark_ends_lines(tmp_path: Path, line_end: str) -> None:
+    """LF, CR LF or a CR alone ends the header, as Spark's reader ends a line; a first line
+    too long to be a header is refused by name instead of read whole into memory."""
+    path = tmp_path / "customers.csv"
+    path.write_bytes(line_end.join(["customerID,tenure", "c1,1", ""]).encode())
+    assert read_csv_header(path, ",") == ["customerID", "tenure"]
+    path.write_bytes(b"customerID," + b"x" * HEADER_MAX_BYTES + b"\nc1,1\n")
+    with pytest.raises(InputDataError, match=rf"{path}: line 1 \(header\) is longer than"):
         read_csv_header(path, ",")
 
 

@@ -4,7 +4,7 @@ The raw layer quarantines a bad record by the line it starts on. When every reco
 line, a record's line follows from its partition's offset and its position. The offsets come
 from `count_lines_split` (the driver, for the scan's planned byte ranges), `count_lines_here`
 (the driver, for a file read as one partition) or `count_lines` (one job over the file as text,
-where a CR, a blank line or a line with an odd number of quotes makes the driver's count
+where a lone CR, a blank line or a line with an odd number of quotes makes the driver's count
 unsure); a file with blank lines or quoted newlines is also parsed by Python's csv module
 (`map_record_lines`) to find where its records start.
 """
@@ -35,8 +35,8 @@ _CHUNK = 1 << 22
 HERE_MAX_BYTES = 64 << 20
 # What Java's trim() removes: a line of only these is one Spark's CSV reader skips.
 _BLANK = bytes(range(0x21))
-# A line of only such bytes between two line feeds (a CR, which could also end a line, is
-# refused before this is searched).
+# A line of only such bytes between two line feeds (a CR of a CR LF among them; a CR on its own,
+# which ends a line too, is refused before this is searched).
 _BLANK_LINE = re.compile(rb"\n[\x00-\x09\x0b-\x20]*\n")
 
 
@@ -181,8 +181,8 @@ def count_lines_split(path: Path, splits: list[tuple[int, int, int]] | None) -> 
     Hadoop's line reader gives a range the lines that start after its first byte and up to its
     end byte (the first range also the line at byte 0). None, for Spark's job to count, where
     that is not sure to be every CSV record: ranges that do not tile the file in partition
-    order, or anywhere a CR (a line end too), a line with an odd number of quotes (its record
-    may go on) or a blank line.
+    order, or anywhere a CR without an LF after it (a line end too), a line with an odd number
+    of quotes (its record may go on) or a blank line.
     """
     ordered = sorted(splits or [])
     size = path.stat().st_size
@@ -196,6 +196,7 @@ def count_lines_split(path: Path, splits: list[tuple[int, int, int]] | None) -> 
     counts: dict[int, int] = {}
     carry = b"\n"  # the line read so far while it is blank (a blank first line is irregular)
     quotes: int | None = 0  # parity of the quotes on the line read so far
+    after_cr = False  # whether the bytes read so far end in a CR
     with path.open("rb") as handle:
         for pid, start, end in ordered:
             handle.seek(start)
@@ -203,8 +204,9 @@ def count_lines_split(path: Path, splits: list[tuple[int, int, int]] | None) -> 
             while handle.tell() < end:
                 chunk = handle.read(min(_CHUNK, end - handle.tell()))
                 window = carry + chunk
-                if not chunk or b"\r" in chunk or _BLANK_LINE.search(window):
+                if not chunk or _lone_cr(chunk, after_cr) or _BLANK_LINE.search(window):
                     return None
+                after_cr = chunk.endswith(b"\r")
                 quotes = _quote_parity(chunk, quotes)
                 if quotes is None:
                     return None
@@ -214,13 +216,23 @@ def count_lines_split(path: Path, splits: list[tuple[int, int, int]] | None) -> 
                     tail = window[max(last, 0) :]
                     carry = tail if not tail.strip(_BLANK) else b""
             counts[pid] = counts.get(pid, 0) + lines
-    if carry not in (b"", b"\n") or quotes:
-        return None  # a last line of only blanks (the reader skips it) or with an odd quote
+    if carry not in (b"", b"\n") or quotes or after_cr:
+        return None  # a last line of only blanks (the reader skips it), an odd quote or a CR
     if carry == b"\n":
         counts[ordered[-1][0]] -= 1  # a final line feed starts no line
     # As Spark's job counts: the partitions that read a line, less the header from the first.
     read = [(pid, n - (1 if pid == ordered[0][0] else 0)) for pid, n in counts.items() if n]
     return LineCounts(_offsets(read), sum(n for _, n in read), 0)
+
+
+def _lone_cr(chunk: bytes, after_cr: bool) -> bool:
+    """Whether `chunk`, read after bytes ending in a CR if `after_cr`, holds a CR that no LF
+    follows: a line end of its own, which the driver's count of line feeds would miss."""
+    if after_cr and not chunk.startswith(b"\n"):
+        return True
+    if b"\r" not in chunk:
+        return False
+    return chunk.count(b"\r") - chunk.endswith(b"\r") != chunk.count(b"\r\n")
 
 
 def _quote_parity(chunk: bytes, parity: int) -> int | None:

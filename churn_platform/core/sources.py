@@ -3,7 +3,7 @@
 CSV goes through Spark's CSV reader (RFC 4180 quoting: long fields, doubled quotes, quoted
 newlines) with an all-text schema and a corrupt-record column; no regex ever parses a line.
 Line numbers come from a cheap path: the driver counts the lines of each byte range the CSV
-scan is planned to read from the file's bytes, beside its hash (no Spark job); where a CR, a
+scan is planned to read from the file's bytes, beside its hash (no Spark job); where a lone CR, a
 blank line or a line with an odd number of quotes makes that unsure, a job over the file as
 plain text counts each partition's lines and finds blank lines and lines with an odd number of
 quotes (a quoted newline). When there are none, every record is one line, so a record's line
@@ -58,6 +58,9 @@ from churn_platform.core.ops.privacy import redact_message
 
 CORRUPT_COL = "_corrupt_record"
 _BATCH_TIME = re.compile(r"^(\d{8})T(\d{6})")
+_LINE_END = re.compile(rb"\r\n?|\n")
+# The most of a file read to find its header line.
+HEADER_MAX_BYTES = 1 << 20
 
 
 class InputDataError(ValueError):
@@ -78,18 +81,21 @@ def file_sha256(path: Path) -> str:
 
 
 def read_csv_header(path: Path, delimiter: str) -> list[str]:
-    """Column names from the first line; a UTF-8 BOM and CRLF are accepted."""
+    """Column names from the first line; a UTF-8 BOM and CR LF or CR line ends are accepted."""
     if not path.is_file():
         raise InputDataError(f"{path}: file not found")
     with path.open("rb") as handle:
-        first = handle.readline()
+        first = handle.readline(HEADER_MAX_BYTES)
+    if len(first) == HEADER_MAX_BYTES:
+        raise InputDataError(f"{path}: line 1 (header) is longer than {HEADER_MAX_BYTES} bytes")
+    first = _LINE_END.split(first, maxsplit=1)[0]  # as Spark reads lines: up to LF, CR or CR LF
     if not first.strip():
         raise InputDataError(f"{path}: the file is empty (no header line)")
     try:
         text = first.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputDataError(f"{path}: line 1 (header) is not valid UTF-8: {exc.reason}") from exc
-    names = next(csv.reader(io.StringIO(text.rstrip("\r\n")), delimiter=delimiter))
+    names = next(csv.reader(io.StringIO(text), delimiter=delimiter))
     names = [n.strip() for n in names]
     if len(set(names)) != len(names) or not all(names):
         raise InputDataError(f"{path}: the header has blank or repeated column names: {names}")
