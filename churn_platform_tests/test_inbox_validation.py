@@ -35,11 +35,17 @@ def test_a_well_formed_csv_is_accepted(tmp_path: Path, spec: DatasetSpec) -> Non
     assert validate_inbox_file(_csv(tmp_path, f"{TELCO_HEADER}\n{telco_row('1')}\n"), spec) is None
 
 
-def test_a_byte_order_mark_and_crlf_line_ends_are_accepted(
-    tmp_path: Path, spec: DatasetSpec
+@pytest.mark.parametrize("line_end", ["\r\n", "\r"])
+def test_a_byte_order_mark_and_crlf_or_cr_line_ends_are_accepted(
+    tmp_path: Path, spec: DatasetSpec, line_end: str
 ) -> None:
-    text = f"\ufeff{TELCO_HEADER}\r\n{telco_row('1')}\r\n".encode()
+    """Spark's reader ends a line at CR LF or at a CR alone; so does the inbox's check."""
+    text = f"\ufeff{TELCO_HEADER}{line_end}{telco_row('1')}{line_end}".encode()
     assert validate_inbox_file(_csv(tmp_path, text), spec) is None
+    header_only = f"{TELCO_HEADER}{line_end}{line_end}".encode()
+    assert validate_inbox_file(_csv(tmp_path, header_only), spec) == (
+        "the file has a header but no data rows"
+    )
 
 
 def test_a_csv_without_a_required_column_names_it(tmp_path: Path, spec: DatasetSpec) -> None:
