@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import re
 import sys
 from dataclasses import dataclass
@@ -185,14 +186,11 @@ def count_lines_split(path: Path, splits: list[tuple[int, int, int]] | None) -> 
     of quotes (its record may go on) or a blank line.
     """
     ordered = sorted(splits or [])
-    size = path.stat().st_size
-    ends = [0] + [end for _, _, end in ordered]
-    if (
-        not ordered
-        or ends[-1] != size
-        or any(a != e for (_, a, _), e in zip(ordered, ends[:-1], strict=True))
-    ):
+    bounds = [(start, end) for _, start, end in ordered]
+    if not bounds or bounds[0][0] != 0 or bounds[-1][1] != path.stat().st_size:
         return None
+    if any(end != start for (_, end), (start, _) in itertools.pairwise(bounds)):
+        return None  # a gap or an overlap: partition order is not the file's byte order
     counts: dict[int, int] = {}
     carry = b"\n"  # the line read so far while it is blank (a blank first line is irregular)
     quotes: int | None = 0  # parity of the quotes on the line read so far
