@@ -19,11 +19,13 @@ from pyspark.sql import functions as F
 
 from churn_platform.core.evaluation import (
     choose_threshold,
+    curves,
     evaluate,
     judge,
     plot_curves,
     ranking_metrics,
     roc_auc_by_group,
+    thinned,
 )
 from churn_platform.core.models.ensembles import BASE_SUFFIX, platt, simplex_grid
 from churn_platform.core.models.explain import feature_importance, vector_feature_names
@@ -583,9 +585,26 @@ def test_choose_threshold_for_profit_matches_brute_force() -> None:
         choose_threshold(labels, scores, "profit")
 
 
+def test_curves_give_the_same_auc_as_the_metrics() -> None:
+    """The curves' AUC (on the leaderboard and the ROC plot) is the test metric, to the bit."""
+    for seed in range(5):
+        scores, labels = _tied_predictions(2_000, seed=seed)
+        assert curves(labels, scores).roc_auc == ranking_metrics(labels, scores)[0]
+
+
+def test_thinned_curves_keep_their_ends_and_shape() -> None:
+    x = np.linspace(0.0, 1.0, 100_001)
+    y = np.sqrt(x)
+    few_x, few_y = thinned((x, y), 2_000)
+    assert len(few_x) == 2_000 and (few_x[0], few_x[-1]) == (0.0, 1.0)
+    assert np.array_equal(few_y, np.sqrt(few_x)) and np.all(np.diff(few_x) > 0)
+    short = (x[:10], y[:10])
+    assert all(np.array_equal(a, b) for a, b in zip(thinned(short, 2_000), short, strict=True))
+
+
 def test_plot_curves_writes_three_pngs(tmp_path: Path) -> None:
     scores, labels = _tied_predictions(300, seed=4)
-    paths = plot_curves(labels, scores, tmp_path / "curves")
+    paths = plot_curves(curves(labels, scores), tmp_path / "curves")
     assert set(paths) == {"roc", "precision_recall", "calibration"}
     for path in paths.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000

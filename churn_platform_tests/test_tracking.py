@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from churn_platform.config import DatasetSpec, SourceSpec, TargetSpec
-from churn_platform.core.evaluation import plot_curves
+from churn_platform.core.evaluation import curves, plot_curves
 from churn_platform.core.model_loading import load_local_pipeline
 from churn_platform.core.models.explain import feature_importance, vector_feature_names
 from churn_platform.core.models.fitting import PROBABILITY_COL, full_model, training_frame
@@ -127,7 +127,7 @@ def trained(
         if name == "strong":
             evaluation = {
                 "artifacts": plot_curves(
-                    *_labels_and_scores(test_predictions), tmp_path_factory.mktemp(name)
+                    curves(*_labels_and_scores(test_predictions)), tmp_path_factory.mktemp(name)
                 ),
                 "feature_importance": feature_importance(fit.model, vector_feature_names(features)),
             }

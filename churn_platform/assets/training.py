@@ -250,8 +250,9 @@ def train_and_track(
     importance = explain.feature_importance(fit.model, names)
     numeric, categorical = feature_roles(customer_features.drop(FEATURES_COL), spec)
     input_schema = customer_features.select(*categorical, *numeric).schema
+    found = evaluation.curves(test["label"], test["churn_probability"])
     with tempfile.TemporaryDirectory() as tmp:
-        curves = evaluation.plot_curves(test["label"], test["churn_probability"], tmp)
+        curves = evaluation.plot_curves(found, tmp)
         # Out-of-fold scores without customer ids: monitoring's drift reference for this model.
         reference = Path(tmp) / "oof_scores.parquet"
         fit.oof[[LABEL_COL, FOLD_COL, "churn_probability"]].to_parquet(reference)
@@ -298,8 +299,7 @@ def train_and_track(
         context=context,
     )
     context.add_output_metadata(
-        _metadata(fit, metrics, threshold, run, importance, duration)
-        | curve_metadata(evaluation.curves(test["label"], test["churn_probability"]))
+        _metadata(fit, metrics, threshold, run, importance, duration) | curve_metadata(found)
     )
     summary: dict[str, Any] = {
         "kind": kind,
