@@ -71,7 +71,7 @@ from churn_platform.core.models.fitting import DEFAULT_SEED, full_model, trainin
 from churn_platform.core.models.kinds import MODEL_KINDS, merged_params
 from churn_platform.core.models.training import fit_model
 from churn_platform.core.sampling import sampled
-from churn_platform.core.spark_setup import spark_conf
+from churn_platform.core.spark_setup import session_conf, spark_conf
 from churn_platform.settings import DEFAULT_SPEC, load_settings
 
 # Issue 17's target for scoring including the Parquet write, at 1M rows.
@@ -161,20 +161,6 @@ def pandas_champion(kind: str, sample: pd.DataFrame, spec: DatasetSpec) -> tuple
         {},
     )
     return encoder, Candidate(kind, model, THRESHOLD, math.nan, math.nan)
-
-
-@contextmanager
-def session_conf(spark: SparkSession, key: str, value: str) -> Iterator[None]:
-    """A SQL setting for the queries run inside the block."""
-    before = spark.conf.get(key, None)
-    spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        if before is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, before)
 
 
 def pipeline_write(

@@ -34,6 +34,7 @@ from churn_platform.core.features import assign_split, cap_training_rows, engine
 from churn_platform.core.lines import HERE_MAX_BYTES, one_split_bytes, with_line_numbers
 from churn_platform.core.schemas import cleaned_schema, features_schema
 from churn_platform.core.sources import InputDataError
+from churn_platform.core.spark_setup import even_scans, even_split_bytes, local_files
 from churn_platform.settings import DEFAULT_SPEC
 from churn_platform_tests.conftest import TELCO_HEADER, telco_row
 
@@ -195,6 +196,40 @@ def test_a_file_of_many_partitions_quarantines_by_line(
         assert (raw.rdd.getNumPartitions() > 1) == (partitions == "many")
         result = cleaning.clean_customers(raw, spec)
         assert _reasons(result.quarantined) == {5: UNPARSEABLE_NUMBER, 252: UNPARSEABLE_NUMBER}
+
+
+def test_even_scans_read_a_large_file_in_even_partitions_keeping_line_numbers(spark, tmp_path):
+    """Spark's own splits leave the last partition of a large file small, and one core idle
+    while the other reads a whole split; under `even_scans` the splits are a multiple of the
+    cores in number and about equal, the setting is restored after, and line numbers hold."""
+    spec = _spec(tmp_path)
+    # 33 KB: nine 4 KB splits, the last a fraction of the others (no cost to open a file, as
+    # against a split's 4 KB the default's 4 MB would swamp it).
+    rows = [telco_row(str(i), tenure="abc" if i in (3, 250) else "12") for i in range(330)]
+    path = _write(tmp_path / "large.csv", [TELCO_HEADER, *rows])
+    cores = spark.sparkContext.defaultParallelism
+    with _files_conf(spark, maxPartitionBytes="4096", openCostInBytes="1"):
+        assert _read(spark, spec, path).rdd.getNumPartitions() % cores != 0
+        with even_scans(spark, local_files(spark, [str(path)])):
+            raw = _read(spark, spec, path)
+            sizes = raw.rdd.glom().map(len).collect()
+            assert len(sizes) % cores == 0 and max(sizes) - min(sizes) <= 0.2 * max(sizes)
+            result = cleaning.clean_customers(raw, spec)
+            assert _reasons(result.quarantined) == {5: UNPARSEABLE_NUMBER, 252: UNPARSEABLE_NUMBER}
+        assert spark.conf.get("spark.sql.files.maxPartitionBytes") == "4096"
+
+
+def test_even_split_bytes_balances_only_scans_longer_than_one_round():
+    mb = 1 << 20
+    # The 10M-customer CSV (1.4 GB): 12 splits of 110 MiB instead of 10 of 128 and one of 32.
+    split = even_split_bytes([1_375_721_604], 2, 4 * mb, 128 * mb)
+    assert -(-1_375_721_604 // split) == 12 and split < 128 * mb
+    # Eleven 25 MB Parquet files: four partitions' worth instead of 4 + 4 + 3 files.
+    split = even_split_bytes([25 * mb] * 11, 2, 4 * mb, 128 * mb)
+    assert split == -(-11 * 29 * mb // 4)
+    # Within one partition per core Spark's own choice stands.
+    assert even_split_bytes([138 * mb], 2, 4 * mb, 128 * mb) == 0
+    assert even_split_bytes([], 2, 4 * mb, 128 * mb) == 0
 
 
 def test_the_driver_counts_the_lines_of_small_files_only(spark):

@@ -9,7 +9,7 @@ from pyspark.sql import DataFrame
 
 from churn_platform import checks
 from churn_platform.config import DatasetSpec
-from churn_platform.core import cleaning
+from churn_platform.core import cleaning, spark_setup
 from churn_platform.core.columns import LABEL_COL
 from churn_platform.core.ops.log import OpsLog
 from churn_platform.core.schemas import cleaned_schema
@@ -55,7 +55,11 @@ def cleaned_customers(
     spec, settings = state.spec(), state.settings()
     planned = cleaning.clean_layer(raw_customers, spec)
     outputs = ("cleaned_customers", "quarantined_customers")
-    with staged_versions(settings.warehouse, context, *outputs) as paths:
+    spark = pyspark.spark_session
+    with (
+        spark_setup.even_scans(spark, spark_setup.local_files(spark, raw_customers.inputFiles())),
+        staged_versions(settings.warehouse, context, *outputs) as paths,
+    ):
         result = planned.write(*paths)
     yield from _outputs(context, settings, spec, result, paths, ops_log.log())
 

@@ -7,7 +7,7 @@ from dagster_pyspark import PySparkResource
 from pyspark.sql import DataFrame
 
 from churn_platform import checks
-from churn_platform.core import features
+from churn_platform.core import features, spark_setup
 from churn_platform.core.schemas import features_schema
 from churn_platform.io_managers import StagedParquet, staged_versions
 from churn_platform.resources import SPARK_POOL, OpsLogResource, StateResource
@@ -44,9 +44,12 @@ def customer_features(
     """Build features from the cleaned customers; the encoders see training rows only."""
     spec, settings = state.spec(), state.settings()
     schema = features_schema(spec)
-    result = features.build_features(cleaned_customers, spec, schema, settings.train_max_rows)
-    with staged_versions(settings.warehouse, context, "customer_features") as (path,):
-        result.write(path)
+    spark = pyspark.spark_session
+    files = spark_setup.local_files(spark, cleaned_customers.inputFiles())
+    with spark_setup.even_scans(spark, files):
+        result = features.build_features(cleaned_customers, spec, schema, settings.train_max_rows)
+        with staged_versions(settings.warehouse, context, "customer_features") as (path,):
+            result.write(path)
     # Same cleaned content, code and spec give the same version: retraining keys off this.
     version = hashlib.sha256(
         f"{result.cleaned_fingerprint}|{FEATURES_CODE_VERSION}|{spec.spec_sha256}".encode()

@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 
 from churn_platform import checks
 from churn_platform.config import DatasetSpec, SourceSpec
-from churn_platform.core import quality
+from churn_platform.core import quality, spark_setup
 from churn_platform.core import sources as sources_core
 from churn_platform.core.columns import ERROR_COL
 from churn_platform.core.schemas import raw_schema
@@ -57,28 +57,31 @@ def raw_customers(
                 f"{source.path}: file not found (for the default Telco data run "
                 "`churn-platform fetch-data`; for your own data pass --config SPEC.yaml)"
             )
-    read = sources_core.read_batch(spark, spec, sources, batch, sources_core.batch_order(batch))
-    raw, schema = read.frame, raw_schema(spec)
-    try:
-        with staged_versions(settings.warehouse, context, "result") as (path,):
-            observed, observation = quality.observed(
-                raw,
-                [
-                    F.count(F.lit(1)).alias("rows"),
-                    F.count(ERROR_COL).alias("malformed"),
-                    *quality.schema_aggregates(schema),
-                ],
-            )
-            observed.write.mode("error").parquet(str(path))
-            stats = dict(observation.get)
-            rows, malformed = int(stats["rows"]), int(stats["malformed"])
-            if rows == 0:
-                raise sources_core.InputDataError(
-                    f"{', '.join(s.location for s in sources)}: no data rows "
-                    "(empty file or header only)"
+    files = spark_setup.local_files(spark, [s.path for s in sources if s.format != "jdbc"])
+    # Read, counted and written under one split size: line numbers follow the partitions.
+    with spark_setup.even_scans(spark, files):
+        read = sources_core.read_batch(spark, spec, sources, batch, sources_core.batch_order(batch))
+        raw, schema = read.frame, raw_schema(spec)
+        try:
+            with staged_versions(settings.warehouse, context, "result") as (path,):
+                observed, observation = quality.observed(
+                    raw,
+                    [
+                        F.count(F.lit(1)).alias("rows"),
+                        F.count(ERROR_COL).alias("malformed"),
+                        *quality.schema_aggregates(schema),
+                    ],
                 )
-    finally:
-        read.release()
+                observed.write.mode("error").parquet(str(path))
+                stats = dict(observation.get)
+                rows, malformed = int(stats["rows"]), int(stats["malformed"])
+                if rows == 0:
+                    raise sources_core.InputDataError(
+                        f"{', '.join(s.location for s in sources)}: no data rows "
+                        "(empty file or header only)"
+                    )
+        finally:
+            read.release()
     ops_log.log().event(
         "etl.ingest.completed",
         f"batch {batch}: {rows} rows read, {malformed} malformed",
