@@ -85,10 +85,11 @@ def read_csv_header(path: Path, delimiter: str) -> list[str]:
     if not path.is_file():
         raise InputDataError(f"{path}: file not found")
     with path.open("rb") as handle:
-        first = handle.readline(HEADER_MAX_BYTES)
-    if len(first) == HEADER_MAX_BYTES:
+        start = handle.read(HEADER_MAX_BYTES)
+    # As Spark reads lines: up to LF, CR or CR LF (a file of CR line ends has no LF at all).
+    first, *rest = _LINE_END.split(start, maxsplit=1)
+    if not rest and len(start) == HEADER_MAX_BYTES:
         raise InputDataError(f"{path}: line 1 (header) is longer than {HEADER_MAX_BYTES} bytes")
-    first = _LINE_END.split(first, maxsplit=1)[0]  # as Spark reads lines: up to LF, CR or CR LF
     if not first.strip():
         raise InputDataError(f"{path}: the file is empty (no header line)")
     try:
