@@ -15,7 +15,7 @@ from churn_platform.config import DatasetSpec, platform_spec
 from churn_platform.core.models.fitting import TrainingFrame, training_frame
 from churn_platform.core.models.out_of_time import OutOfTimeFrame, out_of_time_frame
 from churn_platform.core.ops.log import OpsLog
-from churn_platform.core.spark_setup import even_scans, local_files, spark_conf
+from churn_platform.core.spark_setup import even_scans, spark_conf
 from churn_platform.settings import Settings
 
 # Every asset that runs Spark is in this pool; dagster.yaml lets one run holding it run at a
@@ -91,9 +91,8 @@ class TrainingFrames(dg.ConfigurableResource):
             stack = ExitStack()
             rows = features()
             built = training_frame(rows, id_col, feature_pipeline)
-            spark = rows.sparkSession
             # The frame's caches are filled here, in even partitions of the features' files.
-            with even_scans(spark, local_files(spark, rows.inputFiles())):
+            with even_scans(rows.sparkSession, rows.inputFiles()):
                 self._frame = stack.enter_context(built)
             # Lazy: its two caches fill only when the first model fits on them.
             self._oot = stack.enter_context(out_of_time_frame(self._frame))

@@ -34,7 +34,7 @@ from churn_platform.core.features import assign_split, cap_training_rows, engine
 from churn_platform.core.lines import HERE_MAX_BYTES, one_split_bytes, with_line_numbers
 from churn_platform.core.schemas import cleaned_schema, features_schema
 from churn_platform.core.sources import InputDataError
-from churn_platform.core.spark_setup import even_scans, even_split_bytes, local_files
+from churn_platform.core.spark_setup import even_scans, even_split_bytes
 from churn_platform.settings import DEFAULT_SPEC
 from churn_platform_tests.conftest import TELCO_HEADER, telco_row
 
@@ -210,7 +210,7 @@ def test_even_scans_read_a_large_file_in_even_partitions_keeping_line_numbers(sp
     cores = spark.sparkContext.defaultParallelism
     with _files_conf(spark, maxPartitionBytes="4096", openCostInBytes="1"):
         assert _read(spark, spec, path).rdd.getNumPartitions() % cores != 0
-        with even_scans(spark, local_files(spark, [str(path)])):
+        with even_scans(spark, [str(path)]):
             raw = _read(spark, spec, path)
             sizes = raw.rdd.glom().map(len).collect()
             assert len(sizes) % cores == 0 and max(sizes) - min(sizes) <= 0.2 * max(sizes)

@@ -55,9 +55,8 @@ def cleaned_customers(
     spec, settings = state.spec(), state.settings()
     planned = cleaning.clean_layer(raw_customers, spec)
     outputs = ("cleaned_customers", "quarantined_customers")
-    spark = pyspark.spark_session
     with (
-        spark_setup.even_scans(spark, spark_setup.local_files(spark, raw_customers.inputFiles())),
+        spark_setup.even_scans(pyspark.spark_session, raw_customers.inputFiles()),
         staged_versions(settings.warehouse, context, *outputs) as paths,
     ):
         result = planned.write(*paths)

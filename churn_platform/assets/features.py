@@ -44,9 +44,7 @@ def customer_features(
     """Build features from the cleaned customers; the encoders see training rows only."""
     spec, settings = state.spec(), state.settings()
     schema = features_schema(spec)
-    spark = pyspark.spark_session
-    files = spark_setup.local_files(spark, cleaned_customers.inputFiles())
-    with spark_setup.even_scans(spark, files):
+    with spark_setup.even_scans(pyspark.spark_session, cleaned_customers.inputFiles()):
         result = features.build_features(cleaned_customers, spec, schema, settings.train_max_rows)
         with staged_versions(settings.warehouse, context, "customer_features") as (path,):
             result.write(path)

@@ -57,7 +57,7 @@ def raw_customers(
                 f"{source.path}: file not found (for the default Telco data run "
                 "`churn-platform fetch-data`; for your own data pass --config SPEC.yaml)"
             )
-    files = spark_setup.local_files(spark, [s.path for s in sources if s.format != "jdbc"])
+    files = [str(s.path) for s in sources if s.format != "jdbc"]
     # Read, counted and written under one split size: line numbers follow the partitions.
     with spark_setup.even_scans(spark, files):
         read = sources_core.read_batch(spark, spec, sources, batch, sources_core.batch_order(batch))

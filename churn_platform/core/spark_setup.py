@@ -116,17 +116,16 @@ def even_split_bytes(sizes: Iterable[int], parallelism: int, open_cost: int, mos
     up to it: 1.4 GB of CSV became 11 partitions (the last a quarter of the others) and 278 MB
     of Parquet files 3 (4, 4 and 3 files), so two cores ran the last partition alone.
     """
-    sizes = list(sizes)
     total = sum(size + open_cost for size in sizes)
-    rounds = math.ceil(total / (parallelism * most)) if sizes else 0
+    rounds = math.ceil(total / (parallelism * most))
     if rounds <= 1:
         return 0
     return math.ceil(total / (parallelism * rounds))
 
 
-def local_files(spark: SparkSession, uris: Iterable[str]) -> list[Path] | None:
-    """The local data files of `uris` (`DataFrame.inputFiles()` or paths), or None where a scan
-    does not read this machine's disk (Spark Connect, a cluster, another file system)."""
+def _local_files(spark: SparkSession, uris: Iterable[str]) -> list[Path] | None:
+    """The local data files of `uris` (`DataFrame.inputFiles()`, files or folders), or None where
+    a scan does not read this machine's disk (Spark Connect, a cluster, another file system)."""
     if not local_classic(spark):
         return None
     files: list[Path] = []
@@ -145,13 +144,15 @@ def local_files(spark: SparkSession, uris: Iterable[str]) -> list[Path] | None:
 
 
 @contextmanager
-def even_scans(spark: SparkSession, files: list[Path] | None) -> Iterator[None]:
-    """While the block runs, file scans read `files` in even partitions, a multiple of the
-    cores in number (`even_split_bytes`); the session's setting is restored after it.
+def even_scans(spark: SparkSession, uris: Iterable[str]) -> Iterator[None]:
+    """While the block runs, file scans read the files of `uris` (`_local_files`) in even
+    partitions, a multiple of the cores in number (`even_split_bytes`); the session's setting
+    is restored after it.
 
     For the data layers' steps, which hold the Spark pool alone: the setting is the session's,
     read when each query is planned, so a block plans and runs every query over these files.
     """
+    files = _local_files(spark, uris)
     split = 0
     if files:
         conf = spark._jsparkSession.sessionState().conf()  # noqa: SLF001
