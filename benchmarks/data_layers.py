@@ -34,8 +34,8 @@ from pyspark.sql import functions as F
 from churn_platform.config import SourceSpec, load_spec
 from churn_platform.core import cleaning, features, quality, sources
 from churn_platform.core.columns import ERROR_COL
+from churn_platform.core.input_files import read_csv_header
 from churn_platform.core.schemas import features_schema, raw_schema
-from churn_platform.core.sources import read_csv_header
 from churn_platform.core.spark_setup import spark_conf
 from churn_platform.settings import load_settings
 

@@ -193,7 +193,7 @@ def run_naive(job: Mapping[str, Any], spec: DatasetSpec, timeline: Timeline) -> 
         feature_roles,
         fit_feature_pipeline,
     )
-    from churn_platform.core.sources import read_csv_header
+    from churn_platform.core.input_files import read_csv_header
 
     spark = _spark(job)
     out = Path(job["scores"]).parent / "naive"

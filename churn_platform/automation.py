@@ -18,9 +18,9 @@ import dagster as dg
 import pyarrow.parquet as pq
 
 from churn_platform.config import DatasetSpec
+from churn_platform.core.input_files import InputDataError, has_data_line, read_csv_header
 from churn_platform.core.ops.incidents import IncidentStore
 from churn_platform.core.ops.log import OpsLog
-from churn_platform.core.sources import HEADER_MAX_BYTES, InputDataError, read_csv_header
 from churn_platform.partitions import (
     CUSTOMER_FEATURES,
     DATA_LAYER_KEYS,
@@ -138,11 +138,8 @@ def validate_inbox_file(path: Path, spec: DatasetSpec) -> str | None:
                 return "the file has no rows"
         else:
             columns = set(read_csv_header(path, spec.sources[0].delimiter))
-            # Universal newlines: LF, CR or CR LF ends a line, as in Spark's reader.
-            with path.open(encoding="utf-8", errors="replace") as handle:
-                handle.readline(HEADER_MAX_BYTES)
-                if not handle.readline(HEADER_MAX_BYTES).strip():
-                    return "the file has a header but no data rows"
+            if not has_data_line(path):
+                return "the file has a header but no data rows"
     except (InputDataError, OSError, ValueError) as exc:
         return str(exc)
     missing = sorted(required - columns)

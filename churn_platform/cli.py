@@ -133,18 +133,29 @@ def score(config: str | None, input_path: str, output: str, alias: str, overwrit
         check_target(Path(output), overwrite)
     except OutputRefused as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
+    from churn_platform.config import platform_spec
+    from churn_platform.core.input_files import (
+        InputDataError,
+        SchemaMismatchError,
+        check_score_header,
+        score_source,
+    )
+
+    spec = platform_spec(settings)
+    try:  # a CSV file's header, before the JVM starts
+        check_score_header(score_source(Path(input_path)), spec)
+    except InputDataError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from exc
+    except SchemaMismatchError as exc:
+        raise CommandError(f"{input_path}: {exc}", EXIT_USAGE) from exc
 
     backend = RegistryBackend.from_settings(settings)
     # The registry's client (MLflow's sqlite store: about 1 s) is ready when the JVM is.
     with importing("churn_platform.core.score_file", then=backend.client):
         spark = scoring_session(settings, Path(input_path))
-    from churn_platform.config import platform_spec
     from churn_platform.core.score_file import score_file
     from churn_platform.core.scoring import scoring_policy, training_reference
-    from churn_platform.core.tracking import SchemaMismatchError
     from churn_platform.core.versions import current_version
-
-    spec = platform_spec(settings)
 
     def reference() -> DataFrame | None:
         """The warehouse's training customers, if reasons are measured now (read lazily)."""

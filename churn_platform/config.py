@@ -226,6 +226,11 @@ class DatasetSpec:
         return tuple(dict.fromkeys(names))
 
     @property
+    def scoring_columns(self) -> tuple[str, ...]:
+        """The columns a file to score must have: the declared ones but the target and drops."""
+        return tuple(c for c in self.declared_columns if c not in (self.target.column, *self.drop))
+
+    @property
     def roles_declared(self) -> bool:
         return bool(self.categorical or self.numeric)
 

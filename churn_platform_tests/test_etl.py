@@ -31,9 +31,9 @@ from churn_platform.core.columns import (
     WRONG_FIELD_COUNT,
 )
 from churn_platform.core.features import assign_split, cap_training_rows, engineer_features
+from churn_platform.core.input_files import InputDataError
 from churn_platform.core.lines import HERE_MAX_BYTES, one_split_bytes, with_line_numbers
 from churn_platform.core.schemas import cleaned_schema, features_schema
-from churn_platform.core.sources import InputDataError
 from churn_platform.core.spark_setup import even_scans, even_split_bytes
 from churn_platform.settings import DEFAULT_SPEC
 from churn_platform_tests.conftest import TELCO_HEADER, telco_row

@@ -8,7 +8,7 @@ import pytest
 from churn_platform.config import load_spec
 from churn_platform.core import cleaning, sources
 from churn_platform.core.columns import DUPLICATE_ID, FILE_COL, SOURCE_COL
-from churn_platform.core.sources import InputDataError
+from churn_platform.core.input_files import InputDataError
 from churn_platform_tests.conftest import TELCO_HEADER, telco_row
 
 PG_DSN = os.environ.get(

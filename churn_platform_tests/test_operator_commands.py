@@ -11,6 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
@@ -139,11 +141,32 @@ def test_operator_commands_never_start_a_jvm(registry_home: Path) -> None:
     assert not any(f["jvm"] for f in found), found
 
 
-def test_score_reads_with_spark_and_mlflow_but_without_dagster(churn_home: Path) -> None:
-    """`score` needs a JVM and the registry, not Dagster (about 1 s of imports): here a file
-    without the columns the model needs is refused after Spark has read its header."""
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("customerID,gender\nC-1,Male\n", "input is missing 18 column(s) the model needs: Senior"),
+        ("", "the file is empty (no header line)"),
+        ("customerID,tenure,TENURE\n", "columns 'tenure' and 'TENURE' differ only in case"),
+    ],
+)
+def test_score_refuses_a_csv_it_cannot_score_before_spark_starts(
+    churn_home: Path, header: str, message: str
+) -> None:
+    """A CSV file's header is read before the JVM starts: a file without the columns the model
+    needs, or without a usable header, is refused by name with no Spark, MLflow or Dagster."""
     customers = churn_home / "customers.csv"
-    customers.write_text("customerID,gender\nC-1,Male\n")
+    customers.write_text(header)
+    (found,) = probe(churn_home, ("score", "--input", str(customers), "--output", "scores.csv"))
+    assert found["code"] == cli.EXIT_USAGE and not found["jvm"] and found["heavy"] == [], found
+    assert f"{customers}: {message}" in found["stderr"]
+    assert not (churn_home / "scores.csv").exists()
+
+
+def test_score_reads_with_spark_and_mlflow_but_without_dagster(churn_home: Path) -> None:
+    """`score` needs a JVM and the registry, not Dagster (about 1 s of imports): here a Parquet
+    file without the columns the model needs is refused after Spark has read its schema."""
+    customers = churn_home / "customers.parquet"
+    pq.write_table(pa.table({"customerID": ["C-1"], "gender": ["Male"]}), customers)
     (found,) = probe(churn_home, ("score", "--input", str(customers), "--output", "scores.csv"))
     assert found["code"] == cli.EXIT_USAGE and found["jvm"], found
     assert found["heavy"] == ["pyspark", "mlflow"] and not found["definitions"], found

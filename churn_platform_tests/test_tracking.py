@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 
 from churn_platform.config import DatasetSpec, SourceSpec, TargetSpec
 from churn_platform.core.evaluation import curves, plot_curves
+from churn_platform.core.input_files import SchemaMismatchError, check_input_columns
 from churn_platform.core.model_loading import load_local_pipeline
 from churn_platform.core.models.explain import feature_importance, vector_feature_names
 from churn_platform.core.models.fitting import PROBABILITY_COL, full_model, training_frame
@@ -30,9 +31,7 @@ from churn_platform.core.ops.log import OpsLog
 from churn_platform.core.registry import promote, register_candidate, registry_snapshot, rollback
 from churn_platform.core.tracking import (
     ModelIntegrityError,
-    SchemaMismatchError,
     TrainingRun,
-    check_input_columns,
     git_commit,
     golden_prediction_hash,
     load_model,

@@ -6,7 +6,7 @@ import pytest
 from mlflow import MlflowClient
 
 from churn_platform import cli
-from churn_platform.core.sources import HEADER_MAX_BYTES, InputDataError, read_csv_header
+from churn_platform.core.input_files import HEADER_MAX_BYTES, InputDataError, read_csv_header
 from churn_platform.settings import load_settings
 
 

@@ -13,6 +13,7 @@ from churn_platform.config import DatasetSpec, SourceSpec
 from churn_platform.core import quality, spark_setup
 from churn_platform.core import sources as sources_core
 from churn_platform.core.columns import ERROR_COL
+from churn_platform.core.input_files import InputDataError
 from churn_platform.core.schemas import raw_schema
 from churn_platform.io_managers import StagedParquet, staged_versions
 from churn_platform.partitions import BASE_BATCH, ingest_batches
@@ -53,7 +54,7 @@ def raw_customers(
     spark = pyspark.spark_session
     for source in sources:
         if source.format != "jdbc" and not Path(str(source.path)).exists():
-            raise sources_core.InputDataError(
+            raise InputDataError(
                 f"{source.path}: file not found (for the default Telco data run "
                 "`churn-platform fetch-data`; for your own data pass --config SPEC.yaml)"
             )
@@ -76,7 +77,7 @@ def raw_customers(
                 stats = dict(observation.get)
                 rows, malformed = int(stats["rows"]), int(stats["malformed"])
                 if rows == 0:
-                    raise sources_core.InputDataError(
+                    raise InputDataError(
                         f"{', '.join(s.location for s in sources)}: no data rows "
                         "(empty file or header only)"
                     )

@@ -43,8 +43,9 @@ from churn_platform.core.columns import (
     UNPARSEABLE_NUMBER,
     WRONG_FIELD_COUNT,
 )
+from churn_platform.core.input_files import InputDataError
 from churn_platform.core.schemas import cleaned_schema
-from churn_platform.core.sources import InputDataError, require_columns
+from churn_platform.core.sources import require_columns
 
 REASONS = (
     MALFORMED_LINE,

@@ -7,14 +7,16 @@ a file through the same cleaning, scores every row and writes a flat CSV or Parq
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from churn_platform.config import DatasetSpec, SourceSpec
+from churn_platform.config import DatasetSpec
 from churn_platform.core import cleaning, output_files, reasons, sources, tracking
 from churn_platform.core.columns import BATCH_COL, BATCH_ORDER_COL
+from churn_platform.core.input_files import check_input_columns, score_source
 from churn_platform.core.scoring import (
     UNSEEN_COL,
     ScoringPolicy,
@@ -64,43 +66,47 @@ def score_file(
     earlier score output.
     """
     output_files.check_target(output_path, overwrite, output_files.SCORE_COLUMNS)
-    fmt = "parquet" if input_path.suffix == ".parquet" or input_path.is_dir() else "csv"
-    source = SourceSpec(name="score_input", format=fmt, path=str(input_path))
-    read = sources.read_source(spark, source)
-    try:
-        required = [c for c in spec.declared_columns if c not in (spec.target.column, *spec.drop)]
-        tracking.check_input_columns(read.frame.columns, required)
-        raw = read.frame.withColumn(BATCH_COL, F.lit("score")).withColumn(
-            BATCH_ORDER_COL, F.lit(0).cast("long")
-        )
-        cleaned = cleaning.clean_customers(raw, spec, require_target=False, ranges=spec.ranges)
-        model, version = load_champion(mlflow, spec, alias)
-        stored = reasons.load_attribution(batch_scores, model_identity(version))
-        result = score_customers(
-            cleaned.cleaned,
-            spec,
-            model,
-            (version.name, str(version.version), tracking.model_threshold(version)),
-            policy or ScoringPolicy(),
-            reference() if reference is not None and stored is None else None,
-            attribution=stored,
-        )
-        scores = flat(result.frame)
-        with output_files.staged_output(
-            output_path, overwrite, output_files.SCORE_COLUMNS
-        ) as target:
-            if output_path.suffix == ".parquet":
-                scores.write.parquet(str(target))
-            else:
-                folder = target.with_name(target.name + ".parts")
-                output_files.formula_safe(scores).coalesce(1).write.option("header", True).csv(
-                    str(folder)
-                )
-                next(folder.glob("part-*.csv")).replace(target)
-        summary = result.summary()
-        counts = cleaned.counts
-    finally:
-        read.release()
+    source = score_source(input_path)
+    # The champion loads while the file is read and cleaned, and the rows are counted while the
+    # scores are planned and written: on a small file each is mostly a cold JVM planning small
+    # jobs, and each waits on its own.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="score") as pool:
+        champion = pool.submit(load_champion, mlflow, spec, alias)
+        read = sources.read_source(spark, source)
+        try:
+            check_input_columns(read.frame.columns, spec.scoring_columns)
+            raw = read.frame.withColumn(BATCH_COL, F.lit("score")).withColumn(
+                BATCH_ORDER_COL, F.lit(0).cast("long")
+            )
+            cleaned = cleaning.clean_customers(raw, spec, require_target=False, ranges=spec.ranges)
+            counting = pool.submit(lambda: cleaned.counts)
+            model, version = champion.result()
+            stored = reasons.load_attribution(batch_scores, model_identity(version))
+            result = score_customers(
+                cleaned.cleaned,
+                spec,
+                model,
+                (version.name, str(version.version), tracking.model_threshold(version)),
+                policy or ScoringPolicy(),
+                reference() if reference is not None and stored is None else None,
+                attribution=stored,
+            )
+            scores = flat(result.frame)
+            with output_files.staged_output(
+                output_path, overwrite, output_files.SCORE_COLUMNS
+            ) as target:
+                if output_path.suffix == ".parquet":
+                    scores.write.parquet(str(target))
+                else:
+                    folder = target.with_name(target.name + ".parts")
+                    output_files.formula_safe(scores).coalesce(1).write.option("header", True).csv(
+                        str(folder)
+                    )
+                    next(folder.glob("part-*.csv")).replace(target)
+            summary = result.summary()
+            counts = counting.result()
+        finally:
+            read.release()
     return {
         "output": str(output_path),
         "rows_scored": summary["rows"],

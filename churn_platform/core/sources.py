@@ -14,9 +14,7 @@ Python's csv module, to map records to the lines they start on (the bookkeeping:
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +37,11 @@ from churn_platform.core.columns import (
     SOURCE_COL,
     WRONG_FIELD_COUNT,
 )
+from churn_platform.core.input_files import (
+    InputDataError,
+    read_csv_header,
+    refuse_case_duplicates,
+)
 from churn_platform.core.lines import (
     LineMap,
     cached_counts,
@@ -58,13 +61,6 @@ from churn_platform.core.ops.privacy import redact_message
 
 CORRUPT_COL = "_corrupt_record"
 _BATCH_TIME = re.compile(r"^(\d{8})T(\d{6})")
-_LINE_END = re.compile(rb"\r\n?|\n")
-# The most of a file read to find its header line.
-HEADER_MAX_BYTES = 1 << 20
-
-
-class InputDataError(ValueError):
-    """Input that cannot be read at all; the message names the file and the column or row."""
 
 
 def file_sha256(path: Path) -> str:
@@ -78,42 +74,6 @@ def file_sha256(path: Path) -> str:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
-
-
-def read_csv_header(path: Path, delimiter: str) -> list[str]:
-    """Column names from the first line; a UTF-8 BOM and CR LF or CR line ends are accepted."""
-    if not path.is_file():
-        raise InputDataError(f"{path}: file not found")
-    with path.open("rb") as handle:
-        start = handle.read(HEADER_MAX_BYTES)
-    # As Spark reads lines: up to LF, CR or CR LF (a file of CR line ends has no LF at all).
-    first, *rest = _LINE_END.split(start, maxsplit=1)
-    if not rest and len(start) == HEADER_MAX_BYTES:
-        raise InputDataError(f"{path}: line 1 (header) is longer than {HEADER_MAX_BYTES} bytes")
-    if not first.strip():
-        raise InputDataError(f"{path}: the file is empty (no header line)")
-    try:
-        text = first.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputDataError(f"{path}: line 1 (header) is not valid UTF-8: {exc.reason}") from exc
-    names = next(csv.reader(io.StringIO(text), delimiter=delimiter))
-    names = [n.strip() for n in names]
-    if len(set(names)) != len(names) or not all(names):
-        raise InputDataError(f"{path}: the header has blank or repeated column names: {names}")
-    refuse_case_duplicates(names, str(path))
-    return names
-
-
-def refuse_case_duplicates(names: list[str], where: str) -> None:
-    """Spark resolves column names case-insensitively: `TENURE` beside `tenure` is ambiguous."""
-    seen: dict[str, str] = {}
-    for name in names:
-        if name.lower() in seen:
-            raise InputDataError(
-                f"{where}: columns {seen[name.lower()]!r} and {name!r} differ only in case; "
-                "rename one (Spark cannot tell them apart)"
-            )
-        seen[name.lower()] = name
 
 
 def read_table_source(spark: SparkSession, source: SourceSpec) -> DataFrame:

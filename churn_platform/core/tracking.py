@@ -68,17 +68,6 @@ TAG_THRESHOLD = "threshold"
 _ARTIFACT_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
-class SchemaMismatchError(ValueError):
-    """The data to score lacks columns the model's signature requires."""
-
-    def __init__(self, missing: Sequence[str]) -> None:
-        self.missing = tuple(missing)
-        super().__init__(
-            f"input is missing {len(self.missing)} column(s) the model needs: "
-            + ", ".join(self.missing)
-        )
-
-
 class ModelIntegrityError(RuntimeError):
     """A registered model's files differ from what was logged, or carry no recorded hash."""
 
@@ -382,14 +371,6 @@ def model_input_columns(resource: MlflowBackend, model_version: ModelVersion) ->
     if signature is None:
         raise ValueError(f"{model_version.name} v{model_version.version} has no signature")
     return list(signature.inputs.input_names())
-
-
-def check_input_columns(df_columns: Sequence[str], required: Sequence[str]) -> None:
-    """Fail before scoring, naming every missing column, instead of deep inside Spark."""
-    present = set(df_columns)
-    missing = [column for column in required if column not in present]
-    if missing:
-        raise SchemaMismatchError(missing)
 
 
 def golden_prediction_hash(model: PipelineModel, golden_df: DataFrame, *, id_col: str) -> str:
