@@ -55,6 +55,9 @@ BASELINES = {
 COMMANDS = {
     "--help": ["--help"],
     "score (missing input)": ["score", "--input", "missing.csv", "--output", "scores.csv"],
+    "score (CSV without the model's columns)": [
+        *("score", "--input", "two_columns.csv", "--output", "scores.csv")
+    ],
     "run (missing --config)": ["run", "--config", "missing.yaml"],
     "incidents list": ["incidents", "list"],
     "logs verify": ["logs", "verify"],
@@ -180,6 +183,7 @@ def main() -> None:
         home = Path(folder) / "home"
         home.mkdir()
         registry(home)
+        (Path(folder) / "two_columns.csv").write_text("customerID,gender\nC-1,Male\n")
         settings = load_settings({"CHURN_HOME": str(home)})
         env = settings.child_env()
         subprocess.run([*CLI, "status"], env=env, cwd=folder, stdout=subprocess.DEVNULL)
