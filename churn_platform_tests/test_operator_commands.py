@@ -147,6 +147,7 @@ def test_operator_commands_never_start_a_jvm(registry_home: Path) -> None:
         ("customerID,gender\nC-1,Male\n", "input is missing 18 column(s) the model needs: Senior"),
         ("", "the file is empty (no header line)"),
         ("customerID,tenure,TENURE\n", "columns 'tenure' and 'TENURE' differ only in case"),
+        ("customerID;gender\nC-1;Male\n", "the header is one column ('customerID;gender')"),
     ],
 )
 def test_score_refuses_a_csv_it_cannot_score_before_spark_starts(
@@ -160,6 +161,19 @@ def test_score_refuses_a_csv_it_cannot_score_before_spark_starts(
     assert found["code"] == cli.EXIT_USAGE and not found["jvm"] and found["heavy"] == [], found
     assert f"{customers}: {message}" in found["stderr"]
     assert not (churn_home / "scores.csv").exists()
+
+
+def test_score_refuses_a_folder_that_is_not_parquet_before_spark_starts(churn_home: Path) -> None:
+    """A folder is scored as Parquet: one of CSV files is refused, naming a file, without a JVM
+    (Spark's own error was a Java stack trace about a file footer)."""
+    folder = churn_home / "exports"
+    folder.mkdir()
+    (folder / "_SUCCESS").touch()  # hidden from Spark, so not checked
+    (folder / "customers.csv").write_text("customerID,gender\nC-1,Male\n")
+    (found,) = probe(churn_home, ("score", "--input", str(folder), "--output", "scores.csv"))
+    assert found["code"] == cli.EXIT_USAGE and not found["jvm"] and found["heavy"] == [], found
+    assert f"{folder / 'customers.csv'}: not a Parquet file" in found["stderr"]
+    assert "Traceback" not in found["stderr"]
 
 
 def test_score_reads_with_spark_and_mlflow_but_without_dagster(churn_home: Path) -> None:

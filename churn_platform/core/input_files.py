@@ -20,6 +20,9 @@ from churn_platform.config import DatasetSpec, SourceSpec
 _LINE_END = re.compile(rb"\r\n?|\n")
 # The most of a file read to find its header line (and, after it, its first data line).
 HEADER_MAX_BYTES = 1 << 20
+# A header of one column holding one of these was most likely meant to be split at it.
+_OTHER_DELIMITERS = (";", "\t", "|")
+_PARQUET_MAGIC = b"PAR1"
 
 
 class InputDataError(ValueError):
@@ -44,11 +47,46 @@ def score_source(path: Path) -> SourceSpec:
 
 
 def check_score_header(source: SourceSpec, spec: DatasetSpec) -> None:
-    """A CSV file to score has a readable header with every column the spec scores from; a
-    Parquet file is checked when Spark reads its schema."""
-    if source.format == "csv":
-        path = Path(str(source.path))
-        check_input_columns(read_csv_header(path, source.delimiter), spec.scoring_columns)
+    """A CSV file to score has a readable, comma-separated header with every column the spec
+    scores from; a Parquet file or folder holds Parquet files (its columns are checked when
+    Spark reads its schema)."""
+    path = Path(str(source.path))
+    if source.format != "csv":
+        _check_parquet_files(path)
+        return
+    names = read_csv_header(path, source.delimiter)
+    if len(names) == 1 and any(other in names[0] for other in _OTHER_DELIMITERS):
+        raise InputDataError(
+            f"{path}: the header is one column ({names[0][:60]!r}); a file to score is "
+            f"separated by {source.delimiter!r}"
+        )
+    check_input_columns(names, spec.scoring_columns)
+
+
+def _check_parquet_files(path: Path) -> None:
+    """Each data file of a Parquet input (a file, or a folder's files but Spark's hidden `_`
+    and `.` ones) starts and ends with Parquet's magic bytes."""
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not any(part[0] in "_." for part in p.relative_to(path).parts)
+        )
+    )
+    if not files:
+        raise InputDataError(f"{path}: no data files in the folder")
+    for file in files:
+        with file.open("rb") as handle:
+            head = handle.read(len(_PARQUET_MAGIC))
+            handle.seek(max(file.stat().st_size - len(_PARQUET_MAGIC), 0))
+            tail = handle.read()
+        if head != _PARQUET_MAGIC or tail != _PARQUET_MAGIC:
+            raise InputDataError(
+                f"{file}: not a Parquet file (a .parquet file or a folder to score holds "
+                "Parquet files; a CSV file is scored by its own name)"
+            )
 
 
 def check_input_columns(columns: Sequence[str], required: Sequence[str]) -> None:
