@@ -14,12 +14,8 @@ from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
 
-from churn_platform.assets.training import (
-    LogisticRegressionConfig,
-    ModelConfig,
-    _reusable_bases,
-    model_params,
-)
+from churn_platform.assets.model_config import LogisticRegressionConfig, ModelConfig, model_params
+from churn_platform.assets.training import _reusable_bases
 from churn_platform.config import DatasetSpec, SourceSpec, TargetSpec
 from churn_platform.core import tracking
 from churn_platform.core.features import fit_feature_pipeline

@@ -5,7 +5,6 @@ merged, the result logged to MLflow and described in the UI. Ensembles take the 
 assets they reuse as inputs, so the graph shows where their fits come from.
 """
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -14,10 +13,10 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 from dagster_pyspark import PySparkResource
-from pydantic import Field
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 
+from churn_platform.assets.model_config import CONFIGS, ModelConfig, model_params
 from churn_platform.core import evaluation, tracking
 from churn_platform.core.columns import FEATURES_COL, FOLD_COL, LABEL_COL
 from churn_platform.core.features import cap_training_rows, feature_roles
@@ -33,7 +32,6 @@ from churn_platform.core.models.kinds import (
     ENSEMBLE_KINDS,
     KINDS,
     MODEL_KINDS,
-    merged_params,
     model_key,
 )
 from churn_platform.core.models.training import fit_model
@@ -53,91 +51,6 @@ ENSEMBLE_INPUTS = tuple(
         for params in (KINDS[kind].defaults, KINDS[kind].quick)
     )
 )
-_DEFAULTS = {name: row.defaults for name, row in KINDS.items()}
-
-
-class ModelConfig(dg.Config):
-    """Run configuration shared by every model asset (editable in the Launchpad)."""
-
-    seed: int = Field(default=42, description="Seed for bootstrap samples and tree randomness.")
-    threshold_strategy: str = Field(
-        default="f1",
-        description="How the decision threshold is chosen on out-of-fold predictions: 'f1', or "
-        "'profit' using CHURN_COST_MISSED_CHURNER and CHURN_COST_RETENTION_OFFER.",
-    )
-    extra_params_json: str = Field(
-        default="{}",
-        description="Further Spark ML parameters as JSON; a list value is a grid whose winner "
-        "is chosen on out-of-fold ROC-AUC.",
-    )
-
-    def spark_params(self) -> dict[str, Any]:
-        """The parameters this config's own fields set (none for the shared config)."""
-        return {}
-
-
-class LogisticRegressionConfig(ModelConfig):
-    reg_param: list[float] = Field(
-        default=_DEFAULTS["logistic_regression"]["regParam"],
-        description="L2 regularisation; several values are compared out of fold.",
-    )
-    elastic_net_param: float = Field(
-        default=_DEFAULTS["logistic_regression"]["elasticNetParam"],
-        description="0 = ridge, 1 = lasso.",
-    )
-
-    def spark_params(self) -> dict[str, Any]:
-        return {"regParam": self.reg_param, "elasticNetParam": self.elastic_net_param}
-
-
-class DecisionTreeConfig(ModelConfig):
-    max_depth: int = Field(default=_DEFAULTS["decision_tree"]["maxDepth"])
-    min_instances_per_node: int = Field(default=_DEFAULTS["decision_tree"]["minInstancesPerNode"])
-
-    def spark_params(self) -> dict[str, Any]:
-        return {"maxDepth": self.max_depth, "minInstancesPerNode": self.min_instances_per_node}
-
-
-class RandomForestConfig(ModelConfig):
-    num_trees: int = Field(default=_DEFAULTS["random_forest"]["numTrees"])
-    max_depth: int = Field(default=_DEFAULTS["random_forest"]["maxDepth"])
-    min_instances_per_node: int = Field(default=_DEFAULTS["random_forest"]["minInstancesPerNode"])
-
-    def spark_params(self) -> dict[str, Any]:
-        return {
-            "numTrees": self.num_trees,
-            "maxDepth": self.max_depth,
-            "minInstancesPerNode": self.min_instances_per_node,
-        }
-
-
-class GBTConfig(ModelConfig):
-    max_iter: int = Field(default=_DEFAULTS["gbt"]["maxIter"], description="Boosting rounds.")
-    max_depth: int = Field(default=_DEFAULTS["gbt"]["maxDepth"])
-    step_size: float = Field(default=_DEFAULTS["gbt"]["stepSize"], description="Learning rate.")
-
-    def spark_params(self) -> dict[str, Any]:
-        return {"maxIter": self.max_iter, "maxDepth": self.max_depth, "stepSize": self.step_size}
-
-
-CONFIGS: dict[str, type[ModelConfig]] = {
-    "logistic_regression": LogisticRegressionConfig,
-    "decision_tree": DecisionTreeConfig,
-    "random_forest": RandomForestConfig,
-    "gbt": GBTConfig,
-}
-
-
-def model_params(kind: str, config: ModelConfig, profile: str = "default") -> dict[str, Any]:
-    """Defaults < run config < quick profile < extra JSON (`kinds.merged_params`)."""
-    return merged_params(
-        kind,
-        config.spark_params(),
-        quick=profile == "quick",
-        extra=json.loads(config.extra_params_json or "{}"),
-    )
-
-
 # Dagster's UI shows a Markdown value inline only below 1,000 characters (longer ones behind a
 # "[Show Markdown]" link), so the curves are small SVG thumbnails, one entry each; the
 # full-size PNGs are the run's MLflow artifacts (evaluation/).
