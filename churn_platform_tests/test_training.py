@@ -14,7 +14,6 @@ from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
 
-from churn_platform.assets.model_config import LogisticRegressionConfig, ModelConfig, model_params
 from churn_platform.assets.training import _reusable_bases
 from churn_platform.config import DatasetSpec, SourceSpec, TargetSpec
 from churn_platform.core import tracking
@@ -34,6 +33,7 @@ from churn_platform.core.models.training import fit_model
 from churn_platform.core.versions import current_version
 from churn_platform.io_managers import SUMMARY, VersionedParquetIOManager
 from churn_platform.mlflow_resource import MlflowResource
+from churn_platform.model_config import LogisticRegressionConfig, ModelConfig, model_params
 from churn_platform_tests.conftest import SAME_MODEL, assert_same_scores
 
 ID = "customer_id"

@@ -16,7 +16,6 @@ from dagster_pyspark import PySparkResource
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 
-from churn_platform.assets.model_config import CONFIGS, ModelConfig, model_params
 from churn_platform.core import evaluation, tracking
 from churn_platform.core.columns import FEATURES_COL, FOLD_COL, LABEL_COL
 from churn_platform.core.features import cap_training_rows, feature_roles
@@ -36,6 +35,7 @@ from churn_platform.core.models.kinds import (
 )
 from churn_platform.core.models.training import fit_model
 from churn_platform.mlflow_resource import MlflowResource
+from churn_platform.model_config import CONFIGS, ModelConfig, model_params
 from churn_platform.resources import SPARK_POOL, OpsLogResource, StateResource, TrainingFrames
 
 CODE_VERSION = "2"

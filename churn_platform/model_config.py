@@ -1,4 +1,5 @@
-"""Run configuration of the model assets: each kind's settings as the Launchpad edits them."""
+"""Run configuration of the model assets: each kind's settings as the Launchpad edits them
+(Dagster config classes; the kinds and their defaults are `core.models.kinds`)."""
 
 import json
 from typing import Any
