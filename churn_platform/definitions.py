@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from churn_platform import automation
+from churn_platform import automation, inbox
 from churn_platform.assets import (
     audit,
     backups,
@@ -115,7 +115,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         schedules=[backups.backup_schedule],
         sensors=[
             automation.automation_sensor(settings.automation_interval_seconds),
-            automation.inbox_sensor(settings.inbox_interval_seconds),
+            inbox.inbox_sensor(settings.inbox_interval_seconds),
             automation.degradation_sensor,
             automation.incident_on_run_failure,
             automation.resolve_incidents_on_success,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from churn_platform import automation
+from churn_platform import automation, inbox
 from churn_platform.config import load_spec
 from churn_platform.core.ops.incidents import IncidentStore
 from churn_platform.core.ops.log import OpsLog
@@ -23,7 +23,7 @@ def test_inbox_files_become_batches_with_idempotent_run_keys(settings):
     settings.inbox.mkdir(parents=True)
     (settings.inbox / "new customers.csv").write_text(f"{TELCO_HEADER}\n{telco_row('1')}\n")
     (settings.inbox / "notes.txt").write_text("ignored")
-    result = automation.scan_inbox(settings, spec, NOW)
+    result = inbox.scan_inbox(settings, spec, NOW)
     assert [r.run_key for r in result.run_requests] == ["20261127T103000Z-new_customers.csv"]
     assert result.run_requests[0].partition_key == "20261127T103000Z-new_customers.csv"
     assert result.dynamic_partitions_requests[0].partition_keys == [
@@ -31,7 +31,7 @@ def test_inbox_files_become_batches_with_idempotent_run_keys(settings):
     ]
     assert (settings.home / "batches" / "20261127T103000Z-new_customers.csv").is_file()
     # the file left the inbox, so a second evaluation requests nothing
-    again = automation.scan_inbox(settings, spec, NOW)
+    again = inbox.scan_inbox(settings, spec, NOW)
     assert again.run_requests == []
     assert (settings.inbox / "notes.txt").exists()
 
@@ -40,13 +40,13 @@ def test_a_bad_file_is_rejected_once_with_a_reason(settings):
     spec = load_spec(DEFAULT_SPEC, settings.home)
     settings.inbox.mkdir(parents=True)
     (settings.inbox / "broken.csv").write_text("customerID,gender\n1,Male\n")
-    result = automation.scan_inbox(settings, spec, NOW)
+    result = inbox.scan_inbox(settings, spec, NOW)
     assert result.run_requests == []
-    rejected = settings.inbox / automation.REJECTED
+    rejected = settings.inbox / inbox.REJECTED
     assert (rejected / "broken.csv").is_file()
     reason = (rejected / "broken.csv.reason.txt").read_text()
     assert "Churn" in reason and "missing required column" in reason
-    assert automation.scan_inbox(settings, spec, NOW).run_requests == []
+    assert inbox.scan_inbox(settings, spec, NOW).run_requests == []
 
 
 def test_files_whose_names_clash_are_all_kept(settings):
@@ -56,14 +56,14 @@ def test_files_whose_names_clash_are_all_kept(settings):
     settings.inbox.mkdir(parents=True)
     for name, customer in (("a b.csv", "1"), ("a_b.csv", "2")):
         (settings.inbox / name).write_text(f"{TELCO_HEADER}\n{telco_row(customer)}\n")
-    keys = [r.partition_key for r in automation.scan_inbox(settings, spec, NOW).run_requests]
+    keys = [r.partition_key for r in inbox.scan_inbox(settings, spec, NOW).run_requests]
     assert len(set(keys)) == 2
     kept = {(settings.home / "batches" / key).read_text().splitlines()[1][:1] for key in keys}
     assert kept == {"1", "2"}
     for reason in ("first", "second"):
         (settings.inbox / "broken.csv").write_text(f"customerID,{reason}\n1,x\n")
-        automation.scan_inbox(settings, spec, NOW)
-    rejected = settings.inbox / automation.REJECTED
+        inbox.scan_inbox(settings, spec, NOW)
+    rejected = settings.inbox / inbox.REJECTED
     headers = {p.read_text().splitlines()[0] for p in rejected.glob("broken*.csv")}
     assert headers == {"customerID,first", "customerID,second"}
     assert len(list(rejected.glob("broken*.reason.txt"))) == 2
@@ -73,8 +73,8 @@ def test_header_only_file_is_rejected(settings):
     spec = load_spec(DEFAULT_SPEC, settings.home)
     settings.inbox.mkdir(parents=True)
     (settings.inbox / "empty.csv").write_text(TELCO_HEADER + "\n")
-    automation.scan_inbox(settings, spec, NOW)
-    reason = (settings.inbox / automation.REJECTED / "empty.csv.reason.txt").read_text()
+    inbox.scan_inbox(settings, spec, NOW)
+    reason = (settings.inbox / inbox.REJECTED / "empty.csv.reason.txt").read_text()
     assert "no data rows" in reason
 
 
@@ -85,7 +85,7 @@ def test_the_last_batch_of_a_scan_also_rebuilds_every_data_layer(settings):
     settings.inbox.mkdir(parents=True)
     for name in ("a.csv", "b.csv"):
         (settings.inbox / name).write_text(f"{TELCO_HEADER}\n{telco_row(name)}\n")
-    first, last = automation.scan_inbox(settings, spec, NOW).run_requests
+    first, last = inbox.scan_inbox(settings, spec, NOW).run_requests
     assert first.asset_selection == [dg.AssetKey("raw_customers")]
     graph = build_definitions(settings).resolve_asset_graph()
     layers = dg.AssetSelection.groups("ingestion", "cleaning", "features").resolve(graph)
@@ -116,8 +116,8 @@ def test_the_inbox_sensor_reads_the_settings_the_definitions_were_built_with(tmp
 
 
 def test_batch_keys_sort_by_arrival():
-    early = automation.batch_key(Path("a.csv"), NOW)
-    later = automation.batch_key(Path("a.csv"), NOW + dt.timedelta(seconds=1))
+    early = inbox.batch_key(Path("a.csv"), NOW)
+    later = inbox.batch_key(Path("a.csv"), NOW + dt.timedelta(seconds=1))
     assert batch_order(early) < batch_order(later)
     assert batch_order("base") == 0
 

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from churn_platform.automation import validate_inbox_file
 from churn_platform.config import DatasetSpec, load_spec
+from churn_platform.inbox import validate_inbox_file
 from churn_platform.settings import DEFAULT_SPEC
 from churn_platform_tests.conftest import TELCO_HEADER, telco_row
 
