@@ -148,6 +148,33 @@ def test_scores_file_and_schema_mismatch(pipeline, capsys, tmp_path):
     assert "tenure" in err and "Contract" in err
 
 
+def test_a_file_with_a_repeated_id_is_scored_by_its_last_line(pipeline, capsys, tmp_path):
+    """An id twice in a file to score: its later line is scored and the earlier one reported as
+    a duplicate, as the cleaned layer treats a batch (`score` plans the scores before it knows
+    whether ids repeat, and switches to the id window when they do)."""
+    with (pipeline.home / "data" / "telco_churn.csv").open(newline="") as src:
+        header, first, *others = list(csv.reader(src))[:11]
+    later = list(first)
+    later[header.index("tenure")], later[header.index("Contract")] = "71", "Two year"
+    files = {"repeated": [header, first, *others, later], "alone": [header, later]}
+    found = {}
+    for name, rows in files.items():
+        with (tmp_path / f"{name}.csv").open("w", newline="") as dst:
+            csv.writer(dst, lineterminator="\n").writerows(rows)
+        out = tmp_path / f"{name}_scores.csv"
+        assert (
+            cli.main(["score", "--input", str(tmp_path / f"{name}.csv"), "--output", str(out)]) == 0
+        )
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        with out.open() as handle:
+            found[name] = (summary, {r["customerID"]: r for r in csv.DictReader(handle)})
+    summary, scored = found["repeated"]
+    assert summary["rows_scored"] == 10 and summary["quarantine_by_reason"] == {"duplicate_id": 1}
+    assert sorted(scored) == sorted(row[0] for row in [first, *others])
+    _, alone = found["alone"]
+    assert scored[first[0]]["churn_probability"] == alone[first[0]]["churn_probability"]
+
+
 def test_no_raw_customer_id_in_logs_events_or_incidents(pipeline):
     with open(pipeline.home / "data" / "telco_churn.csv", newline="") as handle:
         ids = {row["customerID"] for row in csv.DictReader(handle)}

@@ -104,6 +104,14 @@ class CleanResult(quality.LayerResult):
         self._stats = stats
         return self
 
+    def settled(self) -> CleanResult:
+        """The plan `window=None` chooses: this one while no id occurs twice among its rows
+        (one job over the ids), else the plan through the id window. A caller can run it beside
+        other work on this plan and switch only if the ids repeat."""
+        if self.windowed or not _ids_repeat(self.marked, self.id_column):
+            return self
+        return self.replan(True)
+
     def _source(self) -> DataFrame:
         return self.marked
 
@@ -215,8 +223,9 @@ def clean_customers(
     pandera schema whose rules join the aggregate.
 
     Only a repeated id needs the window over the ids. `window=None` asks one job whether any id
-    repeats, so the returned frames are final; `window=False` (the asset, which writes) skips
-    that job, and `write` switches to the window if the written ids repeat.
+    repeats, so the returned frames are final; `window=False` skips that job: the asset's
+    `write` switches to the window if the written ids repeat, and `score` asks `settled()`
+    while it plans the scores.
     """
     has_target = spec.target.column in raw.columns
     if require_target or has_target:
@@ -285,7 +294,7 @@ def clean_customers(
             plan,
         )
 
-    return plan(_ids_repeat(annotated, id_col) if window is None else window)
+    return plan(False).settled() if window is None else plan(window)
 
 
 def _plan(

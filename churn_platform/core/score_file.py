@@ -19,6 +19,7 @@ from churn_platform.core.columns import BATCH_COL, BATCH_ORDER_COL
 from churn_platform.core.input_files import check_input_columns, score_source
 from churn_platform.core.scoring import (
     UNSEEN_COL,
+    Scores,
     ScoringPolicy,
     load_champion,
     model_identity,
@@ -67,9 +68,9 @@ def score_file(
     """
     output_files.check_target(output_path, overwrite, output_files.SCORE_COLUMNS)
     source = score_source(input_path)
-    # The champion loads while the file is read and cleaned, and the rows are counted while the
-    # scores are planned and written: on a small file each is mostly a cold JVM planning small
-    # jobs, and each waits on its own.
+    # The champion loads while the file is read and cleaned, the ids are checked for repeats
+    # while the scores are planned, and the rows are counted while they are written: on a small
+    # file each is mostly a cold JVM planning small jobs, and each waits on its own.
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="score") as pool:
         champion = pool.submit(load_champion, mlflow, spec, alias)
         read = sources.read_source(spark, source)
@@ -78,19 +79,29 @@ def score_file(
             raw = read.frame.withColumn(BATCH_COL, F.lit("score")).withColumn(
                 BATCH_ORDER_COL, F.lit(0).cast("long")
             )
-            cleaned = cleaning.clean_customers(raw, spec, require_target=False, ranges=spec.ranges)
-            counting = pool.submit(lambda: cleaned.counts)
+            cleaned = cleaning.clean_customers(
+                raw, spec, require_target=False, ranges=spec.ranges, window=False
+            )
+            settling = pool.submit(cleaned.settled)
             model, version = champion.result()
             stored = reasons.load_attribution(batch_scores, model_identity(version))
-            result = score_customers(
-                cleaned.cleaned,
-                spec,
-                model,
-                (version.name, str(version.version), tracking.model_threshold(version)),
-                policy or ScoringPolicy(),
-                reference() if reference is not None and stored is None else None,
-                attribution=stored,
-            )
+            measured = reference() if reference is not None and stored is None else None
+
+            def scored(rows: cleaning.CleanResult) -> Scores:
+                return score_customers(
+                    rows.cleaned,
+                    spec,
+                    model,
+                    (version.name, str(version.version), tracking.model_threshold(version)),
+                    policy or ScoringPolicy(),
+                    measured,
+                    attribution=stored,
+                )
+
+            result = scored(cleaned)
+            if (settled := settling.result()) is not cleaned:  # an id repeats: the window's plan
+                cleaned, result = settled, scored(settled)
+            counting = pool.submit(lambda: cleaned.counts)
             scores = flat(result.frame)
             with output_files.staged_output(
                 output_path, overwrite, output_files.SCORE_COLUMNS
