@@ -1,9 +1,9 @@
 """A user's input file checked from its first bytes, without Spark.
 
 The raw layer, the inbox sensor and `score` read a CSV file's header here, so a file that cannot
-be used (no header, a bad header, columns the spec needs missing) is refused with its name and
-the columns before any JVM work: `score` says so in well under a second instead of after
-starting Spark.
+be used (no header, a bad header, columns the spec needs missing; for `score` also a folder that
+does not hold Parquet files) is refused with its name and the columns before any JVM work:
+`score` says so in well under a second instead of after starting Spark.
 """
 
 from __future__ import annotations
