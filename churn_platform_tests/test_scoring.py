@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from churn_platform.config import DatasetSpec, ScorePopulationSpec, SourceSpec, load_spec
+from churn_platform.core import attribution as stored_attribution
 from churn_platform.core import cleaning, reasons, scoring, sources
 from churn_platform.core.columns import FEATURES_COL, FOLD_COL, LABEL_COL, SPLIT_COL
 from churn_platform.core.encoding import SLOTS_COL, read_encoding
@@ -163,7 +164,9 @@ def _log_odds(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def _contributions(attribution: reasons.Attribution, model: PipelineModel, cleaned, spec):
+def _contributions(
+    attribution: stored_attribution.Attribution, model: PipelineModel, cleaned, spec
+):
     """Contributions computed the long way: on the logged pipeline's vector."""
     transformed = model.transform(engineer_features(cleaned, spec))
     frame = reasons.with_contributions(transformed, attribution).toPandas()
@@ -188,7 +191,7 @@ def test_linear_reasons_add_up_exactly_to_each_customers_log_odds(
         train,
         population=scoring.population_filter(spec),
     )
-    assert scores.attribution.method == reasons.EXACT
+    assert scores.attribution.method == stored_attribution.EXACT
     rows = {r[spec.id_column]: r for r in scores.frame.collect()}
     summary = scores.summary()
     assert len(rows) == summary["rows"] == 5174  # the Telco customers who have not churned
@@ -229,7 +232,7 @@ def test_a_tree_champion_is_explained_by_a_surrogate_with_its_true_fidelity(
     scores = scoring.score_customers(
         population, spec, model, ("churn-telco", "2", 0.4), scoring.ScoringPolicy()
     )
-    assert scores.attribution.method == reasons.SURROGATE
+    assert scores.attribution.method == stored_attribution.SURROGATE
     scores.frame.write.format("noop").mode("overwrite").save()
     scores.summary()
     attribution = scores.attribution
@@ -258,10 +261,14 @@ def test_a_few_customers_read_as_in_the_batch_scores_of_the_same_model(
     )
     in_batch = {row[spec.id_column]: row for row in batch.frame.collect()}
     batch.summary()
-    reasons.save_attribution(tmp_path, identity, batch.attribution)
-    assert reasons.load_attribution(tmp_path, ("churn-telco", "3", "sha-of-files")) is None
-    assert reasons.load_attribution(tmp_path, ("churn-telco", "2", "other-files")) is None
-    stored = reasons.load_attribution(tmp_path, identity)
+    stored_attribution.save_attribution(tmp_path, identity, batch.attribution)
+    assert (
+        stored_attribution.load_attribution(tmp_path, ("churn-telco", "3", "sha-of-files")) is None
+    )
+    assert (
+        stored_attribution.load_attribution(tmp_path, ("churn-telco", "2", "other-files")) is None
+    )
+    stored = stored_attribution.load_attribution(tmp_path, identity)
     assert stored is not None and stored.baseline_log_odds == batch.attribution.baseline_log_odds
 
     few = population.orderBy(spec.id_column).limit(50)
@@ -281,7 +288,7 @@ def test_a_few_customers_read_as_in_the_batch_scores_of_the_same_model(
             [r["contribution"] for r in expected["reasons"]], **SAME_MODEL
         )
     scores.summary()
-    assert scores.attribution.method == reasons.SURROGATE
+    assert scores.attribution.method == stored_attribution.SURROGATE
     assert scores.attribution.fidelity_r2 != batch.attribution.fidelity_r2
 
 
@@ -291,18 +298,24 @@ def test_stored_reasons_that_do_not_read_are_measured_again(
     """A damaged `_reasons.json` (a disk filled mid-write, a hand edit) does not fail `score`:
     it says which file, and the reasons are measured as without one."""
     identity = ("churn-telco", "2", "sha-of-files")
-    attribution = reasons.Attribution(
-        reasons.SURROGATE, np.array([0.5, -1.0]), 0.1, np.array([1.0, 0.0]), ("tenure", "Contract")
+    attribution = stored_attribution.Attribution(
+        stored_attribution.SURROGATE,
+        np.array([0.5, -1.0]),
+        0.1,
+        np.array([1.0, 0.0]),
+        ("tenure", "Contract"),
     )
-    reasons.save_attribution(tmp_path, identity, attribution)
-    assert reasons.load_attribution(tmp_path, identity).baseline_log_odds == pytest.approx(0.6)
-    stored = tmp_path / reasons.STORED
+    stored_attribution.save_attribution(tmp_path, identity, attribution)
+    assert stored_attribution.load_attribution(
+        tmp_path, identity
+    ).baseline_log_odds == pytest.approx(0.6)
+    stored = tmp_path / stored_attribution.STORED
     text = stored.read_text()
     for damaged in (text[:40], text.replace("[1.0, 0.0]", "[1.0]"), "{}"):
         stored.write_text(damaged)
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger=reasons.__name__):
-            assert reasons.load_attribution(tmp_path, identity) is None
+            assert stored_attribution.load_attribution(tmp_path, identity) is None
         assert f"{stored} is unreadable" in caplog.text
 
 

@@ -9,8 +9,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from churn_platform import checks
-from churn_platform.core import reasons, tracking
 from churn_platform.core import scoring as core_scoring
+from churn_platform.core import tracking
+from churn_platform.core.attribution import save_attribution
 from churn_platform.io_managers import StagedParquet, staged_versions
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.resources import SPARK_POOL, OpsLogResource, StateResource
@@ -99,7 +100,7 @@ def churn_scores(
         result.frame.write.mode("error").parquet(str(path))
         summary = result.summary()
         # `score` explains a file's customers with these reasons' reference and surrogate.
-        reasons.save_attribution(path, core_scoring.model_identity(version), result.attribution)
+        save_attribution(path, core_scoring.model_identity(version), result.attribution)
     rows, unseen, excluded = summary["rows"], summary["unseen_by_column"], summary["excluded"]
     ops_log.log().event(
         "inference.batch.completed",

@@ -10,7 +10,8 @@ fidelity (R² against the champion's log-odds over every scored customer) is mea
 scores are written (`fidelity_aggregates`). One-hot slots are summed back into the column they
 encode, so a reason reads `Contract = Month-to-month`, never one slot of it. The batch scores
 keep the attribution they were explained with (`save_attribution`): a file scored later by the
-same model is explained the same way, without the reference's and the surrogate's Spark jobs.
+same model is explained the same way, without the reference's and the surrogate's Spark jobs
+(`core.attribution`).
 
 Everything is a Spark column expression without higher-order functions (a lambda makes Spark
 interpret the whole expression under it row by row instead of compiling it).
@@ -19,11 +20,9 @@ interpret the whole expression under it row by row instead of compiling it).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +34,7 @@ from pyspark.ml.stat import Summarizer
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from churn_platform.core.attribution import EXACT, SURROGATE, Attribution
 from churn_platform.core.columns import FEATURES_COL, PROBABILITY_COL
 from churn_platform.core.encoding import (
     SLOTS_COL,
@@ -48,7 +48,6 @@ from churn_platform.core.models.stages import DropColumns, PositiveProbability, 
 LOG = logging.getLogger(__name__)
 REASONS_COL = "reasons"
 TOP_REASONS = 3
-EXACT, SURROGATE = "exact", "surrogate"
 # The surrogate is fitted on at most this many scored customers (its R² is measured on all).
 SURROGATE_MAX_ROWS = 200_000
 # The reference customer is the mean of at most this many reference rows (a stable hash sample
@@ -59,82 +58,9 @@ SURROGATE_REG_PARAM = 1e-3
 # Tree leaves give probabilities of exactly 0 or 1; their log-odds are clipped to +-6.9.
 LOGIT_CLIP = 1e-3
 _FIDELITY = "fidelity:"
-# Beside a scores version: the attribution its reasons came from, and the model it explains.
-STORED = "_reasons.json"
 # The arrays reasons are read from (`inputs`): contributions, and values as text or number.
 PARTS, TEXTS, NUMBERS = "__reason_parts", "__reason_texts", "__reason_numbers"
 _LOGGED = "__reasons_logged"
-
-
-@dataclass(frozen=True)
-class Attribution:
-    """A linear log-odds model over the feature vector and the reference customer's vector."""
-
-    method: str
-    coefficients: np.ndarray
-    intercept: float
-    reference: np.ndarray
-    slot_columns: tuple[str, ...]
-    fidelity_r2: float | None = None
-    # Vector slots the model also reads on a signed log scale (`stages.SignedLog`), in the order
-    # their terms follow the vector's own: coefficients, reference and slot_columns hold them too.
-    logged: tuple[int, ...] = ()
-
-    @property
-    def baseline_log_odds(self) -> float:
-        """The reference customer's log-odds: every customer's contributions start from here."""
-        return float(self.intercept + self.coefficients @ self.reference)
-
-    def metadata(self) -> dict[str, Any]:
-        described = {"reasons_method": self.method, "baseline_log_odds": self.baseline_log_odds}
-        if self.fidelity_r2 is not None:
-            described["reasons_surrogate_r2"] = self.fidelity_r2
-        return described
-
-
-def save_attribution(folder: Path, model: Sequence[str], attribution: Attribution) -> None:
-    """Store `attribution` beside the scores in `folder` (Spark skips `_` files), with the
-    model it explains: `model_identity`'s (name, version, file hash)."""
-    stored = {
-        "model": list(model),
-        "method": attribution.method,
-        "coefficients": attribution.coefficients.tolist(),
-        "intercept": attribution.intercept,
-        "reference": attribution.reference.tolist(),
-        "slot_columns": list(attribution.slot_columns),
-        "logged": list(attribution.logged),
-    }
-    (folder / STORED).write_text(json.dumps(stored))
-
-
-def load_attribution(folder: Path | None, model: Sequence[str]) -> Attribution | None:
-    """The attribution stored beside the scores in `folder`, if it explains `model` (else None:
-    scores of an earlier champion, or written before attributions were stored). A file that
-    does not read as one (damaged, edited) is reported and the reasons are measured again."""
-    path = folder / STORED if folder is not None else None
-    if path is None or not path.is_file():
-        return None
-    try:
-        stored = json.loads(path.read_text())
-        if stored["model"] != list(model):
-            return None
-        attribution = Attribution(
-            stored["method"],
-            np.array(stored["coefficients"], dtype=float),
-            float(stored["intercept"]),
-            np.array(stored["reference"], dtype=float),
-            tuple(stored["slot_columns"]),
-            logged=tuple(stored["logged"]),
-        )
-        slots = len(attribution.slot_columns)
-        if attribution.coefficients.shape != (slots,) or attribution.reference.shape != (slots,):
-            raise ValueError(f"{slots} slot columns, vectors of {attribution.coefficients.shape}")
-    except (ValueError, KeyError, TypeError) as exc:
-        LOG.warning(
-            "%s is unreadable (%s: %s): reasons are measured again", path, type(exc).__name__, exc
-        )
-        return None
-    return attribution
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 
 from churn_platform.config import DatasetSpec
 from churn_platform.core import cleaning, output_files, reasons, sources, tracking
+from churn_platform.core.attribution import load_attribution
 from churn_platform.core.columns import BATCH_COL, BATCH_ORDER_COL
 from churn_platform.core.input_files import check_input_columns, score_source
 from churn_platform.core.scoring import (
@@ -84,7 +85,7 @@ def score_file(
             )
             settling = pool.submit(cleaned.settled)
             model, version = champion.result()
-            stored = reasons.load_attribution(batch_scores, model_identity(version))
+            stored = load_attribution(batch_scores, model_identity(version))
             measured = reference() if reference is not None and stored is None else None
 
             def scored(rows: cleaning.CleanResult) -> Scores:

@@ -22,6 +22,7 @@ from pyspark.sql.utils import is_remote
 
 from churn_platform.config import DatasetSpec
 from churn_platform.core import reasons, tracking
+from churn_platform.core.attribution import Attribution
 from churn_platform.core.columns import (
     FOLD_COL,
     LABEL_COL,
@@ -175,7 +176,7 @@ class Scores:
     """
 
     frame: DataFrame
-    attribution: reasons.Attribution
+    attribution: Attribution
     cuts: TierCuts
     categories: dict[str, tuple[str, ...]]
     observation: Observation
@@ -253,7 +254,7 @@ def _classified(
     model: PipelineModel,
     encoding: Encoding,
     engineered: DataFrame,
-    explained: reasons.Attribution | None = None,
+    explained: Attribution | None = None,
 ) -> tuple[DataFrame, list[tuple[str, str]]]:
     """`engineered` with `churn_probability`, and the `explained` attribution's
     `reasons.linear_terms` as columns: (dataset column, term column) for each.
@@ -300,7 +301,7 @@ def score_customers(
     policy: ScoringPolicy,
     reference: DataFrame | None = None,
     population: Column | None = None,
-    attribution: reasons.Attribution | None = None,
+    attribution: Attribution | None = None,
 ) -> Scores:
     """Scores of the cleaned customers `population` selects (all without it), as one lazy frame.
 
@@ -312,8 +313,8 @@ def score_customers(
     are measured against (the training split); without it, those scored. Before the frame is
     written this runs a few small jobs: the imputation values, the reference's mean, and for a
     non-linear champion the surrogate's fit on a bounded sample. A stored `attribution` of this
-    model (`reasons.load_attribution`) replaces the last two: the reasons of a few customers
-    read as the batch scores' do, and the surrogate's R² is measured on them.
+    model (`core.attribution.load_attribution`) replaces the last two: the reasons of a few
+    customers read as the batch scores' do, and the surrogate's R² is measured on them.
     """
     name, version, threshold = model_version
     cuts = tier_cuts(threshold, policy)
