@@ -49,7 +49,7 @@ mlflow-ui: install
 lint: install
 	$(BIN)/python -m ruff check churn_platform churn_platform_tests benchmarks
 	$(BIN)/python -m ruff format --check churn_platform churn_platform_tests benchmarks
-	$(BIN)/lint-imports
+	$(BIN)/lint-imports --no-cache
 
 bench: install
 	$(BIN)/python benchmarks/accuracy.py
