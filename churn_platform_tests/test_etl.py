@@ -12,6 +12,7 @@ from churn_platform.config import DatasetSpec, SourceSpec, TargetSpec, load_spec
 from churn_platform.core import cleaning, features, sources
 from churn_platform.core.columns import (
     BATCH_COL,
+    BATCH_ORDER_COL,
     DETAIL_COL,
     DUPLICATE_ID,
     FEATURES_COL,
@@ -269,6 +270,26 @@ def test_roles_are_inferred_when_the_spec_has_none(spark, tmp_path):
     built = features.build_features(result.cleaned, spec)
     assert built.numeric == ["spend"] and built.categorical == ["plan"]
     assert built.pipeline.transform(built.features).select(FEATURES_COL).count() == 2
+
+
+def test_customers_to_score_need_neither_the_target_nor_the_dropped_columns(spark, tmp_path):
+    """New customers have no outcome yet, nor the columns a spec drops (leakage such as a churn
+    reason): `score` checks for `scoring_columns` and the cleaning asks for no more."""
+    path = _write(tmp_path / "new.csv", ["id,plan,spend", "a,gold,1.5", "b,basic,2"])
+    spec = DatasetSpec(
+        name="generic",
+        sources=(SourceSpec("s", "csv", str(path)),),
+        id_column="id",
+        target=TargetSpec("left", "1", "0"),
+        drop=("churn_reason",),
+    )
+    read = sources.read_source(spark, SourceSpec("new", "csv", str(path))).frame
+    raw = read.withColumn(BATCH_COL, F.lit("score")).withColumn(
+        BATCH_ORDER_COL, F.lit(0).cast("long")
+    )
+    result = cleaning.clean_customers(raw, spec, require_target=False)
+    assert spec.scoring_columns == ("id",)
+    assert result.counts["rows_out"] == 2 and result.categorical == ["plan"]
 
 
 def test_engineered_features(spark, tmp_path):

@@ -231,8 +231,7 @@ def clean_customers(
     if require_target or has_target:
         require_columns(raw, spec, f"raw batch(es) of {spec.name}")
     else:
-        missing = [c for c in spec.declared_columns if c not in raw.columns]
-        missing.remove(spec.target.column)
+        missing = [c for c in spec.scoring_columns if c not in raw.columns]
         if missing:
             raise InputDataError(f"input lacks column(s) {missing} named in the dataset spec")
     numeric, categorical = infer_roles(raw, spec)
