@@ -63,18 +63,22 @@ def check_score_header(source: SourceSpec, spec: DatasetSpec) -> None:
     check_input_columns(names, spec.scoring_columns)
 
 
-def _check_parquet_files(path: Path) -> None:
-    """Each data file of a Parquet input (a file, or a folder's files but Spark's hidden `_`
-    and `.` ones) starts and ends with Parquet's magic bytes."""
-    files = (
-        [path]
-        if path.is_file()
-        else sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file() and not any(part[0] in "_." for part in p.relative_to(path).parts)
-        )
+def data_files(path: Path) -> list[Path]:
+    """The files a Spark scan of `path` reads: the file itself, or a folder's files but those
+    Spark hides (any part of the path below the folder starting with `_` or `.`)."""
+    if path.is_file():
+        return [path]
+    return sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and not any(part[0] in "_." for part in p.relative_to(path).parts)
     )
+
+
+def _check_parquet_files(path: Path) -> None:
+    """Each data file of a Parquet input (`data_files`) starts and ends with Parquet's magic
+    bytes."""
+    files = data_files(path)
     if not files:
         raise InputDataError(f"{path}: no data files in the folder")
     for file in files:

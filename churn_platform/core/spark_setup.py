@@ -15,6 +15,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql.utils import is_remote
 
 from churn_platform.core import jvm_archive
+from churn_platform.core.input_files import data_files
 from churn_platform.settings import Settings
 
 POSTGRES_JDBC_JAR = Path("/usr/share/java/postgresql.jar")
@@ -133,13 +134,7 @@ def _local_files(spark: SparkSession, uris: Iterable[str]) -> list[Path] | None:
         parsed = urlparse(str(uri))
         if parsed.scheme not in ("", "file"):
             return None
-        path = Path(unquote(parsed.path))
-        if path.is_dir():
-            files.extend(
-                f for f in path.rglob("*") if f.is_file() and not f.name.startswith((".", "_"))
-            )
-        elif path.is_file():
-            files.append(path)
+        files.extend(data_files(Path(unquote(parsed.path))))
     return files
 
 
