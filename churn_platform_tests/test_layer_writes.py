@@ -1,12 +1,12 @@
-"""The cleaned layer's write: quarantine written only as needed, yet always complete, and the
-distinct-id count behind the unique-ids check."""
+"""The cleaned layer's write: quarantine written only as needed, yet always complete, the
+distinct-id count behind the unique-ids check, and the fingerprint the feature layer reuses."""
 
 from pathlib import Path
 
 from pyspark.sql import SparkSession
 
 from churn_platform.config import SourceSpec, load_spec
-from churn_platform.core import cleaning, quality, sources
+from churn_platform.core import cleaning, features, quality, sources
 from churn_platform.core.columns import (
     DUPLICATE_ID,
     LINE_COL,
@@ -71,3 +71,22 @@ def test_distinct_ids_counts_repeats_and_skips_nulls(spark) -> None:
         assert quality.distinct_ids(frame.limit(0), "id", rows) == 0
     many = spark.range(5000).selectExpr("CAST(id % 4000 AS STRING) AS id")
     assert quality.distinct_ids(many, "id", 5000) == quality.distinct_ids(many, "id") == 4000
+
+
+def test_feature_layer_reuses_the_fingerprint_the_cleaned_write_recorded(spark, tmp_path) -> None:
+    """The feature layer's version follows the cleaned content: the fingerprint the cleaned
+    write recorded equals the one hashed from the rows again, and a record of other columns
+    is not trusted."""
+    lines = [TELCO_HEADER, telco_row("1"), telco_row("2", churn="Yes"), telco_row("3")]
+    result = _clean(spark, tmp_path, lines)
+    spec = load_spec(DEFAULT_SPEC, tmp_path)
+    written = spark.read.parquet(str(tmp_path / "cleaned"))
+    reused = features.build_features(written, spec)
+    in_memory = spark.createDataFrame(written.collect(), written.schema)
+    hashed = features.build_features(in_memory, spec)
+    assert reused.known_fingerprint == result.fingerprint
+    assert "fingerprint:n" not in reused.stats
+    assert hashed.known_fingerprint is None
+    assert hashed.cleaned_fingerprint == reused.cleaned_fingerprint == result.fingerprint
+    quality.record_fingerprint(tmp_path / "cleaned", ["customerID"], "stale")
+    assert features.build_features(written, spec).known_fingerprint is None

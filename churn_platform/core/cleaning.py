@@ -62,6 +62,8 @@ REASONS = (
 QUARANTINE_COLS = (REASON_COL, DETAIL_COL, SOURCE_COL, FILE_COL, LINE_COL, BATCH_COL)
 # Where the cleaned frame's own columns (id, label, typed values) sit in the cached frame.
 _TYPED = "__typed__"
+# The kept rows' content hash as a column: the fingerprint's three aggregates share it.
+_ROW_HASH = "_row_hash"
 
 
 @dataclass
@@ -87,6 +89,7 @@ class CleanResult(quality.LayerResult):
         if one repeats, the cleaned rows are written again through the window, whose result
         is returned. Quarantine is a second pass over the raw rows only when the first found
         rows to quarantine; otherwise its (empty) table is written without reading anything.
+        The content fingerprint is recorded beside the cleaned rows for the feature layer.
         """
         observed, observation = quality.observed(self.marked, self.aggregates)
         observed.where(F.col("_kept")).select(*self.cleaned.columns).write.mode("error").parquet(
@@ -102,6 +105,7 @@ class CleanResult(quality.LayerResult):
         rows = self.quarantined if quarantined else self.quarantined.limit(0)
         rows.write.mode("error").parquet(str(quarantine_path))
         self._stats = stats
+        quality.record_fingerprint(cleaned_path, self.content, self.fingerprint)
         return self
 
     def settled(self) -> CleanResult:
@@ -355,6 +359,7 @@ def _plan(
         F.col(REASON_COL).alias("_reason"),
     )
     kept = F.col("_kept")
+    view = view.withColumn(_ROW_HASH, F.when(kept, quality.row_hash(content)))
     counting = [
         F.count(F.lit(1)).alias("rows_in"),
         F.sum(kept.cast("long")).alias("rows_out"),
@@ -368,7 +373,7 @@ def _plan(
             for c in keep_numeric
         ],
         *quality.quality_aggregates(content, LABEL_COL, where=kept),
-        *quality.fingerprint_aggregates(content, where=kept),
+        *quality.fingerprint_aggregates(F.col(_ROW_HASH)),
         *(quality.schema_aggregates(layer_schema, where=kept) if layer_schema else []),
     ]
     return CleanResult(

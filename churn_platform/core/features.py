@@ -187,6 +187,7 @@ class FeatureResult(quality.LayerResult):
 
     features: DataFrame
     pipeline: PipelineModel
+    known_fingerprint: str | None = None
 
     @property
     def vector_size(self) -> int:
@@ -209,8 +210,9 @@ class FeatureResult(quality.LayerResult):
 
     @property
     def cleaned_fingerprint(self) -> str:
-        """Fingerprint of the cleaned content the table was built from."""
-        return quality.fingerprint(self.content, self.stats)
+        """Fingerprint of the cleaned content the table was built from: as the cleaned layer
+        recorded it, else hashed from the rows during the write."""
+        return self.known_fingerprint or quality.fingerprint(self.content, self.stats)
 
     @property
     def split_counts(self) -> dict[str, int]:
@@ -231,8 +233,9 @@ def build_features(
 
     The pipeline's fit reads the training rows (a few jobs over the stored cleaned columns):
     with `fit_max_rows` (the training row cap, `cap_training_rows`) only the rows the models
-    are trained on, so its cost stops growing with the data. The split counts, checks and the
-    cleaned content's fingerprint are aggregates that `write` observes.
+    are trained on, so its cost stops growing with the data. The split counts and checks are
+    aggregates that `write` observes, as is the cleaned content's fingerprint unless the cleaned
+    layer recorded it (hashing 10M rows again cost 3.7 s of a 25 s write).
     """
     content = [c for c in cleaned.columns if c not in (BATCH_COL, BATCH_ORDER_COL)]
     # The batch order stays (out-of-time validation trains on older batches); the name goes.
@@ -245,6 +248,7 @@ def build_features(
         for split in ("train", "test")
         for value, name in ((1, "churn"), (0, "stay"))
     ]
+    known = quality.recorded_fingerprint(cleaned, content)
     fitted_on = cap_training_rows(engineered, spec, fit_max_rows)
     pipeline = fit_feature_pipeline(
         fitted_on.where(F.col(SPLIT_COL) == "train"), numeric, categorical
@@ -259,8 +263,9 @@ def build_features(
         aggregates=[
             *splits,
             *quality.quality_aggregates([], None),
-            *quality.fingerprint_aggregates(content),
+            *([] if known else quality.fingerprint_aggregates(quality.row_hash(content))),
             *(quality.schema_aggregates(schema) if schema else []),
         ],
         schema=schema,
+        known_fingerprint=known,
     )

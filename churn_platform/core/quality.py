@@ -9,10 +9,13 @@ the aggregate the layer computes anyway, next to row counts, null rates and the 
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandera.pyspark as pa
@@ -22,6 +25,7 @@ from pyspark.sql import functions as F
 HASH_MODULUS = 1_000_000_007
 # Up to this many rows a layer's ids are checked on the driver (160 MB of hashes at most).
 DRIVER_DISTINCT_MAX_ROWS = 20_000_000
+FINGERPRINT_FILE = "_FINGERPRINT.json"
 
 
 def observed(frame: DataFrame, aggregates: Sequence[Column]) -> tuple[DataFrame, Observation]:
@@ -177,16 +181,19 @@ class LayerResult:
         return row
 
 
-def fingerprint_aggregates(columns: Sequence[str], where: Column | None = None) -> list[Column]:
-    """Order-free row hashes of `columns` (sorted by name): equal content, equal fingerprint."""
-    ordered = sorted(columns)
-    row_hash = F.xxhash64(*[F.col(f"`{c}`") for c in ordered])
-    if where is not None:
-        row_hash = F.when(where, row_hash)
+def row_hash(columns: Sequence[str]) -> Column:
+    """A row's hash of `columns` (sorted by name), the fingerprint's unit."""
+    return F.xxhash64(*[F.col(f"`{c}`") for c in sorted(columns)])
+
+
+def fingerprint_aggregates(hashes: Column) -> list[Column]:
+    """Order-free sums of the row hashes (`row_hash`; null rows skipped): equal content, equal
+    fingerprint. Spark's observed aggregates evaluate each expression apart, so a hash used by
+    all three is better a column of the observed frame (computed once per row)."""
     return [
-        F.count(row_hash).alias("fingerprint:n"),
-        F.sum(F.pmod(row_hash, F.lit(HASH_MODULUS))).alias("fingerprint:h1"),  # no overflow
-        F.bit_xor(row_hash).alias("fingerprint:h2"),
+        F.count(hashes).alias("fingerprint:n"),
+        F.sum(F.pmod(hashes, F.lit(HASH_MODULUS))).alias("fingerprint:h1"),  # no overflow
+        F.bit_xor(hashes).alias("fingerprint:h2"),
     ]
 
 
@@ -197,3 +204,25 @@ def fingerprint(columns: Sequence[str], row: Mapping[str, Any]) -> str:
         f"{row['fingerprint:h2']}"
     )
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def record_fingerprint(folder: Path, columns: Sequence[str], value: str) -> None:
+    """Store a written layer's content fingerprint in its folder, for the next layer to reuse
+    (`recorded_fingerprint`) instead of hashing every row again. Spark's readers skip `_` files."""
+    text = json.dumps({"columns": sorted(columns), "fingerprint": value})
+    (folder / FINGERPRINT_FILE).write_text(text + "\n")
+
+
+def recorded_fingerprint(frame: DataFrame, columns: Sequence[str]) -> str | None:
+    """The fingerprint of `columns` recorded in the one folder `frame` reads, if there is one."""
+    uris = [urlparse(f) for f in frame.inputFiles()]
+    if any(u.scheme not in ("", "file") for u in uris):
+        return None
+    folders = {Path(unquote(u.path)).parent for u in uris}
+    if len(folders) != 1:
+        return None
+    stored = folders.pop() / FINGERPRINT_FILE
+    if not stored.is_file():
+        return None
+    record = json.loads(stored.read_text())
+    return record["fingerprint"] if record.get("columns") == sorted(columns) else None
