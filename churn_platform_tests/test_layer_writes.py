@@ -75,8 +75,8 @@ def test_distinct_ids_counts_repeats_and_skips_nulls(spark) -> None:
 
 def test_feature_layer_reuses_the_fingerprint_the_cleaned_write_recorded(spark, tmp_path) -> None:
     """The feature layer's version follows the cleaned content: the fingerprint the cleaned
-    write recorded equals the one hashed from the rows again, and a record of other columns
-    is not trusted."""
+    write recorded equals the one hashed from the rows again; it is not trusted for a filtered
+    read of the folder or for a record of other columns."""
     lines = [TELCO_HEADER, telco_row("1"), telco_row("2", churn="Yes"), telco_row("3")]
     result = _clean(spark, tmp_path, lines)
     spec = load_spec(DEFAULT_SPEC, tmp_path)
@@ -88,5 +88,8 @@ def test_feature_layer_reuses_the_fingerprint_the_cleaned_write_recorded(spark, 
     assert "fingerprint:n" not in reused.stats
     assert hashed.known_fingerprint is None
     assert hashed.cleaned_fingerprint == reused.cleaned_fingerprint == result.fingerprint
+    fewer = features.build_features(written.where("customerID != '3'"), spec)
+    assert fewer.known_fingerprint is None
+    assert fewer.cleaned_fingerprint != result.fingerprint
     quality.record_fingerprint(tmp_path / "cleaned", ["customerID"], "stale")
     assert features.build_features(written, spec).known_fingerprint is None

@@ -21,6 +21,7 @@ import numpy as np
 import pandera.pyspark as pa
 from pyspark.sql import Column, DataFrame, Observation
 from pyspark.sql import functions as F
+from pyspark.sql.utils import is_remote
 
 HASH_MODULUS = 1_000_000_007
 # Up to this many rows a layer's ids are checked on the driver (160 MB of hashes at most).
@@ -214,7 +215,13 @@ def record_fingerprint(folder: Path, columns: Sequence[str], value: str) -> None
 
 
 def recorded_fingerprint(frame: DataFrame, columns: Sequence[str]) -> str | None:
-    """The fingerprint of `columns` recorded in the one folder `frame` reads, if there is one."""
+    """The fingerprint of `columns` recorded in the one folder `frame` reads, if there is one
+    and `frame` is that folder as read (a filter or projection would change its content)."""
+    if is_remote():
+        return None
+    plan = frame._jdf.queryExecution().analyzed()  # noqa: SLF001
+    if plan.getClass().getSimpleName() != "LogicalRelation":
+        return None
     uris = [urlparse(f) for f in frame.inputFiles()]
     if any(u.scheme not in ("", "file") for u in uris):
         return None
