@@ -10,7 +10,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 
 from churn_platform.config import DatasetSpec
-from churn_platform.core.input_files import InputDataError, has_data_line, read_csv_header
+from churn_platform.core.input_files import InputDataError, read_csv_head
 from churn_platform.partitions import DATA_LAYER_KEYS, RAW_CUSTOMERS, ingest_batches
 from churn_platform.resources import StateResource
 from churn_platform.settings import Settings
@@ -34,8 +34,9 @@ def validate_inbox_file(path: Path, spec: DatasetSpec) -> str | None:
             if pq.ParquetFile(path).metadata.num_rows == 0:
                 return "the file has no rows"
         else:
-            columns = set(read_csv_header(path, spec.sources[0].delimiter))
-            if not has_data_line(path):
+            names, has_data = read_csv_head(path, spec.sources[0].delimiter)
+            columns = set(names)
+            if not has_data:
                 return "the file has a header but no data rows"
     except (InputDataError, OSError, ValueError) as exc:
         return str(exc)

@@ -116,7 +116,20 @@ def _leading_lines(path: Path, count: int) -> tuple[list[bytes], bool]:
 def read_csv_header(path: Path, delimiter: str) -> list[str]:
     """Column names from the first line; a UTF-8 BOM and CR LF or CR line ends are accepted."""
     (first,), cut = _leading_lines(path, 1)
-    if cut:
+    return _header_names(path, first, cut, delimiter)
+
+
+def read_csv_head(path: Path, delimiter: str) -> tuple[list[str], bool]:
+    """`read_csv_header`'s names and whether the next line holds anything but blanks, from
+    one read of the file's first bytes (the inbox refuses a header without data)."""
+    lines, cut = _leading_lines(path, 2)
+    names = _header_names(path, lines[0], cut and len(lines) == 1, delimiter)
+    return names, len(lines) == 2 and bool(lines[1].decode("utf-8", errors="replace").strip())
+
+
+def _header_names(path: Path, first: bytes, cut: bool, delimiter: str) -> list[str]:
+    """The checked column names of a header line (`cut`: the read stopped inside it)."""
+    if cut or len(first) > HEADER_MAX_BYTES:
         raise InputDataError(f"{path}: line 1 (header) is longer than {HEADER_MAX_BYTES} bytes")
     if not first.strip():
         raise InputDataError(f"{path}: the file is empty (no header line)")
@@ -130,12 +143,6 @@ def read_csv_header(path: Path, delimiter: str) -> list[str]:
         raise InputDataError(f"{path}: the header has blank or repeated column names: {names}")
     refuse_case_duplicates(names, str(path))
     return names
-
-
-def has_data_line(path: Path) -> bool:
-    """Whether the line after the header holds anything but blanks."""
-    lines, _ = _leading_lines(path, 2)
-    return len(lines) == 2 and bool(lines[1].decode("utf-8", errors="replace").strip())
 
 
 def refuse_case_duplicates(names: Sequence[str], where: str) -> None:
