@@ -257,14 +257,20 @@ def test_newest_batch_wins_and_older_records_are_superseded(spark, tmp_path):
     assert result.quarantined.count() == 0
 
 
-def test_roles_are_inferred_when_the_spec_has_none(spark, tmp_path):
-    path = _write(tmp_path / "g.csv", ["id,plan,spend,left", "a,gold,1.5,1", "b,basic,,0"])
-    spec = DatasetSpec(
+def _generic_spec(path: Path, drop: tuple[str, ...] = ()) -> DatasetSpec:
+    """A spec without roles: an id, a 0/1 target `left`, everything else inferred."""
+    return DatasetSpec(
         name="generic",
         sources=(SourceSpec("s", "csv", str(path)),),
         id_column="id",
         target=TargetSpec("left", "1", "0"),
+        drop=drop,
     )
+
+
+def test_roles_are_inferred_when_the_spec_has_none(spark, tmp_path):
+    path = _write(tmp_path / "g.csv", ["id,plan,spend,left", "a,gold,1.5,1", "b,basic,,0"])
+    spec = _generic_spec(path)
     result = cleaning.clean_customers(_read(spark, spec, path), spec)
     assert result.numeric == ["spend"] and result.categorical == ["plan"]
     built = features.build_features(result.cleaned, spec)
@@ -276,13 +282,7 @@ def test_customers_to_score_need_neither_the_target_nor_the_dropped_columns(spar
     """New customers have no outcome yet, nor the columns a spec drops (leakage such as a churn
     reason): `score` checks for `scoring_columns` and the cleaning asks for no more."""
     path = _write(tmp_path / "new.csv", ["id,plan,spend", "a,gold,1.5", "b,basic,2"])
-    spec = DatasetSpec(
-        name="generic",
-        sources=(SourceSpec("s", "csv", str(path)),),
-        id_column="id",
-        target=TargetSpec("left", "1", "0"),
-        drop=("churn_reason",),
-    )
+    spec = _generic_spec(path, drop=("churn_reason",))
     read = sources.read_source(spark, SourceSpec("new", "csv", str(path))).frame
     raw = read.withColumn(BATCH_COL, F.lit("score")).withColumn(
         BATCH_ORDER_COL, F.lit(0).cast("long")
