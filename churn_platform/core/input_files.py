@@ -13,6 +13,7 @@ import io
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from churn_platform.config import DatasetSpec, SourceSpec
 
@@ -73,6 +74,13 @@ def data_files(path: Path) -> list[Path]:
         for p in path.rglob("*")
         if p.is_file() and not any(part[0] in "_." for part in p.relative_to(path).parts)
     )
+
+
+def local_path(uri: str) -> Path | None:
+    """The path of a Spark file URI (`DataFrame.inputFiles()`) on this machine's file system,
+    or None for another file system."""
+    parsed = urlparse(uri)
+    return Path(unquote(parsed.path)) if parsed.scheme in ("", "file") else None
 
 
 def _check_parquet_files(path: Path) -> None:

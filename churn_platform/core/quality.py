@@ -15,13 +15,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandera.pyspark as pa
 from pyspark.sql import Column, DataFrame, Observation
 from pyspark.sql import functions as F
 from pyspark.sql.utils import is_remote
+
+from churn_platform.core.input_files import local_path
 
 HASH_MODULUS = 1_000_000_007
 # Up to this many rows a layer's ids are checked on the driver (160 MB of hashes at most).
@@ -222,11 +223,9 @@ def recorded_fingerprint(frame: DataFrame, columns: Sequence[str]) -> str | None
     plan = frame._jdf.queryExecution().analyzed()  # noqa: SLF001
     if plan.getClass().getSimpleName() != "LogicalRelation":
         return None
-    uris = [urlparse(f) for f in frame.inputFiles()]
-    if any(u.scheme not in ("", "file") for u in uris):
-        return None
-    folders = {Path(unquote(u.path)).parent for u in uris}
-    if len(folders) != 1:
+    paths = [local_path(f) for f in frame.inputFiles()]
+    folders = {p.parent for p in paths if p is not None}
+    if None in paths or len(folders) != 1:
         return None
     stored = folders.pop() / FINGERPRINT_FILE
     if not stored.is_file():

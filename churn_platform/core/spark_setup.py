@@ -9,13 +9,12 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from pyspark.sql import SparkSession
 from pyspark.sql.utils import is_remote
 
 from churn_platform.core import jvm_archive
-from churn_platform.core.input_files import data_files
+from churn_platform.core.input_files import data_files, local_path
 from churn_platform.settings import Settings
 
 POSTGRES_JDBC_JAR = Path("/usr/share/java/postgresql.jar")
@@ -131,10 +130,10 @@ def _local_files(spark: SparkSession, uris: Iterable[str]) -> list[Path] | None:
         return None
     files: list[Path] = []
     for uri in uris:
-        parsed = urlparse(str(uri))
-        if parsed.scheme not in ("", "file"):
+        path = local_path(str(uri))
+        if path is None:
             return None
-        files.extend(data_files(Path(unquote(parsed.path))))
+        files.extend(data_files(path))
     return files
 
 
