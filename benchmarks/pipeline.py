@@ -482,13 +482,17 @@ def summary(rows: int, runs: Mapping[str, Run]) -> dict[str, Any]:
     """The --json line: platform throughput and peak memory, and the three totals."""
     platform = runs["platform"]
     etl_seconds = sum(platform.seconds(layer) for layer in ETL_LAYERS)
+
+    def per_second(seconds: float) -> float | None:  # None for a layer the run left out
+        return round(rows / seconds, 1) if seconds >= 0.05 else None
+
     return {
         "rows": rows,
         "platform_s": round(platform.total, 2),
         "pyspark_s": round(runs["pyspark"].total, 2) if "pyspark" in runs else None,
         "pandas_s": round(runs["pandas"].total, 2) if "pandas" in runs else None,
-        "etl_rows_per_s": round(rows / etl_seconds, 1),
-        "score_rows_per_s": round(rows / platform.seconds("scoring"), 1),
+        "etl_rows_per_s": per_second(etl_seconds),
+        "score_rows_per_s": per_second(platform.seconds("scoring")),
         "peak_rss_mb": round(platform.peak_total_mb, 1),
     }
 

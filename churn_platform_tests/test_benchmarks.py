@@ -133,3 +133,18 @@ def test_memory_sampler_counts_a_child_that_has_not_exec_d_once(
     assert sampler.samples
     assert min(s.driver for s in sampler.samples) > 250 * 2**20
     assert max(s.jvm for s in sampler.samples) < 50 * 2**20
+
+
+def test_json_summary_of_a_data_only_run_has_no_scoring_rate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--data-only --json` ends with its summary line: a run without a scoring step has no
+    scoring rate (it divided by zero and lost the run's table)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    pipeline = importlib.import_module("pipeline")
+    steps = {"raw_customers": (0.0, 10.0), "cleaned_customers": (10.0, 20.0)}
+    run = pipeline.Run("platform", 0.0, 25.0, steps, "", 0.0, [], [], [])
+    line = pipeline.summary(1_000_000, {"platform": run})
+    assert line["etl_rows_per_s"] == 50_000.0
+    assert line["score_rows_per_s"] is None
+    assert json.loads(json.dumps(line)) == line
