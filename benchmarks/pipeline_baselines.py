@@ -97,12 +97,10 @@ def run_pyspark(job: Mapping[str, Any], spec: DatasetSpec, timeline: Timeline) -
     publishing, asset checks and metadata, MLflow logging (curves, importances, model
     artifacts) and loading, registry and promotion, monitoring and audit.
     """
-    from pyspark.sql import functions as F
-
-    from churn_platform.core import evaluation
+    from churn_platform.core import evaluation, reasons
     from churn_platform.core.cleaning import clean_customers
-    from churn_platform.core.columns import FOLD_COL, SPLIT_COL
-    from churn_platform.core.features import assign_split, build_features, cap_training_rows
+    from churn_platform.core.encoding import read_encoding
+    from churn_platform.core.features import build_features, cap_training_rows
     from churn_platform.core.models.fitting import BaseFit, full_model, predict, training_frame
     from churn_platform.core.models.training import fit_model
     from churn_platform.core.scoring import ScoringPolicy, population_filter, score_customers
@@ -127,7 +125,7 @@ def run_pyspark(job: Mapping[str, Any], spec: DatasetSpec, timeline: Timeline) -
     if job["data_only"]:
         return Candidate("-", None, 0.0, math.nan, math.nan)
     summaries: dict[str, dict[str, Any]] = {}
-    models = {}
+    models, references = {}, {}
     # As the ensemble assets do: bases trained earlier in the run are reused, not refitted.
     reusable: dict[str, BaseFit] = {}
     with contextlib.ExitStack() as cached:
@@ -148,6 +146,10 @@ def run_pyspark(job: Mapping[str, Any], spec: DatasetSpec, timeline: Timeline) -
                     "mlflow_run_id": None,
                 }
                 models[kind] = full_model(built.pipeline, fit.model)
+                # As the model assets log it: the reasons' reference from the cached rows.
+                references[kind] = reasons.reference_mean(
+                    models[kind], read_encoding(models[kind]), frame.train
+                )
                 if not KINDS[kind].is_ensemble:
                     reusable[kind] = fit.as_base()
     with timeline.step("champion_model"):
@@ -161,16 +163,15 @@ def run_pyspark(job: Mapping[str, Any], spec: DatasetSpec, timeline: Timeline) -
         )
     with timeline.step("churn_scores"):
         # As assets/scoring.py churn_scores, less the count of customers left out: the
-        # population, reasons measured from the training split (its training_reference).
+        # population, reasons from the reference customer the champion's training measured.
         cleaned = spark.read.parquet(layers["cleaned"])
-        train = assign_split(cleaned, spec).where(F.col(SPLIT_COL) == "train")
         scores = score_customers(
             cleaned.where(population_filter(spec)),
             spec,
             champion.model,
             (spec.model_name, "1", champion.threshold),
             ScoringPolicy(**job["scoring_policy"]),
-            train.drop(SPLIT_COL, FOLD_COL),
+            references[best["model"]],
         )
         scores.frame.write.parquet(job["scores"])
     return champion

@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pipeline import resolved_params
 from pipeline_baselines import (
@@ -53,7 +54,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from churn_platform.config import DatasetSpec, SourceSpec, load_spec
-from churn_platform.core import cleaning, scoring, sources
+from churn_platform.core import cleaning, reasons, scoring, sources
 from churn_platform.core.columns import (
     BATCH_COL,
     BATCH_ORDER_COL,
@@ -61,9 +62,9 @@ from churn_platform.core.columns import (
     LABEL_COL,
     SPLIT_COL,
 )
+from churn_platform.core.encoding import read_encoding
 from churn_platform.core.features import (
     SERVICE_COLUMNS,
-    assign_split,
     build_features,
     engineer_features,
 )
@@ -133,15 +134,18 @@ def clean(spark: SparkSession, spec: DatasetSpec, csv: Path, target: Path) -> Da
 
 def champion(
     spec: DatasetSpec, kind: str, cleaned: DataFrame, train_rows: int
-) -> tuple[PipelineModel, DataFrame]:
+) -> tuple[PipelineModel, np.ndarray | None, DataFrame]:
     """The kind fitted (quick profile) on a hash sample of the customers, as a logged model is
-    (feature stages + classifier); and that sample, for the pandas champion."""
+    (feature stages + classifier), with the reasons' reference customer its training logs; and
+    that sample, for the pandas champion."""
     rows = cleaned.count()
     sample = sampled(cleaned, rows, train_rows, spec.id_column)
     built = build_features(sample, spec)
     with training_frame(built.features, spec.id_column, built.pipeline) as frame:
         fit = fit_model(kind, frame, merged_params(kind, quick=True), DEFAULT_SEED)
-    return full_model(built.pipeline, fit.model), sample
+        model = full_model(built.pipeline, fit.model)
+        reference = reasons.reference_mean(model, read_encoding(model), frame.train)
+    return model, reference, sample
 
 
 def pandas_champion(kind: str, sample: pd.DataFrame, spec: DatasetSpec) -> tuple[Any, Candidate]:
@@ -194,17 +198,18 @@ def platform_path(
     model: PipelineModel,
     cleaned: DataFrame,
     policy: scoring.ScoringPolicy,
+    reference: np.ndarray | None,
     output: Path,
 ) -> dict[str, Any]:
-    """The scoring asset's work: score_customers, one write, the observed statistics."""
-    reference = assign_split(cleaned, spec).where(F.col(SPLIT_COL) == "train")
+    """The scoring asset's work: score_customers from the reference customer training logged,
+    one write, the observed statistics."""
     scores = scoring.score_customers(
         cleaned,
         spec,
         model,
         ("benchmark", "1", THRESHOLD),
         policy,
-        reference.drop(SPLIT_COL, FOLD_COL),
+        reference,
         population=scoring.population_filter(spec),
     )
     scores.frame.write.mode("error").parquet(str(output))
@@ -274,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds, cleaned = timed(jobs, "clean", lambda: clean(spark, spec, csv, work))
         rows = cleaned.where(scoring.population_filter(spec)).count()
         print(f"cleaned layer in {seconds:.1f} s; {rows:,} customers can still churn")
-        seconds, (model, sample) = timed(
+        seconds, (model, reference, sample) = timed(
             jobs, "fit", lambda: champion(spec, args.model, cleaned, args.train_rows)
         )
         model.write().save(str(work / "model"))
@@ -287,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         few = sampled(cleaned, rows, WARM_UP_ROWS, spec.id_column)
         with jobs.group("warm-up"):
             pipeline_path(spec, model, few, policy).write.format("noop").mode("overwrite").save()
-            platform_path(spec, model, few, policy, work / "warm-up")
+            platform_path(spec, model, few, policy, reference, work / "warm-up")
         results: dict[str, float] = {}
         # Today's path as it ran before: the logged model's transform under Spark's default
         # codegen limit; then the same transform under the platform's Spark settings.
@@ -301,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
             lambda: pipeline_write(spec, model, cleaned, policy, work / "pipeline"),
         )[0]
         results["platform"], summary = timed(
-            jobs, "platform", lambda: platform_path(spec, model, cleaned, policy, work / "platform")
+            jobs,
+            "platform",
+            lambda: platform_path(spec, model, cleaned, policy, reference, work / "platform"),
         )
         results["pandas"] = timed(
             jobs,

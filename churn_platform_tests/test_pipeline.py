@@ -15,7 +15,13 @@ import pytest
 
 from churn_platform import cli
 from churn_platform.config import load_spec
+from churn_platform.core import reasons
+from churn_platform.core.attribution import STORED
+from churn_platform.core.encoding import read_encoding
+from churn_platform.core.features import engineer_features
 from churn_platform.core.registry import registry_snapshot
+from churn_platform.core.scoring import training_reference
+from churn_platform.core.tracking import MODEL_ARTIFACT, load_run_model, logged_reference
 from churn_platform.core.versions import current_version
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.settings import load_settings
@@ -123,7 +129,7 @@ def test_scores_file_and_schema_mismatch(pipeline, capsys, tmp_path):
     batch = current_version(load_settings().warehouse / "churn_scores")
     made_by = pq.read_table(batch, columns=["model_version"]).column(0).unique().to_pylist()
     same_model = made_by == [result["model"].rsplit(" v", 1)[1]]
-    assert result["reasons_from"] == ("batch scores" if same_model else "measured now")
+    assert result["reasons_from"] == ("batch scores" if same_model else "training run")
     # As a user runs it: the console script in its own short-lived JVM (C1 compiler, no
     # generated code for a small input) writes the same bytes as the test session's JVM.
     child = tmp_path / "child_scores.csv"
@@ -146,6 +152,26 @@ def test_scores_file_and_schema_mismatch(pipeline, capsys, tmp_path):
     err = capsys.readouterr().err
     assert code != 0
     assert "tenure" in err and "Contract" in err
+
+
+def test_batch_reasons_start_from_the_reference_customer_training_logged(pipeline, spark):
+    """Each training run logs its reference customer, the mean over its training rows: the
+    training split's, as scoring measured it before; the batch scores explain from that one
+    rather than reading the training split again."""
+    settings = load_settings()
+    spec = load_spec(settings.spec_path, settings.home)
+    batch = current_version(settings.warehouse / "churn_scores")
+    stored = json.loads((batch / STORED).read_text())
+    name, number, _ = stored["model"]
+    backend = _mlflow()
+    version = backend.client().get_model_version(name, number)
+    logged = logged_reference(backend, version)
+    assert logged is not None and logged.tolist() == stored["reference"]
+    model = load_run_model(backend, f"runs:/{version.run_id}/{MODEL_ARTIFACT}")
+    encoding = read_encoding(model)
+    cleaned = spark.read.parquet(str(current_version(settings.warehouse / "cleaned_customers")))
+    training = encoding.vectors(engineer_features(training_reference(cleaned, spec), spec))
+    assert logged == pytest.approx(reasons.reference_mean(model, encoding, training), abs=1e-9)
 
 
 def test_a_file_with_a_repeated_id_is_scored_by_its_last_line(pipeline, capsys, tmp_path):

@@ -319,6 +319,48 @@ def test_stored_reasons_that_do_not_read_are_measured_again(
         assert f"{stored} is unreadable" in caplog.text
 
 
+def test_the_reference_customer_logged_with_the_model_is_the_one_measured_on_its_training_rows(
+    telco, tree_champion, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Training logs the mean of its training customers' vectors (`write_reference`); scoring
+    explains from it as given, with the same reference as measuring the training split, and
+    measures again where it does not fit the model (a stored file of another vector size)."""
+    spec, cleaned = telco
+    population = cleaned.where(scoring.population_filter(spec))
+    model_version, policy = ("churn-telco", "2", 0.4), scoring.ScoringPolicy()
+    training = scoring.training_reference(cleaned, spec)
+    encoding = read_encoding(tree_champion)
+    vectors = encoding.vectors(engineer_features(training, spec))
+    stored = tmp_path / stored_attribution.REFERENCE
+    stored_attribution.write_reference(
+        stored, reasons.reference_mean(tree_champion, encoding, vectors), training.count()
+    )
+    logged = stored_attribution.read_reference(stored)
+    assert logged is not None and logged.shape == (len(encoding.slot_columns),)
+
+    given = scoring.score_customers(population, spec, tree_champion, model_version, policy, logged)
+    measured = scoring.score_customers(
+        population, spec, tree_champion, model_version, policy, training
+    )
+    assert given.attribution.reference is logged
+    assert measured.attribution.reference == pytest.approx(logged, abs=1e-12)
+    assert given.attribution.baseline_log_odds == pytest.approx(
+        measured.attribution.baseline_log_odds, abs=1e-9
+    )
+
+    with caplog.at_level(logging.WARNING, logger=scoring.__name__):
+        misfit = scoring.score_customers(
+            population, spec, tree_champion, model_version, policy, logged[:-1]
+        )
+    assert f"a stored reference of {logged.size - 1} slots" in caplog.text
+    scored = reasons.mean_vector(encoding.vectors(engineer_features(population, spec)))
+    assert misfit.attribution.reference == pytest.approx(scored, abs=1e-12)
+    stored.write_text("{}")
+    with caplog.at_level(logging.WARNING, logger=stored_attribution.__name__):
+        assert stored_attribution.read_reference(stored) is None
+    assert f"{stored} is unreadable" in caplog.text
+
+
 def test_tiers_follow_the_decision_threshold_and_the_contact_break_even() -> None:
     cuts = scoring.tier_cuts(0.35, scoring.ScoringPolicy())
     assert (cuts.high, cuts.medium) == (0.35, pytest.approx(0.1))

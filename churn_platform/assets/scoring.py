@@ -86,13 +86,15 @@ def churn_scores(
     settings, spec = state.settings(), state.spec()
     model, version = core_scoring.load_champion(mlflow, spec)
     threshold = tracking.model_threshold(version)
+    # The reasons' reference customer as training measured it, else from the training split.
+    stored = tracking.logged_reference(mlflow, version)
     result = core_scoring.score_customers(
         cleaned_customers,
         spec,
         model,
         (version.name, str(version.version), threshold),
         core_scoring.scoring_policy(settings),
-        core_scoring.training_reference(cleaned_customers, spec),
+        stored if stored is not None else core_scoring.training_reference(cleaned_customers, spec),
         population=core_scoring.population_filter(spec),
     )
     # One pass: the scores are written and their statistics observed by the same job.

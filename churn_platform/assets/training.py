@@ -16,8 +16,10 @@ from dagster_pyspark import PySparkResource
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 
-from churn_platform.core import evaluation, tracking
+from churn_platform.core import evaluation, reasons, tracking
+from churn_platform.core.attribution import REFERENCE, write_reference
 from churn_platform.core.columns import FEATURES_COL, FOLD_COL, LABEL_COL
+from churn_platform.core.encoding import read_encoding
 from churn_platform.core.features import cap_training_rows, feature_roles
 from churn_platform.core.models import ensembles, explain, out_of_time
 from churn_platform.core.models.fitting import (
@@ -164,16 +166,21 @@ def train_and_track(
     numeric, categorical = feature_roles(customer_features.drop(FEATURES_COL), spec)
     input_schema = customer_features.select(*categorical, *numeric).schema
     found = evaluation.curves(test["label"], test["churn_probability"])
+    model = full_model(feature_pipeline, fit.model)
     with tempfile.TemporaryDirectory() as tmp:
         curves = evaluation.plot_curves(found, tmp)
         # Out-of-fold scores without customer ids: monitoring's drift reference for this model.
         reference = Path(tmp) / "oof_scores.parquet"
         fit.oof[[LABEL_COL, FOLD_COL, "churn_probability"]].to_parquet(reference)
+        # The reasons' reference customer, from the cached training rows: scoring reads it.
+        customer = Path(tmp) / REFERENCE
+        mean = reasons.reference_mean(model, read_encoding(model), frame.train)
+        write_reference(customer, mean, frame.train_rows)
         run = tracking.log_training_run(
             mlflow,
             spec,
             model_kind=kind,
-            model=full_model(feature_pipeline, fit.model),
+            model=model,
             params=fit.params,
             metrics={**metrics, "training_seconds": fit_seconds},
             threshold=threshold,
@@ -183,7 +190,7 @@ def train_and_track(
             code_version=CODE_VERSION,
             data_version=fingerprint["features_data_version"],
             git_commit=tracking.git_commit(),
-            artifacts={**curves, "oof_scores": reference},
+            artifacts={**curves, "oof_scores": reference, customer.stem: customer},
             feature_importance=importance,
             tags={
                 "dataset": spec.name,

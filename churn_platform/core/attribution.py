@@ -22,6 +22,8 @@ LOG = logging.getLogger(__name__)
 EXACT, SURROGATE = "exact", "surrogate"
 # Beside a scores version: the attribution its reasons came from, and the model it explains.
 STORED = "_reasons.json"
+# Among a training run's artifacts: the reference customer measured on its training rows.
+REFERENCE = "reasons_reference.json"
 
 
 @dataclass(frozen=True)
@@ -93,3 +95,30 @@ def load_attribution(folder: Path | None, model: Sequence[str]) -> Attribution |
         )
         return None
     return attribution
+
+
+def write_reference(path: Path, mean: np.ndarray | None, rows: int) -> None:
+    """Store the reference customer (`reasons.reference_mean` over `rows` training customers)
+    as a training run's artifact; an empty list where there were no rows."""
+    stored = {"reference": [] if mean is None else mean.tolist(), "rows": rows}
+    path.write_text(json.dumps(stored))
+
+
+def read_reference(path: Path) -> np.ndarray | None:
+    """The reference customer `write_reference` stored at `path`; None for a model logged before
+    it was stored, a training without rows, or a file that does not read as one (reported)."""
+    if not path.is_file():
+        return None
+    try:
+        mean = np.array(json.loads(path.read_text())["reference"], dtype=float)
+        if mean.ndim != 1:
+            raise ValueError(f"a reference of shape {mean.shape}")
+    except (ValueError, KeyError, TypeError) as exc:
+        LOG.warning(
+            "%s is unreadable (%s: %s): the reference is measured again",
+            path,
+            type(exc).__name__,
+            exc,
+        )
+        return None
+    return mean if mean.size else None

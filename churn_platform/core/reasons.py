@@ -1,9 +1,10 @@
 """Reason codes: the three features that move each customer's churn risk most, and which way.
 
 A logistic-regression champion is explained exactly: a feature's contribution is its coefficient
-times the customer's distance from the reference customer (the mean of the reference rows, the
-training split where there is one), so a customer's contributions add up to their log-odds
-minus the reference's (`baseline_log_odds`). Any other champion (trees, ensembles) is explained
+times the customer's distance from the reference customer (the mean of the training rows, which
+training measures on its cached rows and logs with the model; else of the reference rows
+scoring is given), so a customer's contributions add up to their log-odds minus the
+reference's (`baseline_log_odds`). Any other champion (trees, ensembles) is explained
 by a surrogate: a ridge-regularised linear model of the champion's log-odds, fitted on the
 scored customers, whose contributions add up the same way to the surrogate's log-odds; its
 fidelity (R² against the champion's log-odds over every scored customer) is measured while the
@@ -130,32 +131,49 @@ def log_odds(probability: str) -> str:
     return f"ln({p} / (1.0D - {p}))"
 
 
+def reference_mean(
+    model: PipelineModel, encoding: Encoding, vectors: DataFrame
+) -> np.ndarray | None:
+    """The reference customer of the model's attribution: the mean of `vectors` (their
+    `features`), followed by the means of the signed logs an exact logistic regression also
+    reads; None without rows. One Spark job: training measures it on its cached training rows
+    and logs it with the model (`core.attribution.REFERENCE`), scoring only when none was."""
+    linear = exact_logistic(model, encoding)
+    if linear is None or not linear.logged:
+        return mean_vector(vectors)
+    extended = SignedLog(inputCol=FEATURES_COL, outputCol=_LOGGED, slots=list(linear.logged))
+    return mean_vector(extended.transform(vectors), _LOGGED)
+
+
+def reference_size(model: PipelineModel, encoding: Encoding) -> int:
+    """The length of the model's reference vector (`reference_mean`)."""
+    linear = exact_logistic(model, encoding)
+    return len(encoding.slot_columns) + (len(linear.logged) if linear is not None else 0)
+
+
 def fit_attribution(
     model: PipelineModel,
     encoding: Encoding,
-    reference: DataFrame,
+    mean: np.ndarray | None,
     scored: Callable[[], DataFrame],
 ) -> Attribution:
     """The exact decomposition for a logistic regression, else a surrogate (R² measured later).
 
-    `reference` holds the reference customers' vectors (`Encoding.vectors`); `scored` gives the
-    scored customers' vectors and `churn_probability`, lazily, and is called only for a
-    surrogate, which is fitted on a bounded sample of it (a count and the fit).
+    `mean` is the reference customer (`reference_mean`; None: the scored customers' mean);
+    `scored` gives the scored customers' vectors and `churn_probability`, lazily, and is called
+    only for a surrogate, which is fitted on a bounded sample of it (a count and the fit).
     """
     sources = encoding.slot_columns
     linear = exact_logistic(model, encoding)
     if linear is not None:
         logged = linear.logged
         columns = (*sources, *(sources[j] for j in logged))
-        extended = SignedLog(inputCol=FEATURES_COL, outputCol=_LOGGED, slots=list(logged))
-        mean = mean_vector(extended.transform(reference), _LOGGED)
         if mean is None:
             mean = np.zeros(len(columns))
         coefficients = linear.lr.coefficients.toArray()
         return Attribution(
             EXACT, coefficients, float(linear.lr.intercept), mean, columns, logged=logged
         )
-    mean = mean_vector(reference)
     scored_frame = scored()
     if mean is None:
         mean = mean_vector(scored_frame)

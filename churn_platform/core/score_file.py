@@ -10,6 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -62,8 +63,9 @@ def score_file(
     not scored. Every row is scored (the file is the population). Reasons are those of the
     batch scores' version folder `batch_scores` when they come from the same model (its stored
     attribution: the same reference customer and surrogate, no Spark job); otherwise they are
-    measured from the cleaned customers `reference` gives (the warehouse's training split),
-    or from the file's own rows. The output appears atomically (staged beside it, then
+    measured from the reference customer logged with the model's training run, else from the
+    cleaned customers `reference` gives (the warehouse's training split), or from the file's
+    own rows. The output appears atomically (staged beside it, then
     renamed); an existing output is replaced only with `overwrite` and only if it is an
     earlier score output.
     """
@@ -86,7 +88,9 @@ def score_file(
             settling = pool.submit(cleaned.settled)
             model, version = champion.result()
             stored = load_attribution(batch_scores, model_identity(version))
-            measured = reference() if reference is not None and stored is None else None
+            given = tracking.logged_reference(mlflow, version) if stored is None else None
+            if stored is None and given is None and reference is not None:
+                given = reference()
 
             def scored(rows: cleaning.CleanResult) -> Scores:
                 return score_customers(
@@ -95,7 +99,7 @@ def score_file(
                     model,
                     (version.name, str(version.version), tracking.model_threshold(version)),
                     policy or ScoringPolicy(),
-                    measured,
+                    given,
                     attribution=stored,
                 )
 
@@ -125,7 +129,13 @@ def score_file(
         "rows_quarantined": counts["rows_quarantined"],
         "quarantine_by_reason": cleaned.by_reason,
         "model": f"{version.name} v{version.version}",
-        "reasons_from": "batch scores" if stored is not None else "measured now",
+        "reasons_from": (
+            "batch scores"
+            if stored is not None
+            else "training run"
+            if isinstance(given, np.ndarray)
+            else "measured now"
+        ),
         "unseen_values": summary["unseen_by_column"],
         **result.metadata(),
     }

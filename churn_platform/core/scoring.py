@@ -10,10 +10,12 @@ contact still pays for itself on average.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from mlflow.entities.model_registry import ModelVersion
 from pyspark.ml import PipelineModel
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
@@ -41,6 +43,7 @@ from churn_platform.core.features import assign_split, engineer_features
 from churn_platform.core.sampling import sampled
 from churn_platform.settings import Settings
 
+LOG = logging.getLogger(__name__)
 UNSEEN_COL = "unseen_values"
 TIERS = ("high", "medium", "low")
 # Each category's unseen flag, as one array column of the scoring projections.
@@ -293,13 +296,35 @@ def _classified(
     return termed.selectExpr("*", f"{probability} AS {PROBABILITY_COL}"), terms
 
 
+def _reference_mean(
+    model: PipelineModel,
+    encoding: Encoding,
+    spec: DatasetSpec,
+    reference: DataFrame | np.ndarray | None,
+    customers: DataFrame,
+) -> np.ndarray | None:
+    """The given reference customer if it fits the model, else measured on a bounded hash
+    sample of the reference rows (or of `customers`): a count and a mean."""
+    size = reasons.reference_size(model, encoding)
+    if isinstance(reference, np.ndarray):
+        if reference.shape == (size,):
+            return reference
+        LOG.warning(
+            "a stored reference of %d slots for a model of %d: measured again", reference.size, size
+        )
+        reference = None
+    rows = reference if reference is not None else customers
+    rows = sampled(rows, rows.count(), reasons.REFERENCE_MAX_ROWS, spec.id_column)
+    return reasons.reference_mean(model, encoding, encoding.vectors(engineer_features(rows, spec)))
+
+
 def score_customers(
     cleaned: DataFrame,
     spec: DatasetSpec,
     model: PipelineModel,
     model_version: tuple[str, str, float],
     policy: ScoringPolicy,
-    reference: DataFrame | None = None,
+    reference: DataFrame | np.ndarray | None = None,
     population: Column | None = None,
     attribution: Attribution | None = None,
 ) -> Scores:
@@ -309,12 +334,14 @@ def score_customers(
     classifier stages applied to the vector they assemble; a logistic regression is the sum of
     its terms, which the reasons read too (`_classified`). Probability, decision, tier, contact
     value, reasons and unseen values come out of the same projection. `model_version` is
-    (name, version, decision threshold). `reference` holds the cleaned customers the reasons
-    are measured against (the training split); without it, those scored. Before the frame is
-    written this runs a few small jobs: the imputation values, the reference's mean, and for a
-    non-linear champion the surrogate's fit on a bounded sample. A stored `attribution` of this
-    model (`core.attribution.load_attribution`) replaces the last two: the reasons of a few
-    customers read as the batch scores' do, and the surrogate's R² is measured on them.
+    (name, version, decision threshold). `reference` is the reference customer the reasons
+    are measured from, as training logged it (`tracking.logged_reference`), or the cleaned
+    customers to measure it on (the training split); without it, those scored. Before the frame
+    is written this runs a few small jobs: the imputation values, the reference's mean unless
+    given, and for a non-linear champion the surrogate's fit on a bounded sample. A stored
+    `attribution` of this model (`core.attribution.load_attribution`) replaces the last two:
+    the reasons of a few customers read as the batch scores' do, and the surrogate's R² is
+    measured on them.
     """
     name, version, threshold = model_version
     cuts = tier_cuts(threshold, policy)
@@ -329,14 +356,10 @@ def score_customers(
             F.sum(population.cast("long")).alias("in_population"),
         ).where(population)
     if attribution is None:
-        measured_from = reference if reference is not None else customers
-        measured_from = sampled(
-            measured_from, measured_from.count(), reasons.REFERENCE_MAX_ROWS, spec.id_column
-        )
         attribution = reasons.fit_attribution(
             model,
             encoding,
-            encoding.vectors(engineer_features(measured_from, spec)),
+            _reference_mean(model, encoding, spec, reference, customers),
             lambda: _classified(model, encoding, engineer_features(customers, spec))[0],
         )
     engineered = engineer_features(cleaned, spec)

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 
 import mlflow
 import mlflow.spark
+import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -48,11 +50,13 @@ from pyspark.sql.utils import is_remote
 from sqlalchemy.engine import make_url
 
 from churn_platform.config import DatasetSpec
+from churn_platform.core.attribution import REFERENCE, read_reference
 from churn_platform.core.columns import PROBABILITY_COL
 from churn_platform.core.model_loading import load_checked
 from churn_platform.core.ops.files import ensure_dir, locked
 from churn_platform.settings import PACKAGE_DIR, environ_restored
 
+LOG = logging.getLogger(__name__)
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 CHAMPION = "champion"  # the alias of the version that scores customers (see core.registry)
 MODEL_ARTIFACT = "model"
@@ -65,6 +69,8 @@ TAG_GIT_COMMIT = "git_commit"
 TAG_MODEL_KIND = "model_kind"
 TAG_MODEL_SHA256 = "model_sha256"
 TAG_THRESHOLD = "threshold"
+# A training run's artifacts besides the model: curves, importances, out-of-fold scores.
+EVALUATION_ARTIFACTS = "evaluation"
 _ARTIFACT_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
@@ -274,7 +280,7 @@ def _log_evaluation(
         if feature_importance is not None:
             ranked = [{"feature": name, "importance": value} for name, value in feature_importance]
             (Path(tmp) / "feature_importance.json").write_text(json.dumps(ranked, indent=2))
-        mlflow.log_artifacts(tmp, "evaluation")
+        mlflow.log_artifacts(tmp, EVALUATION_ARTIFACTS)
 
 
 def local_artifacts(artifact_uri: str, tracking_uri: str, tmp: str) -> Path:
@@ -292,6 +298,19 @@ def local_artifacts(artifact_uri: str, tracking_uri: str, tmp: str) -> Path:
             artifact_uri=artifact_uri, dst_path=tmp, tracking_uri=tracking_uri
         )
     return Path(downloaded)
+
+
+def logged_reference(backend: MlflowBackend, version: ModelVersion) -> np.ndarray | None:
+    """The reasons' reference customer logged with the version's training run (the mean over
+    its training rows), without a Spark job; None for a model logged before it was, or where
+    the artifact cannot be read (reported: scoring then measures it)."""
+    uri = f"runs:/{version.run_id}/{EVALUATION_ARTIFACTS}"
+    try:
+        with tempfile.TemporaryDirectory(prefix="churn-reference-") as tmp:
+            return read_reference(local_artifacts(uri, backend.tracking_uri, tmp) / REFERENCE)
+    except (MlflowException, OSError) as exc:
+        LOG.warning("%s v%s: no reasons reference read (%s)", version.name, version.version, exc)
+        return None
 
 
 def model_digest(model_dir: Path) -> str:
