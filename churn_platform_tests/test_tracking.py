@@ -20,6 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from churn_platform.config import DatasetSpec, SourceSpec, TargetSpec
+from churn_platform.core import tracking
 from churn_platform.core.evaluation import curves, plot_curves
 from churn_platform.core.input_files import SchemaMismatchError, check_input_columns
 from churn_platform.core.model_loading import load_local_pipeline
@@ -342,7 +343,10 @@ def test_scoring_by_alias_loads_that_version_and_reproduces_its_predictions(
     settings: Settings,
     customers: DataFrame,
     ops: OpsLog,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """As another process loads it (`score`, the daemon's runs): from the checked files."""
+    monkeypatch.setattr(tracking, "_LOGGED", {})
     spec = _spec()
     promote(
         resource, spec, _register(resource, spec, trained["medium"]), settings=settings, ops_log=ops
@@ -370,9 +374,28 @@ def test_scoring_by_alias_loads_that_version_and_reproduces_its_predictions(
     assert float(snapshot[0]["roc_auc"]) == trained["medium"].metrics["roc_auc"]
 
 
+def test_a_model_this_process_logged_is_checked_and_not_read_back(
+    resource: MlflowResource, trained: dict[str, Trained], settings: Settings, ops: OpsLog
+) -> None:
+    """`churn-platform run` trains, then scores in one process: the champion's files are
+    checked against their hash as always, and the fitted model they were written from is
+    scored, without Spark jobs reading them back."""
+    spec = _spec()
+    promote(
+        resource, spec, _register(resource, spec, trained["strong"]), settings=settings, ops_log=ops
+    )
+    jobs = SparkSession.active().sparkContext.statusTracker()
+    before = len(jobs.getJobIdsForGroup(None))
+    model, version = load_model(resource, spec)
+    assert model is trained["strong"].model and str(version.version) == "1"
+    assert len(jobs.getJobIdsForGroup(None)) == before
+
+
 def test_a_model_whose_files_changed_is_refused(
     resource: MlflowResource, trained: dict[str, Trained], settings: Settings, ops: OpsLog
 ) -> None:
+    """Also where this process logged it and holds the fitted model: the registry's files are
+    what another process would serve."""
     spec = _spec()
     promote(
         resource, spec, _register(resource, spec, trained["weak"]), settings=settings, ops_log=ops

@@ -329,7 +329,9 @@ def load_model(
     """The model an alias names, from our registry, after checking its recorded SHA-256.
 
     The alias is resolved once and that exact version is downloaded, verified and loaded, so
-    an alias moved meanwhile cannot hand back a model other than the returned version.
+    an alias moved meanwhile cannot hand back a model other than the returned version. A model
+    this process logged (`churn-platform run` trains, then scores) is checked the same way and
+    then not read back: the fitted object its files were written from is returned.
     """
     client = resource.client()
     version = client.get_model_version_by_alias(spec.model_name, alias)
@@ -345,6 +347,9 @@ def load_model(
                 f"{version.name} v{version.version}: model files hash to {actual}, "
                 f"but {expected} was recorded when it was logged"
             )
+        logged = _LOGGED.get(_cache_key(version.source))
+        if logged is not None:
+            return logged, version
         return load_checked(local, downloaded=local.is_relative_to(tmp)), version
 
 
