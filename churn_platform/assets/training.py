@@ -170,12 +170,12 @@ def train_and_track(
     with tempfile.TemporaryDirectory() as tmp:
         curves = evaluation.plot_curves(found, tmp)
         # Out-of-fold scores without customer ids: monitoring's drift reference for this model.
-        reference = Path(tmp) / "oof_scores.parquet"
-        fit.oof[[LABEL_COL, FOLD_COL, "churn_probability"]].to_parquet(reference)
+        oof_scores = Path(tmp) / "oof_scores.parquet"
+        fit.oof[[LABEL_COL, FOLD_COL, "churn_probability"]].to_parquet(oof_scores)
         # The reasons' reference customer, from the cached training rows: scoring reads it.
-        customer = Path(tmp) / REFERENCE
+        reasons_reference = Path(tmp) / REFERENCE
         mean = reasons.reference_mean(model, read_encoding(model), frame.train)
-        write_reference(customer, mean, frame.train_rows)
+        write_reference(reasons_reference, mean, frame.train_rows)
         run = tracking.log_training_run(
             mlflow,
             spec,
@@ -190,7 +190,11 @@ def train_and_track(
             code_version=CODE_VERSION,
             data_version=fingerprint["features_data_version"],
             git_commit=tracking.git_commit(),
-            artifacts={**curves, "oof_scores": reference, customer.stem: customer},
+            artifacts={
+                **curves,
+                oof_scores.stem: oof_scores,
+                reasons_reference.stem: reasons_reference,
+            },
             feature_importance=importance,
             tags={
                 "dataset": spec.name,

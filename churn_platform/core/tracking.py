@@ -69,7 +69,8 @@ TAG_GIT_COMMIT = "git_commit"
 TAG_MODEL_KIND = "model_kind"
 TAG_MODEL_SHA256 = "model_sha256"
 TAG_THRESHOLD = "threshold"
-# A training run's artifacts besides the model: curves, importances, out-of-fold scores.
+# A training run's artifacts besides the model: curves, importances, out-of-fold scores and
+# the reasons' reference customer.
 EVALUATION_ARTIFACTS = "evaluation"
 _ARTIFACT_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
