@@ -65,9 +65,8 @@ def score_file(
     attribution: the same reference customer and surrogate, no Spark job); otherwise they are
     measured from the reference customer logged with the model's training run, else from the
     cleaned customers `reference` gives (the warehouse's training split), or from the file's
-    own rows. The output appears atomically (staged beside it, then
-    renamed); an existing output is replaced only with `overwrite` and only if it is an
-    earlier score output.
+    own rows. The output appears atomically (staged beside it, then renamed); an existing output
+    is replaced only with `overwrite` and only if it is an earlier score output.
     """
     output_files.check_target(output_path, overwrite, output_files.SCORE_COLUMNS)
     source = score_source(input_path)
