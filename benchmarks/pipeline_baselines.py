@@ -103,7 +103,8 @@ def run_pyspark(job: Mapping[str, Any], spec: DatasetSpec, timeline: Timeline) -
     from churn_platform.core.features import build_features, cap_training_rows
     from churn_platform.core.models.fitting import BaseFit, full_model, predict, training_frame
     from churn_platform.core.models.training import fit_model
-    from churn_platform.core.scoring import ScoringPolicy, population_filter, score_customers
+    from churn_platform.core.population import population_filter
+    from churn_platform.core.scoring import ScoringPolicy, score_customers
     from churn_platform.core.sources import read_batch
 
     spark = _spark(job)
@@ -453,7 +454,7 @@ def _score(
 
 
 def _in_population(cleaned: Any, spec: DatasetSpec) -> Any:
-    """core.scoring.population_filter: by default the customers who can still churn."""
+    """core.population.population_filter: by default the customers who can still churn."""
     rule = spec.score_population
     if rule is None:
         return cleaned["label"] == 0

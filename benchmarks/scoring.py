@@ -71,6 +71,7 @@ from churn_platform.core.features import (
 from churn_platform.core.models.fitting import DEFAULT_SEED, full_model, training_frame
 from churn_platform.core.models.kinds import MODEL_KINDS, merged_params
 from churn_platform.core.models.training import fit_model
+from churn_platform.core.population import population_filter
 from churn_platform.core.sampling import sampled
 from churn_platform.core.spark_setup import session_conf, spark_conf
 from churn_platform.settings import DEFAULT_SPEC, load_settings
@@ -181,7 +182,7 @@ def pipeline_path(
     spec: DatasetSpec, model: PipelineModel, cleaned: DataFrame, policy: scoring.ScoringPolicy
 ) -> DataFrame:
     """Today's path: the logged model's transform, then the decision columns."""
-    population = cleaned.where(scoring.population_filter(spec))
+    population = cleaned.where(population_filter(spec))
     probability = F.col("churn_probability")
     cuts = scoring.tier_cuts(THRESHOLD, policy)
     return model.transform(engineer_features(population, spec)).select(
@@ -210,7 +211,7 @@ def platform_path(
         ("benchmark", "1", THRESHOLD),
         policy,
         reference,
-        population=scoring.population_filter(spec),
+        population=population_filter(spec),
     )
     scores.frame.write.mode("error").parquet(str(output))
     return scores.summary()
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = Jobs(spark)
 
         seconds, cleaned = timed(jobs, "clean", lambda: clean(spark, spec, csv, work))
-        rows = cleaned.where(scoring.population_filter(spec)).count()
+        rows = cleaned.where(population_filter(spec)).count()
         print(f"cleaned layer in {seconds:.1f} s; {rows:,} customers can still churn")
         seconds, (model, reference, sample) = timed(
             jobs, "fit", lambda: champion(spec, args.model, cleaned, args.train_rows)

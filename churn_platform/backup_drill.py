@@ -8,18 +8,21 @@ the restored files instead: scoring the same bytes again repeats a deterministic
 the cost of a JVM start, most of what `churn-platform backup` took.
 """
 
+import hashlib
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities.model_registry import ModelVersion
-from pyspark.sql import SparkSession
+from pyspark.ml import PipelineModel
+from pyspark.sql import DataFrame, SparkSession
 
 from churn_platform.config import DatasetSpec
 from churn_platform.core import tracking
 from churn_platform.core.backup.members import MLFLOW_DB
 from churn_platform.core.backup.restore import restore_backup
+from churn_platform.core.columns import PROBABILITY_COL
 from churn_platform.core.registry import registry_snapshot
 from churn_platform.core.versions import current_version
 from churn_platform.mlflow_resource import MlflowResource
@@ -30,6 +33,20 @@ GOLDEN_INPUT = "golden_input"
 # drill reproduced by re-scoring the restored copy of exactly these model files.
 TAG_GOLDEN_HASH = "golden_prediction_hash"
 SHA256 = tracking.TAG_MODEL_SHA256
+
+
+def golden_prediction_hash(model: PipelineModel, golden_df: DataFrame, *, id_col: str) -> str:
+    """SHA-256 of (id, probability) lines sorted by id, probabilities rounded to 12 decimals.
+
+    Rounding absorbs last-bit floating-point noise (summation order across partitions), so a
+    restored model scoring the golden rows hashes the same while any real change does not.
+    """
+    rows = model.transform(golden_df).select(id_col, PROBABILITY_COL).collect()
+    lines = sorted((str(key), "null" if p is None else f"{p:.12f}") for key, p in rows)
+    digest = hashlib.sha256()
+    for key, probability in lines:
+        digest.update(f"{key}\t{probability}\n".encode())
+    return digest.hexdigest()
 
 
 def model_files_digest(mlflow: MlflowResource, version: ModelVersion) -> str:
@@ -68,7 +85,7 @@ def champion_golden(
     if digest is None:
         model, version = tracking.load_model(mlflow, spec, alias=tracking.CHAMPION)
         golden_df = spark().read.parquet(str(rows))
-        digest = tracking.golden_prediction_hash(model, golden_df, id_col=spec.id_column)
+        digest = golden_prediction_hash(model, golden_df, id_col=spec.id_column)
         proven = False
     else:
         proven = True
@@ -112,7 +129,7 @@ def drill(
         if proven:
             return same_files_drill(restored_mlflow, spec, rows.name, golden, facts)
         model, version = tracking.load_model(restored_mlflow, spec, alias=tracking.CHAMPION)
-        digest = tracking.golden_prediction_hash(
+        digest = golden_prediction_hash(
             model, spark().read.parquet(str(rows)), id_col=spec.id_column
         )
     expected = golden["golden_prediction_hash"]

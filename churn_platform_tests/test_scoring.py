@@ -37,6 +37,7 @@ from churn_platform.core.models.stages import (
     RenameColumn,
     SignedLog,
 )
+from churn_platform.core.population import population_filter, population_labels
 from churn_platform.settings import DEFAULT_SPEC
 from churn_platform_tests.conftest import SAME_MODEL
 
@@ -189,7 +190,7 @@ def test_linear_reasons_add_up_exactly_to_each_customers_log_odds(
         ("churn-telco", "1", 0.35),
         scoring.ScoringPolicy(),
         train,
-        population=scoring.population_filter(spec),
+        population=population_filter(spec),
     )
     assert scores.attribution.method == stored_attribution.EXACT
     rows = {r[spec.id_column]: r for r in scores.frame.collect()}
@@ -199,7 +200,7 @@ def test_linear_reasons_add_up_exactly_to_each_customers_log_odds(
     assert sum(summary["tiers"].values()) == 5174
     assert summary["predicted_churners"] == summary["tiers"]["high"]
 
-    population = cleaned.where(scoring.population_filter(spec))
+    population = cleaned.where(population_filter(spec))
     frame, parts = _contributions(scores.attribution, model, population, spec)
     p = frame[PROBABILITY_COL].to_numpy()
     exact = np.log(p / (1 - p))
@@ -228,7 +229,7 @@ def test_a_tree_champion_is_explained_by_a_surrogate_with_its_true_fidelity(
 ) -> None:
     spec, cleaned = telco
     model = tree_champion
-    population = cleaned.where(scoring.population_filter(spec))
+    population = cleaned.where(population_filter(spec))
     scores = scoring.score_customers(
         population, spec, model, ("churn-telco", "2", 0.4), scoring.ScoringPolicy()
     )
@@ -252,7 +253,7 @@ def test_a_few_customers_read_as_in_the_batch_scores_of_the_same_model(
     the same model's: each customer's reasons read exactly as in the batch (no surrogate fitted
     on a handful of rows), and the surrogate's R² is measured on the file's customers."""
     spec, cleaned = telco
-    population = cleaned.where(scoring.population_filter(spec))
+    population = cleaned.where(population_filter(spec))
     model_version, identity = ("churn-telco", "2", 0.4), ("churn-telco", "2", "sha-of-files")
     policy = scoring.ScoringPolicy()
     reference = scoring.training_reference(cleaned, spec)
@@ -326,7 +327,7 @@ def test_the_reference_customer_logged_with_the_model_is_the_one_measured_on_its
     explains from it as given, with the same reference as measuring the training split, and
     measures again where it does not fit the model (a stored file of another vector size)."""
     spec, cleaned = telco
-    population = cleaned.where(scoring.population_filter(spec))
+    population = cleaned.where(population_filter(spec))
     model_version, policy = ("churn-telco", "2", 0.4), scoring.ScoringPolicy()
     training = scoring.training_reference(cleaned, spec)
     encoding = read_encoding(tree_champion)
@@ -374,9 +375,9 @@ def test_only_customers_who_can_still_churn_are_scored(spark: SparkSession, tmp_
     spec = load_spec(DEFAULT_SPEC, tmp_path)
     rows = [("a", 0, "Month-to-month"), ("b", 1, "Month-to-month"), ("c", None, "Two year")]
     frame = spark.createDataFrame(rows, f"{spec.id_column} string, label int, Contract string")
-    kept = frame.where(scoring.population_filter(spec)).select(spec.id_column).collect()
+    kept = frame.where(population_filter(spec)).select(spec.id_column).collect()
     assert sorted(r[0] for r in kept) == ["a", "c"]
-    assert scoring.population_labels(spec) == (0,)
+    assert population_labels(spec) == (0,)
     by_status = DatasetSpec(
         **{
             **{k: getattr(spec, k) for k in ("name", "sources", "id_column", "target")},
@@ -384,9 +385,9 @@ def test_only_customers_who_can_still_churn_are_scored(spark: SparkSession, tmp_
             "score_population": ScorePopulationSpec(column="Contract", values=("Two year",)),
         }
     )
-    kept = frame.where(scoring.population_filter(by_status)).select(spec.id_column).collect()
+    kept = frame.where(population_filter(by_status)).select(spec.id_column).collect()
     assert [r[0] for r in kept] == ["c"]
-    assert scoring.population_labels(by_status) is None
+    assert population_labels(by_status) is None
 
 
 def test_unseen_category_values_are_marked_and_counted(telco, lr_champion) -> None:

@@ -19,6 +19,7 @@ from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from churn_platform.backup_drill import golden_prediction_hash
 from churn_platform.config import DatasetSpec, SourceSpec, TargetSpec
 from churn_platform.core import tracking
 from churn_platform.core.evaluation import curves, plot_curves
@@ -34,7 +35,6 @@ from churn_platform.core.tracking import (
     ModelIntegrityError,
     TrainingRun,
     git_commit,
-    golden_prediction_hash,
     load_model,
     log_training_run,
     model_input_columns,

@@ -12,7 +12,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from churn_platform.automation import MONITORING_CHECKS
-from churn_platform.core import monitoring, tracking
+from churn_platform.core import monitoring, population, tracking
 from churn_platform.core import scoring as core_scoring
 from churn_platform.core.columns import LABEL_COL, PROBABILITY_COL, SPLIT_COL
 from churn_platform.core.features import engineer_features, feature_roles
@@ -52,7 +52,7 @@ def model_monitoring(
     bound, ids = settings.monitoring_sample_rows, spec.id_column
     model, version = core_scoring.load_champion(mlflow, spec)
     threshold = tracking.model_threshold(version)
-    in_population = core_scoring.population_filter(spec)
+    in_population = population.population_filter(spec)
     batch = monitoring.newest_batch(cleaned_customers, in_population)
     newest = cleaned_customers.where(batch.rows_filter)
     # Quality needs known outcomes: the batch's labelled customers, churned or not, scored here.
@@ -86,7 +86,7 @@ def model_monitoring(
         else core_scoring.probabilities(current, spec, model)
     )
     oof = reference_scores(mlflow, version)
-    labels = core_scoring.population_labels(spec)
+    labels = population.population_labels(spec)
     if drifting and labels is not None:
         oof = oof[oof[LABEL_COL].isin(labels)]
     drift = monitoring.score_drift(oof[PROBABILITY_COL].to_numpy(), scores, PROBABILITY_COL)
@@ -108,7 +108,7 @@ def model_monitoring(
             "rows": batch.rows,
             "labelled_rows": batch.labelled,
             "quality_sample_rows": len(outcomes),
-            "drift_population": core_scoring.population_rule(spec) if drifting else "whole batch",
+            "drift_population": population.population_rule(spec) if drifting else "whole batch",
             "drift_rows": batch.in_population,
             "drift_sample_rows": drift.rows,
             "reference_scores": len(oof),

@@ -9,8 +9,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from churn_platform import checks
+from churn_platform.core import population, tracking
 from churn_platform.core import scoring as core_scoring
-from churn_platform.core import tracking
 from churn_platform.core.attribution import save_attribution
 from churn_platform.io_managers import StagedParquet, staged_versions
 from churn_platform.mlflow_resource import MlflowResource
@@ -86,16 +86,16 @@ def churn_scores(
     settings, spec = state.settings(), state.spec()
     model, version = core_scoring.load_champion(mlflow, spec)
     threshold = tracking.model_threshold(version)
-    # The reasons' reference customer as training measured it, else from the training split.
-    stored = tracking.logged_reference(mlflow, version)
     result = core_scoring.score_customers(
         cleaned_customers,
         spec,
         model,
         (version.name, str(version.version), threshold),
         core_scoring.scoring_policy(settings),
-        stored if stored is not None else core_scoring.training_reference(cleaned_customers, spec),
-        population=core_scoring.population_filter(spec),
+        core_scoring.reasons_reference(
+            mlflow, version, lambda: core_scoring.training_reference(cleaned_customers, spec)
+        ),
+        population=population.population_filter(spec),
     )
     # One pass: the scores are written and their statistics observed by the same job.
     with staged_versions(settings.warehouse, context, "result") as (path,):
@@ -130,7 +130,7 @@ def churn_scores(
             "model_name": version.name,
             "model_version": str(version.version),
             "threshold": threshold,
-            "population_rule": core_scoring.population_rule(spec),
+            "population_rule": population.population_rule(spec),
             "population_scored": rows,
             "population_excluded": excluded,
             "predicted_churners": summary["predicted_churners"],
@@ -143,11 +143,11 @@ def churn_scores(
     )
     yield unseen_check(summary, settings)
     stored = checks.probability_statistics(written)
-    yield checks.scored_population_result("churn_scores", stored["rows"], population(result))
+    yield checks.scored_population_result("churn_scores", stored["rows"], population_size(result))
     yield checks.probability_range_result("churn_scores", stored)
 
 
-def population(result: core_scoring.Scores) -> int:
+def population_size(result: core_scoring.Scores) -> int:
     """The scoring population as counted in the cleaned input, before any scoring step."""
     if result.population is None:
         raise ValueError("churn_scores is scored with a population rule; none was observed")

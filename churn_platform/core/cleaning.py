@@ -44,7 +44,7 @@ from churn_platform.core.columns import (
     WRONG_FIELD_COUNT,
 )
 from churn_platform.core.input_files import InputDataError
-from churn_platform.core.schemas import cleaned_schema
+from churn_platform.core.schemas import cleaned_schema, infer_roles
 from churn_platform.core.sources import require_columns
 
 REASONS = (
@@ -157,34 +157,6 @@ class CleanResult(quality.LayerResult):
     @property
     def fingerprint(self) -> str:
         return quality.fingerprint(self.content, self.stats)
-
-
-def infer_roles(raw: DataFrame, spec: DatasetSpec) -> tuple[list[str], list[str]]:
-    """Numeric and categorical columns: from the spec, or inferred from the values.
-
-    A column is numeric when every non-blank value parses as a number.
-    """
-    if spec.roles_declared:
-        return list(spec.numeric), list(spec.categorical)
-    skip = {spec.id_column, spec.target.column, *spec.drop, *META_COLS}
-    candidates = [c for c in raw.columns if c not in skip]
-    valid = raw.where(F.col(ERROR_COL).isNull())
-    aggs = []
-    for c in candidates:
-        value = F.trim(F.col(f"`{c}`"))
-        present = value.isNotNull() & (value != "")
-        aggs.append(F.sum(F.when(present, 1).otherwise(0)).alias(f"p_{c}"))
-        aggs.append(
-            F.sum(F.when(present & value.try_cast("double").isNull(), 1).otherwise(0)).alias(
-                f"f_{c}"
-            )
-        )
-    row = valid.agg(*aggs).first() if aggs else None
-    numeric, categorical = [], []
-    for c in candidates:
-        present, failed = (row[f"p_{c}"] or 0, row[f"f_{c}"] or 0) if row else (0, 0)
-        (numeric if present > 0 and failed == 0 else categorical).append(c)
-    return numeric, categorical
 
 
 def _first_column(flags: list[Column]) -> Column:

@@ -25,6 +25,7 @@ from churn_platform.core.scoring import (
     ScoringPolicy,
     load_champion,
     model_identity,
+    reasons_reference,
     score_customers,
 )
 
@@ -87,9 +88,11 @@ def score_file(
             settling = pool.submit(cleaned.settled)
             model, version = champion.result()
             stored = load_attribution(batch_scores, model_identity(version))
-            given = tracking.logged_reference(mlflow, version) if stored is None else None
-            if stored is None and given is None and reference is not None:
-                given = reference()
+            given = (
+                reasons_reference(mlflow, version, reference or (lambda: None))
+                if stored is None
+                else None
+            )
 
             def scored(rows: cleaning.CleanResult) -> Scores:
                 return score_customers(

@@ -1,17 +1,16 @@
-"""Batch scoring: who is scored, and each customer's probability, decision, tier, contact value,
-reasons and category values the model never saw.
+"""Batch scoring: each customer's probability, decision, tier, contact value, reasons and
+category values the model never saw.
 
-The scored customers are those who can still churn: by default those whose target is the
-negative class or absent (a churned customer needs no retention offer); a dataset spec can name
-another rule (`score_population`). Tiers are cut from the champion's own decision threshold,
-so "high" means what the model decided, and from the cost settings, so "medium" means a
-contact still pays for itself on average.
+Who is scored is core.population's rule. Tiers are cut from the champion's own decision
+threshold, so "high" means what the model decided, and from the cost settings, so "medium"
+means a contact still pays for itself on average.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +26,6 @@ from churn_platform.core import reasons, tracking
 from churn_platform.core.attribution import Attribution
 from churn_platform.core.columns import (
     FOLD_COL,
-    LABEL_COL,
     PROBABILITY_COL,
     SPLIT_COL,
 )
@@ -48,37 +46,6 @@ UNSEEN_COL = "unseen_values"
 TIERS = ("high", "medium", "low")
 # Each category's unseen flag, as one array column of the scoring projections.
 UNSEEN_FLAGS = "__unseen"
-
-
-def population_filter(spec: DatasetSpec) -> Column:
-    """True for the customers to score (the cleaned layer's columns)."""
-    rule = spec.score_population
-    if rule is None:
-        return F.col(LABEL_COL).isNull() | (F.col(LABEL_COL) == 0)
-    if rule.column == spec.target.column:
-        return F.col(LABEL_COL).isin(*population_labels(spec))
-    return F.coalesce(F.col(f"`{rule.column}`").cast("string").isin(*rule.values), F.lit(False))
-
-
-def population_labels(spec: DatasetSpec) -> tuple[int, ...] | None:
-    """The labels the scored customers have among labelled ones, when the rule is on the
-    target (None for a rule on another column): what picks the same kind of customers from
-    rows that carry only a label, such as out-of-fold scores."""
-    rule = spec.score_population
-    if rule is None:
-        return (0,)
-    if rule.column == spec.target.column:
-        return tuple(1 if v == spec.target.positive else 0 for v in rule.values)
-    return None
-
-
-def population_rule(spec: DatasetSpec) -> str:
-    """The rule in words, for metadata and logs."""
-    rule = spec.score_population
-    if rule is None:
-        negative = spec.target.negative or f"not {spec.target.positive}"
-        return f"{spec.target.column} is {negative!r} or absent (customers who can still churn)"
-    return f"{rule.column} in {list(rule.values)}"
 
 
 @dataclass(frozen=True)
@@ -105,6 +72,18 @@ def training_reference(cleaned: DataFrame, spec: DatasetSpec) -> DataFrame:
     """The cleaned customers of the training split: reasons are measured from their mean."""
     split = assign_split(cleaned, spec)
     return split.where(F.col(SPLIT_COL) == "train").drop(SPLIT_COL, FOLD_COL)
+
+
+def reasons_reference(
+    backend: tracking.MlflowBackend,
+    version: ModelVersion,
+    training: Callable[[], DataFrame | None],
+) -> np.ndarray | DataFrame | None:
+    """The reasons' reference customer as the version's training run logged it, else the
+    cleaned training customers `training` gives (read only then) to measure it on; None
+    measures it on the customers scored (`score_customers`' `reference`)."""
+    stored = tracking.logged_reference(backend, version)
+    return stored if stored is not None else training()
 
 
 @dataclass(frozen=True)
@@ -335,7 +314,7 @@ def score_customers(
     its terms, which the reasons read too (`_classified`). Probability, decision, tier, contact
     value, reasons and unseen values come out of the same projection. `model_version` is
     (name, version, decision threshold). `reference` is the reference customer the reasons
-    are measured from, as training logged it (`tracking.logged_reference`), or the cleaned
+    are measured from, as training logged it (`reasons_reference`), or the cleaned
     customers to measure it on (the training split); without it, those scored. Before the frame
     is written this runs a few small jobs: the imputation values, the reference's mean unless
     given, and for a non-linear champion the surrogate's fit on a bounded sample. A stored

@@ -35,7 +35,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from mlflow.types import ColSpec, Schema
 from pyspark.ml import PipelineModel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql.types import (
     BooleanType,
     DoubleType,
@@ -396,17 +396,3 @@ def model_input_columns(resource: MlflowBackend, model_version: ModelVersion) ->
     if signature is None:
         raise ValueError(f"{model_version.name} v{model_version.version} has no signature")
     return list(signature.inputs.input_names())
-
-
-def golden_prediction_hash(model: PipelineModel, golden_df: DataFrame, *, id_col: str) -> str:
-    """SHA-256 of (id, probability) lines sorted by id, probabilities rounded to 12 decimals.
-
-    Rounding absorbs last-bit floating-point noise (summation order across partitions), so a
-    restored model scoring the golden rows hashes the same while any real change does not.
-    """
-    rows = model.transform(golden_df).select(id_col, PROBABILITY_COL).collect()
-    lines = sorted((str(key), "null" if p is None else f"{p:.12f}") for key, p in rows)
-    digest = hashlib.sha256()
-    for key, probability in lines:
-        digest.update(f"{key}\t{probability}\n".encode())
-    return digest.hexdigest()
