@@ -13,7 +13,7 @@ Parquet:
     platform  core.scoring.score_customers: the feature stages as column expressions, the
               classifier stages, reasons and unseen values, written once with the statistics
               observed by the write (the jobs before the write are counted with it)
-    pandas    pandas + scikit-learn doing the same (benchmarks/pipeline_baselines.py's scoring),
+    pandas    pandas + scikit-learn doing the same (benchmarks/baseline_pandas.py's scoring),
               from reading the cleaned Parquet to writing the scores
 
 It prints seconds, rows/s and Spark jobs (the status tracker's jobs of each path's job group),
@@ -39,16 +39,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from baseline_common import Candidate
+from baseline_pandas import _assign_split, _encode, _encoder, _engineer, _score
+from baseline_sklearn import _fit_model
 from pipeline import resolved_params
-from pipeline_baselines import (
-    Candidate,
-    _assign_split,
-    _encode,
-    _encoder,
-    _engineer,
-    _fit_model,
-    _score,
-)
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F

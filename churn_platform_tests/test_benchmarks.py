@@ -18,7 +18,7 @@ from churn_platform.core import reasons
 from churn_platform.core.models.kinds import KINDS, MODEL_KINDS, model_key
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ("pipeline", "pipeline_baselines")
+SCRIPTS = ("pipeline", "pipeline_baselines", "pipeline_measures")
 
 
 def unresolved_imports(path: Path) -> list[str]:
@@ -61,7 +61,10 @@ def test_benchmark_jobs_build_from_current_platform_code(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    pipeline, baselines = (importlib.import_module(name) for name in SCRIPTS)
+    pipeline, baselines, measures = (importlib.import_module(name) for name in SCRIPTS)
+    sklearn_run, pandas_run = (
+        importlib.import_module(m) for m in ("baseline_sklearn", "baseline_pandas")
+    )
     assert [i for name in SCRIPTS for i in unresolved_imports(BENCHMARKS / f"{name}.py")] == []
     for modules in baselines.IMPORTS.values():
         assert all(importlib.util.find_spec(m.split(".")[0]) for m in modules if m != "lightgbm")
@@ -71,7 +74,7 @@ def test_benchmark_jobs_build_from_current_platform_code(
     assert pipeline.parse_args(["--telco"])[1] == list(MODEL_KINDS)
     with pytest.raises(SystemExit):
         pipeline.parse_args(["--rows", "100", "--models", "no_such_model"])
-    assert {pipeline.layer_of(model_key(kind)) for kind in MODEL_KINDS} == {"training"}
+    assert {measures.layer_of(model_key(kind)) for kind in MODEL_KINDS} == {"training"}
 
     monkeypatch.setenv("CHURN_HOME", str(tmp_path))
     for profile in ("quick", "default"):
@@ -90,12 +93,12 @@ def test_benchmark_jobs_build_from_current_platform_code(
             learners = params["base_params"] if KINDS[kind].is_ensemble else {kind: params}
             for learner, values in learners.items():
                 fixed = {k: v[0] if isinstance(v, list) else v for k, v in values.items()}
-                assert baselines._learner(learner, fixed, y[:, None], y, y, 0) is not None
+                assert sklearn_run._learner(learner, fixed, y[:, None], y, y, 0) is not None
 
     # The pandas run repeats core.reasons' settings rather than loading PySpark.
-    ours = (baselines.TOP_REASONS, baselines.SURROGATE_MAX_ROWS, baselines.SURROGATE_REG_PARAM)
+    ours = (pandas_run.TOP_REASONS, pandas_run.SURROGATE_MAX_ROWS, pandas_run.SURROGATE_REG_PARAM)
     assert ours == (reasons.TOP_REASONS, reasons.SURROGATE_MAX_ROWS, reasons.SURROGATE_REG_PARAM)
-    assert baselines.LOGIT_CLIP == reasons.LOGIT_CLIP
+    assert pandas_run.LOGIT_CLIP == reasons.LOGIT_CLIP
 
 
 HOLDER = """
@@ -117,14 +120,14 @@ def test_memory_sampler_counts_a_child_that_has_not_exec_d_once(
     """The JVM starts commands by posix_spawn; until the exec such a child reports its parent's
     whole RSS, which made a 4.9 GB run look like 14.8 GB."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    pipeline = importlib.import_module("pipeline")
-    monkeypatch.setattr(pipeline, "SAMPLE_SECONDS", 0.01)
+    measures = importlib.import_module("pipeline_measures")
+    monkeypatch.setattr(measures, "SAMPLE_SECONDS", 0.01)
     holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
         (child,) = psutil.Process(holder.pid).children()
         assert child.memory_info().rss > 250 * 2**20  # what the earlier sampler added again
-        with pipeline.MemorySampler(holder.pid) as sampler:
+        with measures.MemorySampler(holder.pid) as sampler:
             time.sleep(0.2)
     finally:
         for process in psutil.Process(holder.pid).children() + [psutil.Process(holder.pid)]:
@@ -141,10 +144,10 @@ def test_json_summary_of_a_data_only_run_has_no_scoring_rate(
     """`--data-only --json` ends with its summary line: a run without a scoring step has no
     scoring rate (it divided by zero and lost the run's table)."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    pipeline = importlib.import_module("pipeline")
+    measures = importlib.import_module("pipeline_measures")
     steps = {"raw_customers": (0.0, 10.0), "cleaned_customers": (10.0, 20.0)}
-    run = pipeline.Run("platform", 0.0, 25.0, steps, "", 0.0, [], [], [])
-    line = pipeline.summary(1_000_000, {"platform": run})
+    run = measures.Run("platform", 0.0, 25.0, steps, "", 0.0, [], [], [])
+    line = measures.summary(1_000_000, {"platform": run})
     assert line["etl_rows_per_s"] == 50_000.0
     assert line["score_rows_per_s"] is None
     assert json.loads(json.dumps(line)) == line
