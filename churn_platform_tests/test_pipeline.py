@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from mlflow.entities.model_registry import ModelVersion
 
 from churn_platform import cli
 from churn_platform.config import load_spec
@@ -20,8 +22,8 @@ from churn_platform.core.attribution import STORED
 from churn_platform.core.encoding import read_encoding
 from churn_platform.core.features import engineer_features
 from churn_platform.core.registry import registry_snapshot
-from churn_platform.core.scoring import training_reference
-from churn_platform.core.tracking import MODEL_ARTIFACT, load_run_model, logged_reference
+from churn_platform.core.scoring import reasons_reference, training_reference
+from churn_platform.core.tracking import MODEL_ARTIFACT, load_run_model
 from churn_platform.core.versions import current_version
 from churn_platform.mlflow_resource import MlflowResource
 from churn_platform.settings import load_settings
@@ -157,7 +159,8 @@ def test_scores_file_and_schema_mismatch(pipeline, capsys, tmp_path):
 def test_batch_reasons_start_from_the_reference_customer_training_logged(pipeline, spark):
     """Each training run logs its reference customer, the mean over its training rows: the
     training split's, as scoring measured it before; the batch scores explain from that one
-    rather than reading the training split again."""
+    rather than reading the training split again; a model whose run logged none (trained
+    before it was logged) is explained from the training split, read only then."""
     settings = load_settings()
     spec = load_spec(settings.spec_path, settings.home)
     batch = current_version(settings.warehouse / "churn_scores")
@@ -165,13 +168,15 @@ def test_batch_reasons_start_from_the_reference_customer_training_logged(pipelin
     name, number, _ = stored["model"]
     backend = _mlflow()
     version = backend.client().get_model_version(name, number)
-    logged = logged_reference(backend, version)
-    assert logged is not None and logged.tolist() == stored["reference"]
+    cleaned = spark.read.parquet(str(current_version(settings.warehouse / "cleaned_customers")))
+    unread = reasons_reference(backend, version, lambda: pytest.fail("training split read"))
+    assert isinstance(unread, np.ndarray) and unread.tolist() == stored["reference"]
     model = load_run_model(backend, f"runs:/{version.run_id}/{MODEL_ARTIFACT}")
     encoding = read_encoding(model)
-    cleaned = spark.read.parquet(str(current_version(settings.warehouse / "cleaned_customers")))
     training = encoding.vectors(engineer_features(training_reference(cleaned, spec), spec))
-    assert logged == pytest.approx(reasons.reference_mean(model, encoding, training), abs=1e-9)
+    assert unread == pytest.approx(reasons.reference_mean(model, encoding, training), abs=1e-9)
+    unlogged = ModelVersion(name, number, 0, run_id="0" * 32)  # no such run, nothing logged
+    assert reasons_reference(backend, unlogged, lambda: cleaned) is cleaned
 
 
 def test_a_file_with_a_repeated_id_is_scored_by_its_last_line(pipeline, capsys, tmp_path):

@@ -1,7 +1,9 @@
 """Who is scored: the customers who can still churn, or the rule a dataset spec names.
 
-Batch scoring scores this population; monitoring compares like with like, the scored
-customers' drift against training customers under the same rule.
+By default those whose target is the negative class or absent (a churned customer needs no
+retention offer); a dataset spec can name another rule (`score_population`). Batch scoring
+scores this population; monitoring compares like with like, the scored customers' drift
+against training customers under the same rule.
 """
 
 from __future__ import annotations
