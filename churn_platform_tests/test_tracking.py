@@ -468,3 +468,24 @@ def test_experiment_is_created_once_even_when_raced(resource: MlflowResource) ->
     expected = (Path(resource.artifact_root) / "churn-raced").as_uri()
     assert experiment.artifact_location == expected
     assert registry_snapshot(resource, _spec("raced")) == []
+
+
+def test_one_evaluation_file_is_fetched_alone_and_a_missing_one_is_an_mlflow_error(
+    resource: MlflowResource, tmp_path: Path
+) -> None:
+    """Scoring reads the reference customer and monitoring the out-of-fold scores, each one
+    file of the run's evaluation artifacts; a run without the file (logged before it was)
+    raises MLflow's error, which `logged_reference` reports and measures past."""
+    written = tmp_path / "written"
+    written.mkdir()
+    (written / tracking.OOF_SCORES).write_bytes(b"scores")
+    (written / "roc.png").write_bytes(b"curve")
+    client = resource.client()
+    run = client.create_run(resource.experiment_id("evaluation"))
+    client.log_artifacts(run.info.run_id, str(written), tracking.EVALUATION_ARTIFACTS)
+    version = ModelVersion("m", "1", 0, run_id=run.info.run_id)
+    found = tracking.evaluation_file(resource, version, tracking.OOF_SCORES, str(tmp_path))
+    assert found.name == tracking.OOF_SCORES and found.read_bytes() == b"scores"
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        tracking.evaluation_file(resource, version, "reasons_reference.json", str(tmp_path))
+    assert tracking.logged_reference(resource, version) is None

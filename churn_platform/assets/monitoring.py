@@ -24,10 +24,8 @@ from churn_platform.resources import SPARK_POOL, OpsLogResource, StateResource
 def reference_scores(mlflow: MlflowResource, version: ModelVersion) -> pd.DataFrame:
     """The version's out-of-fold scores (label, fold, churn_probability; no customer ids),
     logged with its training run: what it scored on training customers it had not seen."""
-    uri = f"runs:/{version.run_id}/{tracking.EVALUATION_ARTIFACTS}"
     with tempfile.TemporaryDirectory(prefix="churn-oof-") as tmp:
-        folder = tracking.local_artifacts(uri, mlflow.tracking_uri, tmp)
-        return pd.read_parquet(folder / "oof_scores.parquet")
+        return pd.read_parquet(tracking.evaluation_file(mlflow, version, tracking.OOF_SCORES, tmp))
 
 
 @dg.asset(

@@ -170,7 +170,7 @@ def train_and_track(
     with tempfile.TemporaryDirectory() as tmp:
         curves = evaluation.plot_curves(found, tmp)
         # Out-of-fold scores without customer ids: monitoring's drift reference for this model.
-        oof_scores = Path(tmp) / "oof_scores.parquet"
+        oof_scores = Path(tmp) / tracking.OOF_SCORES
         fit.oof[[LABEL_COL, FOLD_COL, "churn_probability"]].to_parquet(oof_scores)
         # The reasons' reference customer, from the cached training rows: scoring reads it.
         reasons_reference = Path(tmp) / REFERENCE

@@ -72,6 +72,7 @@ TAG_THRESHOLD = "threshold"
 # A training run's artifacts besides the model: curves, importances, out-of-fold scores and
 # the reasons' reference customer.
 EVALUATION_ARTIFACTS = "evaluation"
+OOF_SCORES = "oof_scores.parquet"  # among them: label, fold and P(churn) of each training row
 _ARTIFACT_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
@@ -285,7 +286,8 @@ def _log_evaluation(
 
 
 def local_artifacts(artifact_uri: str, tracking_uri: str, tmp: str) -> Path:
-    """A local path holding the artifacts: in place for a local store, else copied into tmp.
+    """A local path holding the artifacts (a folder, or one file): in place for a local store,
+    else copied into tmp.
 
     Hashing or loading a model from the sqlite + local-folder default needs no copy of it.
     `runs:/` and `models:/` URIs are resolved against our tracking server, not MLflow's default.
@@ -294,6 +296,8 @@ def local_artifacts(artifact_uri: str, tracking_uri: str, tmp: str) -> Path:
         repository = get_artifact_repository(artifact_uri)
         underlying = getattr(repository, "repo", repository)
         if isinstance(underlying, LocalArtifactRepository):
+            if Path(underlying.artifact_dir).is_file():
+                return Path(underlying.artifact_dir)
             return Path(underlying.download_artifacts(""))
         downloaded = mlflow.artifacts.download_artifacts(
             artifact_uri=artifact_uri, dst_path=tmp, tracking_uri=tracking_uri
@@ -301,14 +305,20 @@ def local_artifacts(artifact_uri: str, tracking_uri: str, tmp: str) -> Path:
     return Path(downloaded)
 
 
+def evaluation_file(backend: MlflowBackend, version: ModelVersion, name: str, tmp: str) -> Path:
+    """One file of the version's training-run evaluation artifacts, that file alone fetched
+    (in place for a local store)."""
+    uri = f"runs:/{version.run_id}/{EVALUATION_ARTIFACTS}/{name}"
+    return local_artifacts(uri, backend.tracking_uri, tmp)
+
+
 def logged_reference(backend: MlflowBackend, version: ModelVersion) -> np.ndarray | None:
     """The reasons' reference customer logged with the version's training run (the mean over
     its training rows), without a Spark job; None for a model logged before it was, or where
     the artifact cannot be read (reported: scoring then measures it)."""
-    uri = f"runs:/{version.run_id}/{EVALUATION_ARTIFACTS}"
     try:
         with tempfile.TemporaryDirectory(prefix="churn-reference-") as tmp:
-            return read_reference(local_artifacts(uri, backend.tracking_uri, tmp) / REFERENCE)
+            return read_reference(evaluation_file(backend, version, REFERENCE, tmp))
     except (MlflowException, OSError) as exc:
         LOG.warning("%s v%s: no reasons reference read (%s)", version.name, version.version, exc)
         return None
